@@ -1,0 +1,34 @@
+"""modbench models: one decoder core (dense / γ-MoD / p-MoD), host front-ends, variants, ARank."""
+
+from __future__ import annotations
+
+import torch
+
+from .config import ConfigError, LlmConfig, ModelConfig, ModSpec, VisionConfig
+from .core import ModCache, ModForCausalLM, ModOutput, greedy_generate
+from .variants import get_variant, list_variants, register_variant
+from .vlm import ModVlm
+
+__all__ = [
+    "ConfigError", "LlmConfig", "ModelConfig", "ModSpec", "VisionConfig", "ModCache", "ModForCausalLM",
+    "ModOutput", "ModVlm", "build_model", "get_variant", "greedy_generate", "list_variants", "register_variant",
+]
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return _DTYPES[name]
+
+
+def build_model(spec: str | ModelConfig, seed: int | None = None, device: str | torch.device = "cpu",
+                tokenizer=None) -> ModVlm:
+    """A randomly initialised model for a variant name or config (seeded locally; global RNG untouched)."""
+    from .tokenizer import build_tiny_tokenizer
+
+    cfg = get_variant(spec) if isinstance(spec, str) else spec
+    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        model = ModVlm(cfg, tokenizer)
+    return model.to(device=device, dtype=torch_dtype(cfg.dtype)).eval()

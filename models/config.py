@@ -1,0 +1,168 @@
+"""Typed model configuration. YAML / JSON / CLI are views of these dataclasses; unknown keys are errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+
+SCHEMES = ("dense", "gamma", "pmod")
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range; the message names the field."""
+
+
+@dataclass
+class LlmConfig:
+    num_layers: int
+    hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    vocab_size: int
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-5
+
+
+@dataclass
+class VisionConfig:
+    kind: str = "clip"
+    image_size: int = 336
+    patch_size: int = 14
+    hidden_size: int = 1024
+    num_layers: int = 24
+    num_heads: int = 16
+    intermediate_size: int = 4096
+    select_layer: int = -2
+    projector: str = "mlp2x_gelu"
+    # LLaVA-1.5 pads to a square with the CLIP mean colour before resizing.
+    image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+
+@dataclass
+class ModSpec:
+    """Which layers are MoD layers and how they route.
+
+    gamma: one shared Linear(hidden, 2) router; `train_skip_fraction` of the routable (system + image) tokens
+    are skipped per MoD layer in training; inference keeps prompt tokens with p > prefill_threshold and a
+    decode token runs a layer only when p >= decode_threshold.
+    pmod: per-layer Linear(hidden, 1) router with TanhNorm; `ratios[i]` is the kept share of vision tokens in
+    `layers[i]`; when both are empty they come from the progressive ratio decay schedule.
+    """
+
+    scheme: str = "dense"
+    layers: list[int] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
+    train_skip_fraction: float = 0.5
+    prefill_threshold: float = 0.005
+    decode_threshold: float = 0.5
+    router_loss_coef: float = 0.01
+    tanh_norm_scale: float = 0.2
+    prd_max_ratio: float = 0.85
+    prd_min_ratio: float = 0.15
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    llm: LlmConfig
+    family: str = "llava"
+    vision: VisionConfig | None = None
+    mod: ModSpec = field(default_factory=ModSpec)
+    hub_id: str = ""
+    tiny: bool = False
+    dtype: str = "float32"
+    attn_implementation: str = "sdpa"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        return from_dict(cls, data)
+
+
+def validate(cfg: ModelConfig) -> None:
+    """Check ranges; each error names the offending field."""
+    llm, mod = cfg.llm, cfg.mod
+    if llm.hidden_size % llm.num_heads:
+        raise ConfigError(f"llm.hidden_size ({llm.hidden_size}) must be divisible by llm.num_heads ({llm.num_heads})")
+    if llm.num_heads % llm.num_kv_heads:
+        raise ConfigError(f"llm.num_heads ({llm.num_heads}) must be divisible by llm.num_kv_heads ({llm.num_kv_heads})")
+    if mod.scheme not in SCHEMES:
+        raise ConfigError(f"mod.scheme must be one of {SCHEMES}, got {mod.scheme!r}")
+    if cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
+        raise ConfigError(
+            f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {cfg.attn_implementation!r}"
+        )
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {DTYPES}, got {cfg.dtype!r}")
+    for i, layer in enumerate(mod.layers):
+        if not 0 <= layer < llm.num_layers:
+            raise ConfigError(f"mod.layers[{i}] = {layer} is out of range [0, {llm.num_layers})")
+    if len(set(mod.layers)) != len(mod.layers):
+        raise ConfigError(f"mod.layers has duplicates: {mod.layers}")
+    if mod.scheme == "dense" and mod.layers:
+        raise ConfigError("mod.layers must be empty when mod.scheme is 'dense'")
+    for i, ratio in enumerate(mod.ratios):
+        if not 0.0 < ratio <= 1.0 or math.isnan(ratio):
+            raise ConfigError(f"mod.ratios[{i}] = {ratio} is outside (0, 1]")
+    if mod.scheme == "pmod" and mod.ratios and len(mod.ratios) != len(mod.layers):
+        raise ConfigError(f"mod.ratios has {len(mod.ratios)} entries but mod.layers has {len(mod.layers)}")
+    for name in ("train_skip_fraction", "prefill_threshold", "decode_threshold"):
+        value = getattr(mod, name)
+        if not 0.0 <= value < 1.0:
+            raise ConfigError(f"mod.{name} = {value} is outside [0, 1)")
+    if not 0.0 < mod.prd_min_ratio <= mod.prd_max_ratio <= 1.0:
+        raise ConfigError("mod.prd_min_ratio / mod.prd_max_ratio must satisfy 0 < min <= max <= 1")
+    if cfg.vision is not None and cfg.vision.image_size % cfg.vision.patch_size:
+        raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
+
+
+def _resolve_type(tp):
+    """Strip Optional[...] and return the concrete type annotation."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0] if len(args) == 1 else tp
+    return tp
+
+
+def from_dict(cls, data, path: str = ""):
+    """Build dataclass `cls` from a plain dict, recursively; unknown keys raise ConfigError naming them."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = path or cls.__name__
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        tp = _resolve_type(hints[key])
+        sub = f"{path}.{key}" if path else key
+        if dataclasses.is_dataclass(tp) and value is not None:
+            value = from_dict(tp, value, sub)
+        elif typing.get_origin(tp) is tuple and value is not None:
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        raise ConfigError(f"{path or cls.__name__}: {exc}") from None

@@ -1,0 +1,81 @@
+"""γ-MoD: one router shared by every MoD layer, masked routing learning, threshold routing at inference.
+
+Behaviour follows ../shared/reference/README.md ("γ-MoD, as the authors' code behaves"):
+- router Linear(hidden, 2, bias=False) on the layer's input RMSNorm output; keep probability p = softmax[..., 1];
+- a kept token runs y = a + p * MLP(norm(a)) with a = x + Attn(norm(x)) among kept tokens, RoPE positions
+  compacted to 0..k-1; a skipped token passes through untouched and leaves no K/V entry;
+- training: only system + image tokens are routable; `train_skip_fraction` of them (rounded down) are skipped
+  per row, the lowest p first (top-k on p with +1 for force-kept tokens); routing loss = 2-class CE of the
+  router logits against "kept", mean over real tokens, times router_loss_coef, summed over MoD layers;
+- inference: prompt tokens run when p > prefill_threshold; response tokens (what a decode step processes) run
+  when p >= decode_threshold.
+
+Difference from the authors' code: they apply the prefill rule to a whole forward and the decode rule only in
+their batch-1 decode branch. We choose the rule by token type instead, so a cached generation and an
+uncached recomputation of the same tokens route identically, and batches of any size work.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .routing import (
+    IMAGE,
+    RESPONSE,
+    SYSTEM,
+    Route,
+    RoutingContext,
+    RoutingScheme,
+    rank_within_rows,
+    register_scheme,
+)
+
+
+class GammaModRouter(nn.Linear):
+    """The shared router: Linear(hidden, 2, bias=False); class 1 means "run this token"."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__(hidden_size, 2, bias=False)
+
+
+@register_scheme("gamma")
+class GammaModRouting(RoutingScheme):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.spec = cfg.mod
+        self.router = GammaModRouter(cfg.llm.hidden_size)
+
+    def check_generation(self, num_layers: int) -> None:
+        bad = [layer for layer in self.mod_layers if layer in (0, num_layers - 1)]
+        if bad:
+            raise ConfigError(
+                f"mod.layers includes {bad}: γ-MoD keeps layer 0 and the last layer ({num_layers - 1}) dense "
+                "when generating with a KV cache"
+            )
+
+    def keep_probability(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.router(normed).float()
+        return logits, logits.softmax(dim=-1)[..., 1]
+
+    def route(self, layer_idx, hidden, normed, ctx: RoutingContext) -> Route | None:
+        if layer_idx not in self.mod_layers:
+            return None
+        logits, p = self.keep_probability(normed)
+        real = ctx.real
+        if ctx.training:
+            routable = ((ctx.token_types == SYSTEM) | (ctx.token_types == IMAGE)) & real
+            n_skip = (routable.sum(dim=1) * self.spec.train_skip_fraction).floor().long()
+            # Force-kept tokens get +1, so the n_skip lowest scores are always routable tokens.
+            score = p.detach() + (~routable).float()
+            keep = real & ~(rank_within_rows(score, descending=False) < n_skip[:, None])
+            target = keep.long()
+            ce = F.cross_entropy(logits[real], target[real])
+            aux = ce * self.spec.router_loss_coef
+        else:
+            is_decode = ctx.token_types == RESPONSE
+            keep = real & torch.where(is_decode, p >= self.spec.decode_threshold, p > self.spec.prefill_threshold)
+            aux = None
+        return Route(keep=keep, mlp_scale=p.to(hidden.dtype), compact_positions=True, aux_loss=aux)

@@ -1,0 +1,102 @@
+"""LLaVA-1.5 vision front-end: CLIP ViT (layer -2, CLS dropped) + mlp2x_gelu projector.
+
+Preprocessing as LLaVA-1.5 does it: pad to a square with the CLIP mean colour, resize (bicubic) to the CLIP
+input size, normalise with the CLIP mean / std.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from .config import ModelConfig, VisionConfig
+from .vlm import register_frontend
+
+
+def clip_vision_config(vision: VisionConfig) -> CLIPVisionConfig:
+    return CLIPVisionConfig(
+        hidden_size=vision.hidden_size,
+        intermediate_size=vision.intermediate_size,
+        num_hidden_layers=vision.num_layers,
+        num_attention_heads=vision.num_heads,
+        image_size=vision.image_size,
+        patch_size=vision.patch_size,
+        projection_dim=vision.hidden_size,
+        hidden_act="quick_gelu",
+    )
+
+
+def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), fill)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+@register_frontend("llava")
+class LlavaVision(nn.Module):
+    """CLIPVisionModel + projector; `encode` returns [num_images, num_image_tokens, llm_hidden]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        vision = cfg.vision
+        self.vision_cfg = vision
+        self.vision_tower = CLIPVisionModel(clip_vision_config(vision))
+        if vision.projector != "mlp2x_gelu":
+            raise ValueError(f"vision.projector: only 'mlp2x_gelu' is supported, got {vision.projector!r}")
+        self.projector = nn.Sequential(
+            nn.Linear(vision.hidden_size, cfg.llm.hidden_size),
+            nn.GELU(),
+            nn.Linear(cfg.llm.hidden_size, cfg.llm.hidden_size),
+        )
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_cfg.num_image_tokens
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        vision = self.vision_cfg
+        fill = tuple(int(round(255 * m)) for m in vision.image_mean)
+        mean = np.asarray(vision.image_mean, dtype=np.float32)
+        std = np.asarray(vision.image_std, dtype=np.float32)
+        batch = []
+        for image in images:
+            image = expand_to_square(image.convert("RGB"), fill)
+            image = image.resize((vision.image_size, vision.image_size), Image.Resampling.BICUBIC)
+            arr = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
+            batch.append(torch.from_numpy(arr).permute(2, 0, 1))
+        return torch.stack(batch)
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        dtype = self.projector[0].weight.dtype
+        out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
+        features = out.hidden_states[self.vision_cfg.select_layer][:, 1:]
+        return self.projector(features)
+
+
+# Key mapping between our LLaVA-1.5 state dict and transformers' LlavaForConditionalGeneration (one place).
+HF_LLAVA_KEY_PREFIXES = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision.vision_tower.", "model.vision_tower."),
+    ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
+    ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
+)
+
+
+def to_hf_llava_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        for ours, theirs in HF_LLAVA_KEY_PREFIXES:
+            if key.startswith(ours):
+                out[theirs + key[len(ours):]] = value
+                break
+        else:
+            raise KeyError(f"no transformers LLaVA key for {key!r}")
+    return out

@@ -1,0 +1,148 @@
+"""A multimodal model: a vision front-end (one file per host family) + the MoD decoder + a tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .config import ConfigError, ModelConfig
+from .core import ModForCausalLM, ModOutput, greedy_generate
+from .prompt import IMAGE_PLACEHOLDER
+from .routing import IMAGE, PAD, QUESTION, RESPONSE, SYSTEM
+
+_FRONTENDS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
+
+
+def register_frontend(family: str):
+    def wrap(cls):
+        _FRONTENDS[family] = cls
+        return cls
+
+    return wrap
+
+
+def build_frontend(cfg: ModelConfig) -> nn.Module | None:
+    from . import llava  # noqa: F401  (host families register themselves on import)
+
+    if cfg.vision is None:
+        return None
+    if cfg.family not in _FRONTENDS:
+        raise ConfigError(f"family: unknown host family {cfg.family!r}; known: {sorted(_FRONTENDS)}")
+    return _FRONTENDS[cfg.family](cfg)
+
+
+@dataclass
+class Batch:
+    """A left-padded batch ready for the decoder."""
+
+    inputs_embeds: torch.Tensor  # [B, S, H]
+    token_types: torch.Tensor  # [B, S]
+    labels: torch.Tensor | None  # [B, S], -100 outside the answers
+    prompt_lengths: list[int]  # real prompt tokens per row (image tokens included)
+
+
+class ModVlm(nn.Module):
+    """Host model. State-dict keys: language_model.* (LlamaForCausalLM names), vision.* (the front-end)."""
+
+    def __init__(self, cfg: ModelConfig, tokenizer) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self.language_model = ModForCausalLM(cfg)
+        self.vision = build_frontend(cfg)
+        self.image_token_id = tokenizer.convert_tokens_to_ids(IMAGE_PLACEHOLDER)
+
+    @property
+    def device(self) -> torch.device:
+        return self.language_model.lm_head.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.lm_head.weight.dtype
+
+    def _embed_ids(self, ids: list[int]) -> torch.Tensor:
+        return self.language_model.model.embed_tokens(torch.tensor(ids, dtype=torch.long, device=self.device))
+
+    def build_batch(self, prompts: list[str], images: list[Image.Image | None] | None = None,
+                    answers: list[str] | None = None) -> Batch:
+        """Tokenise, splice image features at the <image> placeholder, assign token types, left-pad."""
+        images = images if images is not None else [None] * len(prompts)
+        if len(images) != len(prompts):
+            raise ValueError(f"images: got {len(images)} for {len(prompts)} prompts")
+        with_image = [i for i, image in enumerate(images) if image is not None]
+        for i in with_image:
+            count = prompts[i].count(IMAGE_PLACEHOLDER)
+            if count != 1:
+                raise ValueError(
+                    f"prompt[{i}]: an image sample's prompt must contain {IMAGE_PLACEHOLDER} exactly once "
+                    f"(found {count})"
+                )
+        for i, image in enumerate(images):
+            if image is None and IMAGE_PLACEHOLDER in prompts[i]:
+                raise ValueError(f"prompt[{i}]: contains {IMAGE_PLACEHOLDER} but no image was given")
+        if with_image and self.vision is None:
+            raise ValueError(f"model {self.cfg.name!r} has no vision front-end but images were given")
+        features = None
+        if with_image:
+            pixels = self.vision.preprocess([images[i] for i in with_image]).to(self.device)
+            features = self.vision.encode(pixels)
+        tok = self.tokenizer
+        rows = []
+        for i, prompt in enumerate(prompts):
+            pieces, types, labels = [], [], []
+            if images[i] is not None:
+                before, after = prompt.split(IMAGE_PLACEHOLDER)
+                before_ids = [tok.bos_token_id] + tok(before, add_special_tokens=False).input_ids
+                after_ids = tok(after, add_special_tokens=False).input_ids
+                feat = features[with_image.index(i)]
+                pieces += [self._embed_ids(before_ids), feat, self._embed_ids(after_ids)]
+                types += [SYSTEM] * len(before_ids) + [IMAGE] * feat.shape[0] + [QUESTION] * len(after_ids)
+            else:
+                ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False).input_ids
+                pieces.append(self._embed_ids(ids))
+                types += [QUESTION] * len(ids)
+            prompt_len = len(types)
+            labels += [-100] * prompt_len
+            if answers is not None:
+                ans_ids = tok(answers[i], add_special_tokens=False).input_ids + [tok.eos_token_id]
+                pieces.append(self._embed_ids(ans_ids))
+                types += [RESPONSE] * len(ans_ids)
+                labels += ans_ids
+            rows.append((torch.cat(pieces).to(self.dtype), types, labels, prompt_len))
+        width = max(len(r[1]) for r in rows)
+        hidden = self.cfg.llm.hidden_size
+        embeds = torch.zeros(len(rows), width, hidden, dtype=self.dtype, device=self.device)
+        token_types = torch.full((len(rows), width), PAD, dtype=torch.long, device=self.device)
+        label_t = torch.full((len(rows), width), -100, dtype=torch.long, device=self.device)
+        for b, (emb, types, labels, _) in enumerate(rows):
+            n = len(types)
+            embeds[b, width - n:] = emb
+            token_types[b, width - n:] = torch.tensor(types, device=self.device)
+            label_t[b, width - n:] = torch.tensor(labels, device=self.device)
+        return Batch(embeds, token_types, label_t if answers is not None else None, [r[3] for r in rows])
+
+    def forward(self, prompts, images=None, answers=None, collect_stats=False, return_attentions=False) -> ModOutput:
+        batch = self.build_batch(prompts, images, answers)
+        return self.language_model(
+            inputs_embeds=batch.inputs_embeds, token_types=batch.token_types, labels=batch.labels,
+            collect_stats=collect_stats, return_attentions=return_attentions,
+        )
+
+    @torch.no_grad()
+    def generate(self, prompts, images=None, max_new_tokens=16, min_new_tokens=0, use_cache=True,
+                 collect_stats=False, output_scores=False) -> dict:
+        """Greedy generation. Returns {"text": [...], "tokens": [[...]], ...routing stats if asked}."""
+        batch = self.build_batch(prompts, images)
+        out = greedy_generate(
+            self.language_model, batch.inputs_embeds, batch.token_types, max_new_tokens=max_new_tokens,
+            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
+            min_new_tokens=min_new_tokens, use_cache=use_cache, collect_stats=collect_stats,
+            output_scores=output_scores,
+        )
+        out["text"] = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out["tokens"]]
+        out["prompt_lengths"] = batch.prompt_lengths
+        return out

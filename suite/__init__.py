@@ -1,0 +1,1 @@
+"""modbench suite: the CLI, profilers and results schema."""

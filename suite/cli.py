@@ -1,0 +1,189 @@
+"""The `modbench` command line (also `python -m suite`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEFAULT_SMOKE_OUT = "results/runs/smoke.json"
+
+
+def _sample_images():
+    """Small deterministic images (shapes and colours drawn by PIL) for smoke runs and ARank."""
+    from PIL import Image, ImageDraw
+
+    samples = []
+    for i, (colour, shape, question) in enumerate([
+        ((220, 40, 40), "circle", "Is there a red circle in the image?"),
+        ((40, 60, 220), "square", "What colour is the square?"),
+        ((40, 170, 60), "triangle", "What shape is shown?"),
+    ]):
+        image = Image.new("RGB", (64 + 16 * i, 48 + 8 * i), (245, 245, 245))
+        draw = ImageDraw.Draw(image)
+        w, h = image.size
+        if shape == "circle":
+            draw.ellipse((10, 8, w - 10, h - 8), fill=colour)
+        elif shape == "square":
+            draw.rectangle((12, 8, w - 12, h - 8), fill=colour)
+        else:
+            draw.polygon([(w // 2, 6), (8, h - 6), (w - 8, h - 6)], fill=colour)
+        samples.append((question, image))
+    return samples
+
+
+def cmd_models(args) -> int:
+    from models import list_variants
+    from models.params import count_parameters
+
+    rows = []
+    for cfg in list_variants():
+        if args.tiny and not cfg.tiny:
+            continue
+        rows.append({
+            "name": cfg.name, "family": cfg.family, "scheme": cfg.mod.scheme,
+            "layers": cfg.llm.num_layers, "mod_layers": len(cfg.mod.layers) if cfg.mod.layers else
+            ("prd" if cfg.mod.scheme == "pmod" else 0),
+            "params": count_parameters(cfg), "hub_id": cfg.hub_id or "-",
+        })
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from tabulate import tabulate
+
+    for row in rows:
+        n = row["params"]
+        row["params"] = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
+    print(tabulate(rows, headers="keys"))
+    return 0
+
+
+def cmd_smoke(args) -> int:
+    """Forward + greedy generate on every tiny variant; writes one results file; non-zero if any failed."""
+    import torch
+
+    import models
+    from models.prompt import vicuna_v1
+    from suite.results import results_record, write_json_atomic
+
+    names = args.models.split(",") if args.models else [c.name for c in models.list_variants() if c.tiny]
+    samples = _sample_images()
+    prompts = [vicuna_v1(q) for q, _ in samples]
+    images = [image for _, image in samples]
+    records, failed = [], []
+    for name in names:
+        start = time.perf_counter()
+        try:
+            model = models.build_model(name, seed=args.seed)
+            with torch.no_grad():
+                forward = model(prompts, images, collect_stats=True)
+            out = model.generate(prompts, images, max_new_tokens=args.max_new_tokens,
+                                 min_new_tokens=args.max_new_tokens, collect_stats=True)
+            kept = out["kept"].sum(dim=(0, 2)).float()
+            total = out["total"].sum(dim=(0, 2)).float()
+            record = {
+                "model": name, "status": "ok", "scheme": model.cfg.mod.scheme,
+                "prompt_tokens": out["prompt_lengths"], "generated_tokens": [len(t) for t in out["tokens"]],
+                "forward_logits_finite": bool(torch.isfinite(forward.logits).all()),
+                "kept_ratio_per_layer": [round(v, 4) for v in (kept / total).tolist()],
+                "kv_entries_per_layer": out["cache"].layer_lengths().sum(dim=1).tolist(),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            if not record["forward_logits_finite"]:
+                raise FloatingPointError("non-finite logits")
+        except Exception as exc:  # recorded, reported, and the command exits non-zero
+            record = {"model": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            failed.append(name)
+        records.append(record)
+        print(f"{name:28s} {record['status']:6s} "
+              + (f"kept/layer={record['kept_ratio_per_layer']}" if record["status"] == "ok" else record["error"]),
+              flush=True)
+    spec = {"command": "smoke", "models": names, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
+            "dtype": "float32", "attn_implementation": "sdpa", "device": "cpu"}
+    path = write_json_atomic(args.output, results_record("smoke", spec, runs=records, failed=failed))
+    print(f"wrote {path}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_arank(args) -> int:
+    import models
+    from models.arank import compute_arank
+    from models.prompt import vicuna_v1
+
+    model = models.build_model(args.model, seed=args.seed)
+    samples = [(vicuna_v1(q), image) for q, image in _sample_images()]
+    result = compute_arank(model, samples, num_dense=args.num_dense)
+    if args.json:
+        print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
+    else:
+        for layer, value in enumerate(result.per_layer):
+            tag = "MoD" if layer in result.mod_layers else "dense"
+            print(f"layer {layer:3d}  ARank {value:8.2f}  {tag}")
+        print(f"MoD layers: {result.mod_layers}")
+    return 0
+
+
+def cmd_flops(args) -> int:
+    import models
+    from suite.flops import flops_analytic
+
+    cfg = models.get_variant(args.model)
+    record = flops_analytic(cfg, args.seq_len, args.skip, args.image_tokens)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    else:
+        print(f"{record['tflops']:.2f} TFLOPs  ({cfg.name}, s={args.seq_len}, skip={args.skip}; {record['convention']})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modbench",
+        description="Reproducibility benchmarks for mixture-of-depths multimodal LLMs (γ-MoD, p-MoD).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the registered model variants with parameter counts")
+    p.add_argument("--tiny", action="store_true", help="only the tiny CPU variants")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("smoke", help="forward + generate on every tiny variant (CPU, seconds)")
+    p.add_argument("--models", default="", help="comma-separated variant names (default: every tiny variant)")
+    p.add_argument("--max-new-tokens", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=DEFAULT_SMOKE_OUT, help=f"results file (default {DEFAULT_SMOKE_OUT})")
+    p.set_defaults(func=cmd_smoke)
+
+    p = sub.add_parser("arank", help="per-layer ARank of a model and the layers it would make MoD")
+    p.add_argument("--model", required=True, help="variant name")
+    p.add_argument("--num-dense", type=int, default=4, help="layers with the largest ARank that stay dense")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_arank)
+
+    p = sub.add_parser("flops", help="analytic TFLOPs in the papers' convention (LLM prefill, 2 per MAC)")
+    p.add_argument("--model", required=True, help="variant name")
+    p.add_argument("--seq-len", type=float, required=True, help="(average) prefill sequence length")
+    p.add_argument("--skip", type=float, default=None, help="skip ratio of MoD layers (γ-MoD: required)")
+    p.add_argument("--image-tokens", type=int, default=None, help="p-MoD: vision tokens in the sequence")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flops)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, KeyError) as exc:
+        print(f"modbench {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+import os
+
+# No test may reach a hub: everything is built from configs and fixtures.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def draw_image(colour=(200, 30, 30), shape="circle", size=(48, 40)) -> Image.Image:
+    image = Image.new("RGB", size, (240, 240, 240))
+    draw = ImageDraw.Draw(image)
+    box = (8, 6, size[0] - 8, size[1] - 6)
+    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
+    return image
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from models.tokenizer import build_tiny_tokenizer
+
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture
+def images():
+    return [draw_image((200, 30, 30), "circle"), draw_image((30, 30, 200), "square", (30, 50)),
+            draw_image((30, 160, 30), "circle", (64, 64))]
+
+
+@pytest.fixture
+def prompts():
+    from models.prompt import vicuna_v1
+
+    return [
+        vicuna_v1("Is there a red circle in the image? Answer the question using a single word or phrase."),
+        vicuna_v1("What colour is the shape?"),
+        vicuna_v1("How many objects are shown in the picture? Answer with a number."),
+    ]

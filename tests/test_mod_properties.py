@@ -1,0 +1,207 @@
+"""Property tests of the MoD decoder loop: nothing skipped == dense, exactly k routed, skipped tokens untouched,
+router gradients, cached == uncached, batched == alone."""
+
+import math
+
+import pytest
+import torch
+
+import models
+from models.config import ModSpec
+from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM
+from models.variants import with_mod
+
+
+def gmod_config(prefill_threshold=0.5, layers=(1, 2, 3, 4)):
+    """Tiny γ-MoD whose prefill threshold makes the random router actually skip tokens at inference."""
+    return with_mod(models.get_variant("tiny-llava"), "tiny-llava-gmod-test",
+                    ModSpec(scheme="gamma", layers=list(layers), prefill_threshold=prefill_threshold))
+
+
+def build(spec, seed=0):
+    return models.build_model(spec, seed=seed)
+
+
+def test_gamma_with_nothing_skipped_equals_dense(prompts, images):
+    dense = build("tiny-llava")
+    gmod = build("tiny-llava-gmod")
+    missing = gmod.load_state_dict(dense.state_dict(), strict=False)
+    assert missing.missing_keys == ["language_model.model.routing.router.weight"]
+    router = gmod.language_model.model.routing.router
+    # p = softmax([0, 40])[1] == 1.0 in float32: every token kept, MLP scale exactly 1.
+    router.forward = lambda x: torch.stack([torch.zeros_like(x[..., 0]), torch.full_like(x[..., 0], 40.0)], -1)
+    with torch.no_grad():
+        ref = dense(prompts, images).logits
+        out = gmod(prompts, images).logits
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # ...and the comparison can fail: with half the router keeping nothing, logits move.
+    router.forward = lambda x: torch.stack([torch.zeros_like(x[..., 0]), x[..., 0] * 50], -1)
+    with torch.no_grad():
+        moved = gmod(prompts, images).logits
+    assert not torch.allclose(moved, ref, atol=1e-3)
+
+
+def test_gamma_training_routes_exactly_k_and_never_force_kept(prompts, images):
+    model = build("tiny-llava-gmod").train()
+    out = model(prompts, images, answers=["Yes", "red", "2"], collect_stats=True)
+    kept, total = out.kept, out.total  # [B, layers, types]
+    frac = model.cfg.mod.train_skip_fraction
+    for layer in range(model.cfg.llm.num_layers):
+        for b in range(len(prompts)):
+            routable = int(total[b, layer, SYSTEM] + total[b, layer, IMAGE])
+            skipped_routable = routable - int(kept[b, layer, SYSTEM] + kept[b, layer, IMAGE])
+            expected = math.floor(routable * frac) if layer in model.cfg.mod.layers else 0
+            assert skipped_routable == expected, (layer, b)
+            # question and answer tokens are always kept
+            for token_type in (QUESTION, RESPONSE):
+                assert kept[b, layer, token_type] == total[b, layer, token_type] > 0
+    assert out.routing_loss is not None and out.routing_loss > 0
+
+
+def _capture_layers(model, monkeypatch):
+    decoder = model.language_model.model
+    seen = []
+    original = decoder._run_layer
+
+    def spy(layer_idx, hidden, normed, positions, ctx, cache, route, want_attn):
+        out = original(layer_idx, hidden, normed, positions, ctx, cache, route, want_attn)
+        seen.append((layer_idx, hidden.detach().clone(), out[0].detach().clone(), route, ctx.real))
+        return out
+
+    monkeypatch.setattr(decoder, "_run_layer", spy)
+    return seen
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_gamma_skipped_tokens_untouched(prompts, images, monkeypatch, training):
+    model = build(gmod_config()).train(training)
+    seen = _capture_layers(model, monkeypatch)
+    with torch.set_grad_enabled(training):
+        model(prompts, images, answers=["Yes", "red", "2"] if training else None)
+    mod_layers = [entry for entry in seen if entry[3] is not None]
+    assert len(mod_layers) == 4
+    n_skipped = 0
+    for layer_idx, before, after, route, real in mod_layers:
+        skipped = real & ~route.keep
+        n_skipped += int(skipped.sum())
+        assert torch.equal(after[skipped], before[skipped]), layer_idx
+        assert not torch.allclose(after[route.keep], before[route.keep])
+    assert n_skipped > 0
+
+
+def test_pmod_skipped_vision_tokens_are_scaled_only(prompts, images, monkeypatch):
+    model = build("tiny-llava-pmod")
+    for router in model.language_model.model.routing.routers.values():
+        torch.nn.init.normal_(router.router.weight, std=0.5)
+    seen = _capture_layers(model, monkeypatch)
+    with torch.no_grad():
+        model(prompts, images)
+    for layer_idx, before, after, route, real in seen:
+        if route is None:
+            continue
+        skipped = real & ~route.keep
+        assert skipped.any()
+        expected = before[skipped] * route.skip_scale[skipped][:, None]
+        torch.testing.assert_close(after[skipped], expected)
+        assert not torch.equal(route.skip_scale[skipped], torch.ones_like(route.skip_scale[skipped]))
+
+
+def test_pmod_keeps_trunc_ratio_of_vision_tokens_and_all_text(prompts, images):
+    model = build("tiny-llava-pmod")
+    with torch.no_grad():
+        out = model(prompts, images, collect_stats=True)
+    routing = model.language_model.model.routing
+    n_vision = model.vision.num_image_tokens
+    for layer in range(model.cfg.llm.num_layers):
+        expected = math.floor(n_vision * routing.ratios[layer]) if layer in routing.ratios else n_vision
+        assert (out.kept[:, layer, IMAGE] == expected).all(), layer
+        assert torch.equal(out.kept[:, layer, QUESTION], out.total[:, layer, QUESTION])
+        assert torch.equal(out.kept[:, layer, SYSTEM], out.total[:, layer, SYSTEM])
+
+
+def test_router_gradients_through_mlp_scale_and_routing_loss(prompts, images):
+    model = build("tiny-llava-gmod").train()
+    router = model.language_model.model.routing.router
+    out = model(prompts, images, answers=["Yes", "red", "2"])
+    out.lm_loss.backward(retain_graph=True)
+    assert router.weight.grad is not None and router.weight.grad.abs().sum() > 0
+    router.weight.grad = None
+    out.routing_loss.backward()
+    assert router.weight.grad.abs().sum() > 0
+
+
+def test_pmod_router_gets_gradients(prompts, images):
+    model = build("tiny-llava-pmod").train()
+    out = model(prompts, images, answers=["Yes", "red", "2"])
+    out.loss.backward()
+    routers = model.language_model.model.routing.routers
+    # The last layer's vision positions reach no labelled logit, so its router has no gradient to get.
+    last = str(model.cfg.llm.num_layers - 1)
+    grads = {k: r.router.weight.grad for k, r in routers.items() if k != last}
+    assert len(grads) >= 3
+    assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), grads.keys()
+
+
+SPECS = ["tiny-llava", "tiny-llava-pmod", "gmod-skipping"]
+
+
+def _spec(name):
+    return gmod_config() if name == "gmod-skipping" else name
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_cached_generation_equals_uncached(prompts, images, name):
+    model = build(_spec(name))
+    kwargs = dict(max_new_tokens=6, min_new_tokens=6, output_scores=True)
+    cached = model.generate(prompts, images, use_cache=True, **kwargs)
+    uncached = model.generate(prompts, images, use_cache=False, **kwargs)
+    assert cached["tokens"] == uncached["tokens"]
+    torch.testing.assert_close(cached["scores"], uncached["scores"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", SPECS)
+def test_batch_of_three_equals_alone(prompts, images, name):
+    model = build(_spec(name))
+    kwargs = dict(max_new_tokens=5, min_new_tokens=5, output_scores=True)
+    batched = model.generate(prompts, images, **kwargs)
+    assert len(set(batched["prompt_lengths"])) == 3  # really different lengths, so rows are padded
+    for i in range(3):
+        alone = model.generate([prompts[i]], [images[i]], **kwargs)
+        assert batched["tokens"][i] == alone["tokens"][0]
+        torch.testing.assert_close(batched["scores"][i], alone["scores"][0], rtol=1e-4, atol=1e-4)
+
+
+def test_gamma_decode_skips_layers_without_kv_entry(prompts, images):
+    model = build(gmod_config())
+    out = model.generate(prompts[:1], images[:1], max_new_tokens=6, min_new_tokens=6)
+    lengths = out["cache"].layer_lengths()[:, 0]
+    dense_len = int(lengths[0])
+    assert int(lengths[-1]) == dense_len  # last layer dense
+    assert all(int(lengths[layer]) < dense_len for layer in (1, 2, 3, 4))
+
+
+def test_text_only_prompt(prompts):
+    model = build("tiny-llava-gmod")
+    out = model.generate(["A chat. USER: Say yes. ASSISTANT:"], None, max_new_tokens=3, min_new_tokens=3)
+    assert len(out["tokens"][0]) == 3
+
+
+def test_rope_positions_compacted_in_gamma_original_in_pmod(prompts, images, monkeypatch):
+    for spec, compact in ((gmod_config(), True), ("tiny-llava-pmod", False)):
+        model = build(spec)
+        decoder = model.language_model.model
+        calls = []
+        original = decoder.rotary_emb.forward
+        monkeypatch.setattr(decoder.rotary_emb, "forward", lambda x, pos: calls.append(pos.clone()) or original(x, pos))
+        with torch.no_grad():
+            out = model(prompts[:1], images[:1], collect_stats=True)
+        n_real = int(out.total[0, 0].sum())
+        assert len(calls) == model.cfg.llm.num_layers
+        routed = [layer for layer in range(len(calls)) if calls[layer].shape[1] < n_real]
+        assert routed, spec
+        for layer in routed:
+            pos = calls[layer][0]
+            if compact:
+                assert torch.equal(pos, torch.arange(len(pos)))
+            else:
+                assert pos[-1] == n_real - 1 and not torch.equal(pos, torch.arange(len(pos)))

@@ -1,0 +1,52 @@
+"""Parity with transformers' own implementations on the same weights."""
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
+
+import models
+from models.core import ModForCausalLM, llama_config
+from models.llava import clip_vision_config, to_hf_llava_state_dict
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_dense_decoder_equals_llama_for_causal_lm(attn):
+    cfg = models.get_variant("tiny-llava")
+    cfg.attn_implementation = attn
+    torch.manual_seed(0)
+    ours = ModForCausalLM(cfg).eval()
+    theirs = LlamaForCausalLM(llama_config(cfg)).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    ids = torch.randint(5, cfg.llm.vocab_size, (2, 23))
+    with torch.no_grad():
+        ref = theirs(input_ids=ids).logits
+        out = ours(input_ids=ids).logits
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_llava_equals_transformers_llava(prompts, images):
+    model = models.build_model("tiny-llava")
+    cfg = model.cfg
+    hf_cfg = LlavaConfig(
+        text_config=llama_config(cfg).to_dict(),
+        vision_config=clip_vision_config(cfg.vision).to_dict(),
+        image_token_id=model.image_token_id,
+        vision_feature_layer=cfg.vision.select_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        image_seq_length=model.vision.num_image_tokens,
+    )
+    theirs = LlavaForConditionalGeneration(hf_cfg).eval()
+    theirs.load_state_dict(to_hf_llava_state_dict(model.state_dict()), strict=True)
+
+    tok = model.tokenizer
+    n_img = model.vision.num_image_tokens
+    for prompt, image in zip(prompts, images):
+        before, after = prompt.split("<image>")
+        ids = ([tok.bos_token_id] + tok(before, add_special_tokens=False).input_ids + [model.image_token_id] * n_img
+               + tok(after, add_special_tokens=False).input_ids)
+        pixels = model.vision.preprocess([image])
+        with torch.no_grad():
+            ref = theirs(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
+            out = model([prompt], [image]).logits
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
