@@ -5,8 +5,9 @@
     python3 dev.py test    # the tests
     python3 dev.py ENV [-- ARGS]   # any tox env, e.g. `python3 dev.py test -- -k parity`
 
-Makes .venv with the pinned tox (versions from constraints.txt), then runs `tox -e ENV`. tox installs the
-project and its pinned dependencies once into .tox/modbench, shared by every env.
+Makes .venv with the pinned tox (versions from constraints.txt), makes sure the one install of the project
+and its pinned dependencies exists (`tox -e test --notest`, .tox/test), then runs `tox -e ENV`; the bench
+envs run that install's `modbench`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main(argv: list[str]) -> int:
     if rest and rest[0] == "--":
         rest = rest[1:]
     tox = ensure_tox()
+    if env != "test":
+        setup = subprocess.run([str(tox), "-e", "test", "--notest"], cwd=ROOT)
+        if setup.returncode:
+            return setup.returncode
     cmd = [str(tox), "-e", env]
     if rest:
         cmd += ["--", *rest]

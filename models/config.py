@@ -31,7 +31,23 @@ class LlmConfig:
 
 
 @dataclass
+class ConvNextConfig:
+    """A timm ConvNeXt (the high-resolution "slow" branch of LLaVA-HR and Mini-Gemini-HD)."""
+
+    depths: list[int] = field(default_factory=lambda: [3, 3, 27, 3])
+    dims: list[int] = field(default_factory=lambda: [192, 384, 768, 1536])
+    head_hidden_size: int = 1536  # convnext_large_mlp carries an MLP head (unused, but in the checkpoint)
+    timm_name: str = "convnext_large_mlp.clip_laion2b_ft_320"
+
+
+VISION_KINDS = ("clip", "multipath")
+
+
+@dataclass
 class VisionConfig:
+    """kind 'clip': one CLIP tower (LLaVA-1.5). kind 'multipath': CLIP (fast, run at input_image_size/32*14)
+    + ConvNeXt (slow, run at input_image_size) joined by mixture-of-resolution adapters (LLaVA-HR)."""
+
     kind: str = "clip"
     image_size: int = 336
     patch_size: int = 14
@@ -44,9 +60,19 @@ class VisionConfig:
     # LLaVA-1.5 pads to a square with the CLIP mean colour before resizing.
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    convnext: ConvNextConfig | None = None
+    input_image_size: int = 0  # multipath: the image size fed to the slow branch (1024 for LLaVA-HR)
+    adapters: bool = True  # multipath: adapters exist only when the vision tower was trained (not frozen)
+
+    @property
+    def fast_image_size(self) -> int:
+        """multipath: CLIP runs at max(input/32*14, 336)-like size, scaled for tiny patch sizes."""
+        return max(self.input_image_size // 32 * self.patch_size, self.image_size)
 
     @property
     def num_image_tokens(self) -> int:
+        if self.kind == "multipath":
+            return (self.fast_image_size // self.patch_size) ** 2
         return (self.image_size // self.patch_size) ** 2
 
 
@@ -130,8 +156,21 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError(f"mod.{name} = {value} is outside [0, 1)")
     if not 0.0 < mod.prd_min_ratio <= mod.prd_max_ratio <= 1.0:
         raise ConfigError("mod.prd_min_ratio / mod.prd_max_ratio must satisfy 0 < min <= max <= 1")
-    if cfg.vision is not None and cfg.vision.image_size % cfg.vision.patch_size:
-        raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
+    vision = cfg.vision
+    if vision is not None:
+        if vision.image_size % vision.patch_size:
+            raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
+        if vision.kind not in VISION_KINDS:
+            raise ConfigError(f"vision.kind must be one of {VISION_KINDS}, got {vision.kind!r}")
+        if vision.kind == "multipath":
+            if vision.convnext is None or vision.input_image_size <= 0:
+                raise ConfigError("vision.convnext and vision.input_image_size are required for kind 'multipath'")
+            if vision.input_image_size % 32:
+                raise ConfigError("vision.input_image_size must be a multiple of 32 (the ConvNeXt stride)")
+            if (vision.input_image_size // 32) ** 2 != vision.num_image_tokens:
+                raise ConfigError("vision: the ConvNeXt grid (input/32) must match the CLIP grid")
+            if vision.num_layers % 4:
+                raise ConfigError("vision.num_layers must be a multiple of 4 (adapters after each quarter)")
 
 
 def _resolve_type(tp):

@@ -39,6 +39,19 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
     return canvas
 
 
+def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
+    """LLaVA's projector: Linear, GELU, Linear (keys .0 and .2)."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+def normalise(image: Image.Image, vision: VisionConfig) -> torch.Tensor:
+    """An RGB PIL image (already resized) -> normalised [3, H, W] float tensor."""
+    mean = np.asarray(vision.image_mean, dtype=np.float32)
+    std = np.asarray(vision.image_std, dtype=np.float32)
+    arr = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
 @register_frontend("llava")
 class LlavaVision(nn.Module):
     """CLIPVisionModel + projector; `encode` returns [num_images, num_image_tokens, llm_hidden]."""
@@ -50,11 +63,7 @@ class LlavaVision(nn.Module):
         self.vision_tower = CLIPVisionModel(clip_vision_config(vision))
         if vision.projector != "mlp2x_gelu":
             raise ValueError(f"vision.projector: only 'mlp2x_gelu' is supported, got {vision.projector!r}")
-        self.projector = nn.Sequential(
-            nn.Linear(vision.hidden_size, cfg.llm.hidden_size),
-            nn.GELU(),
-            nn.Linear(cfg.llm.hidden_size, cfg.llm.hidden_size),
-        )
+        self.projector = mlp2x_gelu(vision.hidden_size, cfg.llm.hidden_size)
 
     @property
     def num_image_tokens(self) -> int:
@@ -63,15 +72,12 @@ class LlavaVision(nn.Module):
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         vision = self.vision_cfg
         fill = tuple(int(round(255 * m)) for m in vision.image_mean)
-        mean = np.asarray(vision.image_mean, dtype=np.float32)
-        std = np.asarray(vision.image_std, dtype=np.float32)
-        batch = []
-        for image in images:
-            image = expand_to_square(image.convert("RGB"), fill)
-            image = image.resize((vision.image_size, vision.image_size), Image.Resampling.BICUBIC)
-            arr = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
-            batch.append(torch.from_numpy(arr).permute(2, 0, 1))
-        return torch.stack(batch)
+        size = vision.image_size
+        return torch.stack([
+            normalise(expand_to_square(image.convert("RGB"), fill).resize((size, size), Image.Resampling.BICUBIC),
+                      vision)
+            for image in images
+        ])
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = self.projector[0].weight.dtype

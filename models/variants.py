@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from .config import ConfigError, LlmConfig, ModelConfig, ModSpec, VisionConfig
+from .config import ConfigError, ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
 from .tokenizer import TINY_VOCAB_SIZE
 
 _VARIANTS: dict[str, ModelConfig] = {}
@@ -47,6 +47,41 @@ LLAVA_15_7B = register_variant(ModelConfig(
 register_variant(with_mod(LLAVA_15_7B, "pmod-llava-1.5-7b", ModSpec(scheme="pmod"),
                           hub_id="MCG-NJU/p-MoD-LLaVA-v1.5-7B"))
 
+
+
+def gamma_spec(num_layers: int, skip: float) -> ModSpec:
+    """γ-MoD as released: every layer MoD except the 3 first and the last (ARank, k = 4)."""
+    return ModSpec(scheme="gamma", layers=list(range(3, num_layers - 1)), train_skip_fraction=skip)
+
+
+# --- LLaVA-HR (γ-MoD's main host) ---------------------------------------------------------------------------
+VICUNA_13B = LlmConfig(num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40, intermediate_size=13824,
+                       vocab_size=32000, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-5)
+CONVNEXT_L = ConvNextConfig(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536], head_hidden_size=1536,
+                            timm_name="convnext_large_mlp.clip_laion2b_ft_320")
+CONVNEXT_XXL = ConvNextConfig(depths=[3, 4, 30, 3], dims=[384, 768, 1536, 3072], head_hidden_size=0,
+                              timm_name="convnext_xxlarge.clip_laion2b_soup_ft_in1k")
+HR_VISION = dataclasses.replace(CLIP_L_336, kind="multipath", convnext=CONVNEXT_L, input_image_size=1024)
+
+LLAVA_HR_7B = register_variant(ModelConfig(
+    name="llava-hr-7b", family="llava-hr", llm=VICUNA_7B, vision=HR_VISION,
+    hub_id="favor123/llava-hr-7b-sft-1024", dtype="float16"))
+LLAVA_HR_13B = register_variant(ModelConfig(
+    name="llava-hr-13b", family="llava-hr", llm=VICUNA_13B, vision=HR_VISION,
+    hub_id="favor123/llava-hr-13b-sft-1024", dtype="float16"))
+register_variant(ModelConfig(
+    name="llava-hr-x-13b", family="llava-hr", llm=VICUNA_13B,
+    vision=dataclasses.replace(HR_VISION, convnext=CONVNEXT_XXL),
+    hub_id="favor123/llava-hr-13b-x-sft-1024", dtype="float16"))
+register_variant(with_mod(LLAVA_HR_7B, "llava-hr-7b-gmod-0.34", gamma_spec(32, 0.34),
+                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-7b-0.34"))
+# The paper's 0.5 model of the 7B host (Tables 1, 3, 4, 6) has no released checkpoint.
+register_variant(with_mod(LLAVA_HR_7B, "llava-hr-7b-gmod-0.5", gamma_spec(32, 0.5)))
+register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.34", gamma_spec(40, 0.34),
+                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.34"))
+register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.5", gamma_spec(40, 0.5),
+                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.5"))
+
 # --- tiny twins (CPU, seconds) -----------------------------------------------------------------------------
 TINY_LLM = LlmConfig(num_layers=6, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128,
                      vocab_size=TINY_VOCAB_SIZE, max_position_embeddings=2048)
@@ -58,3 +93,12 @@ TINY_LLAVA = register_variant(ModelConfig(name="tiny-llava", family="llava", llm
 # γ-MoD keeps layer 0 and the last layer dense.
 register_variant(with_mod(TINY_LLAVA, "tiny-llava-gmod", ModSpec(scheme="gamma", layers=[1, 2, 3, 4])))
 register_variant(with_mod(TINY_LLAVA, "tiny-llava-pmod", ModSpec(scheme="pmod")))
+
+# LLaVA-HR twin: CLIP built for 24 px (3x3 position grid) runs at 32 px (4x4, resampled), ConvNeXt at 128 px.
+TINY_HR_VISION = VisionConfig(kind="multipath", image_size=24, patch_size=8, hidden_size=32, num_layers=4,
+                              num_heads=2, intermediate_size=64, input_image_size=128,
+                              convnext=ConvNextConfig(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32],
+                                                      head_hidden_size=32, timm_name=""))
+TINY_LLAVA_HR = register_variant(ModelConfig(name="tiny-llava-hr", family="llava-hr", llm=TINY_LLM,
+                                             vision=TINY_HR_VISION, tiny=True))
+register_variant(with_mod(TINY_LLAVA_HR, "tiny-llava-hr-gmod", ModSpec(scheme="gamma", layers=[1, 2, 3, 4])))

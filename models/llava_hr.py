@@ -1,0 +1,167 @@
+"""LLaVA-HR vision front-end: CLIP (fast, low resolution) + ConvNeXt (slow, high resolution) joined by
+mixture-of-resolution adapters.
+
+As ../shared/reference/README.md and the authors' released model describe it:
+- the image is padded to a square with the CLIP mean colour and resized (bicubic) to input_image_size (1024);
+- slow branch: the whole timm ConvNeXt (stem + 4 stages) at 1024 -> [B, C_slow, 32, 32];
+- fast branch: the same image resized (bilinear, align_corners) to 448, CLIP patch embedding with the
+  position embeddings resampled 24^2 -> 32^2 (bicubic, antialiased), CLS dropped, pre-layernorm, then the
+  CLIP blocks in four quarters with an adapter after each of the first three (after blocks 6/12/18 of 24)
+  when the tower was trained (freeze_vision false);
+- fusion: Linear(fast) + Linear(slow tokens) -> 1024 tokens of CLIP width -> mlp2x_gelu projector.
+All CLIP blocks run (no post-layernorm, no select layer).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from timm.models.convnext import ConvNeXt
+from torch import nn
+from transformers import CLIPVisionModel
+
+from .config import ModelConfig
+from .llava import clip_vision_config, expand_to_square, mlp2x_gelu, normalise
+from .vlm import register_frontend
+
+
+def resample_position_embeddings(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """[1 + g*g, C] -> [1 + grid*grid, C]: the prefix (CLS) kept, the patch grid resampled bicubically."""
+    prefix, patches = pos[:1], pos[1:]
+    old = int(math.isqrt(patches.shape[0]))
+    if old == grid:
+        return pos
+    dtype = pos.dtype
+    patches = patches.float().reshape(1, old, old, -1).permute(0, 3, 1, 2)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", antialias=True)
+    patches = patches.permute(0, 2, 3, 1).reshape(grid * grid, -1).to(dtype)
+    return torch.cat([prefix, patches])
+
+
+def match_grid(tokens: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, L, C] on a sqrt(L) grid -> [B, grid*grid, C]: average-pooled down or bilinearly (align_corners)
+    upsampled."""
+    batch, length, channels = tokens.shape
+    side = int(math.isqrt(length))
+    if side == grid:
+        return tokens
+    maps = tokens.transpose(1, 2).reshape(batch, channels, side, side)
+    if side > grid:
+        maps = F.avg_pool2d(maps, side // grid, side // grid)
+    else:
+        maps = F.interpolate(maps.float(), size=(grid, grid), mode="bilinear", align_corners=True).to(tokens.dtype)
+    return maps.flatten(2).transpose(1, 2)
+
+
+class MixtureOfResolutionAdapter(nn.Module):
+    """Injects slow (ConvNeXt) features into the fast (CLIP) token stream through a tanh gate."""
+
+    def __init__(self, fast_dim: int, slow_dim: int) -> None:
+        super().__init__()
+        self.slow_conv = nn.Conv2d(slow_dim, slow_dim, 1)
+        self.slow_proj = nn.Conv2d(slow_dim, fast_dim, 1)
+        self.fast_conv = nn.Conv2d(fast_dim, fast_dim, 7, padding=3, groups=fast_dim)
+        self.fast_proj = nn.Conv2d(fast_dim, fast_dim, 1)
+        self.gate = nn.Sequential(nn.Linear(2 * fast_dim, fast_dim // 2), nn.GELU(), nn.Linear(fast_dim // 2, 1))
+        # Released init: xavier convs, zero projections, so a fresh adapter starts as the identity.
+        for conv in (self.slow_conv, self.fast_conv):
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+        for proj in (self.slow_proj, self.fast_proj):
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(self, fast: torch.Tensor, slow: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = fast.shape
+        grid = int(math.isqrt(length))
+        slow = self.slow_proj(F.gelu(self.slow_conv(slow))).flatten(2).transpose(1, 2)
+        slow = match_grid(slow, grid)
+        maps = fast.transpose(1, 2).reshape(batch, dim, grid, grid)
+        maps = maps + self.fast_proj(F.gelu(self.fast_conv(maps)))
+        fast = maps.flatten(2).transpose(1, 2)
+        gate = self.gate(torch.cat([fast, slow], dim=-1).mean(dim=1)).unsqueeze(1)
+        return fast + slow * gate.tanh()
+
+
+class ResolutionFusion(nn.Module):
+    """Final fusion: Linear(fast) + Linear(slow tokens on the fast grid)."""
+
+    def __init__(self, fast_dim: int, slow_dim: int) -> None:
+        super().__init__()
+        self.fast_proj = nn.Linear(fast_dim, fast_dim)
+        self.slow_proj = nn.Linear(slow_dim, fast_dim)
+
+    def forward(self, fast: torch.Tensor, slow: torch.Tensor) -> torch.Tensor:
+        slow = match_grid(slow.flatten(2).transpose(1, 2), int(math.isqrt(fast.shape[1])))
+        return self.fast_proj(fast) + self.slow_proj(slow)
+
+
+class MultiPathVisionTower(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        vision = cfg.vision
+        conv = vision.convnext
+        self.vision_cfg = vision
+        self.fast_vision_tower = CLIPVisionModel(clip_vision_config(vision))
+        self.slow_vision_tower = ConvNeXt(num_classes=0, depths=tuple(conv.depths), dims=tuple(conv.dims),
+                                          head_hidden_size=conv.head_hidden_size or None)
+        fast_dim, slow_dim = vision.hidden_size, conv.dims[-1]
+        if vision.adapters:
+            self.align_stages_latent = nn.ModuleList(
+                MixtureOfResolutionAdapter(fast_dim, slow_dim) for _ in range(3)
+            )
+        self.align_stages = nn.ModuleList([ResolutionFusion(fast_dim, slow_dim)])
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        vision = self.vision_cfg
+        clip = getattr(self.fast_vision_tower, "vision_model", self.fast_vision_tower)  # flat in transformers 5
+        dtype = clip.embeddings.patch_embedding.weight.dtype
+        pixels = pixels.to(dtype)
+        size = vision.fast_image_size
+        fast_pixels = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", align_corners=True)
+        patches = clip.embeddings.patch_embedding(fast_pixels.to(dtype)).flatten(2).transpose(1, 2)
+        grid = size // vision.patch_size
+        pos = resample_position_embeddings(clip.embeddings.position_embedding.weight, grid)
+        fast = clip.pre_layrnorm(patches + pos[1:])  # CLS dropped before the blocks, as released
+
+        slow_net = self.slow_vision_tower
+        slow = slow_net.stages(slow_net.stem(pixels))
+
+        blocks = clip.encoder.layers
+        quarter = len(blocks) // 4
+        for index, block in enumerate(blocks):
+            fast = block(fast, None)
+            if isinstance(fast, tuple):
+                fast = fast[0]
+            if vision.adapters and (index + 1) % quarter == 0 and index + 1 < len(blocks):
+                fast = self.align_stages_latent[(index + 1) // quarter - 1](fast, slow)
+        return self.align_stages[0](fast, slow)
+
+
+@register_frontend("llava-hr")
+class LlavaHrVision(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.vision_cfg = cfg.vision
+        self.vision_tower = MultiPathVisionTower(cfg)
+        self.projector = mlp2x_gelu(cfg.vision.hidden_size, cfg.llm.hidden_size)
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.vision_cfg.num_image_tokens
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        vision = self.vision_cfg
+        fill = tuple(int(round(255 * m)) for m in vision.image_mean)
+        size = vision.input_image_size
+        return torch.stack([
+            normalise(expand_to_square(image.convert("RGB"), fill).resize((size, size), Image.Resampling.BICUBIC),
+                      vision)
+            for image in images
+        ])
+
+    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.vision_tower(pixel_values))
