@@ -94,6 +94,9 @@ class ModSpec:
     prefill_threshold: float = 0.005
     decode_threshold: float = 0.5
     router_loss_coef: float = 0.01
+    # Benchmark knob, off by default: at inference, skip this share of the routable (system + image) prompt
+    # tokens by top-k on p (as in training) instead of the p > prefill_threshold rule, for a controlled skip.
+    fixed_skip: float | None = None
     tanh_norm_scale: float = 0.2
     prd_max_ratio: float = 0.85
     prd_min_ratio: float = 0.15
@@ -150,6 +153,8 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError(f"mod.ratios[{i}] = {ratio} is outside (0, 1]")
     if mod.scheme == "pmod" and mod.ratios and len(mod.ratios) != len(mod.layers):
         raise ConfigError(f"mod.ratios has {len(mod.ratios)} entries but mod.layers has {len(mod.layers)}")
+    if mod.fixed_skip is not None and not 0.0 <= mod.fixed_skip < 1.0:
+        raise ConfigError(f"mod.fixed_skip = {mod.fixed_skip} is outside [0, 1)")
     for name in ("train_skip_fraction", "prefill_threshold", "decode_threshold"):
         value = getattr(mod, name)
         if not 0.0 <= value < 1.0:

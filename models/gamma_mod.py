@@ -65,17 +65,26 @@ class GammaModRouting(RoutingScheme):
             return None
         logits, p = self.keep_probability(normed)
         real = ctx.real
+        aux = None
         if ctx.training:
-            routable = ((ctx.token_types == SYSTEM) | (ctx.token_types == IMAGE)) & real
-            n_skip = (routable.sum(dim=1) * self.spec.train_skip_fraction).floor().long()
-            # Force-kept tokens get +1, so the n_skip lowest scores are always routable tokens.
-            score = p.detach() + (~routable).float()
-            keep = real & ~(rank_within_rows(score, descending=False) < n_skip[:, None])
-            target = keep.long()
-            ce = F.cross_entropy(logits[real], target[real])
+            keep = self.masked_top_k(p, ctx, self.spec.train_skip_fraction)
+            ce = F.cross_entropy(logits[real], keep.long()[real])
             aux = ce * self.spec.router_loss_coef
         else:
             is_decode = ctx.token_types == RESPONSE
-            keep = real & torch.where(is_decode, p >= self.spec.decode_threshold, p > self.spec.prefill_threshold)
-            aux = None
+            if self.spec.fixed_skip is not None:
+                prompt_keep = self.masked_top_k(p, ctx, self.spec.fixed_skip)
+            else:
+                prompt_keep = p > self.spec.prefill_threshold
+            keep = real & torch.where(is_decode, p >= self.spec.decode_threshold, prompt_keep)
         return Route(keep=keep, mlp_scale=p.to(hidden.dtype), compact_positions=True, aux_loss=aux)
+
+    @staticmethod
+    def masked_top_k(p: torch.Tensor, ctx: RoutingContext, skip_fraction: float) -> torch.Tensor:
+        """Skip floor(skip_fraction * routable) tokens per row, the lowest p first; only system + image
+        tokens are routable (the others are force-kept: top-k on p with +1 for them)."""
+        real = ctx.real
+        routable = ((ctx.token_types == SYSTEM) | (ctx.token_types == IMAGE)) & real
+        n_skip = (routable.sum(dim=1).double() * skip_fraction).floor().long()
+        score = p.detach() + (~routable).float()
+        return real & ~(rank_within_rows(score, descending=False) < n_skip[:, None])

@@ -102,3 +102,12 @@ TINY_HR_VISION = VisionConfig(kind="multipath", image_size=24, patch_size=8, hid
 TINY_LLAVA_HR = register_variant(ModelConfig(name="tiny-llava-hr", family="llava-hr", llm=TINY_LLM,
                                              vision=TINY_HR_VISION, tiny=True))
 register_variant(with_mod(TINY_LLAVA_HR, "tiny-llava-hr-gmod", ModSpec(scheme="gamma", layers=[1, 2, 3, 4])))
+
+# CPU-sized LLaVA-HR-shaped pair for the speed benchmark (`modbench latency --compare`): 12 layers, hidden 512,
+# 1024 image tokens + ~60 text; the γ-MoD twin skips half of the routable tokens (fixed ratio, see ModSpec).
+CPU_BENCH_LLM = LlmConfig(num_layers=12, hidden_size=512, num_heads=8, num_kv_heads=8, intermediate_size=1408,
+                          vocab_size=TINY_VOCAB_SIZE, max_position_embeddings=4096)
+CPU_LLAVA_HR = register_variant(ModelConfig(name="cpu-llava-hr", family="llava-hr", llm=CPU_BENCH_LLM,
+                                            vision=TINY_HR_VISION))
+register_variant(with_mod(CPU_LLAVA_HR, "cpu-llava-hr-gmod-0.5",
+                          ModSpec(scheme="gamma", layers=list(range(1, 11)), fixed_skip=0.5)))

@@ -10,6 +10,16 @@ import time
 DEFAULT_SMOKE_OUT = "results/runs/smoke.json"
 
 
+def _cuda() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return False
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def _sample_images():
     """Small deterministic images (shapes and colours drawn by PIL) for smoke runs and ARank."""
     from PIL import Image, ImageDraw
@@ -132,11 +142,94 @@ def cmd_flops(args) -> int:
     from suite.flops import flops_analytic
 
     cfg = models.get_variant(args.model)
-    record = flops_analytic(cfg, args.seq_len, args.skip, args.image_tokens)
+    if args.full:
+        from suite.flops import flops_full_meta
+
+        record = flops_full_meta(cfg, int(args.seq_len), args.skip, args.new_tokens, args.image_tokens)
+    else:
+        record = flops_analytic(cfg, args.seq_len, args.skip, args.image_tokens)
     if args.json:
         print(json.dumps(record, indent=2))
-    else:
-        print(f"{record['tflops']:.2f} TFLOPs  ({cfg.name}, s={args.seq_len}, skip={args.skip}; {record['convention']})")
+        return 0
+    print(f"{record['tflops']:.2f} TFLOPs  ({cfg.name}, s={args.seq_len:g}, skip={args.skip}; {record['convention']})")
+    for name, value in record.get("tflops_per_component", {}).items():
+        print(f"  {name:16s} {value:10.4f}")
+    return 0
+
+
+def cmd_latency(args) -> int:
+
+    import torch
+
+    import models
+    from suite.latency import LatencySpec, measure_latency
+    from suite.results import results_record, write_json_atomic
+
+    if args.task:
+        raise ValueError("--task needs the lmms-eval tasks (not built yet); use --image-tokens/--prompt-tokens")
+    names = [args.model] + ([args.compare] if args.compare else [])
+    batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
+    image = _sample_images()[0][1]
+    rows, runs = [], []
+    for batch in batch_sizes:
+        for name in names:
+            cfg = models.get_variant(name)
+            if args.dtype:
+                cfg.dtype = args.dtype
+            if args.attn_implementation:
+                cfg.attn_implementation = args.attn_implementation
+            models.config.validate(cfg)
+            model = models.build_model(cfg, seed=args.seed, device=args.device)
+            spec = LatencySpec(image_tokens=args.image_tokens, prompt_tokens=args.prompt_tokens,
+                               new_tokens=args.new_tokens, batch_size=batch, warmup=args.warmup,
+                               repeats=args.repeats, seed=args.seed)
+            result = measure_latency(model, spec, image=image)
+            result["model"] = name
+            runs.append(result)
+            sec = result["seconds"]
+            rows.append({
+                "model": name, "batch": batch,
+                "prefill_ms": 1e3 * sec["prefill"]["median"],
+                "prefill_p10-p90": f"{1e3 * sec['prefill']['p10']:.1f}-{1e3 * sec['prefill']['p90']:.1f}",
+                "decode_ms/token": 1e3 * sec["decode_per_token"]["median"] if "decode_per_token" in sec else None,
+                "e2e_ms": 1e3 * sec["end_to_end"]["median"],
+                "samples/s": result["samples_per_s"],
+                "TFLOPs(prefill)": result["flops_analytic"]["tflops"],
+                "skip": result["routing"]["overall_skip"],
+                "kv_share": result["kv_cache"]["share_of_dense"],
+            })
+            del model
+            if args.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    comparisons = []
+    if args.compare:
+        for batch in batch_sizes:
+            a, b = [r for r in rows if r["batch"] == batch]
+            comparisons.append({
+                "batch": batch, "models": [a["model"], b["model"]],
+                "prefill_time_ratio": b["prefill_ms"] / a["prefill_ms"],
+                "e2e_time_ratio": b["e2e_ms"] / a["e2e_ms"],
+                "flops_ratio": b["TFLOPs(prefill)"] / a["TFLOPs(prefill)"],
+            })
+    from tabulate import tabulate
+
+    print(tabulate(rows, headers="keys", floatfmt=".4g"))
+    for c in comparisons:
+        print(f"batch {c['batch']}: {c['models'][1]} / {c['models'][0]}: prefill time x{c['prefill_time_ratio']:.3f}, "
+              f"end-to-end time x{c['e2e_time_ratio']:.3f}, prefill FLOPs x{c['flops_ratio']:.3f}")
+    if len(batch_sizes) > 1:
+        for name in names:
+            per = {r["batch"]: r["samples/s"] for r in rows if r["model"] == name}
+            lo, hi = min(per), max(per)
+            print(f"{name}: batch {hi} vs {lo}: samples/s x{per[hi] / per[lo]:.2f}")
+    spec = {"command": "latency", "models": names, "batch_sizes": batch_sizes, "device": args.device,
+            "dtype": args.dtype or "variant default", "attn_implementation": args.attn_implementation or "variant default",
+            "image_tokens": args.image_tokens, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+            "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed}
+    if args.output:
+        path = write_json_atomic(args.output, results_record("latency", spec, runs=runs, table=rows,
+                                                             comparisons=comparisons))
+        print(f"wrote {path}")
     return 0
 
 
@@ -171,8 +264,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seq-len", type=float, required=True, help="(average) prefill sequence length")
     p.add_argument("--skip", type=float, default=None, help="skip ratio of MoD layers (γ-MoD: required)")
     p.add_argument("--image-tokens", type=int, default=None, help="p-MoD: vision tokens in the sequence")
+    p.add_argument("--full", action="store_true",
+                   help="full accounting per component (vision, projector, LLM, router, lm_head, decode) with "
+                        "torch.utils.flop_counter on the meta device")
+    p.add_argument("--new-tokens", type=int, default=0, help="--full: decode steps to count")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_flops)
+
+    p = sub.add_parser("latency", help="wall-clock (vision, prefill, decode, end to end), memory and KV cache")
+    p.add_argument("--model", required=True, help="variant name")
+    p.add_argument("--compare", default="", help="a second variant, run side by side (ratios printed)")
+    p.add_argument("--image-tokens", type=int, default=1024)
+    p.add_argument("--prompt-tokens", type=int, default=60)
+    p.add_argument("--new-tokens", type=int, default=8, help="forced output length (no early EOS)")
+    p.add_argument("--batch-size", default="1", help="one or more, comma-separated (e.g. 1,8)")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
+    p.add_argument("--attn-implementation", default="", choices=["", "sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--task", default="", help="(not yet) time real samples of a task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="", help="results file (JSON)")
+    p.set_defaults(func=cmd_latency)
     return parser
 
 

@@ -1,7 +1,8 @@
-"""Analytic FLOPs in the papers' convention.
+"""FLOPs: analytic in the papers' convention, measured with torch.utils.flop_counter / fvcore.
 
-2 FLOPs per multiply-add, LLM decoder only, prefill only. Per layer with s tokens, hidden h, MLP width I:
-8*s*h^2 (q, k, v, o projections) + 4*s^2*h (scores and weighted sum) + 6*s*h*I (gate, up, down).
+Analytic: 2 FLOPs per multiply-add, LLM decoder only, prefill only. Per layer with s tokens, hidden h, MLP
+width I: 8*s*h^2 (q, k, v, o projections; with grouped K/V heads 4*s*h^2 + 4*s*h*h_kv) + 4*s^2*h (scores
+and weighted sum over the full s x s block, as the kernels compute it) + 6*s*h*I (gate, up, down).
 An MoD layer counts the tokens it runs: s*(1-R) for γ-MoD at skip ratio R; for p-MoD the text tokens plus
 trunc(n_vision * ratio_l). Vision encoder, projector, lm_head, router and decode steps are not counted.
 """
@@ -9,15 +10,26 @@ trunc(n_vision * ratio_l). Vision encoder, projector, lm_head, router and decode
 from __future__ import annotations
 
 import math
+import re
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from models.config import ModelConfig
 from models.pmod import pmod_layers_and_ratios
 
 CONVENTION = "2 FLOPs per multiply-add; LLM decoder prefill only (8sh^2 + 4s^2h + 6shI per layer)"
+TORCH_CONVENTION = "torch.utils.flop_counter: 2 FLOPs per multiply-add"
+FVCORE_CONVENTION = "fvcore: 1 flop per multiply-add (half the torch counter on the same matmuls)"
 
 
-def layer_flops(tokens: float, hidden: int, mlp: int) -> float:
-    return 8 * tokens * hidden**2 + 4 * tokens**2 * hidden + 6 * tokens * hidden * mlp
+def layer_flops(tokens: float, hidden: int, mlp: int, kv_hidden: int | None = None) -> float:
+    kv = hidden if kv_hidden is None else kv_hidden
+    return 4 * tokens * hidden**2 + 4 * tokens * hidden * kv + 4 * tokens**2 * hidden + 6 * tokens * hidden * mlp
+
+
+def kv_hidden(cfg: ModelConfig) -> int:
+    return cfg.llm.num_kv_heads * (cfg.llm.hidden_size // cfg.llm.num_heads)
 
 
 def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
@@ -44,13 +56,126 @@ def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None
 def flops_analytic(cfg: ModelConfig, seq_len: float, skip: float | None = None,
                    image_tokens: int | None = None) -> dict:
     tokens = tokens_per_layer(cfg, seq_len, skip, image_tokens)
-    per_layer = [layer_flops(t, cfg.llm.hidden_size, cfg.llm.intermediate_size) for t in tokens]
+    return flops_for_tokens(cfg, tokens, seq_len=seq_len, skip=skip)
+
+
+def flops_for_tokens(cfg: ModelConfig, tokens: list[float], **extra) -> dict:
+    """Analytic prefill FLOPs when layer l runs tokens[l] tokens (e.g. the counts a real forward kept)."""
+    per_layer = [layer_flops(t, cfg.llm.hidden_size, cfg.llm.intermediate_size, kv_hidden(cfg)) for t in tokens]
     return {
         "model": cfg.name,
         "convention": CONVENTION,
-        "seq_len": seq_len,
-        "skip": skip,
+        **extra,
         "tokens_per_layer": tokens,
         "flops_per_layer": per_layer,
         "tflops": sum(per_layer) / 1e12,
+    }
+
+
+# The loop calls each layer's attention and MLP (not the layer's own forward): count those children.
+_LAYER_KEY = re.compile(r"\.model\.layers\.\d+\.[^.]+$")
+
+
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def torch_flop_counter(**kwargs) -> FlopCounterMode:
+    """FlopCounterMode that also counts the CPU fused attention kernel (torch registers only the CUDA ones)."""
+    mapping = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        mapping[cpu_sdpa] = _cpu_sdpa_flops
+    kwargs.setdefault("display", False)
+    return FlopCounterMode(custom_mapping=mapping, **kwargs)
+
+
+def llm_layer_flops(counter: FlopCounterMode) -> float:
+    """The decoder layers' share of a FlopCounterMode run (router, lm_head and vision excluded)."""
+    return float(sum(sum(ops.values()) for name, ops in counter.get_flop_counts().items() if _LAYER_KEY.search(name)))
+
+
+def fvcore_flops(module: torch.nn.Module, inputs: tuple) -> float:
+    """fvcore's count (one multiply-add = one flop) of module(*inputs)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    analysis = FlopCountAnalysis(module, inputs)
+    analysis.unsupported_ops_warnings(False)
+    analysis.uncalled_modules_warnings(False)
+    return float(analysis.total())
+
+
+@torch.no_grad()
+def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, new_tokens: int = 0,
+                    image_tokens: int | None = None) -> dict:
+    """Full accounting at any size without weights: the model is built on the meta device and each component
+    runs at the shapes a prefill (layer l on tokens_per_layer[l] tokens) and `new_tokens` decode steps would
+    have, counted by torch.utils.flop_counter. Decode steps run every layer (an upper bound for γ-MoD)."""
+    from transformers import DynamicCache
+
+    from models.params import build_on_meta
+
+    model = build_on_meta(cfg)
+    decoder = model.language_model.model
+    hidden = cfg.llm.hidden_size
+    tokens = [int(round(t)) for t in tokens_per_layer(cfg, seq_len, skip, image_tokens)]
+    components: dict[str, float] = {}
+
+    def count(fn) -> float:
+        with torch_flop_counter() as counter:
+            fn()
+        return float(counter.get_total_flops())
+
+    meta = dict(device="meta", dtype=torch.float32)
+    if model.vision is not None:
+        vision = cfg.vision
+        size = vision.input_image_size if vision.kind == "multipath" else vision.image_size
+        pixels = torch.empty(1, 3, size, size, **meta)
+        tower = model.vision.vision_tower
+        if vision.kind == "multipath":
+            feats = tower(pixels)
+        else:
+            feats = tower(pixels, output_hidden_states=True).hidden_states[vision.select_layer][:, 1:]
+        components["vision_encoder"] = count(
+            lambda: tower(pixels) if vision.kind == "multipath" else tower(pixels, output_hidden_states=True))
+        components["projector"] = count(lambda: model.vision.projector(feats))
+
+    def run_layer(layer_idx: int, n: int, cache=None) -> None:
+        layer = decoder.layers[layer_idx]
+        x = torch.empty(1, n, hidden, **meta)
+        pos = torch.zeros(1, n, dtype=torch.long, device="meta")
+        cos_sin = decoder.rotary_emb(x, pos)
+        attn, _ = layer.self_attn(hidden_states=layer.input_layernorm(x), position_embeddings=cos_sin,
+                                  attention_mask=None, past_key_values=cache)
+        layer.mlp(layer.post_attention_layernorm(x + attn))
+
+    components["llm_prefill"] = count(lambda: [run_layer(i, n) for i, n in enumerate(tokens)])
+    routing = decoder.routing
+    mod_layers = list(routing.mod_layers)
+    if mod_layers:
+        x = torch.empty(1, seq_len, hidden, **meta)
+        if cfg.mod.scheme == "gamma":
+            components["router"] = count(lambda: [routing.router(x) for _ in mod_layers])
+        else:
+            components["router"] = count(lambda: [routing.routers[str(i)](x) for i in mod_layers])
+    head_in = torch.empty(1, 1, hidden, **meta)
+    components["lm_head"] = count(lambda: model.language_model.lm_head(head_in)) * (1 + max(new_tokens - 1, 0))
+    if new_tokens:
+        def decode() -> None:
+            kv = cfg.llm.num_kv_heads
+            head_dim = hidden // cfg.llm.num_heads
+            for step in range(new_tokens):
+                for i, n in enumerate(tokens):
+                    cache = DynamicCache()
+                    past = torch.empty(1, kv, n + step, head_dim, **meta)
+                    cache.update(past, past, i)
+                    run_layer(i, 1, cache)
+        components["llm_decode"] = count(decode)
+    total = sum(components.values())
+    return {
+        "model": cfg.name, "convention": TORCH_CONVENTION + " (meta device, no weights)", "seq_len": seq_len,
+        "skip": skip, "new_tokens": new_tokens, "tokens_per_layer": tokens,
+        "tflops_per_component": {k: v / 1e12 for k, v in components.items()}, "tflops": total / 1e12,
     }

@@ -1,0 +1,144 @@
+"""FLOPs (analytic, torch counter, fvcore, meta device), latency report, KV share, routing statistics."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import models
+from models.config import ModSpec
+from models.pmod import mean_kept_ratio, pmod_layers_and_ratios
+from models.variants import with_mod
+from suite.cli import main as cli_main
+from suite.flops import (
+    flops_analytic,
+    flops_for_tokens,
+    flops_full_meta,
+    fvcore_flops,
+    llm_layer_flops,
+    torch_flop_counter,
+)
+from suite.latency import LatencySpec, measure_latency, quantiles
+
+
+@pytest.mark.parametrize("name, skip, expected", [
+    ("llava-hr-7b", None, 19.16),
+    ("llava-hr-7b-gmod-0.5", 0.577, 9.27),
+    ("llava-hr-7b-gmod-0.5", 0.379, 12.59),
+    ("llava-hr-13b", None, 37.13),
+    ("llava-hr-13b-gmod-0.34", 0.349, 25.14),
+    ("llava-hr-13b-gmod-0.5", 0.551, 18.36),
+])
+def test_analytic_tflops_match_the_papers(name, skip, expected):
+    assert round(flops_analytic(models.get_variant(name), 1400, skip)["tflops"], 2) == expected
+
+
+def test_flops_cli_prints_the_paper_figure(capsys):
+    assert cli_main(["flops", "--model", "llava-hr-7b-gmod-0.5", "--seq-len", "1400", "--skip", "0.577"]) == 0
+    assert capsys.readouterr().out.startswith("9.27 TFLOPs")
+    assert cli_main(["flops", "--model", "llava-hr-7b-gmod-0.5", "--seq-len", "1400"]) == 2  # skip required
+
+
+def gmod_skipping():
+    return with_mod(models.get_variant("tiny-llava"), "gmod-fixed",
+                    ModSpec(scheme="gamma", layers=[1, 2, 3, 4], fixed_skip=0.5))
+
+
+@pytest.mark.parametrize("spec", ["tiny-llava", "tiny-llava-pmod", "gmod"])
+def test_torch_counter_agrees_with_analytic_on_the_routed_path(spec, prompts, images):
+    model = models.build_model(gmod_skipping() if spec == "gmod" else spec)
+    with torch.no_grad(), torch_flop_counter(depth=None) as counter:
+        out = model(prompts[:1], images[:1], collect_stats=True)
+    tokens = out.kept[0].sum(dim=1).double().tolist()  # tokens each layer really ran
+    if spec != "tiny-llava":
+        assert min(tokens) < max(tokens)  # something was routed
+    analytic = flops_for_tokens(model.cfg, tokens)["tflops"] * 1e12
+    measured = llm_layer_flops(counter)
+    assert measured == pytest.approx(analytic, rel=0.02)
+
+
+def test_cpu_attention_kernel_is_counted():
+    q = torch.randn(1, 4, 10, 16)
+    for mask in (None, torch.zeros(1, 1, 10, 10)):
+        with torch_flop_counter() as counter:
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=mask, is_causal=mask is None)
+        assert counter.get_total_flops() == 4 * 10 * 10 * 64  # 2 matmuls of s x s x (heads * head_dim)
+
+
+def test_fvcore_counts_half_of_the_torch_counter():
+    model = models.build_model("tiny-llava")
+    mlp = model.language_model.model.layers[0].mlp
+    x = torch.randn(1, 7, model.cfg.llm.hidden_size)
+    with FlopCounterMode(display=False) as counter:
+        mlp(x)
+    assert fvcore_flops(mlp, (x,)) * 2 == counter.get_total_flops() > 0
+
+
+def test_full_accounting_on_meta_matches_analytic_llm_part():
+    cfg = models.get_variant("llava-hr-7b-gmod-0.5")
+    record = flops_full_meta(cfg, 1400, 0.5, new_tokens=2)
+    parts = record["tflops_per_component"]
+    assert set(parts) == {"vision_encoder", "projector", "llm_prefill", "router", "lm_head", "llm_decode"}
+    assert parts["llm_prefill"] == pytest.approx(flops_analytic(cfg, 1400, 0.5)["tflops"], rel=1e-3)
+    assert all(v > 0 for v in parts.values())
+    assert record["tflops"] == pytest.approx(sum(parts.values()))
+
+
+def test_quantiles():
+    q = quantiles([float(v) for v in range(1, 11)])
+    assert (q["p10"], q["median"], q["p90"], q["n"]) == (pytest.approx(1.9), 5.5, pytest.approx(9.1), 10)
+
+
+def test_latency_report_has_every_field_positive_and_ordered(images):
+    model = models.build_model(gmod_skipping())
+    spec = LatencySpec(image_tokens=40, prompt_tokens=12, new_tokens=4, batch_size=2, warmup=1, repeats=3)
+    report = measure_latency(model, spec, image=images[0])
+    json.dumps(report)  # serialisable
+    for phase in ("vision_encode", "prefill", "decode_per_token", "end_to_end"):
+        stats = report["seconds"][phase]
+        assert 0 < stats["p10"] <= stats["median"] <= stats["p90"]
+    assert report["seconds"]["decode_per_token"]["n"] == 3 * 3
+    assert report["samples_per_s"] > 0 and report["peak_memory"]["bytes"] > 0
+    assert report["timer"] == "perf_counter"
+    kv = report["kv_cache"]
+    assert len(kv["bytes_per_layer"]) == model.cfg.llm.num_layers and all(b > 0 for b in kv["bytes_per_layer"])
+    assert 0 < kv["share_of_dense"] < 1
+    routing = report["routing"]
+    routable = min(6, 12 // 2) + 40  # system tokens + image tokens
+    seq = 40 + 12
+    assert routing["overall_skip"] == pytest.approx(math.floor(0.5 * routable) / seq)
+    assert routing["per_layer"][0]["skip"] == 0 and routing["per_layer"][1]["skip_question"] == 0
+
+
+def test_kv_share_of_pmod_equals_mean_kept_ratio_of_its_schedule():
+    model = models.build_model("tiny-llava-pmod")
+    n = 100
+    report = measure_latency(model, LatencySpec(image_tokens=n, prompt_tokens=0, new_tokens=1, warmup=0, repeats=1))
+    layers, ratios = pmod_layers_and_ratios(model.cfg.mod, model.cfg.llm.num_layers)
+    kept = dict(zip(layers, ratios))
+    expected = sum(math.floor(n * kept[i]) / n if i in kept else 1.0 for i in range(model.cfg.llm.num_layers))
+    share = report["kv_cache"]["share_of_dense"]
+    assert share == pytest.approx(expected / model.cfg.llm.num_layers)
+    assert share == pytest.approx(mean_kept_ratio(model.cfg.mod, model.cfg.llm.num_layers), abs=1 / n)
+
+
+def test_latency_cli_compare_writes_results(tmp_path, capsys):
+    out = tmp_path / "lat.json"
+    code = cli_main(["latency", "--model", "tiny-llava", "--compare", "tiny-llava-gmod", "--image-tokens", "16",
+                     "--prompt-tokens", "8", "--new-tokens", "2", "--repeats", "2", "--device", "cpu",
+                     "--output", str(out)])
+    assert code == 0
+    data = json.loads(out.read_text())
+    assert data["schema_version"] and data["environment"]["torch"] == torch.__version__
+    assert len(data["runs"]) == 2 and data["comparisons"][0]["flops_ratio"] > 0
+    assert "prefill time x" in capsys.readouterr().out
+
+
+def test_dtype_override_is_validated():
+    cfg = dataclasses.replace(models.get_variant("tiny-llava"))
+    cfg.dtype = "float8"
+    with pytest.raises(models.ConfigError, match="dtype"):
+        models.config.validate(cfg)
