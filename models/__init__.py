@@ -11,7 +11,7 @@ from .vlm import ModVlm
 
 __all__ = [
     "ConfigError", "LlmConfig", "ModelConfig", "ModSpec", "VisionConfig", "ModCache", "ModForCausalLM",
-    "ModOutput", "ModVlm", "build_model", "get_variant", "greedy_generate", "list_variants", "register_variant",
+    "ModOutput", "ModVlm", "build_model", "load", "get_variant", "greedy_generate", "list_variants", "register_variant",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -19,6 +19,13 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
+
+
+def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None) -> ModVlm:
+    """Load a released checkpoint layout (see models/checkpoints.py); never downloads."""
+    from .checkpoints import load as _load
+
+    return _load(path_or_hub_id, dtype=dtype, device_map=device_map)
 
 
 def build_model(spec: str | ModelConfig, seed: int | None = None, device: str | torch.device = "cpu",

@@ -1,0 +1,416 @@
+"""Loading (and, for tests and tiny fixtures, writing) the authors' released checkpoint layouts.
+
+The family is picked from config.json (model_type and keys), never from the directory name:
+- "llava" (haotian-liu layout, LLaVA-1.5) and "llava" + is_multipath_encoder (LLaVA-HR);
+- "mod_llava_llama" with its nested "mod" dict (γ-MoD; LLaVA-HR host when is_multipath_encoder);
+- "pmod_llava_llama" (p-MoD on LLaVA-1.5);
+- llava-hf "llava" (nested text_config / vision_config).
+Not yet: LLaVA-NeXT (llava_next, p-MoD-LLaVA-NeXT) and Mini-Gemini (mgm, mod_mgm): a clear error says so.
+
+Weights: pytorch_model.bin or model.safetensors, single or sharded with an index json. Missing or unexpected
+keys are an error that lists them; γ-MoD's router, repeated per MoD layer, must be identical in every copy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .config import ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
+
+KNOWN_CLIP_TOWERS = {
+    "openai/clip-vit-large-patch14-336": dict(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
+                                              num_heads=16, intermediate_size=4096),
+    "openai/clip-vit-large-patch14": dict(image_size=224, patch_size=14, hidden_size=1024, num_layers=24,
+                                          num_heads=16, intermediate_size=4096),
+}
+SUPPORTED = "llava, mod_llava_llama, pmod_llava_llama, llava (llava-hf)"
+NOT_YET = {"llava_next": "LLaVA-NeXT", "mgm": "Mini-Gemini", "mod_mgm": "γ-MoD Mini-Gemini"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt or does not match the model; the message names file and key."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# key layouts: (our prefix, their prefix), first match wins; one place for each layout
+AUTHORS_LLAVA_PREFIXES = (
+    ("language_model.model.embed_tokens.", "model.embed_tokens."),
+    ("language_model.model.layers.", "model.layers."),
+    ("language_model.model.norm.", "model.norm."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision.projector.", "model.mm_projector."),
+    ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+)
+AUTHORS_LLAVA_HR_PREFIXES = (
+    *AUTHORS_LLAVA_PREFIXES[:5],
+    ("vision.vision_tower.fast_vision_tower.", "model.vision_tower.fast_vision_tower.vision_tower.vision_model."),
+    ("vision.vision_tower.slow_vision_tower.", "model.vision_tower.slow_vision_tower.vision_tower."),
+    ("vision.vision_tower.align_stages_latent.", "model.vision_tower.align_stages_latent."),
+    ("vision.vision_tower.align_stages.", "model.vision_tower.align_stages."),
+)
+HF_LLAVA_PREFIXES = (
+    ("language_model.model.", "model.language_model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision.vision_tower.", "model.vision_tower."),
+    ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
+    ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
+)
+# llava-hf checkpoints as saved on the hub (and by save_pretrained, for compatibility) use these; read only.
+HF_LLAVA_LEGACY = (
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+
+
+def _rename(state: dict, prefixes, reverse: bool = False) -> tuple[dict, list[str]]:
+    out, unmatched = {}, []
+    for key, value in state.items():
+        for ours, theirs in prefixes:
+            src, dst = (theirs, ours) if reverse else (ours, theirs)
+            if key.startswith(src):
+                out[dst + key[len(src):]] = value
+                break
+        else:
+            unmatched.append(key)
+    return out, unmatched
+
+
+def _strip_vision_model(key: str) -> str:
+    # transformers 5 flattened CLIPVisionModel (no `vision_model.`); older checkpoints carry it.
+    return key.replace("vision_tower.vision_model.", "vision_tower.").replace(
+        "fast_vision_tower.vision_model.", "fast_vision_tower.")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# reading files
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt JSON ({exc})") from None
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"{path}: weight file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+
+
+def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """Single or sharded .safetensors / .bin, whichever the directory holds (safetensors first)."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = directory / index_name
+        if index.exists():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: no 'weight_map'")
+            state = {}
+            for shard in sorted(set(weight_map.values())):
+                tensors = _load_file(directory / shard)
+                missing = [k for k, s in weight_map.items() if s == shard and k not in tensors]
+                if missing:
+                    raise CheckpointError(f"{directory / shard}: keys listed in {index_name} are absent: {missing[:5]}")
+                state.update(tensors)
+            return state
+        if (directory / single).exists():
+            return _load_file(directory / single)
+    raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or their index json")
+
+
+def resolve(path_or_hub_id: str) -> Path:
+    """A local directory, or a hub id found in the local HF cache (never downloads)."""
+    path = Path(path_or_hub_id).expanduser()
+    if path.is_dir():
+        return path
+    if path_or_hub_id.count("/") == 1 and not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(path_or_hub_id, local_files_only=True))
+        except Exception:
+            raise CheckpointError(
+                f"{path_or_hub_id}: not a directory, and not in the local Hugging Face cache (offline: "
+                "download it on a connected machine, or pass the checkpoint directory)") from None
+    raise CheckpointError(f"{path_or_hub_id}: no such checkpoint directory")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# config.json -> ModelConfig
+
+
+def _llm_from(cfg: dict, where: Path) -> LlmConfig:
+    try:
+        return LlmConfig(
+            num_layers=cfg["num_hidden_layers"], hidden_size=cfg["hidden_size"], num_heads=cfg["num_attention_heads"],
+            num_kv_heads=cfg.get("num_key_value_heads") or cfg["num_attention_heads"],
+            intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
+            rope_theta=float(cfg.get("rope_theta", 10000.0)),
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-5))
+    except KeyError as exc:
+        raise CheckpointError(f"{where}: missing key {exc}") from None
+
+
+def _clip_dims(name: str, directory: Path) -> dict:
+    if name in KNOWN_CLIP_TOWERS:
+        return KNOWN_CLIP_TOWERS[name]
+    local = Path(name) if Path(name).is_absolute() else directory / name
+    conf = read_json(local / "config.json") if (local / "config.json").exists() else None
+    if conf is None:
+        raise CheckpointError(f"{directory / 'config.json'}: mm_vision_tower {name!r} is neither a known tower nor "
+                              "a directory with a config.json")
+    conf = conf.get("vision_config", conf)
+    return dict(image_size=conf["image_size"], patch_size=conf["patch_size"], hidden_size=conf["hidden_size"],
+                num_layers=conf["num_hidden_layers"], num_heads=conf["num_attention_heads"],
+                intermediate_size=conf["intermediate_size"])
+
+
+def _convnext_from_state(state: dict, prefix: str) -> ConvNextConfig:
+    depths, dims = [], []
+    for stage in range(4):
+        blocks = {k.split(".")[0] for k in (key[len(f"{prefix}stages.{stage}.blocks."):] for key in state
+                                             if key.startswith(f"{prefix}stages.{stage}.blocks."))}
+        if not blocks:
+            raise CheckpointError(f"no weights under {prefix}stages.{stage}.blocks.")
+        depths.append(len(blocks))
+        dims.append(state[f"{prefix}stages.{stage}.blocks.0.conv_dw.weight"].shape[0])
+    head = state.get(f"{prefix}head.pre_logits.fc.weight")
+    return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head.shape[0] if head is not None else 0,
+                          timm_name="")
+
+
+def detect(conf: dict, where: Path) -> str:
+    model_type = conf.get("model_type")
+    if model_type in NOT_YET:
+        raise CheckpointError(f"{where}: model_type {model_type!r} ({NOT_YET[model_type]}) is not supported yet")
+    if model_type == "llava" and "text_config" in conf:
+        return "hf-llava"
+    if model_type in ("llava", "mod_llava_llama", "pmod_llava_llama"):
+        return model_type
+    raise CheckpointError(f"{where}: unknown model_type {model_type!r}; supported: {SUPPORTED}")
+
+
+def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[ModelConfig, str]:
+    where = directory / "config.json"
+    conf = read_json(where)
+    kind = detect(conf, where)
+    if kind == "hf-llava":
+        text, vis = conf["text_config"], conf["vision_config"]
+        vision = VisionConfig(kind="clip", select_layer=conf.get("vision_feature_layer", -2),
+                              image_size=vis["image_size"], patch_size=vis["patch_size"],
+                              hidden_size=vis["hidden_size"], num_layers=vis["num_hidden_layers"],
+                              num_heads=vis["num_attention_heads"], intermediate_size=vis["intermediate_size"])
+        return ModelConfig(name=directory.name, family="llava", llm=_llm_from(text, where), vision=vision), kind
+    llm = _llm_from(conf, where)
+    dims = _clip_dims(conf.get("mm_vision_tower") or conf.get("vision_tower", ""), directory)
+    vision = VisionConfig(kind="clip", select_layer=conf.get("mm_vision_select_layer", -2), **dims)
+    family = "llava"
+    if conf.get("is_multipath_encoder"):
+        family = "llava-hr"
+        if state is None:
+            raise CheckpointError(f"{where}: LLaVA-HR needs the weights to size its ConvNeXt")
+        vision.kind = "multipath"
+        vision.input_image_size = int(conf.get("input_image_size", 1024))
+        vision.adapters = not conf.get("freeze_vision", False)
+        vision.convnext = _convnext_from_state(state, "model.vision_tower.slow_vision_tower.vision_tower.")
+    mod = ModSpec()
+    if kind == "mod_llava_llama":
+        spec = conf.get("mod")
+        if not isinstance(spec, dict) or "mod_layers_idx" not in spec:
+            raise CheckpointError(f"{where}: mod_llava_llama without a 'mod' dict holding mod_layers_idx")
+        mod = ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
+                      train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
+                      router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)))
+    elif kind == "pmod_llava_llama":
+        if state is None:
+            raise CheckpointError(f"{where}: p-MoD needs the weights to find its MoD layers")
+        layers = sorted(int(k.split(".")[2]) for k in state if k.endswith(".router.router.weight"))
+        mod = ModSpec(scheme="pmod", layers=layers, ratios=_pmod_ratios(conf, layers, llm.num_layers))
+    cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod)
+    return cfg, kind
+
+
+def _pmod_ratios(conf: dict, layers: list[int], num_layers: int) -> list[float]:
+    from .pmod import prd_schedule
+
+    prd_layers, prd_ratios = prd_schedule(num_layers)
+    ratios = dict(zip(prd_layers, prd_ratios))
+    return [ratios.get(layer, 0.5) for layer in layers]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# state-dict mapping
+
+
+def _layout(cfg: ModelConfig, kind: str):
+    if kind == "hf-llava":
+        return HF_LLAVA_PREFIXES
+    return AUTHORS_LLAVA_HR_PREFIXES if cfg.family == "llava-hr" else AUTHORS_LLAVA_PREFIXES
+
+
+def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) -> dict:
+    state = dict(state)
+    routing = {}
+    if cfg.mod.scheme == "gamma":
+        copies = {k: state.pop(k) for k in [k for k in state if k.endswith(".router.weight")
+                                            and k.startswith("model.layers.")]}
+        if not copies:
+            raise CheckpointError(f"{where}: γ-MoD checkpoint without model.layers.*.router.weight")
+        first_key, first = next(iter(copies.items()))
+        for key, value in copies.items():
+            if value.shape != first.shape or not torch.equal(value, first):
+                raise CheckpointError(f"{where}: γ-MoD router copies differ: {key} != {first_key}")
+        layers = sorted(int(k.split(".")[2]) for k in copies)
+        if layers != sorted(cfg.mod.layers):
+            raise CheckpointError(f"{where}: routers at layers {layers} but mod_layers_idx is {cfg.mod.layers}")
+        routing["language_model.model.routing.router.weight"] = first
+    elif cfg.mod.scheme == "pmod":
+        for key in [k for k in state if ".router.router." in k]:
+            layer = key.split(".")[2]
+            routing[f"language_model.model.routing.routers.{layer}.router.{key.rsplit('.', 1)[1]}"] = state.pop(key)
+        for key in [k for k in state if ".decoder_layer." in k]:
+            state[key.replace(".decoder_layer.", ".")] = state.pop(key)
+    if kind == "hf-llava":
+        state = {next((new + k[len(old):] for new, old in HF_LLAVA_LEGACY if k.startswith(old)), k): v
+                 for k, v in state.items()}
+    ours, unmatched = _rename(state, _layout(cfg, kind), reverse=True)
+    ours = {_strip_vision_model(k): v for k, v in ours.items()}  # llava-hf checkpoints of transformers 4
+    if unmatched:
+        raise CheckpointError(f"{where}: unexpected keys: {sorted(unmatched)[:20]}")
+    ours.update(routing)
+    return ours
+
+
+def to_authors_state(model, kind: str) -> dict:
+    """Our state dict in the authors' key names (γ-MoD routers repeated per layer, p-MoD prefixes)."""
+    cfg = model.cfg
+    state = {k: v for k, v in model.state_dict().items() if ".routing." not in k}
+    theirs, unmatched = _rename(state, _layout(cfg, kind))
+    if unmatched:
+        raise KeyError(f"no {kind} key for {unmatched[:5]}")
+    routing = model.language_model.model.routing
+    if cfg.mod.scheme == "gamma":
+        for layer in cfg.mod.layers:
+            theirs[f"model.layers.{layer}.router.weight"] = routing.router.weight.detach().clone()
+    elif cfg.mod.scheme == "pmod":
+        for layer in routing.mod_layers:
+            for key in [k for k in theirs if k.startswith(f"model.layers.{layer}.")]:
+                theirs[key.replace(f"model.layers.{layer}.", f"model.layers.{layer}.decoder_layer.")] = theirs.pop(key)
+            router = routing.routers[str(layer)].router
+            theirs[f"model.layers.{layer}.router.router.weight"] = router.weight.detach().clone()
+            theirs[f"model.layers.{layer}.router.router.bias"] = router.bias.detach().clone()
+    return theirs
+
+
+def authors_config(model, kind: str, vision_tower: str) -> dict:
+    """config.json as the authors write it (the fields our loader and their builders read)."""
+    cfg = model.cfg
+    llm = cfg.llm
+    base = {
+        "architectures": [{"llava": "LlavaLlamaForCausalLM", "mod_llava_llama": "MoDLLaVALlamaForCausalLM",
+                           "pmod_llava_llama": "PMoDLlavaLlamaForCausalLM"}[kind]],
+        "model_type": kind, "hidden_size": llm.hidden_size, "intermediate_size": llm.intermediate_size,
+        "num_hidden_layers": llm.num_layers, "num_attention_heads": llm.num_heads,
+        "num_key_value_heads": llm.num_kv_heads, "vocab_size": llm.vocab_size, "rms_norm_eps": llm.rms_norm_eps,
+        "rope_theta": llm.rope_theta, "max_position_embeddings": llm.max_position_embeddings,
+        "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": cfg.dtype,
+        "mm_vision_tower": vision_tower, "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": "patch",
+        "mm_hidden_size": cfg.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
+    }
+    if cfg.family == "llava-hr":
+        base.update(is_multipath_encoder=True, input_image_size=cfg.vision.input_image_size,
+                    vision_tower_slow=cfg.vision.convnext.timm_name or "convnext_large_mlp.clip_laion2b_ft_320",
+                    freeze_vision=not cfg.vision.adapters)
+    if kind == "mod_llava_llama":
+        base["mod"] = {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(cfg.mod.layers),
+                       "capacity_factor": cfg.mod.train_skip_fraction,
+                       "router_aux_loss_coef": cfg.mod.router_loss_coef}
+    return base
+
+
+def save_authors_checkpoint(model, directory: str | os.PathLike, kind: str, fmt: str = "bin",
+                            shards: int = 1) -> Path:
+    """Write `model` as the authors' release would hold it (config.json, weights, tokenizer, CLIP config)."""
+    from safetensors.torch import save_file
+
+    from .llava import clip_vision_config
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vision_tower").mkdir(exist_ok=True)
+    clip_vision_config(model.cfg.vision).save_pretrained(directory / "vision_tower")
+    (directory / "config.json").write_text(json.dumps(authors_config(model, kind, "vision_tower"), indent=2))
+    state = {k: v.contiguous() for k, v in to_authors_state(model, kind).items()}
+    keys = sorted(state)
+    chunks = [keys[i::shards] for i in range(shards)]
+    ext = "safetensors" if fmt == "safetensors" else "bin"
+    stem = "model" if ext == "safetensors" else "pytorch_model"
+    names = [f"{stem}.{ext}"] if shards == 1 else [f"{stem}-{i + 1:05d}-of-{shards:05d}.{ext}" for i in range(shards)]
+    for name, chunk in zip(names, chunks):
+        part = {k: state[k] for k in chunk}
+        if ext == "safetensors":
+            save_file(part, str(directory / name))
+        else:
+            torch.save(part, directory / name)
+    if shards > 1:
+        index = {"metadata": {}, "weight_map": {k: name for name, chunk in zip(names, chunks) for k in chunk}}
+        (directory / f"{stem}.{ext}.index.json").write_text(json.dumps(index, indent=2))
+    model.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None):
+    """Load a checkpoint directory (or a locally cached hub id) into a ModVlm, tokenizer included."""
+    from transformers import AutoTokenizer
+
+    from . import torch_dtype
+    from .vlm import ModVlm
+
+    directory = resolve(path_or_hub_id)
+    conf = read_json(directory / "config.json")
+    state = read_state_dict(directory)
+    detect(conf, directory / "config.json")
+    cfg, kind = config_from_checkpoint(directory, state)
+    if dtype:
+        cfg.dtype = dtype
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{directory}: no usable tokenizer ({type(exc).__name__}: {exc})") from None
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):  # parameters on meta, buffers (rotary, ids) real
+        model = ModVlm(cfg, tokenizer)
+    ours = from_authors_state(state, cfg, kind, directory)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(ours))
+    unexpected = sorted(set(ours) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{directory}: missing keys {missing[:20]}; unexpected keys {unexpected[:20]}")
+    for key, value in ours.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(f"{directory}: shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
+                                  f"model {tuple(expected[key].shape)}")
+    model.load_state_dict(ours, strict=True, assign=True)
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device=device_map or "cpu", dtype=torch_dtype(cfg.dtype)).eval()

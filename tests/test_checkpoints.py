@@ -1,0 +1,120 @@
+"""Checkpoints written in the authors' layouts by our code load back through the public loader."""
+
+import json
+
+import pytest
+import torch
+
+import models
+from models.checkpoints import CheckpointError, save_authors_checkpoint
+
+
+def logits(model, prompts, images):
+    with torch.no_grad():
+        return model(prompts, images).logits
+
+
+@pytest.mark.parametrize("variant, kind, fmt, shards", [
+    ("tiny-llava", "llava", "bin", 1),
+    ("tiny-llava-gmod", "mod_llava_llama", "bin", 1),
+    ("tiny-llava-pmod", "pmod_llava_llama", "safetensors", 3),
+    ("tiny-llava-hr", "llava", "bin", 1),
+    ("tiny-llava-hr-gmod", "mod_llava_llama", "bin", 2),
+])
+def test_round_trip_through_the_authors_layout(variant, kind, fmt, shards, tmp_path, prompts, images):
+    model = models.build_model(variant)
+    if model.cfg.mod.scheme == "pmod":  # a trained router, so the mapping of its weights is visible
+        for router in model.language_model.model.routing.routers.values():
+            torch.nn.init.normal_(router.router.weight, std=0.3)
+    save_authors_checkpoint(model, tmp_path / "ckpt", kind, fmt=fmt, shards=shards)
+    conf = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert conf["model_type"] == kind
+    loaded = models.load(str(tmp_path / "ckpt"))
+    assert loaded.cfg.mod.scheme == model.cfg.mod.scheme and loaded.cfg.family == model.cfg.family
+    assert sorted(loaded.cfg.mod.layers) == sorted(model.language_model.model.routing.mod_layers)
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+def test_directory_name_does_not_decide_the_family(tmp_path, prompts, images):
+    model = models.build_model("tiny-llava-gmod")
+    save_authors_checkpoint(model, tmp_path / "llava-v1.5-7b-dense", "mod_llava_llama")
+    assert models.load(str(tmp_path / "llava-v1.5-7b-dense")).cfg.mod.scheme == "gamma"
+
+
+def test_hf_llava_layout(tmp_path, prompts, images):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from models.core import llama_config
+    from models.llava import clip_vision_config, to_hf_llava_state_dict
+
+    model = models.build_model("tiny-llava")
+    hf = LlavaForConditionalGeneration(LlavaConfig(
+        text_config=llama_config(model.cfg).to_dict(), vision_config=clip_vision_config(model.cfg.vision).to_dict(),
+        image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu"))
+    hf.load_state_dict(to_hf_llava_state_dict(model.state_dict()))
+    hf.save_pretrained(tmp_path / "hf")
+    model.tokenizer.save_pretrained(tmp_path / "hf")
+    loaded = models.load(str(tmp_path / "hf"))
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+@pytest.fixture
+def gmod_dir(tmp_path):
+    save_authors_checkpoint(models.build_model("tiny-llava-gmod"), tmp_path / "g", "mod_llava_llama", shards=2)
+    return tmp_path / "g"
+
+
+def test_missing_shard(gmod_dir):
+    (gmod_dir / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(CheckpointError, match="pytorch_model-00002-of-00002.bin: weight file not found"):
+        models.load(str(gmod_dir))
+
+
+def test_shape_mismatch(gmod_dir):
+    path = gmod_dir / "pytorch_model-00001-of-00002.bin"
+    state = torch.load(path, weights_only=True)
+    key = next(k for k in state if k.endswith("mlp.up_proj.weight"))
+    state[key] = state[key][:-1]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=f"shape mismatch for .*{key.split('model.')[-1]}"):
+        models.load(str(gmod_dir))
+
+
+def test_router_copies_that_differ(gmod_dir):
+    path = next(p for p in gmod_dir.glob("pytorch_model-*.bin")
+                if any(k.endswith("router.weight") for k in torch.load(p, weights_only=True)))
+    state = torch.load(path, weights_only=True)
+    key = next(k for k in state if k.endswith("router.weight"))
+    state[key] = state[key] + 1
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="router copies differ"):
+        models.load(str(gmod_dir))
+
+
+def test_unknown_model_type_and_corrupt_json(gmod_dir):
+    conf = gmod_dir / "config.json"
+    data = json.loads(conf.read_text())
+    conf.write_text(json.dumps({**data, "model_type": "qwen2_vl"}))
+    with pytest.raises(CheckpointError, match="config.json: unknown model_type 'qwen2_vl'"):
+        models.load(str(gmod_dir))
+    conf.write_text(json.dumps({**data, "model_type": "llava_next"}))
+    with pytest.raises(CheckpointError, match="not supported yet"):
+        models.load(str(gmod_dir))
+    conf.write_text("{not json")
+    with pytest.raises(CheckpointError, match="config.json: corrupt JSON"):
+        models.load(str(gmod_dir))
+
+
+def test_unexpected_key_is_listed(gmod_dir):
+    path = gmod_dir / "pytorch_model-00001-of-00002.bin"
+    state = torch.load(path, weights_only=True)
+    state["model.extra_head.weight"] = torch.zeros(2)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: \['model.extra_head.weight'\]"):
+        models.load(str(gmod_dir))
+
+
+def test_hub_id_not_in_cache_says_so(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        models.load("YaxinLuo/Gamma-MoD-llava-hr-7b-0.34")
