@@ -43,6 +43,32 @@ def _sample_images():
     return samples
 
 
+def _is_variant(name: str) -> bool:
+    import models
+
+    return any(cfg.name == name for cfg in models.list_variants())
+
+
+def _build(name: str, seed: int = 0, device: str = "cpu", cfg=None):
+    """--model: a registered variant (random weights, seeded) or a checkpoint directory / cached hub id."""
+    import models
+
+    if cfg is not None or _is_variant(name):
+        return models.build_model(cfg if cfg is not None else name, seed=seed, device=device)
+    return models.load(name, device_map=device)
+
+
+def _config(name: str):
+    import models
+
+    if _is_variant(name):
+        return models.get_variant(name)
+    from models.checkpoints import config_from_checkpoint, read_state_dict, resolve
+
+    directory = resolve(name)
+    return config_from_checkpoint(directory, read_state_dict(directory))[0]
+
+
 def cmd_models(args) -> int:
     from models import list_variants
     from models.params import count_parameters
@@ -120,11 +146,10 @@ def cmd_smoke(args) -> int:
 
 
 def cmd_arank(args) -> int:
-    import models
     from models.arank import compute_arank
     from models.prompt import vicuna_v1
 
-    model = models.build_model(args.model, seed=args.seed)
+    model = _build(args.model, seed=args.seed)
     samples = [(vicuna_v1(q), image) for q, image in _sample_images()]
     result = compute_arank(model, samples, num_dense=args.num_dense)
     if args.json:
@@ -138,10 +163,9 @@ def cmd_arank(args) -> int:
 
 
 def cmd_flops(args) -> int:
-    import models
     from suite.flops import flops_analytic
 
-    cfg = models.get_variant(args.model)
+    cfg = _config(args.model)
     if args.full:
         from suite.flops import flops_full_meta
 
@@ -173,13 +197,15 @@ def cmd_latency(args) -> int:
     rows, runs = [], []
     for batch in batch_sizes:
         for name in names:
-            cfg = models.get_variant(name)
+            cfg = _config(name)
             if args.dtype:
                 cfg.dtype = args.dtype
             if args.attn_implementation:
                 cfg.attn_implementation = args.attn_implementation
             models.config.validate(cfg)
-            model = models.build_model(cfg, seed=args.seed, device=args.device)
+            model = _build(name, seed=args.seed, device=args.device, cfg=cfg if _is_variant(name) else None)
+            if not _is_variant(name):
+                model = model.to(dtype=models.torch_dtype(cfg.dtype))
             spec = LatencySpec(image_tokens=args.image_tokens, prompt_tokens=args.prompt_tokens,
                                new_tokens=args.new_tokens, batch_size=batch, warmup=args.warmup,
                                repeats=args.repeats, seed=args.seed)
@@ -253,14 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_smoke)
 
     p = sub.add_parser("arank", help="per-layer ARank of a model and the layers it would make MoD")
-    p.add_argument("--model", required=True, help="variant name")
+    p.add_argument("--model", required=True, help="variant name or checkpoint directory")
     p.add_argument("--num-dense", type=int, default=4, help="layers with the largest ARank that stay dense")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_arank)
 
     p = sub.add_parser("flops", help="analytic TFLOPs in the papers' convention (LLM prefill, 2 per MAC)")
-    p.add_argument("--model", required=True, help="variant name")
+    p.add_argument("--model", required=True, help="variant name or checkpoint directory")
     p.add_argument("--seq-len", type=float, required=True, help="(average) prefill sequence length")
     p.add_argument("--skip", type=float, default=None, help="skip ratio of MoD layers (γ-MoD: required)")
     p.add_argument("--image-tokens", type=int, default=None, help="p-MoD: vision tokens in the sequence")
@@ -272,8 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("latency", help="wall-clock (vision, prefill, decode, end to end), memory and KV cache")
-    p.add_argument("--model", required=True, help="variant name")
-    p.add_argument("--compare", default="", help="a second variant, run side by side (ratios printed)")
+    p.add_argument("--model", required=True, help="variant name (random weights) or checkpoint directory")
+    p.add_argument("--compare", default="", help="a second model, run side by side (ratios printed)")
     p.add_argument("--image-tokens", type=int, default=1024)
     p.add_argument("--prompt-tokens", type=int, default=60)
     p.add_argument("--new-tokens", type=int, default=8, help="forced output length (no early EOS)")
@@ -294,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError) as exc:
+    except (ValueError, KeyError) as exc:  # ConfigError / CheckpointError are ValueErrors
         print(f"modbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
