@@ -68,6 +68,14 @@ HF_LLAVA_LEGACY = (
 )
 
 
+def to_hf_llava_state_dict(state: dict) -> dict:
+    """Our LLaVA-1.5 state dict in transformers' LlavaForConditionalGeneration names (parity tests)."""
+    out, unmatched = _rename(state, HF_LLAVA_PREFIXES)
+    if unmatched:
+        raise KeyError(f"no transformers LLaVA key for {unmatched[:5]}")
+    return out
+
+
 def _rename(state: dict, prefixes, reverse: bool = False) -> tuple[dict, list[str]]:
     out, unmatched = {}, []
     for key, value in state.items():

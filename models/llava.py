@@ -44,6 +44,15 @@ def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
+def pad_resize_normalise(images: list[Image.Image], size: int, vision: VisionConfig) -> torch.Tensor:
+    """LLaVA's 'pad' preprocessing: square with the CLIP mean colour, bicubic resize, normalise -> [B, 3, S, S]."""
+    fill = tuple(int(round(255 * m)) for m in vision.image_mean)
+    return torch.stack([
+        normalise(expand_to_square(image.convert("RGB"), fill).resize((size, size), Image.Resampling.BICUBIC), vision)
+        for image in images
+    ])
+
+
 def normalise(image: Image.Image, vision: VisionConfig) -> torch.Tensor:
     """An RGB PIL image (already resized) -> normalised [3, H, W] float tensor."""
     mean = np.asarray(vision.image_mean, dtype=np.float32)
@@ -70,39 +79,10 @@ class LlavaVision(nn.Module):
         return self.vision_cfg.num_image_tokens
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        vision = self.vision_cfg
-        fill = tuple(int(round(255 * m)) for m in vision.image_mean)
-        size = vision.image_size
-        return torch.stack([
-            normalise(expand_to_square(image.convert("RGB"), fill).resize((size, size), Image.Resampling.BICUBIC),
-                      vision)
-            for image in images
-        ])
+        return pad_resize_normalise(images, self.vision_cfg.image_size, self.vision_cfg)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         dtype = self.projector[0].weight.dtype
         out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
         features = out.hidden_states[self.vision_cfg.select_layer][:, 1:]
         return self.projector(features)
-
-
-# Key mapping between our LLaVA-1.5 state dict and transformers' LlavaForConditionalGeneration (one place).
-HF_LLAVA_KEY_PREFIXES = (
-    ("language_model.model.", "model.language_model."),
-    ("language_model.lm_head.", "lm_head."),
-    ("vision.vision_tower.", "model.vision_tower."),
-    ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
-    ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
-)
-
-
-def to_hf_llava_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        for ours, theirs in HF_LLAVA_KEY_PREFIXES:
-            if key.startswith(ours):
-                out[theirs + key[len(ours):]] = value
-                break
-        else:
-            raise KeyError(f"no transformers LLaVA key for {key!r}")
-    return out

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from .config import ModelConfig
-from .llava import clip_vision_config, expand_to_square, mlp2x_gelu, normalise
+from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise
 from .vlm import register_frontend
 
 
@@ -154,14 +154,7 @@ class LlavaHrVision(nn.Module):
         return self.vision_cfg.num_image_tokens
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        vision = self.vision_cfg
-        fill = tuple(int(round(255 * m)) for m in vision.image_mean)
-        size = vision.input_image_size
-        return torch.stack([
-            normalise(expand_to_square(image.convert("RGB"), fill).resize((size, size), Image.Resampling.BICUBIC),
-                      vision)
-            for image in images
-        ])
+        return pad_resize_normalise(images, self.vision_cfg.input_image_size, self.vision_cfg)
 
     def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.projector(self.vision_tower(pixel_values))

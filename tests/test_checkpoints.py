@@ -44,8 +44,9 @@ def test_directory_name_does_not_decide_the_family(tmp_path, prompts, images):
 def test_hf_llava_layout(tmp_path, prompts, images):
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
+    from models.checkpoints import to_hf_llava_state_dict
     from models.core import llama_config
-    from models.llava import clip_vision_config, to_hf_llava_state_dict
+    from models.llava import clip_vision_config
 
     model = models.build_model("tiny-llava")
     hf = LlavaForConditionalGeneration(LlavaConfig(

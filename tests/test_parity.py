@@ -5,8 +5,9 @@ import torch
 from transformers import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 import models
+from models.checkpoints import to_hf_llava_state_dict
 from models.core import ModForCausalLM, llama_config
-from models.llava import clip_vision_config, to_hf_llava_state_dict
+from models.llava import clip_vision_config
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
