@@ -8,7 +8,8 @@ Behaviour follows ../shared/reference/README.md ("γ-MoD, as the authors' code b
   per row, the lowest p first (top-k on p with +1 for force-kept tokens); routing loss = 2-class CE of the
   router logits against "kept", mean over real tokens, times router_loss_coef, summed over MoD layers;
 - inference: prompt tokens run when p > prefill_threshold; response tokens (what a decode step processes) run
-  when p >= decode_threshold.
+  when p >= decode_threshold. `fixed_skip` (a benchmark knob, off by default) replaces the prompt rule by the
+  masked top-k of training at that skip share, for a controlled skip ratio.
 
 Difference from the authors' code: they apply the prefill rule to a whole forward and the decode rule only in
 their batch-1 decode branch. We choose the rule by token type instead, so a cached generation and an
