@@ -67,3 +67,21 @@ def test_building_does_not_touch_global_rng():
     torch.manual_seed(123)
     models.build_model("tiny-llava")
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_is_selected_by_configuration(dtype, prompts, images):
+    cfg = models.get_variant("tiny-llava-gmod")
+    cfg.dtype = dtype
+    model = models.build_model(cfg)
+    assert model.dtype == getattr(torch, dtype)
+    out = model.generate(prompts[:2], images[:2], max_new_tokens=3, min_new_tokens=3, output_scores=True)
+    assert torch.isfinite(out["scores"]).all() and all(len(t) == 3 for t in out["tokens"])
+
+
+def test_flash_attention_refuses_a_padded_batch(prompts, images):
+    cfg = models.get_variant("tiny-llava")
+    cfg.attn_implementation = "flash_attention_2"
+    model = models.build_model(cfg)
+    with pytest.raises(NotImplementedError, match="flash_attention_2"):
+        model.generate(prompts[:2], images[:2], max_new_tokens=1)
