@@ -179,3 +179,22 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
         "skip": skip, "new_tokens": new_tokens, "tokens_per_layer": tokens,
         "tflops_per_component": {k: v / 1e12 for k, v in components.items()}, "tflops": total / 1e12,
     }
+
+
+@torch.no_grad()
+def measure_sample_flops(model, prompt: str, image=None) -> dict:
+    """One sample's prefill, counted as it really ran: the torch counter (whole model and decoder layers) and
+    the analytic figure for the tokens each layer kept; the record a run writes per sample."""
+    with torch_flop_counter(depth=None) as counter:
+        out = model([prompt], [image] if image is not None else None, collect_stats=True)
+    tokens = out.kept[0].sum(dim=1).double().tolist()
+    seq_len = int(out.total[0, 0].sum())
+    analytic = flops_for_tokens(model.cfg, tokens)["tflops"]
+    return {
+        "convention": TORCH_CONVENTION,
+        "seq_len": seq_len,
+        "tokens_per_layer": tokens,
+        "tflops_total_measured": counter.get_total_flops() / 1e12,
+        "tflops_llm_measured": llm_layer_flops(counter) / 1e12,
+        "tflops_llm_analytic": analytic,
+    }

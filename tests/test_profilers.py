@@ -60,6 +60,15 @@ def test_torch_counter_agrees_with_analytic_on_the_routed_path(spec, prompts, im
     assert measured == pytest.approx(analytic, rel=0.02)
 
 
+def test_measure_sample_flops_record(prompts, images):
+    from suite.flops import measure_sample_flops
+
+    record = measure_sample_flops(models.build_model(gmod_skipping()), prompts[0], images[0])
+    assert record["tflops_llm_measured"] == pytest.approx(record["tflops_llm_analytic"], rel=0.02)
+    assert record["tflops_total_measured"] > record["tflops_llm_measured"]  # vision, router, lm_head too
+    assert record["seq_len"] == max(record["tokens_per_layer"]) > min(record["tokens_per_layer"])
+
+
 def test_cpu_attention_kernel_is_counted():
     q = torch.randn(1, 4, 10, 16)
     for mask in (None, torch.zeros(1, 1, 10, 10)):
