@@ -263,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modbench",
         description="Reproducibility benchmarks for mixture-of-depths multimodal LLMs (γ-MoD, p-MoD).",
+        epilog="Not yet: run, matrix, table, check (benchmarks through lmms-eval); see README.md.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
