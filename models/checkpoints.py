@@ -4,8 +4,9 @@ The family is picked from config.json (model_type and keys), never from the dire
 - "llava" (haotian-liu layout, LLaVA-1.5) and "llava" + is_multipath_encoder (LLaVA-HR);
 - "mod_llava_llama" with its nested "mod" dict (γ-MoD; LLaVA-HR host when is_multipath_encoder);
 - "pmod_llava_llama" (p-MoD on LLaVA-1.5);
-- llava-hf "llava" (nested text_config / vision_config).
-Not yet: LLaVA-NeXT (llava_next, p-MoD-LLaVA-NeXT) and Mini-Gemini (mgm, mod_mgm): a clear error says so.
+- any of the authors' layouts with image_aspect_ratio "anyres" (LLaVA-NeXT, p-MoD-LLaVA-NeXT);
+- llava-hf "llava" and "llava_next" (nested text_config / vision_config).
+Not yet: Mini-Gemini (mgm, mod_mgm): a clear error says so.
 
 Weights: pytorch_model.bin or model.safetensors, single or sharded with an index json. Missing or unexpected
 keys are an error that lists them; γ-MoD's router, repeated per MoD layer, must be identical in every copy.
@@ -27,8 +28,8 @@ KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14": dict(image_size=224, patch_size=14, hidden_size=1024, num_layers=24,
                                           num_heads=16, intermediate_size=4096),
 }
-SUPPORTED = "llava, mod_llava_llama, pmod_llava_llama, llava (llava-hf)"
-NOT_YET = {"llava_next": "LLaVA-NeXT", "mgm": "Mini-Gemini", "mod_mgm": "γ-MoD Mini-Gemini"}
+SUPPORTED = "llava, mod_llava_llama, pmod_llava_llama, llava / llava_next (llava-hf)"
+NOT_YET = {"mgm": "Mini-Gemini", "mod_mgm": "γ-MoD Mini-Gemini"}
 
 
 class CheckpointError(ValueError):
@@ -38,6 +39,7 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------------------------------------------------
 # key layouts: (our prefix, their prefix), first match wins; one place for each layout
 AUTHORS_LLAVA_PREFIXES = (
+    ("vision.image_newline", "model.image_newline"),  # LLaVA-NeXT (spatial_unpad)
     ("language_model.model.embed_tokens.", "model.embed_tokens."),
     ("language_model.model.layers.", "model.layers."),
     ("language_model.model.norm.", "model.norm."),
@@ -46,14 +48,15 @@ AUTHORS_LLAVA_PREFIXES = (
     ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
 )
 AUTHORS_LLAVA_HR_PREFIXES = (
-    *AUTHORS_LLAVA_PREFIXES[:5],
+    *AUTHORS_LLAVA_PREFIXES[1:6],
     ("vision.vision_tower.fast_vision_tower.", "model.vision_tower.fast_vision_tower.vision_tower.vision_model."),
     ("vision.vision_tower.slow_vision_tower.", "model.vision_tower.slow_vision_tower.vision_tower."),
     ("vision.vision_tower.align_stages_latent.", "model.vision_tower.align_stages_latent."),
     ("vision.vision_tower.align_stages.", "model.vision_tower.align_stages."),
 )
-HF_LLAVA_PREFIXES = (
+HF_LLAVA_PREFIXES = (  # llava and llava_next
     ("language_model.model.", "model.language_model."),
+    ("vision.image_newline", "model.image_newline"),
     ("language_model.lm_head.", "lm_head."),
     ("vision.vision_tower.", "model.vision_tower."),
     ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
@@ -63,6 +66,7 @@ HF_LLAVA_PREFIXES = (
 HF_LLAVA_LEGACY = (
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
+    ("model.image_newline", "image_newline"),
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
 )
@@ -209,7 +213,7 @@ def detect(conf: dict, where: Path) -> str:
     model_type = conf.get("model_type")
     if model_type in NOT_YET:
         raise CheckpointError(f"{where}: model_type {model_type!r} ({NOT_YET[model_type]}) is not supported yet")
-    if model_type == "llava" and "text_config" in conf:
+    if model_type in ("llava", "llava_next") and "text_config" in conf:
         return "hf-llava"
     if model_type in ("llava", "mod_llava_llama", "pmod_llava_llama"):
         return model_type
@@ -226,11 +230,20 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
                               image_size=vis["image_size"], patch_size=vis["patch_size"],
                               hidden_size=vis["hidden_size"], num_layers=vis["num_hidden_layers"],
                               num_heads=vis["num_attention_heads"], intermediate_size=vis["intermediate_size"])
-        return ModelConfig(name=directory.name, family="llava", llm=_llm_from(text, where), vision=vision), kind
+        family = "llava"
+        if conf["model_type"] == "llava_next":
+            family, vision.kind = "llava-next", "anyres"
+            vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]
+        return ModelConfig(name=directory.name, family=family, llm=_llm_from(text, where), vision=vision), kind
     llm = _llm_from(conf, where)
     dims = _clip_dims(conf.get("mm_vision_tower") or conf.get("vision_tower", ""), directory)
     vision = VisionConfig(kind="clip", select_layer=conf.get("mm_vision_select_layer", -2), **dims)
     family = "llava"
+    if str(conf.get("image_aspect_ratio", "")).startswith("anyres"):
+        if "image_grid_pinpoints" not in conf:
+            raise CheckpointError(f"{where}: image_aspect_ratio anyres without image_grid_pinpoints")
+        family, vision.kind = "llava-next", "anyres"
+        vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]
     if conf.get("is_multipath_encoder"):
         family = "llava-hr"
         if state is None:
@@ -344,6 +357,9 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         "mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": "patch",
         "mm_hidden_size": cfg.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
     }
+    if cfg.family == "llava-next":
+        base.update(image_aspect_ratio="anyres", image_grid_pinpoints=cfg.vision.grid_pinpoints,
+                    mm_patch_merge_type="spatial_unpad")
     if cfg.family == "llava-hr":
         base.update(is_multipath_encoder=True, input_image_size=cfg.vision.input_image_size,
                     vision_tower_slow=cfg.vision.convnext.timm_name or "convnext_large_mlp.clip_laion2b_ft_320",

@@ -40,13 +40,15 @@ class ConvNextConfig:
     timm_name: str = "convnext_large_mlp.clip_laion2b_ft_320"
 
 
-VISION_KINDS = ("clip", "multipath")
+VISION_KINDS = ("clip", "multipath", "anyres")
 
 
 @dataclass
 class VisionConfig:
     """kind 'clip': one CLIP tower (LLaVA-1.5). kind 'multipath': CLIP (fast, run at input_image_size/32*14)
-    + ConvNeXt (slow, run at input_image_size) joined by mixture-of-resolution adapters (LLaVA-HR)."""
+    + ConvNeXt (slow, run at input_image_size) joined by mixture-of-resolution adapters (LLaVA-HR).
+    kind 'anyres': CLIP over the tiles of the best of `grid_pinpoints` [height, width] plus a base view
+    (LLaVA-NeXT)."""
 
     kind: str = "clip"
     image_size: int = 336
@@ -63,6 +65,7 @@ class VisionConfig:
     convnext: ConvNextConfig | None = None
     input_image_size: int = 0  # multipath: the image size fed to the slow branch (1024 for LLaVA-HR)
     adapters: bool = True  # multipath: adapters exist only when the vision tower was trained (not frozen)
+    grid_pinpoints: list[list[int]] = field(default_factory=list)  # anyres: candidate [height, width] grids
 
     @property
     def fast_image_size(self) -> int:
@@ -71,9 +74,12 @@ class VisionConfig:
 
     @property
     def num_image_tokens(self) -> int:
+        side = self.image_size // self.patch_size
         if self.kind == "multipath":
             return (self.fast_image_size // self.patch_size) ** 2
-        return (self.image_size // self.patch_size) ** 2
+        if self.kind == "anyres":  # the largest grid before unpadding: base view + rows x (cols + newline)
+            return side * side + max((h // self.patch_size) * (w // self.patch_size + 1) for h, w in self.grid_pinpoints)
+        return side * side
 
 
 @dataclass
@@ -167,6 +173,13 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
         if vision.kind not in VISION_KINDS:
             raise ConfigError(f"vision.kind must be one of {VISION_KINDS}, got {vision.kind!r}")
+        if vision.kind == "anyres":
+            if not vision.grid_pinpoints:
+                raise ConfigError("vision.grid_pinpoints is required for kind 'anyres'")
+            for i, pin in enumerate(vision.grid_pinpoints):
+                if len(pin) != 2 or any(v % vision.image_size for v in pin):
+                    raise ConfigError(f"vision.grid_pinpoints[{i}] = {pin} must be [height, width], multiples of "
+                                      f"vision.image_size ({vision.image_size})")
         if vision.kind == "multipath":
             if vision.convnext is None or vision.input_image_size <= 0:
                 raise ConfigError("vision.convnext and vision.input_image_size are required for kind 'multipath'")

@@ -82,6 +82,15 @@ register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.34", gamma_spec(40,
 register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.5", gamma_spec(40, 0.5),
                           hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.5"))
 
+# --- LLaVA-NeXT (p-MoD's second host) ----------------------------------------------------------------------
+NEXT_VISION = dataclasses.replace(CLIP_L_336, kind="anyres",
+                                  grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
+LLAVA_NEXT_7B = register_variant(ModelConfig(
+    name="llava-next-7b", family="llava-next", llm=VICUNA_7B, vision=NEXT_VISION,
+    hub_id="liuhaotian/llava-v1.6-vicuna-7b", dtype="float16"))
+register_variant(with_mod(LLAVA_NEXT_7B, "pmod-llava-next-7b", ModSpec(scheme="pmod"),
+                          hub_id="MCG-NJU/p-MoD-LLaVA-NeXT-7B"))
+
 # --- tiny twins (CPU, seconds) -----------------------------------------------------------------------------
 TINY_LLM = LlmConfig(num_layers=6, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128,
                      vocab_size=TINY_VOCAB_SIZE, max_position_embeddings=2048)
@@ -111,3 +120,8 @@ CPU_LLAVA_HR = register_variant(ModelConfig(name="cpu-llava-hr", family="llava-h
                                             vision=TINY_HR_VISION))
 register_variant(with_mod(CPU_LLAVA_HR, "cpu-llava-hr-gmod-0.5",
                           ModSpec(scheme="gamma", layers=list(range(1, 11)), fixed_skip=0.5)))
+
+TINY_NEXT_VISION = dataclasses.replace(TINY_CLIP, kind="anyres", grid_pinpoints=[[32, 64], [64, 32], [64, 64]])
+TINY_LLAVA_NEXT = register_variant(ModelConfig(name="tiny-llava-next", family="llava-next", llm=TINY_LLM,
+                                               vision=TINY_NEXT_VISION, tiny=True))
+register_variant(with_mod(TINY_LLAVA_NEXT, "tiny-pmod-llava-next", ModSpec(scheme="pmod")))

@@ -20,6 +20,8 @@ def logits(model, prompts, images):
     ("tiny-llava-pmod", "pmod_llava_llama", "safetensors", 3),
     ("tiny-llava-hr", "llava", "bin", 1),
     ("tiny-llava-hr-gmod", "mod_llava_llama", "bin", 2),
+    ("tiny-llava-next", "llava", "safetensors", 1),
+    ("tiny-pmod-llava-next", "pmod_llava_llama", "bin", 2),
 ])
 def test_round_trip_through_the_authors_layout(variant, kind, fmt, shards, tmp_path, prompts, images):
     model = models.build_model(variant)
@@ -98,7 +100,7 @@ def test_unknown_model_type_and_corrupt_json(gmod_dir):
     conf.write_text(json.dumps({**data, "model_type": "qwen2_vl"}))
     with pytest.raises(CheckpointError, match="config.json: unknown model_type 'qwen2_vl'"):
         models.load(str(gmod_dir))
-    conf.write_text(json.dumps({**data, "model_type": "llava_next"}))
+    conf.write_text(json.dumps({**data, "model_type": "mod_mgm"}))
     with pytest.raises(CheckpointError, match="not supported yet"):
         models.load(str(gmod_dir))
     conf.write_text("{not json")
@@ -119,3 +121,25 @@ def test_hub_id_not_in_cache_says_so(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         models.load("YaxinLuo/Gamma-MoD-llava-hr-7b-0.34")
+
+
+def test_hf_llava_next_layout(tmp_path, prompts, images):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    from models.checkpoints import to_hf_llava_state_dict
+    from models.core import llama_config
+    from models.llava import clip_vision_config
+
+    model = models.build_model("tiny-llava-next")
+    cfg = model.cfg
+    hf = LlavaNextForConditionalGeneration(LlavaNextConfig(
+        text_config=llama_config(cfg).to_dict(), vision_config=clip_vision_config(cfg.vision).to_dict(),
+        image_token_index=model.image_token_id, image_grid_pinpoints=cfg.vision.grid_pinpoints,
+        vision_feature_layer=-2, projector_hidden_act="gelu"))
+    hf.load_state_dict(to_hf_llava_state_dict(model.state_dict()))
+    hf.save_pretrained(tmp_path / "hf", max_shard_size="200KB")  # sharded safetensors with an index
+    assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    model.tokenizer.save_pretrained(tmp_path / "hf")
+    loaded = models.load(str(tmp_path / "hf"))
+    assert loaded.cfg.family == "llava-next"
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))

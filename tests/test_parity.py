@@ -51,3 +51,34 @@ def test_tiny_llava_equals_transformers_llava(prompts, images):
             ref = theirs(input_ids=torch.tensor([ids]), pixel_values=pixels).logits
             out = model([prompt], [image]).logits
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_llava_next_equals_transformers_llava_next(prompts, images):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    from models.checkpoints import to_hf_llava_state_dict
+
+    model = models.build_model("tiny-llava-next")
+    cfg = model.cfg
+    theirs = LlavaNextForConditionalGeneration(LlavaNextConfig(
+        text_config=llama_config(cfg).to_dict(), vision_config=clip_vision_config(cfg.vision).to_dict(),
+        image_token_index=model.image_token_id, image_grid_pinpoints=cfg.vision.grid_pinpoints,
+        vision_feature_layer=cfg.vision.select_layer, vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )).eval()
+    theirs.load_state_dict(to_hf_llava_state_dict(model.state_dict()), strict=True)
+    tok = model.tokenizer
+    lengths = set()
+    for prompt, image in zip(prompts, images):  # three aspect ratios: three grids
+        pixels = model.vision.preprocess([image])
+        n_img = model.vision.encode(pixels)[0].shape[0]
+        lengths.add(n_img)
+        before, after = prompt.split("<image>")
+        ids = ([tok.bos_token_id] + tok(before, add_special_tokens=False).input_ids + [model.image_token_id] * n_img
+               + tok(after, add_special_tokens=False).input_ids)
+        with torch.no_grad():
+            ref = theirs(input_ids=torch.tensor([ids]), pixel_values=pixels.pixel_values,
+                         image_sizes=pixels.image_sizes).logits
+            out = model([prompt], [image]).logits
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    assert len(lengths) > 1  # the token count follows the image
