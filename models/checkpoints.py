@@ -5,8 +5,8 @@ The family is picked from config.json (model_type and keys), never from the dire
 - "mod_llava_llama" with its nested "mod" dict (γ-MoD; LLaVA-HR host when is_multipath_encoder);
 - "pmod_llava_llama" (p-MoD on LLaVA-1.5);
 - any of the authors' layouts with image_aspect_ratio "anyres" (LLaVA-NeXT, p-MoD-LLaVA-NeXT);
+- "mgm" / "mod_mgm" (Mini-Gemini-HD and its γ-MoD models: vision_tower_aux, vlm_uni_* projectors);
 - llava-hf "llava" and "llava_next" (nested text_config / vision_config).
-Not yet: Mini-Gemini (mgm, mod_mgm): a clear error says so.
 
 Weights: pytorch_model.bin or model.safetensors, single or sharded with an index json. Missing or unexpected
 keys are an error that lists them; γ-MoD's router, repeated per MoD layer, must be identical in every copy.
@@ -29,7 +29,6 @@ KNOWN_CLIP_TOWERS = {
                                           num_heads=16, intermediate_size=4096),
 }
 SUPPORTED = "llava, mod_llava_llama, pmod_llava_llama, llava / llava_next (llava-hf)"
-NOT_YET = {"mgm": "Mini-Gemini", "mod_mgm": "γ-MoD Mini-Gemini"}
 
 
 class CheckpointError(ValueError):
@@ -53,6 +52,14 @@ AUTHORS_LLAVA_HR_PREFIXES = (
     ("vision.vision_tower.slow_vision_tower.", "model.vision_tower.slow_vision_tower.vision_tower."),
     ("vision.vision_tower.align_stages_latent.", "model.vision_tower.align_stages_latent."),
     ("vision.vision_tower.align_stages.", "model.vision_tower.align_stages."),
+)
+MGM_PREFIXES = (
+    *AUTHORS_LLAVA_PREFIXES[1:6],
+    ("vision.vision_tower_aux.", "model.vision_tower_aux."),
+    ("vision.query_projector.", "model.vlm_uni_query_projector."),
+    ("vision.aux_projector.", "model.vlm_uni_aux_projector."),
+    ("vision.val_projector.", "model.vlm_uni_val_projector."),
+    ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
 )
 HF_LLAVA_PREFIXES = (  # llava and llava_next
     ("language_model.model.", "model.language_model."),
@@ -195,15 +202,15 @@ def _clip_dims(name: str, directory: Path) -> dict:
                 intermediate_size=conf["intermediate_size"])
 
 
-def _convnext_from_state(state: dict, prefix: str) -> ConvNextConfig:
+def _convnext_from_state(state: dict, prefix: str, stages: str = "stages") -> ConvNextConfig:
     depths, dims = [], []
     for stage in range(4):
-        blocks = {k.split(".")[0] for k in (key[len(f"{prefix}stages.{stage}.blocks."):] for key in state
-                                             if key.startswith(f"{prefix}stages.{stage}.blocks."))}
+        head = f"{prefix}{stages}.{stage}.blocks."
+        blocks = {key[len(head):].split(".")[0] for key in state if key.startswith(head)}
         if not blocks:
-            raise CheckpointError(f"no weights under {prefix}stages.{stage}.blocks.")
+            raise CheckpointError(f"no weights under {head}")
         depths.append(len(blocks))
-        dims.append(state[f"{prefix}stages.{stage}.blocks.0.conv_dw.weight"].shape[0])
+        dims.append(state[f"{head}0.conv_dw.weight"].shape[0])
     head = state.get(f"{prefix}head.pre_logits.fc.weight")
     return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head.shape[0] if head is not None else 0,
                           timm_name="")
@@ -211,11 +218,9 @@ def _convnext_from_state(state: dict, prefix: str) -> ConvNextConfig:
 
 def detect(conf: dict, where: Path) -> str:
     model_type = conf.get("model_type")
-    if model_type in NOT_YET:
-        raise CheckpointError(f"{where}: model_type {model_type!r} ({NOT_YET[model_type]}) is not supported yet")
     if model_type in ("llava", "llava_next") and "text_config" in conf:
         return "hf-llava"
-    if model_type in ("llava", "mod_llava_llama", "pmod_llava_llama"):
+    if model_type in ("llava", "mod_llava_llama", "pmod_llava_llama", "mgm", "mod_mgm"):
         return model_type
     raise CheckpointError(f"{where}: unknown model_type {model_type!r}; supported: {SUPPORTED}")
 
@@ -244,6 +249,14 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
             raise CheckpointError(f"{where}: image_aspect_ratio anyres without image_grid_pinpoints")
         family, vision.kind = "llava-next", "anyres"
         vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]
+    if kind in ("mgm", "mod_mgm"):
+        if state is None:
+            raise CheckpointError(f"{where}: Mini-Gemini needs the weights to size its ConvNeXt")
+        family, vision.kind = "mgm-hd", "mgm-hd"
+        vision.input_image_size = int(conf.get("image_size_aux", 1536))
+        vision.image_grid = int(conf.get("image_grid", 1))
+        vision.image_global = bool(conf.get("image_global", False))
+        vision.convnext = _convnext_from_state(state, "model.vision_tower_aux.", "vision_stages")
     if conf.get("is_multipath_encoder"):
         family = "llava-hr"
         if state is None:
@@ -253,10 +266,10 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
         vision.adapters = not conf.get("freeze_vision", False)
         vision.convnext = _convnext_from_state(state, "model.vision_tower.slow_vision_tower.vision_tower.")
     mod = ModSpec()
-    if kind == "mod_llava_llama":
+    if kind in ("mod_llava_llama", "mod_mgm"):
         spec = conf.get("mod")
         if not isinstance(spec, dict) or "mod_layers_idx" not in spec:
-            raise CheckpointError(f"{where}: mod_llava_llama without a 'mod' dict holding mod_layers_idx")
+            raise CheckpointError(f"{where}: {kind} without a 'mod' dict holding mod_layers_idx")
         mod = ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
                       train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
                       router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)))
@@ -284,6 +297,8 @@ def _pmod_ratios(conf: dict, layers: list[int], num_layers: int) -> list[float]:
 def _layout(cfg: ModelConfig, kind: str):
     if kind == "hf-llava":
         return HF_LLAVA_PREFIXES
+    if cfg.family == "mgm-hd":
+        return MGM_PREFIXES
     return AUTHORS_LLAVA_HR_PREFIXES if cfg.family == "llava-hr" else AUTHORS_LLAVA_PREFIXES
 
 
@@ -347,7 +362,8 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
     llm = cfg.llm
     base = {
         "architectures": [{"llava": "LlavaLlamaForCausalLM", "mod_llava_llama": "MoDLLaVALlamaForCausalLM",
-                           "pmod_llava_llama": "PMoDLlavaLlamaForCausalLM"}[kind]],
+                           "pmod_llava_llama": "PMoDLlavaLlamaForCausalLM", "mgm": "MGMLlamaForCausalLM",
+                           "mod_mgm": "MoDMGMLlamaForCausalLM"}[kind]],
         "model_type": kind, "hidden_size": llm.hidden_size, "intermediate_size": llm.intermediate_size,
         "num_hidden_layers": llm.num_layers, "num_attention_heads": llm.num_heads,
         "num_key_value_heads": llm.num_kv_heads, "vocab_size": llm.vocab_size, "rms_norm_eps": llm.rms_norm_eps,
@@ -364,7 +380,12 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         base.update(is_multipath_encoder=True, input_image_size=cfg.vision.input_image_size,
                     vision_tower_slow=cfg.vision.convnext.timm_name or "convnext_large_mlp.clip_laion2b_ft_320",
                     freeze_vision=not cfg.vision.adapters)
-    if kind == "mod_llava_llama":
+    if cfg.family == "mgm-hd":
+        vision = cfg.vision
+        base.update(mm_vision_tower_aux=vision.convnext.timm_name or "openclip-convnext-large-d-320",
+                    image_size_aux=vision.input_image_size, image_grid=vision.image_grid,
+                    image_global=vision.image_global, mm_hidden_size_aux=sum(vision.convnext.dims))
+    if kind in ("mod_llava_llama", "mod_mgm"):
         base["mod"] = {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(cfg.mod.layers),
                        "capacity_factor": cfg.mod.train_skip_fraction,
                        "router_aux_loss_coef": cfg.mod.router_loss_coef}

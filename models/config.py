@@ -40,7 +40,7 @@ class ConvNextConfig:
     timm_name: str = "convnext_large_mlp.clip_laion2b_ft_320"
 
 
-VISION_KINDS = ("clip", "multipath", "anyres")
+VISION_KINDS = ("clip", "multipath", "anyres", "mgm-hd")
 
 
 @dataclass
@@ -48,7 +48,8 @@ class VisionConfig:
     """kind 'clip': one CLIP tower (LLaVA-1.5). kind 'multipath': CLIP (fast, run at input_image_size/32*14)
     + ConvNeXt (slow, run at input_image_size) joined by mixture-of-resolution adapters (LLaVA-HR).
     kind 'anyres': CLIP over the tiles of the best of `grid_pinpoints` [height, width] plus a base view
-    (LLaVA-NeXT)."""
+    (LLaVA-NeXT). kind 'mgm-hd': CLIP over image_grid^2 crops (+ a global view) and a ConvNeXt map at
+    input_image_size, joined by patch-info mining (Mini-Gemini-HD)."""
 
     kind: str = "clip"
     image_size: int = 336
@@ -66,6 +67,8 @@ class VisionConfig:
     input_image_size: int = 0  # multipath: the image size fed to the slow branch (1024 for LLaVA-HR)
     adapters: bool = True  # multipath: adapters exist only when the vision tower was trained (not frozen)
     grid_pinpoints: list[list[int]] = field(default_factory=list)  # anyres: candidate [height, width] grids
+    image_grid: int = 1  # mgm-hd: crops per side
+    image_global: bool = False  # mgm-hd: a global view besides the crops
 
     @property
     def fast_image_size(self) -> int:
@@ -77,6 +80,8 @@ class VisionConfig:
         side = self.image_size // self.patch_size
         if self.kind == "multipath":
             return (self.fast_image_size // self.patch_size) ** 2
+        if self.kind == "mgm-hd":
+            return side * side * (self.image_grid**2 + int(self.image_global))
         if self.kind == "anyres":  # the largest grid before unpadding: base view + rows x (cols + newline)
             return side * side + max((h // self.patch_size) * (w // self.patch_size + 1) for h, w in self.grid_pinpoints)
         return side * side
@@ -180,6 +185,14 @@ def validate(cfg: ModelConfig) -> None:
                 if len(pin) != 2 or any(v % vision.image_size for v in pin):
                     raise ConfigError(f"vision.grid_pinpoints[{i}] = {pin} must be [height, width], multiples of "
                                       f"vision.image_size ({vision.image_size})")
+        if vision.kind == "mgm-hd":
+            side = vision.image_size // vision.patch_size
+            if vision.convnext is None or vision.input_image_size <= 0 or vision.image_grid < 1:
+                raise ConfigError("vision.convnext, vision.input_image_size and vision.image_grid are required "
+                                  "for kind 'mgm-hd'")
+            if vision.input_image_size % (4 * vision.image_grid * side):
+                raise ConfigError("vision.input_image_size must be a multiple of 4 x image_grid x tokens per side "
+                                  "(each low-resolution token mines a whole high-resolution region)")
         if vision.kind == "multipath":
             if vision.convnext is None or vision.input_image_size <= 0:
                 raise ConfigError("vision.convnext and vision.input_image_size are required for kind 'multipath'")

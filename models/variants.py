@@ -91,6 +91,19 @@ LLAVA_NEXT_7B = register_variant(ModelConfig(
 register_variant(with_mod(LLAVA_NEXT_7B, "pmod-llava-next-7b", ModSpec(scheme="pmod"),
                           hub_id="MCG-NJU/p-MoD-LLaVA-NeXT-7B"))
 
+# --- Mini-Gemini-HD ------------------------------------------------------------------------------------------
+CONVNEXT_L_TRUNK = ConvNextConfig(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536], head_hidden_size=0,
+                                  timm_name="openclip-convnext-large-d-320-laion2B-s29B-b131K-ft-soup")
+MGM_HD_VISION = dataclasses.replace(CLIP_L_336, kind="mgm-hd", convnext=CONVNEXT_L_TRUNK, input_image_size=1536,
+                                    image_grid=2, image_global=True)
+MGM_HD_7B = register_variant(ModelConfig(
+    name="mgm-hd-7b", family="mgm-hd", llm=VICUNA_7B, vision=MGM_HD_VISION, hub_id="YanweiLi/MGM-7B-HD",
+    dtype="float16"))
+register_variant(with_mod(MGM_HD_7B, "mgm-hd-7b-gmod-0.34", gamma_spec(32, 0.34),
+                          hub_id="YaxinLuo/Gamma-MoD-Mini-Gemini-HD-7b-0.34"))
+register_variant(with_mod(MGM_HD_7B, "mgm-hd-7b-gmod-0.5", gamma_spec(32, 0.5),
+                          hub_id="YaxinLuo/Gamma-MoD-Mini-Gemini-HD-7b-0.5"))
+
 # --- tiny twins (CPU, seconds) -----------------------------------------------------------------------------
 TINY_LLM = LlmConfig(num_layers=6, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128,
                      vocab_size=TINY_VOCAB_SIZE, max_position_embeddings=2048)
@@ -125,3 +138,11 @@ TINY_NEXT_VISION = dataclasses.replace(TINY_CLIP, kind="anyres", grid_pinpoints=
 TINY_LLAVA_NEXT = register_variant(ModelConfig(name="tiny-llava-next", family="llava-next", llm=TINY_LLM,
                                                vision=TINY_NEXT_VISION, tiny=True))
 register_variant(with_mod(TINY_LLAVA_NEXT, "tiny-pmod-llava-next", ModSpec(scheme="pmod")))
+
+# Mini-Gemini-HD twin: 4 x 4 tokens per view, 2 x 2 crops + global, each token mines a 2 x 2 region.
+TINY_MGM_VISION = dataclasses.replace(TINY_CLIP, kind="mgm-hd", input_image_size=64, image_grid=2, image_global=True,
+                                      convnext=ConvNextConfig(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32],
+                                                              head_hidden_size=0, timm_name=""))
+TINY_MGM_HD = register_variant(ModelConfig(name="tiny-mgm-hd", family="mgm-hd", llm=TINY_LLM, vision=TINY_MGM_VISION,
+                                           tiny=True))
+register_variant(with_mod(TINY_MGM_HD, "tiny-mgm-hd-gmod", ModSpec(scheme="gamma", layers=[1, 2, 3, 4])))

@@ -26,7 +26,7 @@ def register_frontend(family: str):
 
 
 def build_frontend(cfg: ModelConfig) -> nn.Module | None:
-    from . import llava, llava_hr, llava_next  # noqa: F401  (host families register themselves on import)
+    from . import llava, llava_hr, llava_next, mgm_hd  # noqa: F401  (host families register themselves on import)
 
     if cfg.vision is None:
         return None

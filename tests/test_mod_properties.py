@@ -142,7 +142,8 @@ def test_pmod_router_gets_gradients(prompts, images):
     assert all(g is not None and g.abs().sum() > 0 for g in grads.values()), grads.keys()
 
 
-SPECS = ["tiny-llava", "tiny-llava-pmod", "gmod-skipping", "tiny-llava-hr-gmod", "tiny-pmod-llava-next"]
+SPECS = ["tiny-llava", "tiny-llava-pmod", "gmod-skipping", "tiny-llava-hr-gmod", "tiny-pmod-llava-next",
+         "tiny-mgm-hd-gmod"]
 
 
 def _spec(name):
