@@ -142,3 +142,13 @@ def test_hf_llava_next_layout(tmp_path, prompts, images):
     loaded = models.load(str(tmp_path / "hf"))
     assert loaded.cfg.family == "llava-next"
     torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+def test_missing_key_is_listed(gmod_dir):
+    path = gmod_dir / "pytorch_model-00001-of-00002.bin"
+    state = torch.load(path, weights_only=True)
+    key = sorted(k for k in state if "layers." in k)[0]
+    del state[key]
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"missing keys \[.*'"):
+        models.load(str(gmod_dir))
