@@ -150,5 +150,11 @@ def test_missing_key_is_listed(gmod_dir):
     key = sorted(k for k in state if "mlp.up_proj" in k)[0]
     del state[key]
     torch.save(state, path)
-    with pytest.raises(CheckpointError, match=r"missing keys \[.*'"):
+    with pytest.raises(CheckpointError, match=rf"index.json are absent: \['{key}'\]"):
+        models.load(str(gmod_dir))
+    index = gmod_dir / "pytorch_model.bin.index.json"  # consistent index, key gone: the model misses it
+    data = json.loads(index.read_text())
+    del data["weight_map"][key]
+    index.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"missing keys \['language_model.model.layers.1.mlp.up_proj.weight'\]"):
         models.load(str(gmod_dir))
