@@ -11,7 +11,7 @@ from .vlm import ModVlm
 
 __all__ = [
     "ConfigError", "LlmConfig", "ModelConfig", "ModSpec", "VisionConfig", "ModCache", "ModForCausalLM",
-    "ModOutput", "ModVlm", "build_model", "load", "get_variant", "greedy_generate", "list_variants", "register_variant",
+    "ModOutput", "ModVlm", "build_model", "config_for", "load", "get_variant", "greedy_generate", "list_variants", "register_variant",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -19,6 +19,16 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 
 def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
+
+
+def config_for(name: str) -> ModelConfig:
+    """The config of a registered variant, or of a checkpoint directory / cached hub id (weights not built)."""
+    if any(cfg.name == name for cfg in list_variants()):
+        return get_variant(name)
+    from .checkpoints import config_from_checkpoint, read_state_dict, resolve
+
+    directory = resolve(name)
+    return config_from_checkpoint(directory, read_state_dict(directory))[0]
 
 
 def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None) -> ModVlm:

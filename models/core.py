@@ -9,6 +9,7 @@ validity mask, so per-layer, per-row cache lengths may differ and padded rows st
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -282,7 +283,9 @@ def greedy_generate(
     step_in, step_types = embeds, types
     kept = total = None
     scores = []
+    seconds = []  # per step: [0] is the prefill (time to first token), the rest decode steps
     for step in range(max_new_tokens):
+        start = time.perf_counter()
         out = lm(inputs_embeds=step_in, token_types=step_types, cache=cache, collect_stats=collect_stats,
                  logits_to_keep=1)
         if collect_stats:
@@ -297,7 +300,9 @@ def greedy_generate(
         nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
         tokens.append(nxt)
         done = done | (nxt == eos_token_id)
-        if bool(done.all()) or step == max_new_tokens - 1:
+        finished = bool(done.all())  # a host read: the device has finished this step
+        seconds.append(time.perf_counter() - start)
+        if finished or step == max_new_tokens - 1:
             break
         new_embed = lm.model.embed_tokens(nxt)[:, None]
         # Finished rows keep running (their tokens are dropped) but as pads, so they are not counted.
@@ -313,7 +318,8 @@ def greedy_generate(
     for row in generated.tolist():
         row = row[: row.index(eos_token_id)] if eos_token_id in row else row
         rows.append(row)
-    result = {"tokens": rows, "cache": cache}
+    result = {"tokens": rows, "cache": cache, "prefill_seconds": seconds[0] if seconds else 0.0,
+              "decode_seconds": sum(seconds[1:])}
     if output_scores:
         result["scores"] = torch.stack(scores, dim=1)  # [B, steps, vocab], before the min_new_tokens mask
     if collect_stats:

@@ -43,6 +43,7 @@ class Batch:
     token_types: torch.Tensor  # [B, S]
     labels: torch.Tensor | None  # [B, S], -100 outside the answers
     prompt_lengths: list[int]  # real prompt tokens per row (image tokens included)
+    image_tokens: list[int]  # image tokens per row
 
 
 class ModVlm(nn.Module):
@@ -123,7 +124,8 @@ class ModVlm(nn.Module):
             embeds[b, width - n:] = emb
             token_types[b, width - n:] = torch.tensor(types, device=self.device)
             label_t[b, width - n:] = torch.tensor(labels, device=self.device)
-        return Batch(embeds, token_types, label_t if answers is not None else None, [r[3] for r in rows])
+        return Batch(embeds, token_types, label_t if answers is not None else None, [r[3] for r in rows],
+                     [r[1].count(IMAGE) for r in rows])
 
     def forward(self, prompts, images=None, answers=None, collect_stats=False, return_attentions=False) -> ModOutput:
         batch = self.build_batch(prompts, images, answers)
@@ -145,4 +147,5 @@ class ModVlm(nn.Module):
         )
         out["text"] = [self.tokenizer.decode(t, skip_special_tokens=True).strip() for t in out["tokens"]]
         out["prompt_lengths"] = batch.prompt_lengths
+        out["image_tokens"] = batch.image_tokens
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -56,17 +57,6 @@ def _build(name: str, seed: int = 0, device: str = "cpu", cfg=None):
     if cfg is not None or _is_variant(name):
         return models.build_model(cfg if cfg is not None else name, seed=seed, device=device)
     return models.load(name, device_map=device)
-
-
-def _config(name: str):
-    import models
-
-    if _is_variant(name):
-        return models.get_variant(name)
-    from models.checkpoints import config_from_checkpoint, read_state_dict, resolve
-
-    directory = resolve(name)
-    return config_from_checkpoint(directory, read_state_dict(directory))[0]
 
 
 def cmd_models(args) -> int:
@@ -163,9 +153,10 @@ def cmd_arank(args) -> int:
 
 
 def cmd_flops(args) -> int:
+    import models
     from suite.flops import flops_analytic
 
-    cfg = _config(args.model)
+    cfg = models.config_for(args.model)
     if args.full:
         from suite.flops import flops_full_meta
 
@@ -197,7 +188,7 @@ def cmd_latency(args) -> int:
     rows, runs = [], []
     for batch in batch_sizes:
         for name in names:
-            cfg = _config(name)
+            cfg = models.config_for(name)
             if args.dtype:
                 cfg.dtype = args.dtype
             if args.attn_implementation:
@@ -259,11 +250,65 @@ def cmd_latency(args) -> int:
     return 0
 
 
+def data_root(arg: str):
+    """--root, else $MODBENCH_DATA, else tasks/data. Elsewhere than tasks/data, tasks/data becomes a link to it
+    (the YAMLs read tasks/data, also under the unmodified lmms-eval CLI)."""
+    from pathlib import Path
+
+    from suite.runner import DATA_DIR
+
+    root = Path(arg or os.environ.get("MODBENCH_DATA", "") or DATA_DIR).resolve()
+    if root != DATA_DIR.resolve():
+        if DATA_DIR.is_symlink():
+            DATA_DIR.unlink()
+        elif DATA_DIR.exists():
+            raise ValueError(f"{DATA_DIR} exists and is not a link: move it, or use it as the data root")
+        root.mkdir(parents=True, exist_ok=True)
+        DATA_DIR.symlink_to(root, target_is_directory=True)
+    return root
+
+
+def cmd_data(args) -> int:
+    root = data_root(args.root)
+    if args.action == "fixtures":
+        from tasks.fixtures import write_all
+
+        written = write_all(root, args.only.split(",") if args.only else None)
+        for name, paths in written.items():
+            print(f"{name:14s} {', '.join(paths)}")
+        return 0
+    if not args.task or not args.source:
+        raise ValueError("data prepare needs --task and --from")
+    from tasks.prepare import prepare
+
+    for path in prepare(args.task, args.source, root, args.images or None):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from suite.runner import RunSpec, run
+
+    spec = RunSpec(model=args.model, tasks=[t for t in args.tasks.split(",") if t], limit=args.limit,
+                   protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                   attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
+                   run_id=args.run_id)
+    outcome = run(spec)
+    for task, metrics in outcome.metrics.items():
+        shown = ", ".join(f"{k}={v['value']:.4g}" if isinstance(v["value"], (int, float)) else f"{k}={v['value']}"
+                          for k, v in metrics.items())
+        print(f"{task:28s} {shown}")
+    print(f"{outcome.status}: {outcome.run_dir / 'run.json'}")
+    for error in outcome.errors[:1] + [e for e in outcome.errors[2:]]:
+        print(f"error: {error}", file=sys.stderr)
+    return 0 if outcome.status == "ok" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modbench",
         description="Reproducibility benchmarks for mixture-of-depths multimodal LLMs (γ-MoD, p-MoD).",
-        epilog="Not yet: run, matrix, table, check (benchmarks through lmms-eval); see README.md.",
+        epilog="Not yet: matrix, table, check; see README.md.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -271,6 +316,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help="only the tiny CPU variants")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("run", help="benchmarks through lmms-eval (our plugin + local tasks); non-zero if any failed")
+    p.add_argument("--model", required=True, help="variant name or checkpoint directory")
+    p.add_argument("--tasks", required=True, help="comma-separated local tasks, e.g. pope_local,gqa_local")
+    p.add_argument("--limit", type=int, default=None, help="samples per task")
+    p.add_argument("--protocol", default="lmms-eval", choices=["lmms-eval", "llava"])
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
+    p.add_argument("--device", default="")
+    p.add_argument("--attn-implementation", default="", choices=["", "sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default="results/runs", help="directory for run folders")
+    p.add_argument("--run-id", default="", help="run folder name (default: from model, tasks, protocol)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("data", help="benchmark data: `fixtures` (small, drawn) or `prepare` (a downloaded copy)")
+    p.add_argument("action", choices=["fixtures", "prepare"])
+    p.add_argument("--root", default="", help="data root (default $MODBENCH_DATA, else tasks/data)")
+    p.add_argument("--only", default="", help="fixtures: comma-separated benchmarks")
+    p.add_argument("--task", default="", help="prepare: benchmark (pope, mme, gqa, scienceqa_img, textvqa)")
+    p.add_argument("--from", dest="source", default="", help="prepare: save_to_disk dir, parquet dir or file")
+    p.add_argument("--images", default="", help="prepare gqa: the testdev_balanced_images copy to join")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("smoke", help="forward + generate on every tiny variant (CPU, seconds)")
     p.add_argument("--models", default="", help="comma-separated variant names (default: every tiny variant)")
@@ -321,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError) as exc:  # ConfigError / CheckpointError are ValueErrors
+    except (ValueError, KeyError, FileNotFoundError) as exc:  # ConfigError / CheckpointError are ValueErrors
         print(f"modbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,57 @@
+"""Efficiency of a run from the plugin's per-sample records: sequence length, skip ratios, TFLOPs, timing.
+
+The tables' TFLOPs column is computed as the papers did: the analytic formula at the run's average
+per-layer token counts (prefill), so it reflects the sequence lengths and skip ratios actually measured.
+"""
+
+from __future__ import annotations
+
+import statistics
+
+import torch
+
+from models.routing import TOKEN_TYPE_NAMES
+from suite.flops import flops_for_tokens
+from suite.routing_stats import routing_summary
+
+
+def _counts(record: dict, key: str) -> torch.Tensor:
+    per_type = record[key]
+    layers = len(next(iter(per_type.values())))
+    out = torch.zeros(layers, len(TOKEN_TYPE_NAMES), dtype=torch.float64)
+    for t, name in enumerate(TOKEN_TYPE_NAMES):
+        if name in per_type:
+            out[:, t] = torch.tensor(per_type[name], dtype=torch.float64)
+    return out
+
+
+def efficiency_from_records(model_name: str, records: list[dict]) -> dict:
+    ok = [r for r in records if r.get("status") == "ok"]
+    if not ok:
+        return {}
+    import models
+
+    cfg = models.config_for(model_name)
+    kept = sum(_counts(r, "kept_per_layer") for r in ok)
+    seen = sum(_counts(r, "seen_per_layer") for r in ok)
+    # Prefill tokens only: response tokens are decode steps, which the papers' TFLOPs leave out.
+    prefill_kept = kept.clone()
+    prefill_seen = seen.clone()
+    response = TOKEN_TYPE_NAMES.index("response")
+    prefill_kept[:, response] = 0
+    prefill_seen[:, response] = 0
+    mean_tokens = (prefill_kept.sum(dim=1) / len(ok)).tolist()
+    return {
+        "n_samples": len(ok),
+        "avg_prompt_tokens": statistics.fmean(r["prompt_tokens"] for r in ok),
+        "avg_image_tokens": statistics.fmean(r["image_tokens"] for r in ok),
+        "avg_generated_tokens": statistics.fmean(r["generated_tokens"] for r in ok),
+        "routing_prefill": routing_summary(prefill_kept, prefill_seen, cfg),
+        "routing_all_tokens": routing_summary(kept, seen, cfg),
+        "tflops_analytic": flops_for_tokens(cfg, mean_tokens)["tflops"],
+        "tflops_dense_equivalent": flops_for_tokens(cfg, (prefill_seen.sum(dim=1) / len(ok)).tolist())["tflops"],
+        "flops_convention": "analytic, 2 FLOPs per multiply-add, LLM prefill at the run's mean per-layer tokens",
+        "prefill_seconds_mean_batch": statistics.fmean(r["prefill_seconds_batch"] for r in ok),
+        "decode_seconds_mean_batch": statistics.fmean(r["decode_seconds_batch"] for r in ok),
+    }
+

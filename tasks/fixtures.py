@@ -1,0 +1,168 @@
+"""Small fixture datasets in each benchmark's real column schema, with real images drawn by PIL.
+
+Every image shows coloured shapes (or a word) and every answer is true of its image, so a model that reads
+images could score on them. Written as parquet with the datasets Image feature, as the hub copies store them.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (235, 200, 30),
+           "purple": (140, 60, 180), "orange": (240, 130, 30)}
+SHAPES = ("circle", "square", "triangle")
+WORDS = ("STOP", "OPEN", "EXIT", "CAFE", "BANK", "TAXI", "HOTEL", "PARK")
+
+
+def draw_shapes(items: list[tuple[str, str]], size=(96, 72), seed=0) -> Image.Image:
+    """items: (shape, colour) drawn left to right on a light background."""
+    rng = random.Random(seed)
+    image = Image.new("RGB", size, (245, 245, 240))
+    draw = ImageDraw.Draw(image)
+    width = size[0] // max(len(items), 1)
+    for i, (shape, colour) in enumerate(items):
+        x0, y0 = i * width + 4 + rng.randint(0, 3), 8 + rng.randint(0, 6)
+        x1, y1 = x0 + width - 10, size[1] - 8 - rng.randint(0, 6)
+        fill = COLOURS[colour]
+        if shape == "circle":
+            draw.ellipse((x0, y0, x1, y1), fill=fill)
+        elif shape == "square":
+            draw.rectangle((x0, y0, x1, y1), fill=fill)
+        else:
+            draw.polygon([((x0 + x1) // 2, y0), (x0, y1), (x1, y1)], fill=fill)
+    return image
+
+
+def draw_word(word: str, size=(96, 48)) -> Image.Image:
+    image = Image.new("RGB", size, (250, 250, 250))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((2, 2, size[0] - 3, size[1] - 3), outline=(20, 20, 20))
+    draw.text((10, size[1] // 2 - 6), word, fill=(10, 10, 10))
+    return image
+
+
+def _scene(rng: random.Random, n: int | None = None) -> list[tuple[str, str]]:
+    n = n or rng.randint(1, 3)
+    return [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(n)]
+
+
+def _write(rows: list[dict], path: Path, image_columns=("image",)) -> Path:
+    import datasets
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {key: [row[key] for row in rows] for key in rows[0]}
+    dataset = datasets.Dataset.from_dict(data)
+    for column in image_columns:
+        dataset = dataset.cast_column(column, datasets.Image())
+    dataset.to_parquet(str(path))
+    return path
+
+
+def pope(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    paths = []
+    for s, split in enumerate(("adversarial", "popular", "random")):
+        rng = random.Random(seed * 100 + s)
+        rows = []
+        for i in range(n):
+            scene = _scene(rng)
+            present = {shape for shape, _ in scene}
+            asked = rng.choice(SHAPES)
+            rows.append({
+                "question_id": f"{split}-{i}", "question": f"Is there a {asked} in the image?",
+                "answer": "yes" if asked in present else "no", "image_source": f"fixture_{split}_{i}",
+                "image": draw_shapes(scene, seed=i), "category": split,
+            })
+        paths.append(_write(rows, root / "pope" / f"{split}.parquet"))
+    return paths
+
+
+MME_CATEGORIES = ("existence", "count", "color", "position", "commonsense_reasoning", "numerical_calculation")
+
+
+def mme(root: Path, images_per_category: int = 2, seed: int = 0) -> list[Path]:
+    """MME: two questions per image (one 'Yes', one 'No'), sharing the image's question_id (for acc+)."""
+    rng = random.Random(seed)
+    rows = []
+    for category in MME_CATEGORIES:
+        for i in range(images_per_category):
+            scene = _scene(rng, 2)
+            image = draw_shapes(scene, seed=i)
+            (shape_a, colour_a), (shape_b, _) = scene
+            other_colour = next(c for c in COLOURS if c != colour_a)
+            count = sum(1 for s, _ in scene if s == shape_a)
+            questions = {
+                "existence": (f"Is there a {shape_a} in this image?",
+                              f"Is there a {next(s for s in SHAPES if s not in (shape_a, shape_b))} in this image?"),
+                "count": (f"Are there {count} {shape_a}s in this image?", f"Are there {count + 3} {shape_a}s in this image?"),
+                "color": (f"Is the {shape_a} {colour_a}?", f"Is the {shape_a} {other_colour}?"),
+                "position": (f"Is the {shape_a} on the left of the {shape_b}?",
+                             f"Is the {shape_a} on the right of the {shape_b}?"),
+                "commonsense_reasoning": ("Is this a drawing of shapes?", "Is this a photo of a cat?"),
+                "numerical_calculation": ("Is the number of shapes plus one equal to 3?",
+                                          "Is the number of shapes plus one equal to 7?"),
+            }[category]
+            qid = f"{category}/{i}.png"
+            for question, answer in zip(questions, ("Yes", "No")):
+                rows.append({"question_id": qid, "image": image, "answer": answer, "category": category,
+                             "question": f"{question} Please answer yes or no."})
+    return [_write(rows, root / "mme" / "test.parquet")]
+
+
+def gqa(root: Path, n: int = 16, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        scene = _scene(rng, 1)
+        shape, colour = scene[0]
+        kind = i % 2
+        question = f"What color is the {shape}?" if kind == 0 else "What shape is shown?"
+        answer = colour if kind == 0 else shape
+        rows.append({"id": f"q{i}", "imageId": f"img{i}", "question": question, "answer": answer,
+                     "fullAnswer": f"The {shape} is {colour}.", "image": draw_shapes(scene, seed=i)})
+    return [_write(rows, root / "gqa" / "testdev.parquet")]
+
+
+def scienceqa_img(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        scene = _scene(rng, 1)
+        shape, colour = scene[0]
+        choices = list(SHAPES)
+        rng.shuffle(choices)
+        rows.append({
+            "image": draw_shapes(scene, seed=i), "question": "Which shape is shown in the picture?",
+            "choices": choices, "answer": choices.index(shape), "hint": f"The shape is {colour}.",
+            "task": "closed choice", "grade": "grade2", "subject": "natural science", "topic": "geometry",
+            "category": "Shapes", "skill": "Identify shapes", "lecture": "", "solution": f"It is a {shape}.",
+        })
+    return [_write(rows, root / "scienceqa_img" / "test.parquet")]
+
+
+def textvqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        word = rng.choice(WORDS)
+        rows.append({
+            "image_id": f"img{i}", "question_id": i, "question": "what word is written on the sign?",
+            "question_tokens": ["what", "word", "is", "written", "on", "the", "sign"],
+            "image": draw_word(word), "image_width": 96, "image_height": 48, "flickr_original_url": "",
+            "flickr_300k_url": "", "answers": [word.lower()] * 10, "image_classes": ["sign"], "set_name": "val",
+            "ocr_tokens": [word.lower()],
+        })
+    return [_write(rows, root / "textvqa" / "validation.parquet")]
+
+
+GENERATORS = {"pope": pope, "mme": mme, "gqa": gqa, "scienceqa_img": scienceqa_img, "textvqa": textvqa}
+
+
+def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list[str]]:
+    root = Path(root)
+    unknown = sorted(set(only or []) - set(GENERATORS))
+    if unknown:
+        raise ValueError(f"unknown fixture benchmark(s) {unknown}; known: {sorted(GENERATORS)}")
+    return {name: [str(p) for p in GENERATORS[name](root)] for name in (only or GENERATORS)}

@@ -1,0 +1,157 @@
+"""Our models in the unmodified lmms-eval, on fixture copies of the benchmarks."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from suite.runner import DATA_DIR, RunSpec, run
+from tasks.registry import local_tasks
+
+LOCAL_TASKS = ["pope_local", "mme_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local",
+               "textvqa_val_ocr_local"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fixture_data():
+    from tasks.fixtures import write_all
+
+    if not all(p.exists() for t in LOCAL_TASKS for p in __import__("tasks.registry").registry.data_files_for(t)):
+        write_all(DATA_DIR)
+
+
+def test_every_local_task_has_its_data_and_a_yaml():
+    from tasks.registry import data_files_for
+
+    for task in LOCAL_TASKS:
+        files = data_files_for(task)
+        assert files and all(p.exists() for p in files), task
+    assert set(local_tasks()["pope_local"]["tasks"]) == {"pope_local_adversarial", "pope_local_popular",
+                                                          "pope_local_random"}
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava-gmod"])
+def test_lmms_eval_cli_runs_our_plugin_on_every_task(model, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MODBENCH_RECORDS": str(tmp_path / "r.jsonl")}
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "modbench", "--model_args",
+           f"pretrained={model},protocol=llava", "--tasks", ",".join(LOCAL_TASKS), "--include_path",
+           str(Path(__file__).resolve().parent.parent / "tasks"), "--limit", "2", "--batch_size", "2",
+           "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("*_results.json")).read_text())["results"]
+    assert set(LOCAL_TASKS) <= set(results)
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert len(records) == 2 * (len(LOCAL_TASKS) + 2)  # pope_local is three tasks
+    assert all(r["status"] == "ok" and r["generated_tokens"] <= 6 for r in records if r["task"] != "scienceqa_img_local")
+    assert all(r["generated_tokens"] <= 1 for r in records if r["task"] == "scienceqa_img_local")  # llava protocol
+
+
+@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava-gmod"])
+def test_modbench_run_writes_a_complete_results_file(model, tmp_path):
+    outcome = run(RunSpec(model=model, tasks=LOCAL_TASKS, limit=2, protocol="llava", output=str(tmp_path)), progress=False)
+    assert outcome.status == "ok", outcome.errors
+    data = json.loads((outcome.run_dir / "run.json").read_text())
+    assert data["schema_version"] and data["status"] == "ok" and data["environment"]["lmms_eval"] == "0.7.3"
+    assert data["spec"]["model"] == model and data["environment"]["git"]["sha"]
+    assert data["metrics"]["mme_local"]["mme_perception_score"]["value"] >= 0
+    assert data["metrics"]["gqa_local"]["exact_match"]["stderr"] is not None
+    eff = data["efficiency"]
+    assert eff["n_samples"] == data["n_records"] == 2 * (len(LOCAL_TASKS) + 2)
+    assert 0 < eff["tflops_analytic"] <= eff["tflops_dense_equivalent"]
+    samples = (outcome.run_dir / "samples.jsonl").read_text().splitlines()
+    assert len(samples) == data["n_samples"] > 0
+
+
+def test_unknown_task_fails_non_zero(tmp_path):
+    from suite.cli import main
+
+    code = main(["run", "--model", "tiny-llava", "--tasks", "nope_local", "--output", str(tmp_path), "--run-id", "x"])
+    assert code == 1
+    data = json.loads((tmp_path / "x" / "run.json").read_text())
+    assert data["status"] == "failed" and "unknown task" in data["errors"][0]
+
+
+def test_missing_data_fails_with_a_clear_error(tmp_path, monkeypatch):
+    import tasks.registry
+
+    monkeypatch.setattr(tasks.registry, "data_files_for", lambda task: [tmp_path / "absent.parquet"])
+    outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], output=str(tmp_path)), progress=False)
+    assert outcome.status == "failed" and "benchmark data missing" in outcome.errors[0]
+    monkeypatch.setattr("suite.runner.DATA_DIR", tmp_path / "nowhere")
+    outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], output=str(tmp_path)), progress=False)
+    assert "modbench data fixtures" in outcome.errors[0]
+
+
+def test_model_that_raises_fails_non_zero(tmp_path):
+    outcome = run(RunSpec(model=str(tmp_path / "no-such-checkpoint"), tasks=["gqa_local"], output=str(tmp_path)),
+                  progress=False)
+    assert outcome.status == "failed" and "no such checkpoint" in outcome.errors[0]
+    assert json.loads((outcome.run_dir / "run.json").read_text())["status"] == "failed"
+
+
+def _evaluate(instance, tasks):
+    from lmms_eval.evaluator import simple_evaluate
+    from lmms_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(DATA_DIR.parent))
+    return simple_evaluate(model=instance, tasks=tasks, task_manager=manager, log_samples=False,
+                           verbosity="WARNING")["results"]
+
+
+def _constant(answer):
+    from models.lmms_plugin import ModbenchLmms
+
+    instance = ModbenchLmms(pretrained="tiny-llava")
+    original = instance.model.generate
+
+    def generate(prompts, images, **kwargs):
+        out = original(prompts, images, max_new_tokens=1, collect_stats=True)
+        out["text"] = [answer] * len(prompts)
+        return out
+
+    instance.model.generate = generate
+    return instance
+
+
+def test_pope_and_mme_metrics_by_hand_for_a_constant_yes_model():
+    import pandas as pd
+
+    results = _evaluate(_constant("Yes"), ["pope_local", "mme_local"])
+    f1s = []
+    for split in ("adversarial", "popular", "random"):
+        truth = pd.read_parquet(DATA_DIR / "pope" / f"{split}.parquet")["answer"]
+        p = (truth == "yes").mean()  # always "yes": accuracy = precision = share of yes, recall = 1
+        got = results[f"pope_local_{split}"]
+        assert got["pope_accuracy,none"] == pytest.approx(p)
+        assert got["pope_precision,none"] == pytest.approx(p)
+        assert got["pope_recall,none"] == pytest.approx(1.0)
+        f1s.append(2 * p / (p + 1))
+        assert got["pope_f1_score,none"] == pytest.approx(f1s[-1])
+    assert results["pope_local"]["pope_f1_score,none"] == pytest.approx(sum(f1s) / 3)
+    # MME: every image has one Yes and one No question: acc 50 %, acc+ 0 -> 50 points per category
+    assert results["mme_local"]["mme_perception_score,none"] == pytest.approx(4 * 50.0)
+    assert results["mme_local"]["mme_cognition_score,none"] == pytest.approx(2 * 50.0)
+
+
+def test_a_failed_sample_is_recorded_and_never_scored(tmp_path, monkeypatch):
+    from models.lmms_plugin import ModbenchLmms, SampleFailures
+
+    instance = ModbenchLmms(pretrained="tiny-llava", records=str(tmp_path / "r.jsonl"))
+    original = instance.model.generate
+
+    def generate(prompts, images, **kwargs):
+        if any("triangle" in p for p in prompts):
+            raise RuntimeError("boom")
+        return original(prompts, images, **{**kwargs, "max_new_tokens": 1})
+
+    instance.model.generate = generate
+    with pytest.raises(SampleFailures, match="failed"):
+        _evaluate(instance, ["pope_local_random"])
+    records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    failed = [r for r in records if r["status"] == "failed"]
+    assert failed and all("boom" in r["error"] for r in failed)
+    assert any(r["status"] == "ok" for r in records)
