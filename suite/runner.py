@@ -76,6 +76,8 @@ def _flatten_metrics(results: dict) -> dict:
         for key, value in values.items():
             if key == "alias" or "_stderr" in key:
                 continue
+            if not isinstance(value, (int, float, str)):
+                continue  # per-sample payloads some tasks return (submission files), not metrics
             name = key.split(",")[0]
             stderr = values.get(key.replace(",", "_stderr,", 1))
             metrics[name] = {"value": value, "stderr": stderr if isinstance(stderr, (int, float)) else None}

@@ -49,7 +49,7 @@ def _scene(rng: random.Random, n: int | None = None) -> list[tuple[str, str]]:
     return [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(n)]
 
 
-def _write(rows: list[dict], path: Path, image_columns=("image",)) -> Path:
+def _write(rows: list[dict], path: Path, image_columns=("image",), image_list_columns=()) -> Path:
     import datasets
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,6 +57,8 @@ def _write(rows: list[dict], path: Path, image_columns=("image",)) -> Path:
     dataset = datasets.Dataset.from_dict(data)
     for column in image_columns:
         dataset = dataset.cast_column(column, datasets.Image())
+    for column in image_list_columns:
+        dataset = dataset.cast_column(column, datasets.Sequence(datasets.Image()))
     dataset.to_parquet(str(path))
     return path
 
@@ -157,7 +159,106 @@ def textvqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
     return [_write(rows, root / "textvqa" / "validation.parquet")]
 
 
-GENERATORS = {"pope": pope, "mme": mme, "gqa": gqa, "scienceqa_img": scienceqa_img, "textvqa": textvqa}
+def mmmu(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    subjects = ("Art", "Math", "Physics", "Geography")
+    for i in range(n):
+        shape, colour = _scene(rng, 1)[0]
+        options = list(SHAPES)
+        rng.shuffle(options)
+        row = {
+            "id": f"validation_{subjects[i % len(subjects)]}_{i + 1}",
+            "question": "<image 1> Which shape is drawn in the figure?", "options": str(options),
+            "explanation": "", "image_1": draw_shapes([(shape, colour)], seed=i),
+            "img_type": "['Diagrams']", "answer": "ABC"[options.index(shape)], "topic_difficulty": "Easy",
+            "question_type": "multiple-choice", "subfield": "Shapes",
+        }
+        row.update({f"image_{k}": None for k in range(2, 8)})
+        rows.append(row)
+    return [_write(rows, root / "mmmu" / "validation.parquet", image_columns=[f"image_{k}" for k in range(1, 8)])]
+
+
+def seedbench(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        shape, colour = _scene(rng, 1)[0]
+        colours = [colour] + rng.sample([c for c in COLOURS if c != colour], 3)
+        rng.shuffle(colours)
+        rows.append({
+            "answer": "ABCD"[colours.index(colour)], "choice_a": colours[0], "choice_b": colours[1],
+            "choice_c": colours[2], "choice_d": colours[3], "data_id": f"img{i}", "data_type": "image",
+            "question": f"What is the colour of the {shape}?", "question_id": str(i), "question_type_id": 1,
+            "image": [draw_shapes([(shape, colour)], seed=i)], "segment": None,
+        })
+    return [_write(rows, root / "seedbench" / "test.parquet", image_columns=(), image_list_columns=["image"])]
+
+
+def vizwiz_vqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        if i % 4 == 3:  # VizWiz has unanswerable questions: a blank image
+            image, answers, category = Image.new("RGB", (96, 48), (120, 120, 120)), ["unanswerable"] * 10, "unanswerable"
+        else:
+            word = rng.choice(WORDS)
+            image, answers, category = draw_word(word), [word.lower()] * 10, "other"
+        rows.append({"question_id": f"VizWiz_val_{i:08d}.jpg", "image": image, "question": "What does this say?",
+                     "answers": answers, "category": category})
+    return [_write(rows, root / "vizwiz_vqa" / "val.parquet")]
+
+
+def vqav2(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        scene = _scene(rng)
+        answer = str(len(scene)) if i % 2 else scene[0][1]
+        question = "How many shapes are there?" if i % 2 else f"What color is the {scene[0][0]} on the left?"
+        rows.append({
+            "question_type": "how many" if i % 2 else "what color is the", "multiple_choice_answer": answer,
+            "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": k + 1} for k in range(10)],
+            "image_id": i, "answer_type": "number" if i % 2 else "other", "question_id": 1000 + i,
+            "question": question, "image": draw_shapes(scene, seed=i),
+        })
+    return [_write(rows, root / "vqav2" / "validation.parquet")]
+
+
+def mmbench(root: Path, n: int = 6, seed: int = 0) -> list[Path]:
+    """Each base question appears with its options rotated (MMBench's circular copies: index + k * 1e6)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        shape, colour = _scene(rng, 1)[0]
+        options = [shape] + [s for s in SHAPES if s != shape] + ["star"]
+        image = draw_shapes([(shape, colour)], seed=i)
+        for k in range(len(options)):
+            rotated = options[k:] + options[:k]
+            rows.append({
+                "index": i + k * 1_000_000, "question": "Which shape is in the image?", "hint": None,
+                "A": rotated[0], "B": rotated[1], "C": rotated[2], "D": rotated[3],
+                "answer": "ABCD"[rotated.index(shape)], "category": "object_localization", "image": image,
+                "source": "fixture", "l2-category": "finegrained_perception (instance-level)", "comment": None,
+                "split": "dev",
+            })
+    return [_write(rows, root / "mmbench" / "dev.parquet")]
+
+
+def mmvet(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        shape, colour = _scene(rng, 1)[0]
+        rows.append({"question_id": f"v1_{i}", "image": draw_shapes([(shape, colour)], seed=i),
+                     "question": f"What colour is the {shape}?", "answer": f"{colour}", "capability": "rec",
+                     "image_source": f"fixture_{i}"})
+    return [_write(rows, root / "mmvet" / "test.parquet")]
+
+
+GENERATORS = {"pope": pope, "mme": mme, "gqa": gqa, "scienceqa_img": scienceqa_img, "textvqa": textvqa,
+              "mmmu": mmmu, "seedbench": seedbench, "vizwiz_vqa": vizwiz_vqa, "vqav2": vqav2, "mmbench": mmbench,
+              "mmvet": mmvet}
 
 
 def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list[str]]:

@@ -12,7 +12,9 @@ from suite.runner import DATA_DIR, RunSpec, run
 from tasks.registry import local_tasks
 
 LOCAL_TASKS = ["pope_local", "mme_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local",
-               "textvqa_val_ocr_local"]
+               "textvqa_val_ocr_local", "mmmu_val_local", "seedbench_local", "vizwiz_vqa_val_local",
+               "vqav2_val_local", "mmbench_en_dev_local", "mmvet_local"]
+LETTER_TASKS = ("scienceqa_img_local", "mmmu_val_local")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -46,8 +48,9 @@ def test_lmms_eval_cli_runs_our_plugin_on_every_task(model, tmp_path):
     assert set(LOCAL_TASKS) <= set(results)
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert len(records) == 2 * (len(LOCAL_TASKS) + 2)  # pope_local is three tasks
-    assert all(r["status"] == "ok" and r["generated_tokens"] <= 6 for r in records if r["task"] != "scienceqa_img_local")
-    assert all(r["generated_tokens"] <= 1 for r in records if r["task"] == "scienceqa_img_local")  # llava protocol
+    limits = {"mmvet_local": 64, "mmbench_en_dev_local": 1024, **{t: 1 for t in LETTER_TASKS}}  # llava protocol
+    assert all(r["status"] == "ok" and r["generated_tokens"] <= limits.get(r["task"], 6) for r in records)
+    assert results["mmvet_local"]["gpt_eval_score,none"] == "not scored"  # no judge configured: never 0
 
 
 @pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava-gmod"])
@@ -135,6 +138,27 @@ def test_pope_and_mme_metrics_by_hand_for_a_constant_yes_model():
     # MME: every image has one Yes and one No question: acc 50 %, acc+ 0 -> 50 points per category
     assert results["mme_local"]["mme_perception_score,none"] == pytest.approx(4 * 50.0)
     assert results["mme_local"]["mme_cognition_score,none"] == pytest.approx(2 * 50.0)
+
+
+def test_mmbench_circular_evaluation_by_hand_for_a_constant_a_model():
+    import pandas as pd
+
+    results = _evaluate(_constant("A"), ["mmbench_en_dev_local"])["mmbench_en_dev_local"]
+    truth = pd.read_parquet(DATA_DIR / "mmbench" / "dev.parquet")
+    assert results["mmbench_acc,none"] == pytest.approx((truth["answer"] == "A").mean())
+    assert results["mmbench_circular_acc,none"] == 0.0  # rotated copies move the answer away from A
+
+
+def test_mmbench_offline_answer_extraction():
+    from tasks.mmbench.utils import extract_choice
+
+    options = {"A": "circle", "B": "square", "C": "triangle"}
+    assert extract_choice("B", options) == "B"
+    assert extract_choice("(C) triangle", options) == "C"
+    assert extract_choice("Answer: A", options) == "A"
+    assert extract_choice("It is a square.", options) == "B"
+    assert extract_choice("circle or square", options) is None  # ambiguous: no guess
+    assert extract_choice("E", options) is None
 
 
 def test_a_failed_sample_is_recorded_and_never_scored(tmp_path, monkeypatch):
