@@ -1,7 +1,7 @@
 """The lmms-eval model plugin: `--model modbench --model_args pretrained=<variant | checkpoint dir>,...`.
 
-Registered through the `lmms_eval.models` entry point (pyproject.toml) with a ModelManifest; lmms-eval 0.7.3
-does not consult the `@register_model` decorator of out-of-tree models.
+Registered through the `lmms_eval.models` entry point (pyproject.toml -> models.lmms_manifest) with a
+ModelManifest; lmms-eval 0.7.3 does not consult the `@register_model` decorator of out-of-tree models.
 
 model_args: pretrained, dtype, device, batch_size, attn_implementation, protocol (lmms-eval | llava),
 records (a JSONL path for our per-sample records; default $MODBENCH_RECORDS, else none), seed.
@@ -18,12 +18,10 @@ from pathlib import Path
 
 import torch
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 
 from .prompt import IMAGE_PLACEHOLDER, vicuna_v1
 from .routing import TOKEN_TYPE_NAMES
 
-MANIFEST = ModelManifest(model_id="modbench", simple_class_path="models.lmms_plugin.ModbenchLmms")
 PROTOCOLS = ("lmms-eval", "llava")
 # The γ-MoD / LLaVA-HR evaluation scripts: greedy, max_new_tokens by answer kind.
 LLAVA_MAX_NEW_TOKENS = (("scienceqa", 1), ("mmmu", 1), ("mmvet", 64), ("mm_vet", 64), ("mmbench", 1024))
@@ -85,6 +83,10 @@ class ModbenchLmms(lmms):
     @property
     def world_size(self) -> int:
         return self._world_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
 
     @property
     def batch_size(self) -> int:

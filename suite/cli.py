@@ -251,21 +251,12 @@ def cmd_latency(args) -> int:
 
 
 def data_root(arg: str):
-    """--root, else $MODBENCH_DATA, else tasks/data. Elsewhere than tasks/data, tasks/data becomes a link to it
-    (the YAMLs read tasks/data, also under the unmodified lmms-eval CLI)."""
+    """--root, else $MODBENCH_DATA, else tasks/data (where the task YAMLs read)."""
     from pathlib import Path
 
     from suite.runner import DATA_DIR
 
-    root = Path(arg or os.environ.get("MODBENCH_DATA", "") or DATA_DIR).resolve()
-    if root != DATA_DIR.resolve():
-        if DATA_DIR.is_symlink():
-            DATA_DIR.unlink()
-        elif DATA_DIR.exists():
-            raise ValueError(f"{DATA_DIR} exists and is not a link: move it, or use it as the data root")
-        root.mkdir(parents=True, exist_ok=True)
-        DATA_DIR.symlink_to(root, target_is_directory=True)
-    return root
+    return Path(arg or os.environ.get("MODBENCH_DATA", "") or DATA_DIR).resolve()
 
 
 def cmd_data(args) -> int:
@@ -287,8 +278,10 @@ def cmd_data(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from suite.runner import RunSpec, run
+    from suite.runner import RunSpec, run, use_data_root
 
+    if args.data_root or os.environ.get("MODBENCH_DATA"):
+        use_data_root(data_root(args.data_root))
     spec = RunSpec(model=args.model, tasks=[t for t in args.tasks.split(",") if t], limit=args.limit,
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
@@ -329,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="results/runs", help="directory for run folders")
     p.add_argument("--run-id", default="", help="run folder name (default: from model, tasks, protocol)")
+    p.add_argument("--data-root", default="", help="benchmark data (default $MODBENCH_DATA, else tasks/data); "
+                                                    "tasks/data becomes a link to it")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("data", help="benchmark data: `fixtures` (small, drawn) or `prepare` (a downloaded copy)")
@@ -389,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:  # ConfigError / CheckpointError are ValueErrors
+    except (ValueError, KeyError, OSError) as exc:  # ConfigError / CheckpointError are ValueErrors
         print(f"modbench {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -56,6 +56,20 @@ class RunOutcome:
     metrics: dict = field(default_factory=dict)
 
 
+def use_data_root(root: Path) -> None:
+    """The task YAMLs read tasks/data; point it at `root` (a link), unless it is a real directory already."""
+    root = Path(root).resolve()
+    if root == DATA_DIR.resolve():
+        return
+    if DATA_DIR.is_symlink():
+        DATA_DIR.unlink()
+    elif DATA_DIR.exists():
+        raise FileExistsError(f"{DATA_DIR} is a directory, not a link: move it away to use {root} as the data root")
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} does not exist (run `modbench data fixtures --root {root}`)")
+    DATA_DIR.symlink_to(root, target_is_directory=True)
+
+
 def check_data(tasks: list[str], data_dir: Path | None = None) -> None:
     """A clear error before lmms-eval turns a missing parquet into a hub lookup."""
     data_dir = data_dir or DATA_DIR

@@ -179,3 +179,87 @@ def test_a_failed_sample_is_recorded_and_never_scored(tmp_path, monkeypatch):
     failed = [r for r in records if r["status"] == "failed"]
     assert failed and all("boom" in r["error"] for r in failed)
     assert any(r["status"] == "ok" for r in records)
+
+
+def test_torchrun_data_parallel_on_cpu(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "MODBENCH_RECORDS": str(tmp_path / "r.jsonl")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval",
+           "--model", "modbench", "--model_args", "pretrained=tiny-llava-gmod,protocol=llava",
+           "--tasks", "pope_local_random", "--include_path", str(DATA_DIR.parent), "--limit", "4",
+           "--output_path", str(tmp_path / "out")]
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    per_rank = [len((tmp_path / f"r.jsonl.rank{r}").read_text().splitlines()) for r in (0, 1)]
+    assert per_rank == [2, 2]  # the four samples split across the two processes
+    assert next((tmp_path / "out").rglob("*_results.json"))
+
+
+def test_loglikelihood_equals_the_teacher_forced_log_probability():
+    import torch
+    from lmms_eval.api.instance import Instance
+
+    from models.lmms_plugin import ModbenchLmms
+    from models.routing import RESPONSE
+    from tasks.fixtures import draw_shapes
+
+    instance = ModbenchLmms(pretrained="tiny-llava-gmod")
+    model = instance.model
+    image = draw_shapes([("circle", "red")])
+    instance.task_dict = {"t": {"test": [{"image": image}]}}
+    context, continuation = "Is there a circle?", " yes it is"
+    request = Instance(request_type="loglikelihood", idx=0, metadata={"task": "t", "doc_id": 0, "repeats": 1},
+                       arguments=(context, continuation, lambda doc: [doc["image"]], 0, "t", "test"))
+    (logprob, greedy), = instance.loglikelihood([request])
+    # independently: teacher-force the continuation tokens after the prompt
+    batch = model.build_batch([instance._prompt(context, image)], [image])
+    ids = model.tokenizer(continuation, add_special_tokens=False).input_ids
+    embeds = torch.cat([batch.inputs_embeds, model.language_model.model.embed_tokens(torch.tensor([ids]))], dim=1)
+    types = torch.cat([batch.token_types, torch.full((1, len(ids)), RESPONSE)], dim=1)
+    with torch.no_grad():
+        logits = model.language_model(inputs_embeds=embeds, token_types=types).logits[0].float()
+    start = batch.inputs_embeds.shape[1] - 1
+    steps = logits[start:start + len(ids)].log_softmax(dim=-1)
+    assert logprob == pytest.approx(float(steps[torch.arange(len(ids)), torch.tensor(ids)].sum()), rel=1e-5)
+    assert greedy == bool((steps.argmax(dim=-1) == torch.tensor(ids)).all())
+
+
+def test_multi_round_is_a_clear_error():
+    from models.lmms_plugin import ModbenchLmms
+
+    with pytest.raises(NotImplementedError, match="multi-round"):
+        ModbenchLmms(pretrained="tiny-llava").generate_until_multi_round([])
+
+
+def test_unknown_model_arg_is_an_error():
+    from models.lmms_plugin import ModbenchLmms
+
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['temprature'\]"):
+        ModbenchLmms(pretrained="tiny-llava", temprature=0)
+
+
+def test_data_prepare_converts_a_downloaded_copy(tmp_path):
+    import datasets
+    import pandas as pd
+
+    from suite.cli import main
+    from tasks.fixtures import write_all
+
+    write_all(tmp_path / "src", ["pope", "gqa"])
+    # a hub-like copy: one DatasetDict saved to disk, splits named as the hub names them
+    hub = datasets.DatasetDict({s: datasets.Dataset.from_parquet(str(tmp_path / "src" / "pope" / f"{s}.parquet"))
+                                for s in ("adversarial", "popular", "random")})
+    hub.save_to_disk(str(tmp_path / "hub_pope"))
+    root = tmp_path / "root"
+    assert main(["data", "prepare", "--task", "pope", "--from", str(tmp_path / "hub_pope"), "--root", str(root)]) == 0
+    assert len(pd.read_parquet(root / "pope" / "random.parquet")) == 12
+    # GQA questions without images: a clear error naming the column, then the join
+    questions = datasets.Dataset.from_parquet(str(tmp_path / "src" / "gqa" / "testdev.parquet"))
+    images = questions.select_columns(["imageId", "image"]).rename_column("imageId", "id")
+    questions.remove_columns(["image"]).to_parquet(str(tmp_path / "testdev-00000-of-00001.parquet"))
+    images.to_parquet(str(tmp_path / "images.parquet"))
+    src = str(tmp_path / "testdev-00000-of-00001.parquet")
+    assert main(["data", "prepare", "--task", "gqa", "--from", src, "--root", str(root)]) == 2
+    assert main(["data", "prepare", "--task", "gqa", "--from", src, "--images", str(tmp_path / "images.parquet"),
+                 "--root", str(root)]) == 0
+    assert len(pd.read_parquet(root / "gqa" / "testdev.parquet")) == 16
