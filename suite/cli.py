@@ -330,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["fixtures", "prepare"])
     p.add_argument("--root", default="", help="data root (default $MODBENCH_DATA, else tasks/data)")
     p.add_argument("--only", default="", help="fixtures: comma-separated benchmarks")
-    p.add_argument("--task", default="", help="prepare: benchmark (pope, mme, gqa, scienceqa_img, textvqa)")
+    p.add_argument("--task", default="", help="prepare: benchmark (pope, mme, gqa, scienceqa_img, textvqa, mmmu, "
+                                              "seedbench, vizwiz_vqa, vqav2, mmbench, mmvet)")
     p.add_argument("--from", dest="source", default="", help="prepare: save_to_disk dir, parquet dir or file")
     p.add_argument("--images", default="", help="prepare gqa: the testdev_balanced_images copy to join")
     p.set_defaults(func=cmd_data)

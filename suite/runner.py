@@ -145,8 +145,17 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
     status = "failed" if errors else "ok"
     from suite.efficiency import efficiency_from_records
 
+    resolved = {}
+    try:  # what actually ran, where the spec left the variant's defaults
+        import models
+
+        cfg = models.config_for(spec.model)
+        resolved = {"dtype": spec.dtype or cfg.dtype, "attn_implementation": spec.attn_implementation or
+                    cfg.attn_implementation, "mod_scheme": cfg.mod.scheme, "mod_layers": list(cfg.mod.layers)}
+    except Exception as exc:  # the model itself failed: already among the errors
+        resolved = {"error": f"{type(exc).__name__}: {exc}"}
     payload = {
-        "status": status, "errors": errors, "metrics": metrics,
+        "status": status, "errors": errors, "resolved": resolved, "metrics": metrics,
         "efficiency": efficiency_from_records(spec.model, sample_records) if sample_records else None,
         "n_samples": len(samples), "n_records": len(sample_records),
         "files": {"samples": "samples.jsonl", "records": "records.jsonl"},

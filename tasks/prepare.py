@@ -17,6 +17,13 @@ LAYOUTS = {
     "gqa": ({"testdev": ["testdev", "test"]}, ["id", "imageId", "question", "answer", "image"]),
     "scienceqa_img": ({"test": ["test"]}, ["image", "question", "choices", "answer", "hint"]),
     "textvqa": ({"validation": ["validation", "val"]}, ["question_id", "question", "image", "answers", "ocr_tokens"]),
+    "mmmu": ({"validation": ["validation", "dev"]}, ["id", "question", "options", "answer", "question_type", "image_1"]),
+    "seedbench": ({"test": ["test"]}, ["question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d",
+                                       "answer", "data_type", "image"]),
+    "vizwiz_vqa": ({"val": ["val", "validation"]}, ["question_id", "question", "image", "answers"]),
+    "vqav2": ({"validation": ["validation", "val"]}, ["question_id", "question", "image", "answers"]),
+    "mmbench": ({"dev": ["dev"]}, ["index", "question", "hint", "A", "B", "answer", "image"]),
+    "mmvet": ({"test": ["test"]}, ["question_id", "question", "answer", "image"]),
 }
 
 
@@ -30,8 +37,8 @@ def _load(source: Path):
     if not files:
         raise FileNotFoundError(f"{source}: no dataset (save_to_disk directory or parquet files) found")
     by_split: dict[str, list[str]] = {}
-    for f in files:  # hub layout: <split>-00000-of-00001.parquet or <split>/xxx.parquet
-        split = f.stem.split("-")[0] if "-" in f.stem else f.parent.name if source.is_dir() else "test"
+    for f in files:  # hub layout <split>-00000-of-00001.parquet, or ours <split>.parquet
+        split = f.stem.split("-")[0]
         by_split.setdefault(split, []).append(str(f))
     return datasets.load_dataset("parquet", data_files=by_split)
 
@@ -59,6 +66,8 @@ def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | 
                                 and benchmark == "gqa" else ""))
         if benchmark == "scienceqa_img":
             split = split.filter(lambda row: row["image"] is not None)
+        if benchmark == "seedbench":  # the papers report SEED^I: image questions only
+            split = split.filter(lambda row: row["data_type"] == "image")
         out = Path(root) / benchmark / f"{ours}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         split.to_parquet(str(out))

@@ -60,6 +60,7 @@ def test_modbench_run_writes_a_complete_results_file(model, tmp_path):
     data = json.loads((outcome.run_dir / "run.json").read_text())
     assert data["schema_version"] and data["status"] == "ok" and data["environment"]["lmms_eval"] == "0.7.3"
     assert data["spec"]["model"] == model and data["environment"]["git"]["sha"]
+    assert data["resolved"]["dtype"] == "float32" and data["resolved"]["attn_implementation"] == "sdpa"
     assert data["metrics"]["mme_local"]["mme_perception_score"]["value"] >= 0
     assert data["metrics"]["gqa_local"]["exact_match"]["stderr"] is not None
     eff = data["efficiency"]
@@ -263,3 +264,16 @@ def test_data_prepare_converts_a_downloaded_copy(tmp_path):
     assert main(["data", "prepare", "--task", "gqa", "--from", src, "--images", str(tmp_path / "images.parquet"),
                  "--root", str(root)]) == 0
     assert len(pd.read_parquet(root / "gqa" / "testdev.parquet")) == 16
+
+
+def test_every_benchmark_fixture_passes_through_prepare(tmp_path):
+    import pandas as pd
+
+    from tasks.fixtures import write_all
+    from tasks.prepare import LAYOUTS, prepare
+
+    assert set(LAYOUTS) == set(__import__("tasks.fixtures").fixtures.GENERATORS)
+    write_all(tmp_path / "src")
+    for benchmark in LAYOUTS:
+        for path in prepare(benchmark, tmp_path / "src" / benchmark, tmp_path / "out"):
+            assert 8 <= len(pd.read_parquet(path)) <= 32, path
