@@ -270,9 +270,13 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
         spec = conf.get("mod")
         if not isinstance(spec, dict) or "mod_layers_idx" not in spec:
             raise CheckpointError(f"{where}: {kind} without a 'mod' dict holding mod_layers_idx")
+        # prefill / decode thresholds: not in the released configs (their code hard-codes 0.005 / 0.5); our
+        # writer adds them so that checkpoints of other settings (the tiny twins) round-trip.
         mod = ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
                       train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
-                      router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)))
+                      router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)),
+                      prefill_threshold=float(spec.get("prefill_threshold", 0.005)),
+                      decode_threshold=float(spec.get("decode_threshold", 0.5)))
     elif kind == "pmod_llava_llama":
         if state is None:
             raise CheckpointError(f"{where}: p-MoD needs the weights to find its MoD layers")
@@ -388,7 +392,8 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
     if kind in ("mod_llava_llama", "mod_mgm"):
         base["mod"] = {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(cfg.mod.layers),
                        "capacity_factor": cfg.mod.train_skip_fraction,
-                       "router_aux_loss_coef": cfg.mod.router_loss_coef}
+                       "router_aux_loss_coef": cfg.mod.router_loss_coef,
+                       "prefill_threshold": cfg.mod.prefill_threshold, "decode_threshold": cfg.mod.decode_threshold}
     return base
 
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 DEFAULT_SMOKE_OUT = "results/runs/smoke.json"
 
@@ -297,11 +298,77 @@ def cmd_run(args) -> int:
     return 0 if outcome.status == "ok" else 1
 
 
+def cmd_matrix(args) -> int:
+    from tqdm import tqdm
+
+    from suite.matrix import expand, finished, load_matrix
+    from suite.runner import check_data, run, use_data_root
+
+    slices = load_matrix(args.matrix)
+    if args.slice not in slices:
+        raise ValueError(f"--slice: unknown slice {args.slice!r}; matrix.yaml has {sorted(slices)}")
+    chosen = slices[args.slice]
+    if args.data_root or os.environ.get("MODBENCH_DATA"):
+        use_data_root(data_root(args.data_root))
+    try:
+        check_data(chosen.tasks)
+    except FileNotFoundError:
+        import models
+
+        if not all(models.get_variant(v).tiny for v in chosen.variants if v in
+                   {c.name for c in models.list_variants()}):
+            raise
+        from suite.runner import DATA_DIR
+        from tasks.fixtures import write_all
+
+        print(f"no benchmark data: writing fixtures to {DATA_DIR}", flush=True)
+        write_all(DATA_DIR)
+    specs = expand(chosen, args.output)
+    todo = [s for s in specs if args.rerun or not finished(s)]
+    print(f"slice {args.slice}: {len(specs)} runs, {len(specs) - len(todo)} already finished", flush=True)
+    failed = []
+    for spec in tqdm(todo, desc=f"matrix {args.slice}", unit="run"):
+        outcome = run(spec, progress=False)
+        if outcome.status != "ok":
+            failed.append(f"{spec.run_id}: {outcome.errors[:1]}")
+    from suite.tables import write_tables
+
+    written = write_tables(args.output, args.tables)
+    print(f"tables: {len(written)} files in {args.tables}")
+    if not args.no_plots:
+        from suite.plots import write_plots
+
+        print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_table(args) -> int:
+    from suite.tables import write_tables
+
+    for path in write_tables(args.runs, args.out):
+        print(path)
+    return 0
+
+
+def cmd_check(args) -> int:
+    from suite.check import report, run_checks, update_baseline
+
+    if args.update_baselines:
+        path = update_baseline(args.runs, args.baseline)
+        print(f"wrote {path}")
+        return 0
+    text, ok = report(run_checks(args.runs, args.baseline))
+    print(text)
+    return 0 if ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modbench",
         description="Reproducibility benchmarks for mixture-of-depths multimodal LLMs (γ-MoD, p-MoD).",
-        epilog="Not yet: matrix, table, check; see README.md.",
+        epilog="See README.md for the quick start, the matrix and the results schema.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -325,6 +392,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default="", help="benchmark data (default $MODBENCH_DATA, else tasks/data); "
                                                     "tasks/data becomes a link to it")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("matrix", help="run a slice of matrix.yaml (only what is missing), then tables and plots")
+    p.add_argument("--slice", default="bench", help="slice name in matrix.yaml (default: bench)")
+    p.add_argument("--matrix", default=str(Path(__file__).resolve().parent.parent / "matrix.yaml"))
+    p.add_argument("--output", default="results/runs")
+    p.add_argument("--tables", default="results/tables")
+    p.add_argument("--data-root", default="")
+    p.add_argument("--rerun", action="store_true", help="run finished cells again")
+    p.add_argument("--no-plots", action="store_true")
+    p.set_defaults(func=cmd_matrix)
+
+    p = sub.add_parser("table", help="the papers' tables from runs: paper / ours / delta (md, tex, csv)")
+    p.add_argument("--runs", default="results/runs")
+    p.add_argument("--out", default="results/tables")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("check", help="regression check of runs against a baseline (non-zero on regression)")
+    p.add_argument("--runs", default="results/runs")
+    p.add_argument("--baseline", required=True, help="results/baselines/<name>.json")
+    p.add_argument("--update-baselines", action="store_true", help="rewrite the baseline from the runs")
+    p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("data", help="benchmark data: `fixtures` (small, drawn) or `prepare` (a downloaded copy)")
     p.add_argument("action", choices=["fixtures", "prepare"])

@@ -25,13 +25,23 @@ def _counts(record: dict, key: str) -> torch.Tensor:
     return out
 
 
-def efficiency_from_records(model_name: str, records: list[dict]) -> dict:
+def efficiency_from_records(model_name: str, records: list[dict], per_task: bool = True) -> dict:
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return {}
     import models
 
     cfg = models.config_for(model_name)
+    summary = _summarise(cfg, ok)
+    if per_task:
+        tasks = sorted({r["task"] for r in ok})
+        summary["per_task"] = {task: {k: v for k, v in _summarise(cfg, [r for r in ok if r["task"] == task]).items()
+                                      if k in ("n_samples", "avg_prompt_tokens", "tflops_analytic", "overall_skip")}
+                               for task in tasks}
+    return summary
+
+
+def _summarise(cfg, ok: list[dict]) -> dict:
     kept = sum(_counts(r, "kept_per_layer") for r in ok)
     seen = sum(_counts(r, "seen_per_layer") for r in ok)
     # Prefill tokens only: response tokens are decode steps, which the papers' TFLOPs leave out.
@@ -46,6 +56,7 @@ def efficiency_from_records(model_name: str, records: list[dict]) -> dict:
         "avg_prompt_tokens": statistics.fmean(r["prompt_tokens"] for r in ok),
         "avg_image_tokens": statistics.fmean(r["image_tokens"] for r in ok),
         "avg_generated_tokens": statistics.fmean(r["generated_tokens"] for r in ok),
+        "overall_skip": routing_summary(prefill_kept, prefill_seen, cfg)["overall_skip"],
         "routing_prefill": routing_summary(prefill_kept, prefill_seen, cfg),
         "routing_all_tokens": routing_summary(kept, seen, cfg),
         "tflops_analytic": flops_for_tokens(cfg, mean_tokens)["tflops"],

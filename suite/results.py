@@ -12,7 +12,48 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-SCHEMA_VERSION = "0.1"
+SCHEMA_VERSION = "1.0"  # major.minor; a loader refuses another major (results/SCHEMA.md)
+ENVIRONMENT_KEYS = ("git", "python", "torch", "cuda", "device_name", "transformers", "lmms_eval", "timestamp")
+REQUIRED = {
+    "run": ("status", "errors", "resolved", "metrics", "efficiency", "n_samples", "n_records", "files"),
+    "smoke": ("runs", "failed"),
+    "latency": ("runs", "table", "comparisons"),
+    "baseline": ("provenance", "checks"),
+}
+
+
+class SchemaError(ValueError):
+    """A results file this version of the suite cannot read; the message names the file and the field."""
+
+
+def validate_results(data: dict, where: str = "results") -> dict:
+    for key in ("schema_version", "kind"):
+        if key not in data:
+            raise SchemaError(f"{where}: missing '{key}'")
+    major = str(data["schema_version"]).split(".")[0]
+    if major != SCHEMA_VERSION.split(".")[0]:
+        raise SchemaError(f"{where}: schema_version {data['schema_version']} (this suite reads {SCHEMA_VERSION})")
+    kind = data["kind"]
+    if kind not in REQUIRED:
+        raise SchemaError(f"{where}: unknown kind {kind!r}")
+    needed = REQUIRED[kind] + (("spec", "environment") if kind != "baseline" else ())
+    missing = [k for k in needed if k not in data]
+    if missing:
+        raise SchemaError(f"{where}: missing {missing}")
+    if kind != "baseline":
+        env_missing = [k for k in ENVIRONMENT_KEYS if k not in data["environment"]]
+        if env_missing:
+            raise SchemaError(f"{where}: environment lacks {env_missing}")
+    return data
+
+
+def load_results(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}: corrupt JSON ({exc})") from None
+    return validate_results(data, str(path))
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -1,0 +1,175 @@
+"""`modbench check`: compare runs with a committed baseline, metric by metric.
+
+Each check knows which direction is better and carries a tolerance and the baseline's provenance:
+- accuracy ("higher"): may not drop by more than its tolerance;
+- TFLOPs ("lower"): may not rise (beyond float noise);
+- skip ratios ("equal"): stay within tolerance;
+- latency ("lower_noisy"): only compared on matching hardware (device name), with a noise-aware threshold
+  (the baseline's spread), else reported as skipped.
+A metric missing from the runs fails. `--update-baselines` rewrites the file with provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from suite.results import SCHEMA_VERSION, environment, load_results, write_json_atomic
+
+ACCURACY_TOLERANCE = 0.02  # absolute, on a 0..1 scale: fixtures are tiny, a sample is worth a few percent
+SKIP_TOLERANCE = 0.01
+FLOPS_TOLERANCE = 1e-9  # relative
+
+
+@dataclass
+class Check:
+    run_id: str
+    metric: str  # dotted path inside run.json, e.g. metrics.gqa_local.exact_match.value
+    value: float | str
+    direction: str  # higher | lower | equal | lower_noisy
+    tolerance: float
+    device_name: str = ""
+
+
+@dataclass
+class Finding:
+    check: Check
+    current: float | str | None
+    status: str  # pass | fail | skipped
+    reason: str = ""
+
+
+def _get(data: dict, dotted: str):
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def checks_for_run(run_id: str, run: dict) -> list[Check]:
+    """The checks a baseline keeps for one run: every numeric metric, TFLOPs and skip ratio."""
+    out = []
+    for task, metrics in sorted(run["metrics"].items()):
+        for name, entry in sorted(metrics.items()):
+            value = entry["value"]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                scale = 100.0 if name.startswith("mme_") else 1.0  # MME is a sum of percentages
+                out.append(Check(run_id, f"metrics.{task}.{name}.value", value, "higher", ACCURACY_TOLERANCE * scale))
+            elif isinstance(value, str):
+                out.append(Check(run_id, f"metrics.{task}.{name}.value", value, "equal", 0.0))
+    eff = run.get("efficiency") or {}
+    if "tflops_analytic" in eff:
+        out.append(Check(run_id, "efficiency.tflops_analytic", eff["tflops_analytic"], "lower", FLOPS_TOLERANCE))
+    if "overall_skip" in eff:
+        out.append(Check(run_id, "efficiency.overall_skip", eff["overall_skip"], "equal", SKIP_TOLERANCE))
+    for task, per in sorted(eff.get("per_task", {}).items()):
+        out.append(Check(run_id, f"efficiency.per_task.{task}.overall_skip", per["overall_skip"], "equal",
+                         SKIP_TOLERANCE))
+    return out
+
+
+def compare(check: Check, current, device_name: str) -> Finding:
+    if current is None:
+        return Finding(check, None, "fail", "metric missing from the run")
+    if isinstance(check.value, str) or isinstance(current, str):
+        ok = current == check.value
+        return Finding(check, current, "pass" if ok else "fail", "" if ok else f"was {check.value!r}")
+    base = float(check.value)
+    if check.direction == "higher":
+        ok = current >= base - check.tolerance
+        reason = f"dropped {base - current:.4g} (tolerance {check.tolerance})"
+    elif check.direction == "lower":
+        ok = current <= base * (1 + check.tolerance) + 1e-12
+        reason = f"rose from {base:.6g} to {current:.6g}"
+    elif check.direction == "lower_noisy":
+        if check.device_name != device_name:
+            return Finding(check, current, "skipped", f"other hardware ({device_name} vs {check.device_name})")
+        ok = current <= base + check.tolerance
+        reason = f"slower by {current - base:.4g} s (noise threshold {check.tolerance:.4g})"
+    else:
+        ok = abs(current - base) <= check.tolerance
+        reason = f"moved {current - base:+.4g} (tolerance {check.tolerance})"
+    return Finding(check, current, "pass" if ok else "fail", "" if ok else reason)
+
+
+def load_baseline(path: str | Path) -> dict:
+    return load_results(path)
+
+
+def run_checks(runs_dir: str | Path, baseline_path: str | Path) -> list[Finding]:
+    baseline = load_baseline(baseline_path)
+    findings = []
+    for raw in baseline["checks"]:
+        check = Check(**raw)
+        path = Path(runs_dir) / check.run_id / "run.json"
+        if not path.exists():
+            findings.append(Finding(check, None, "fail", f"run {check.run_id} missing from {runs_dir}"))
+            continue
+        run = load_results(path)
+        if run["status"] != "ok":
+            findings.append(Finding(check, None, "fail", f"run {check.run_id} failed: {run['errors'][:1]}"))
+            continue
+        findings.append(compare(check, _get(run, check.metric), run["environment"]["device_name"]))
+    return findings
+
+
+def update_baseline(runs_dir: str | Path, baseline_path: str | Path, run_ids: list[str] | None = None) -> Path:
+    checks = []
+    for path in sorted(Path(runs_dir).glob("*/run.json")):
+        if run_ids and path.parent.name not in run_ids:
+            continue
+        run = load_results(path)
+        if run["status"] != "ok":
+            raise ValueError(f"{path}: refusing to baseline a failed run")
+        checks += checks_for_run(path.parent.name, run)
+    if not checks:
+        raise ValueError(f"{runs_dir}: no finished runs to baseline")
+    env = environment()
+    data = {"schema_version": SCHEMA_VERSION, "kind": "baseline",
+            "provenance": {"git": env["git"], "environment": env,
+                           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           "runs_dir": str(runs_dir)},
+            "checks": [asdict(c) for c in checks]}
+    return write_json_atomic(baseline_path, data)
+
+
+def report(findings: list[Finding]) -> tuple[str, bool]:
+    failed = [f for f in findings if f.status == "fail"]
+    lines = [f"{f.status.upper():7s} {f.check.run_id} {f.check.metric}: {f.reason}" for f in findings
+             if f.status != "pass"]
+    lines.append(f"{sum(f.status == 'pass' for f in findings)} passed, {len(failed)} failed, "
+                 f"{sum(f.status == 'skipped' for f in findings)} skipped")
+    return "\n".join(lines), not failed
+
+
+def recompute_metrics(run_dir: str | Path) -> dict:
+    """Re-aggregate every task's metrics from samples.jsonl with the task's own aggregation functions."""
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    from suite.runner import TASKS_DIR
+
+    samples: dict[str, list[dict]] = {}
+    for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        samples.setdefault(row["task"], []).append(row)
+    task_dict = get_task_dict(list(samples), TaskManager(include_path=str(TASKS_DIR), verbosity="ERROR"))
+    flat = {}
+    for name, task in _leaves(task_dict):
+        if name not in samples:
+            continue
+        aggregations = task.aggregation()
+        flat[name] = {metric: fn([row[metric] for row in samples[name]]) for metric, fn in aggregations.items()
+                      if all(metric in row for row in samples[name])}
+    return flat
+
+
+def _leaves(task_dict):
+    for key, value in task_dict.items():
+        if isinstance(value, dict):
+            yield from _leaves(value)
+        else:
+            yield getattr(value, "config", None) and value.config.task or str(key), value

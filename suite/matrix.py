@@ -1,0 +1,61 @@
+"""The benchmark matrix (matrix.yaml): typed slices, expansion into runs, resumable execution."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from models.config import from_dict
+from suite.runner import RunSpec
+
+MATRIX_FILE = Path(__file__).resolve().parent.parent / "matrix.yaml"
+
+
+@dataclass
+class MatrixSlice:
+    variants: list[str]
+    tasks: list[str]
+    protocol: list[str] = field(default_factory=lambda: ["llava"])
+    dtype: list[str] = field(default_factory=lambda: ["float32"])
+    batch_size: list[int] = field(default_factory=lambda: [1])
+    limit: int | None = None
+    description: str = ""
+
+
+def load_matrix(path: str | Path = MATRIX_FILE) -> dict[str, MatrixSlice]:
+    data = yaml.safe_load(Path(path).read_text())
+    if set(data) != {"slices"}:
+        raise ValueError(f"{path}: top level must be exactly 'slices', got {sorted(data)}")
+    return {name: from_dict(MatrixSlice, body, f"slices.{name}") for name, body in data["slices"].items()}
+
+
+def run_id(model: str, tasks: list[str], protocol: str, dtype: str, batch: int, limit: int | None) -> str:
+    """Deterministic: the same cell of the matrix always maps to the same folder (so a matrix resumes)."""
+    digest = hashlib.sha1(json.dumps(sorted(tasks)).encode()).hexdigest()[:8]
+    return f"{model}__{protocol}__{dtype}__b{batch}__l{limit or 'all'}__t{digest}"
+
+
+def expand(slice_: MatrixSlice, output: str) -> list[RunSpec]:
+    """One run per (variant, protocol, dtype, batch size); each run covers all the slice's tasks."""
+    specs = []
+    for model, protocol, dtype, batch in itertools.product(slice_.variants, slice_.protocol, slice_.dtype,
+                                                             slice_.batch_size):
+        specs.append(RunSpec(model=model, tasks=list(slice_.tasks), limit=slice_.limit, protocol=protocol,
+                             dtype=dtype, batch_size=batch, output=output,
+                             run_id=run_id(model, slice_.tasks, protocol, dtype, batch, slice_.limit)))
+    return specs
+
+
+def finished(spec: RunSpec) -> bool:
+    path = Path(spec.output) / spec.run_id / "run.json"
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "ok"
+    except json.JSONDecodeError:
+        return False

@@ -1,0 +1,83 @@
+"""Plots (PNG and SVG) from runs: accuracy vs TFLOPs per host family with the paper's points beside, and the
+per-layer skip ratio by token type (γ-MoD Fig. 4a). Uses matplotlib's object API (no pyplot, no global
+backend switch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from suite.tables import COLUMNS, NOT_RUN, PAPER_DIR, load_runs
+
+FAMILIES = {  # host family -> its models in order: dense, then MoD
+    "LLaVA-1.5": ["llava-1.5-7b", "pmod-llava-1.5-7b", "tiny-llava", "tiny-llava-gmod", "tiny-llava-pmod"],
+    "LLaVA-NeXT": ["llava-next-7b", "pmod-llava-next-7b", "tiny-llava-next", "tiny-pmod-llava-next"],
+    "LLaVA-HR": ["llava-hr-7b", "llava-hr-7b-gmod-0.34", "llava-hr-7b-gmod-0.5", "tiny-llava-hr", "tiny-llava-hr-gmod"],
+    "Mini-Gemini-HD": ["mgm-hd-7b", "mgm-hd-7b-gmod-0.34", "mgm-hd-7b-gmod-0.5", "tiny-mgm-hd", "tiny-mgm-hd-gmod"],
+}
+TYPES = ("system", "image", "question", "response")
+
+
+def _save(fig: Figure, base: Path) -> list[Path]:
+    FigureCanvasAgg(fig)
+    paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
+    for path in paths:
+        fig.savefig(path, bbox_inches="tight")
+    return paths
+
+
+def accuracy_vs_tflops(runs: dict, out: Path) -> list[Path]:
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ours, paper = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    for family, names in FAMILIES.items():
+        points = [(COLUMNS["avg_tflops"](runs[n]), COLUMNS["avg_acc"](runs[n]), n) for n in names if n in runs]
+        points = [p for p in points if NOT_RUN not in p[:2]]
+        if points:
+            xs, ys, labels = zip(*points)
+            ours.plot(xs, ys, marker="o", label=family)
+            for x, y, label in points:
+                ours.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ours.set(title="ours (runs in this results folder)", xlabel="TFLOPs (analytic, prefill)",
+             ylabel="average accuracy (GQA, SQA, MMMU, TextVQA)")
+    table3 = pd.read_csv(PAPER_DIR / "gamma_mod_table3_scalability.csv")
+    for (model, params), group in table3.groupby(["model", "params"], sort=False):
+        paper.plot(group["avg_tflops"], group["avg_acc"], marker="s", label=f"{model}-{params}")
+        for _, row in group.iterrows():
+            paper.annotate(row["variant"], (row["avg_tflops"], row["avg_acc"]), fontsize=7, xytext=(3, 3),
+                           textcoords="offset points")
+    pmod = pd.read_csv(PAPER_DIR / "pmod_table1_general.csv")
+    paper.scatter(pmod["inference_tflops"], pmod["avg"], marker="^", label="p-MoD table 1 (own average)")
+    paper.set(title="paper (γ-MoD Table 3, p-MoD Table 1)", xlabel="TFLOPs", ylabel="average accuracy")
+    for axis in (ours, paper):
+        axis.grid(alpha=0.3)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7)
+    return _save(fig, out / "accuracy_vs_tflops")
+
+
+def skip_heatmaps(runs: dict, out: Path) -> list[Path]:
+    mod_runs = [(name, run) for name, run in runs.items()
+                if run.get("resolved", {}).get("mod_scheme") not in (None, "dense") and run.get("efficiency")]
+    if not mod_runs:
+        return []
+    fig = Figure(figsize=(7, 1.9 * len(mod_runs) + 0.5), layout="constrained")
+    for i, (name, run) in enumerate(mod_runs):
+        axis = fig.add_subplot(len(mod_runs), 1, i + 1)
+        layers = run["efficiency"]["routing_all_tokens"]["per_layer"]
+        grid = [[layer.get(f"skip_{t}", float("nan")) for layer in layers] for t in TYPES]
+        image = axis.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis")
+        axis.set(yticks=range(len(TYPES)), yticklabels=TYPES, title=f"{name}: skip ratio per layer")
+        axis.set_xticks(range(len(layers)))
+        fig.colorbar(image, ax=axis, fraction=0.03)
+    axis.set_xlabel("layer")
+    return _save(fig, out / "skip_ratio_by_layer")
+
+
+def write_plots(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
+    runs = load_runs(runs_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return accuracy_vs_tflops(runs, out) + skip_heatmaps(runs, out)

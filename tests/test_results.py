@@ -1,0 +1,177 @@
+"""Results schema, the papers' tables, plots, the matrix and regression checks."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+
+import models
+from suite.check import compare, recompute_metrics, report, run_checks, update_baseline
+from suite.cli import main
+from suite.results import SchemaError, load_results, validate_results
+from suite.runner import RunSpec, run
+
+FOUR = ["gqa_local", "scienceqa_img_local", "mmmu_val_local", "textvqa_val_ocr_local"]
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory):
+    from suite.runner import DATA_DIR, check_data
+    from tasks.fixtures import write_all
+
+    try:
+        check_data(FOUR)
+    except FileNotFoundError:
+        write_all(DATA_DIR)
+    out = tmp_path_factory.mktemp("runs")
+    outcome = run(RunSpec(model="tiny-llava-hr-gmod", tasks=FOUR, limit=2, protocol="llava", output=str(out),
+                          run_id="hr-gmod"), progress=False)
+    assert outcome.status == "ok", outcome.errors
+    return out
+
+
+def test_every_file_the_suite_writes_validates(runs_dir, tmp_path):
+    load_results(runs_dir / "hr-gmod" / "run.json")
+    assert main(["smoke", "--models", "tiny-llava", "--output", str(tmp_path / "smoke.json")]) == 0
+    load_results(tmp_path / "smoke.json")
+    assert main(["latency", "--model", "tiny-llava", "--image-tokens", "8", "--prompt-tokens", "4", "--new-tokens",
+                 "2", "--repeats", "1", "--warmup", "0", "--device", "cpu", "--output", str(tmp_path / "lat.json")]) == 0
+    load_results(tmp_path / "lat.json")
+    update_baseline(runs_dir, tmp_path / "base.json")
+    load_results(tmp_path / "base.json")
+
+
+def test_loader_refuses_another_major_and_missing_fields(runs_dir):
+    data = json.loads((runs_dir / "hr-gmod" / "run.json").read_text())
+    with pytest.raises(SchemaError, match="schema_version 2.0"):
+        validate_results({**data, "schema_version": "2.0"})
+    broken = {k: v for k, v in data.items() if k != "metrics"}
+    with pytest.raises(SchemaError, match=r"missing \['metrics'\]"):
+        validate_results(broken)
+    env = {k: v for k, v in data["environment"].items() if k != "torch"}
+    with pytest.raises(SchemaError, match="environment lacks"):
+        validate_results({**data, "environment": env})
+
+
+def test_aggregates_recompute_from_samples(runs_dir):
+    data = load_results(runs_dir / "hr-gmod" / "run.json")
+    recomputed = recompute_metrics(runs_dir / "hr-gmod")
+    assert set(recomputed) == set(FOUR)
+    for task, metrics in recomputed.items():
+        for name, value in metrics.items():
+            assert value == pytest.approx(data["metrics"][task][name]["value"]), (task, name)
+
+
+def test_efficiency_skips_and_saves_flops(runs_dir):
+    eff = load_results(runs_dir / "hr-gmod" / "run.json")["efficiency"]
+    assert 0.2 < eff["overall_skip"] < 0.8  # tiny twins skip about half of the prompt tokens
+    assert eff["tflops_analytic"] < eff["tflops_dense_equivalent"]
+    assert set(eff["per_task"]) == set(FOUR)
+
+
+def test_tables_side_by_side_with_not_run_cells(runs_dir, tmp_path):
+    from suite.tables import TABLES, build_table, load_runs, write_tables
+
+    written = write_tables(runs_dir, tmp_path)
+    assert {p.suffix for p in written} == {".md", ".tex", ".csv"} and len(written) == 3 * len(TABLES)
+    table3 = build_table(next(t for t in TABLES if t.name == "gamma_mod_table3"), load_runs(runs_dir))
+    hr = table3[(table3["model"] == "LLaVA-HR") & (table3["variant"] == "gamma-mod-0.3") & (table3["params"] == "7B")]
+    row = hr.iloc[0]
+    assert row["source"] == "tiny-llava-hr-gmod"
+    assert row["gqa_acc paper"] == 63.7 and isinstance(row["gqa_acc ours"], float)
+    assert row["gqa_acc delta"] == pytest.approx(row["gqa_acc ours"] - 63.7)
+    assert isinstance(row["avg_tflops ours"], float)
+    dense = table3[(table3["model"] == "LLaVA") & (table3["variant"] == "dense")].iloc[0]
+    assert dense["source"] == "not run" and dense["gqa_acc ours"] == "not run" and dense["gqa_acc delta"] == "not run"
+    md = (tmp_path / "gamma_mod_table3.md").read_text()
+    assert "not run" in md and "| LLaVA-HR" in md
+
+
+def test_plots_are_written(runs_dir, tmp_path):
+    from suite.plots import write_plots
+
+    paths = write_plots(runs_dir, tmp_path)
+    assert {p.name for p in paths} == {"accuracy_vs_tflops.png", "accuracy_vs_tflops.svg",
+                                        "skip_ratio_by_layer.png", "skip_ratio_by_layer.svg"}
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_unchanged_run_passes_and_another_skip_threshold_is_caught(runs_dir, tmp_path, monkeypatch):
+    baseline = tmp_path / "base.json"
+    update_baseline(runs_dir, baseline)
+    text, ok = report(run_checks(runs_dir, baseline))
+    assert ok, text
+    # the same cell of the matrix, run with a deliberate change: another prefill threshold
+    cfg = models.get_variant("tiny-llava-hr-gmod")
+    changed = dataclasses.replace(cfg, name="tiny-llava-hr-gmod-thr", mod=dataclasses.replace(cfg.mod, prefill_threshold=0.3))
+    monkeypatch.setitem(models.variants._VARIANTS, changed.name, changed)  # registered for this test only
+    other = tmp_path / "other"
+    outcome = run(RunSpec(model=changed.name, tasks=FOUR, limit=2, protocol="llava", output=str(other),
+                          run_id="hr-gmod"), progress=False)
+    assert outcome.status == "ok"
+    findings = run_checks(other, baseline)
+    text, ok = report(findings)
+    assert not ok
+    failed = {f.check.metric for f in findings if f.status == "fail"}
+    assert "efficiency.overall_skip" in failed and "efficiency.tflops_analytic" in failed
+    assert main(["check", "--runs", str(other), "--baseline", str(baseline)]) == 1
+    assert main(["check", "--runs", str(runs_dir), "--baseline", str(baseline)]) == 0
+
+
+def test_a_missing_metric_fails(runs_dir, tmp_path):
+    baseline = tmp_path / "base.json"
+    update_baseline(runs_dir, baseline)
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    path = copy / "hr-gmod" / "run.json"
+    data = json.loads(path.read_text())
+    del data["metrics"]["gqa_local"]
+    path.write_text(json.dumps(data))
+    findings = run_checks(copy, baseline)
+    assert any(f.status == "fail" and f.reason == "metric missing from the run" for f in findings)
+
+
+def test_latency_is_compared_only_on_matching_hardware():
+    from suite.check import Check
+
+    check = Check("r", "x", 1.0, "lower_noisy", 0.2, device_name="gpu-a")
+    assert compare(check, 5.0, "gpu-b").status == "skipped"
+    assert compare(check, 1.1, "gpu-a").status == "pass"
+    assert compare(check, 1.5, "gpu-a").status == "fail"
+    assert compare(Check("r", "x", 0.5, "higher", 0.02), 0.47, "").status == "fail"
+    assert compare(Check("r", "x", 0.5, "higher", 0.02), 0.49, "").status == "pass"
+    assert compare(Check("r", "x", 1.0, "lower", 1e-9), 1.0000001, "").status == "fail"
+
+
+def test_matrix_runs_only_what_is_missing(tmp_path, capsys):
+    from suite.matrix import expand, load_matrix
+
+    matrix = tmp_path / "matrix.yaml"
+    matrix.write_text("slices:\n  s:\n    variants: [tiny-llava]\n    tasks: [gqa_local]\n    protocol: [llava]\n"
+                      "    dtype: [float32]\n    batch_size: [2]\n    limit: 1\n")
+    assert len(expand(load_matrix(matrix)["s"], str(tmp_path))) == 1
+    args = ["matrix", "--matrix", str(matrix), "--slice", "s", "--output", str(tmp_path / "runs"),
+            "--tables", str(tmp_path / "tables"), "--no-plots"]
+    assert main(args) == 0
+    assert "1 runs, 0 already finished" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "1 runs, 1 already finished" in capsys.readouterr().out
+    assert (tmp_path / "tables" / "gamma_mod_table6.md").exists()
+
+
+def test_matrix_yaml_is_typed():
+    from suite.matrix import load_matrix
+
+    slices = load_matrix()
+    assert {"bench", "bench-gmod", "bench-pmod", "bench-full"} <= set(slices)
+    tiny = {c.name for c in models.list_variants() if c.tiny}
+    assert set(slices["bench"].variants) == tiny  # every tiny family
+    from models.config import ConfigError
+
+    bad = dataclasses.asdict(slices["bench"]) | {"dtypes": ["float16"]}
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['dtypes'\]"):
+        from models.config import from_dict
+        from suite.matrix import MatrixSlice
+
+        from_dict(MatrixSlice, bad, "slices.bench")
