@@ -69,7 +69,13 @@ def _avg_tflops(run: dict):
     return float(f"{sum(values) / len(values):.4g}") if all(v is not None for v in values) else NOT_RUN
 
 
+def _kv_share(run: dict):
+    routing = (run.get("efficiency") or {}).get("routing_all_tokens")
+    return round(100 * routing["kept_share_all_layers"], 2) if routing else NOT_RUN
+
+
 COLUMNS.update({
+    "kv_cache_storage_pct": _kv_share,
     "avg_acc": lambda run: _average(run, ("gqa_acc", "sqa_acc", "mmmu_acc", "textvqa_acc")),
     "avg_skip": lambda run: _average(run, ("gqa_skip", "sqa_skip", "mmmu_skip", "textvqa_skip")),
     "tflops": _avg_tflops, "avg_tflops": _avg_tflops, "inference_tflops": _avg_tflops,
@@ -84,6 +90,12 @@ class TableSpec:
     rows: dict[tuple, tuple[str, str]]  # row key -> (released variant, tiny twin); absent: not run
 
 
+PMOD_ROWS = {
+    ("LLaVA-v1.5", "7B"): ("llava-1.5-7b", "tiny-llava"),
+    ("p-MoD-LLaVA-v1.5", "7B"): ("pmod-llava-1.5-7b", "tiny-llava-pmod"),
+    ("LLaVA-NeXT", "7B"): ("llava-next-7b", "tiny-llava-next"),
+    ("p-MoD-LLaVA-NeXT", "7B"): ("pmod-llava-next-7b", "tiny-pmod-llava-next"),
+}
 TABLES = [
     TableSpec("gamma_mod_table1", "gamma_mod_table1_ablation.csv", ["section", "setting"], {
         ("baseline", "LLaVA-HR dense"): ("llava-hr-7b", "tiny-llava-hr"),
@@ -117,18 +129,8 @@ TABLES = [
         ("sparse", "gamma-mod-LLaVA-HR", "7B"): ("llava-hr-7b-gmod-0.5", "tiny-llava-hr-gmod"),
         ("sparse", "gamma-mod-LLaVA-HR", "13B"): ("llava-hr-13b-gmod-0.5", ""),
     }),
-    TableSpec("pmod_table1", "pmod_table1_general.csv", ["model", "params"], {
-        ("LLaVA-v1.5", "7B"): ("llava-1.5-7b", "tiny-llava"),
-        ("p-MoD-LLaVA-v1.5", "7B"): ("pmod-llava-1.5-7b", "tiny-llava-pmod"),
-        ("LLaVA-NeXT", "7B"): ("llava-next-7b", "tiny-llava-next"),
-        ("p-MoD-LLaVA-NeXT", "7B"): ("pmod-llava-next-7b", "tiny-pmod-llava-next"),
-    }),
-    TableSpec("pmod_table2", "pmod_table2_text_rich.csv", ["model", "params"], {
-        ("LLaVA-v1.5", "7B"): ("llava-1.5-7b", "tiny-llava"),
-        ("p-MoD-LLaVA-v1.5", "7B"): ("pmod-llava-1.5-7b", "tiny-llava-pmod"),
-        ("LLaVA-NeXT", "7B"): ("llava-next-7b", "tiny-llava-next"),
-        ("p-MoD-LLaVA-NeXT", "7B"): ("pmod-llava-next-7b", "tiny-pmod-llava-next"),
-    }),
+    TableSpec("pmod_table1", "pmod_table1_general.csv", ["model", "params"], PMOD_ROWS),
+    TableSpec("pmod_table2", "pmod_table2_text_rich.csv", ["model", "params"], PMOD_ROWS),
 ]
 
 
