@@ -4,7 +4,8 @@ Registered through the `lmms_eval.models` entry point (pyproject.toml -> models.
 ModelManifest; lmms-eval 0.7.3 does not consult the `@register_model` decorator of out-of-tree models.
 
 model_args: pretrained, dtype, device, batch_size, attn_implementation, protocol (lmms-eval | llava),
-records (a JSONL path for our per-sample records; default $MODBENCH_RECORDS, else none), seed.
+records (a JSONL path for our per-sample records; default $MODBENCH_RECORDS, else none), seed, measure_flops
+(per sample: torch.utils.flop_counter and fvcore counts of the prefill as it ran, beside the analytic one).
 
 A sample whose generation raises is recorded as failed (with the error) and never returned as an answer:
 after the whole request list has run, generate_until raises, so the task fails instead of scoring it.
@@ -41,7 +42,7 @@ class ModbenchLmms(lmms):
 
     def __init__(self, pretrained: str = "tiny-llava", dtype: str = "", device: str = "", batch_size=1,
                  attn_implementation: str = "", protocol: str = "lmms-eval", records: str = "", seed=0,
-                 **unknown) -> None:
+                 measure_flops=False, **unknown) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"modbench model_args: unknown key(s) {sorted(unknown)}")
@@ -69,6 +70,7 @@ class ModbenchLmms(lmms):
                 self.model.language_model.model.hf_config._attn_implementation = attn_implementation
         self.pretrained = pretrained
         self.protocol = protocol
+        self.measure_flops = _bool(measure_flops)
         self.batch_size_per_gpu = int(batch_size)
         path = records or os.environ.get("MODBENCH_RECORDS", "")
         if path and self._world_size > 1:
@@ -183,6 +185,10 @@ class ModbenchLmms(lmms):
                 "seen_per_layer": {name: total[:, t].tolist() for t, name in enumerate(TOKEN_TYPE_NAMES) if t},
             })
             self.cache_hook.add_partial("generate_until", (a[0], a[1]), text)
+            if self.measure_flops:  # one more prefill per sample, alone, under the counters
+                from suite.flops import measure_sample_flops
+
+                rows[-1]["flops"] = measure_sample_flops(self.model, prompts[j], images[j], fvcore=True)
         self._record(rows)
 
     @torch.no_grad()

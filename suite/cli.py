@@ -286,7 +286,7 @@ def cmd_run(args) -> int:
     spec = RunSpec(model=args.model, tasks=[t for t in args.tasks.split(",") if t], limit=args.limit,
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
-                   run_id=args.run_id)
+                   run_id=args.run_id, measure_flops=args.measure_flops)
     outcome = run(spec)
     for task, metrics in outcome.metrics.items():
         shown = ", ".join(f"{k}={v['value']:.4g}" if isinstance(v["value"], (int, float)) else f"{k}={v['value']}"
@@ -391,6 +391,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", default="", help="run folder name (default: from model, tasks, protocol)")
     p.add_argument("--data-root", default="", help="benchmark data (default $MODBENCH_DATA, else tasks/data); "
                                                     "tasks/data becomes a link to it")
+    p.add_argument("--measure-flops", action="store_true",
+                   help="per sample: torch counter and fvcore FLOPs of the prefill as it ran (one extra forward)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("matrix", help="run a slice of matrix.yaml (only what is missing), then tables and plots")

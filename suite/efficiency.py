@@ -62,7 +62,17 @@ def _summarise(cfg, ok: list[dict]) -> dict:
         "tflops_analytic": flops_for_tokens(cfg, mean_tokens)["tflops"],
         "tflops_dense_equivalent": flops_for_tokens(cfg, (prefill_seen.sum(dim=1) / len(ok)).tolist())["tflops"],
         "flops_convention": "analytic, 2 FLOPs per multiply-add, LLM prefill at the run's mean per-layer tokens",
+        **_measured(ok),
         "prefill_seconds_mean_batch": statistics.fmean(r["prefill_seconds_batch"] for r in ok),
         "decode_seconds_mean_batch": statistics.fmean(r["decode_seconds_batch"] for r in ok),
     }
 
+
+
+def _measured(ok: list[dict]) -> dict:
+    """Means of the per-sample measured FLOPs, when the run measured them (measure_flops)."""
+    measured = [r["flops"] for r in ok if "flops" in r]
+    if not measured:
+        return {}
+    keys = ("tflops_total_measured", "tflops_llm_measured", "tflops_llm_analytic", "tflops_llm_fvcore")
+    return {f"{k}_mean": statistics.fmean(m[k] for m in measured) for k in keys if all(k in m for m in measured)}

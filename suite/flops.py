@@ -181,20 +181,43 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     }
 
 
+class _LanguageModelLogits(torch.nn.Module):
+    """fvcore traces modules with tensor inputs and outputs: the decoder on given embeddings and types."""
+
+    def __init__(self, language_model) -> None:
+        super().__init__()
+        self.lm = language_model
+
+    def forward(self, inputs_embeds, token_types):
+        return self.lm(inputs_embeds=inputs_embeds, token_types=token_types).logits
+
+
 @torch.no_grad()
-def measure_sample_flops(model, prompt: str, image=None) -> dict:
-    """One sample's prefill, counted as it really ran: the torch counter (whole model and decoder layers) and
-    the analytic figure for the tokens each layer kept; the record a run writes per sample."""
+def measure_sample_flops(model, prompt: str, image=None, fvcore: bool = False) -> dict:
+    """One sample's prefill, counted as it really ran: the torch counter (whole model and decoder layers),
+    optionally fvcore (1 per multiply-add; it has no formula for the fused attention kernel, so its figure
+    covers the projections and MLPs), and the analytic figure for the tokens each layer kept."""
+    images = [image] if image is not None else None
     with torch_flop_counter(depth=None) as counter:
-        out = model([prompt], [image] if image is not None else None, collect_stats=True)
+        out = model([prompt], images, collect_stats=True)
     tokens = out.kept[0].sum(dim=1).double().tolist()
-    seq_len = int(out.total[0, 0].sum())
-    analytic = flops_for_tokens(model.cfg, tokens)["tflops"]
-    return {
+    record = {
         "convention": TORCH_CONVENTION,
-        "seq_len": seq_len,
+        "seq_len": int(out.total[0, 0].sum()),
         "tokens_per_layer": tokens,
         "tflops_total_measured": counter.get_total_flops() / 1e12,
         "tflops_llm_measured": llm_layer_flops(counter) / 1e12,
-        "tflops_llm_analytic": analytic,
+        "tflops_llm_analytic": flops_for_tokens(model.cfg, tokens)["tflops"],
     }
+    if fvcore:
+        from fvcore.nn import FlopCountAnalysis
+
+        batch = model.build_batch([prompt], images)
+        analysis = FlopCountAnalysis(_LanguageModelLogits(model.language_model),
+                                     (batch.inputs_embeds, batch.token_types))
+        analysis.unsupported_ops_warnings(False)
+        analysis.uncalled_modules_warnings(False)
+        layers = sum(v for k, v in analysis.by_module().items() if re.fullmatch(r"lm\.model\.layers\.\d+\.[^.]+", k))
+        record["fvcore_convention"] = FVCORE_CONVENTION + "; attention kernel not counted by fvcore"
+        record["tflops_llm_fvcore"] = layers / 1e12
+    return record

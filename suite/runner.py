@@ -35,11 +35,13 @@ class RunSpec:
     seed: int = 0
     output: str = "results/runs"
     run_id: str = ""
+    measure_flops: bool = False
 
     def model_args(self, records: Path) -> str:
         args = {"pretrained": self.model, "protocol": self.protocol,
                 "seed": self.seed, "records": str(records), "dtype": self.dtype, "device": self.device,
-                "attn_implementation": self.attn_implementation}
+                "attn_implementation": self.attn_implementation,
+                "measure_flops": "true" if self.measure_flops else ""}
         return ",".join(f"{k}={v}" for k, v in args.items() if v not in ("", None))
 
     def default_run_id(self) -> str:

@@ -277,3 +277,18 @@ def test_every_benchmark_fixture_passes_through_prepare(tmp_path):
     for benchmark in LAYOUTS:
         for path in prepare(benchmark, tmp_path / "src" / benchmark, tmp_path / "out"):
             assert 8 <= len(pd.read_parquet(path)) <= 32, path
+
+
+def test_runs_measure_flops_per_sample(tmp_path):
+    outcome = run(RunSpec(model="tiny-llava-gmod", tasks=["gqa_local"], limit=2, protocol="llava",
+                          output=str(tmp_path), measure_flops=True), progress=False)
+    assert outcome.status == "ok", outcome.errors
+    records = [json.loads(line) for line in (outcome.run_dir / "records.jsonl").read_text().splitlines()]
+    for record in records:
+        flops = record["flops"]
+        assert flops["tflops_llm_measured"] == pytest.approx(flops["tflops_llm_analytic"], rel=0.02)
+        assert min(flops["tokens_per_layer"]) < max(flops["tokens_per_layer"])  # the routed path was counted
+        # fvcore: one flop per multiply-add, and no formula for the attention kernel: below half the torch count
+        assert 0 < 2 * flops["tflops_llm_fvcore"] < flops["tflops_llm_measured"]
+    eff = json.loads((outcome.run_dir / "run.json").read_text())["efficiency"]
+    assert eff["tflops_llm_measured_mean"] == pytest.approx(eff["tflops_llm_analytic_mean"], rel=0.02)
