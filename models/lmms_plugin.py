@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from lmms_eval.api.model import lmms
 
-from .prompt import IMAGE_PLACEHOLDER, vicuna_v1
+from .prompt import task_prompt
 from .routing import TOKEN_TYPE_NAMES
 
 PROTOCOLS = ("lmms-eval", "llava")
@@ -109,10 +109,7 @@ class ModbenchLmms(lmms):
         return visuals[0].convert("RGB") if visuals else None
 
     def _prompt(self, context: str, image) -> str:
-        question = context
-        if image is not None and IMAGE_PLACEHOLDER not in question:
-            question = f"{IMAGE_PLACEHOLDER}\n{question}"
-        return vicuna_v1(question, with_image=False)
+        return task_prompt(context, image is not None)
 
     def _max_new_tokens(self, task: str, gen_kwargs: dict) -> int:
         if self.protocol == "llava":

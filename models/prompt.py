@@ -14,3 +14,12 @@ def vicuna_v1(question: str, with_image: bool = True) -> str:
     if with_image and IMAGE_PLACEHOLDER not in question:
         question = f"{IMAGE_PLACEHOLDER}\n{question}"
     return f"{VICUNA_V1_SYSTEM} USER: {question} ASSISTANT:"
+
+
+def task_prompt(context: str, has_image: bool) -> str:
+    """A benchmark's question (lmms-eval's doc_to_text) in vicuna_v1, the image placeholder first unless the
+    question places it itself (MMMU's interleaved <image> markers)."""
+    question = context
+    if has_image and IMAGE_PLACEHOLDER not in question:
+        question = f"{IMAGE_PLACEHOLDER}\n{question}"
+    return vicuna_v1(question, with_image=False)

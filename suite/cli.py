@@ -181,8 +181,6 @@ def cmd_latency(args) -> int:
     from suite.latency import LatencySpec, measure_latency
     from suite.results import results_record, write_json_atomic
 
-    if args.task:
-        raise ValueError("--task needs the lmms-eval tasks (not built yet); use --image-tokens/--prompt-tokens")
     names = [args.model] + ([args.compare] if args.compare else [])
     batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
     image = _sample_images()[0][1]
@@ -201,7 +199,12 @@ def cmd_latency(args) -> int:
             spec = LatencySpec(image_tokens=args.image_tokens, prompt_tokens=args.prompt_tokens,
                                new_tokens=args.new_tokens, batch_size=batch, warmup=args.warmup,
                                repeats=args.repeats, seed=args.seed)
-            result = measure_latency(model, spec, image=image)
+            inputs = None
+            if args.task:
+                from suite.latency import task_inputs
+
+                inputs = task_inputs(model, args.task, args.limit, batch)
+            result = measure_latency(model, spec, image=image, inputs=inputs)
             result["model"] = name
             runs.append(result)
             sec = result["seconds"]
@@ -243,6 +246,7 @@ def cmd_latency(args) -> int:
     spec = {"command": "latency", "models": names, "batch_sizes": batch_sizes, "device": args.device,
             "dtype": args.dtype or "variant default", "attn_implementation": args.attn_implementation or "variant default",
             "image_tokens": args.image_tokens, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+            "task": args.task, "limit": args.limit if args.task else None,
             "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed}
     if args.output:
         path = write_json_atomic(args.output, results_record("latency", spec, runs=runs, table=rows,
@@ -464,7 +468,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
     p.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
     p.add_argument("--attn-implementation", default="", choices=["", "sdpa", "eager", "flash_attention_2"])
-    p.add_argument("--task", default="", help="(not yet) time real samples of a task")
+    p.add_argument("--task", default="", help="time the first --limit samples of a local task instead of "
+                                              "synthetic shapes")
+    p.add_argument("--limit", type=int, default=8, help="--task: samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="", help="results file (JSON)")
     p.set_defaults(func=cmd_latency)

@@ -94,49 +94,110 @@ def synthetic_batch(model, spec: LatencySpec):
     return embeds.detach(), token_types
 
 
+@dataclass
+class TimedInput:
+    """One batch to time: embeddings and token types ready for the decoder, and the pixels whose vision
+    encoding is timed separately (None: no image)."""
+
+    inputs_embeds: torch.Tensor
+    token_types: torch.Tensor
+    pixels: object = None
+
+
+def task_inputs(model, task: str, limit: int, batch_size: int = 1) -> list[TimedInput]:
+    """The first `limit` samples of a local task, prompted as the plugin prompts them, in batches."""
+    from lmms_eval.tasks import TaskManager, get_task_dict
+
+    from models.prompt import task_prompt
+    from suite.runner import TASKS_DIR, check_data
+
+    check_data([task])
+    task_dict = get_task_dict([task], TaskManager(include_path=str(TASKS_DIR), verbosity="ERROR"))
+    leaf = next(iter(_leaves(task_dict)))
+    docs = list(leaf.test_docs() if leaf.has_test_docs() else leaf.validation_docs())[:limit]
+    if not docs:
+        raise ValueError(f"--task {task}: no samples")
+    samples = []
+    for doc in docs:
+        visuals = [v for v in (leaf.doc_to_visual(doc) or []) if v is not None]
+        image = visuals[0].convert("RGB") if visuals else None
+        samples.append((task_prompt(leaf.doc_to_text(doc), image is not None), image))
+    out = []
+    for start in range(0, len(samples), batch_size):
+        chunk = samples[start:start + batch_size]
+        prompts, images = [p for p, _ in chunk], [i for _, i in chunk]
+        with torch.no_grad():
+            batch = model.build_batch(prompts, images)
+        with_image = [i for i in images if i is not None]
+        pixels = model.vision.preprocess(with_image).to(model.device) if with_image and model.vision else None
+        out.append(TimedInput(batch.inputs_embeds, batch.token_types, pixels))
+    return out
+
+
+def _leaves(task_dict):
+    for value in task_dict.values():
+        if isinstance(value, dict):
+            yield from _leaves(value)
+        else:
+            yield value
+
+
 @torch.no_grad()
-def measure_latency(model, spec: LatencySpec, image=None) -> dict:
-    """One model, fixed shapes. Returns timings, memory, KV cache and the prefill's routing statistics."""
+def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInput] | None = None) -> dict:
+    """One model: synthetic fixed shapes (spec), or real task samples (inputs). Returns timings, memory,
+    KV cache and the prefill's routing statistics."""
     device = model.device
     clock = Clock(device)
     lm = model.language_model
-    embeds, token_types = synthetic_batch(model, spec)
-    pixels = None
-    if model.vision is not None and image is not None:
-        pixels = model.vision.preprocess([image] * spec.batch_size).to(device)
+    if inputs is None:
+        embeds, token_types = synthetic_batch(model, spec)
+        pixels = None
+        if model.vision is not None and image is not None:
+            pixels = model.vision.preprocess([image] * spec.batch_size).to(device)
+        inputs = [TimedInput(embeds, token_types, pixels)]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times = {"vision_encode": [], "prefill": [], "decode_per_token": [], "end_to_end": []}
-    cache = prefill_out = None
+    kept = total = None
+    entries, dense_entries, layer_bytes, samples = None, 0, None, 0
     for run in range(spec.warmup + spec.repeats):
         record = run >= spec.warmup
-        vision_t, prefill_t, decode_t = [], [], []
-        if pixels is not None:
-            with clock.time(vision_t):
-                model.vision.encode(pixels)
-        cache = lm.new_cache(spec.batch_size, device)
-        with clock.time(prefill_t):
-            prefill_out = lm(inputs_embeds=embeds, token_types=token_types, cache=cache, logits_to_keep=1,
-                             collect_stats=True)
-            token = prefill_out.logits[:, -1].argmax(dim=-1)
-        step_types = torch.full((spec.batch_size, 1), RESPONSE, device=device)
-        for _ in range(spec.new_tokens - 1):  # the first new token came from the prefill
-            with clock.time(decode_t):
-                out = lm(inputs_embeds=lm.model.embed_tokens(token)[:, None], token_types=step_types,
-                         cache=cache, logits_to_keep=1)
-                token = out.logits[:, -1].argmax(dim=-1)
-        if record:
-            times["vision_encode"] += vision_t
-            times["prefill"] += prefill_t
-            times["decode_per_token"] += decode_t
-            times["end_to_end"].append(sum(vision_t) + sum(prefill_t) + sum(decode_t))
+        last = run == spec.warmup + spec.repeats - 1
+        for item in inputs:
+            batch = item.inputs_embeds.shape[0]
+            vision_t, prefill_t, decode_t = [], [], []
+            if item.pixels is not None:
+                with clock.time(vision_t):
+                    model.vision.encode(item.pixels)
+            cache = lm.new_cache(batch, device)
+            with clock.time(prefill_t):
+                prefill_out = lm(inputs_embeds=item.inputs_embeds, token_types=item.token_types, cache=cache,
+                                 logits_to_keep=1, collect_stats=True)
+                token = prefill_out.logits[:, -1].argmax(dim=-1)
+            step_types = torch.full((batch, 1), RESPONSE, device=device)
+            for _ in range(spec.new_tokens - 1):  # the first new token came from the prefill
+                with clock.time(decode_t):
+                    out = lm(inputs_embeds=lm.model.embed_tokens(token)[:, None], token_types=step_types,
+                             cache=cache, logits_to_keep=1)
+                    token = out.logits[:, -1].argmax(dim=-1)
+            if record:
+                times["vision_encode"] += vision_t
+                times["prefill"] += prefill_t
+                times["decode_per_token"] += decode_t
+                times["end_to_end"].append(sum(vision_t) + sum(prefill_t) + sum(decode_t))
+            if last:  # routing and cache statistics of one pass over the inputs
+                k, t = prefill_out.kept.sum(dim=0), prefill_out.total.sum(dim=0)
+                kept, total = (k, t) if kept is None else (kept + k, total + t)
+                e = cache.layer_lengths().sum(dim=1)
+                entries = e if entries is None else entries + e
+                b = torch.tensor(cache.layer_bytes(), dtype=torch.float64)
+                layer_bytes = b if layer_bytes is None else layer_bytes + b
+                dense_entries += int(t[0].sum()) + batch * (spec.new_tokens - 1)
+                samples += batch
+    spec.batch_size = inputs[0].inputs_embeds.shape[0]
     summary = {name: quantiles(values) for name, values in times.items() if values}
     e2e = summary["end_to_end"]["median"]
-    kept = prefill_out.kept.sum(dim=0)  # [layers, types]
-    total = prefill_out.total.sum(dim=0)
-    layer_bytes = cache.layer_bytes()
-    entries = cache.layer_lengths().sum(dim=1).tolist()
-    dense_entries = int(total[0].sum()) + spec.batch_size * (spec.new_tokens - 1)
+    entries = entries.tolist()
     per_type_share = {
         TOKEN_TYPE_NAMES[t]: float(kept[:, t].sum() / total[:, t].sum()) for t in (SYSTEM, IMAGE, QUESTION)
         if total[:, t].sum() > 0
@@ -149,14 +210,15 @@ def measure_latency(model, spec: LatencySpec, image=None) -> dict:
         "attn_implementation": cfg.attn_implementation,
         "timer": "cuda_events" if clock.cuda else "perf_counter",
         "seconds": summary,
-        "samples_per_s": spec.batch_size / e2e if e2e > 0 else None,
+        "samples_per_s": (samples / len(inputs)) / e2e if e2e > 0 else None,
+        "n_inputs": len(inputs),
         "peak_memory": peak_memory_bytes(device),
         "kv_cache": {
-            "bytes_per_layer": layer_bytes,
+            "bytes_per_layer": (layer_bytes / len(inputs)).tolist(),  # mean over the inputs
             "entries_per_layer": entries,
             "share_of_dense": sum(entries) / (dense_entries * cfg.llm.num_layers),
             "prefill_share_of_dense_by_type": per_type_share,
         },
         "routing": routing_summary(kept, total, cfg),
-        "flops_analytic": flops_for_tokens(cfg, (kept.sum(dim=1).double() / spec.batch_size).tolist()),
+        "flops_analytic": flops_for_tokens(cfg, (kept.sum(dim=1).double() / samples).tolist()),
     }

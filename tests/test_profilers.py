@@ -151,3 +151,24 @@ def test_dtype_override_is_validated():
     cfg.dtype = "float8"
     with pytest.raises(models.ConfigError, match="dtype"):
         models.config.validate(cfg)
+
+
+def test_latency_on_task_samples(tmp_path):
+    from suite.latency import task_inputs
+    from suite.runner import DATA_DIR, check_data
+    from tasks.fixtures import write_all
+
+    try:
+        check_data(["gqa_local"])
+    except FileNotFoundError:
+        write_all(DATA_DIR, ["gqa"])
+    model = models.build_model(gmod_skipping())
+    inputs = task_inputs(model, "gqa_local", limit=3, batch_size=2)
+    assert [i.inputs_embeds.shape[0] for i in inputs] == [2, 1]
+    report = measure_latency(model, LatencySpec(new_tokens=3, warmup=0, repeats=2), inputs=inputs)
+    assert report["n_inputs"] == 2 and report["seconds"]["prefill"]["n"] == 4
+    assert report["routing"]["overall_skip"] > 0 and report["samples_per_s"] > 0
+    out = tmp_path / "lat.json"
+    assert cli_main(["latency", "--model", "tiny-llava", "--task", "gqa_local", "--limit", "2", "--repeats", "1",
+                     "--new-tokens", "2", "--device", "cpu", "--output", str(out)]) == 0
+    assert json.loads(out.read_text())["spec"]["task"] == "gqa_local"
