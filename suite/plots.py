@@ -30,31 +30,33 @@ def _save(fig: Figure, base: Path) -> list[Path]:
 
 
 def accuracy_vs_tflops(runs: dict, out: Path) -> list[Path]:
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    ours, paper = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    """Ours (filled circles, one line per host family) and the papers' points (hollow squares / triangles)
+    on one log-scale TFLOPs axis: tiny twins sit decades left of the released models."""
+    fig = Figure(figsize=(8.5, 5), layout="constrained")
+    axis = fig.add_subplot(1, 1, 1)
     for family, names in FAMILIES.items():
         points = [(COLUMNS["avg_tflops"](runs[n]), COLUMNS["avg_acc"](runs[n]), n) for n in names if n in runs]
         points = [p for p in points if NOT_RUN not in p[:2]]
         if points:
             xs, ys, labels = zip(*points)
-            ours.plot(xs, ys, marker="o", label=family)
+            axis.plot(xs, ys, marker="o", label=f"ours: {family}")
             for x, y, label in points:
-                ours.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ours.set(title="ours (runs in this results folder)", xlabel="TFLOPs (analytic, prefill)",
-             ylabel="average accuracy (GQA, SQA, MMMU, TextVQA)")
+                axis.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     table3 = pd.read_csv(PAPER_DIR / "gamma_mod_table3_scalability.csv")
     for (model, params), group in table3.groupby(["model", "params"], sort=False):
-        paper.plot(group["avg_tflops"], group["avg_acc"], marker="s", label=f"{model}-{params}")
+        axis.plot(group["avg_tflops"], group["avg_acc"], marker="s", mfc="none", linestyle="--",
+                  label=f"paper: {model}-{params}")
         for _, row in group.iterrows():
-            paper.annotate(row["variant"], (row["avg_tflops"], row["avg_acc"]), fontsize=7, xytext=(3, 3),
-                           textcoords="offset points")
+            axis.annotate(row["variant"], (row["avg_tflops"], row["avg_acc"]), fontsize=6, xytext=(3, -8),
+                          textcoords="offset points")
     pmod = pd.read_csv(PAPER_DIR / "pmod_table1_general.csv")
-    paper.scatter(pmod["inference_tflops"], pmod["avg"], marker="^", label="p-MoD table 1 (own average)")
-    paper.set(title="paper (γ-MoD Table 3, p-MoD Table 1)", xlabel="TFLOPs", ylabel="average accuracy")
-    for axis in (ours, paper):
-        axis.grid(alpha=0.3)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend(fontsize=7)
+    axis.scatter(pmod["inference_tflops"], pmod["avg"], marker="^", facecolors="none", edgecolors="black",
+                 label="paper: p-MoD Table 1 (its own average)")
+    axis.set_xscale("log")
+    axis.set(title="Average accuracy (GQA, SQA-IMG, MMMU, TextVQA) vs prefill TFLOPs",
+             xlabel="TFLOPs (analytic, LLM prefill; log scale)", ylabel="average accuracy (%)")
+    axis.grid(alpha=0.3, which="both")
+    axis.legend(fontsize=7, loc="lower right")
     return _save(fig, out / "accuracy_vs_tflops")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 SCHEMA_VERSION = "1.0"  # major.minor; a loader refuses another major (results/SCHEMA.md)
 ENVIRONMENT_KEYS = ("git", "python", "torch", "cuda", "device_name", "transformers", "lmms_eval", "timestamp")
 REQUIRED = {
-    "run": ("status", "errors", "resolved", "metrics", "efficiency", "n_samples", "n_records", "files"),
+    "run": ("status", "errors", "resolved", "metrics", "efficiency", "peak_memory", "n_samples", "n_records", "files"),
     "smoke": ("runs", "failed"),
     "latency": ("runs", "table", "comparisons"),
     "baseline": ("provenance", "checks"),

@@ -156,8 +156,14 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
                     cfg.attn_implementation, "mod_scheme": cfg.mod.scheme, "mod_layers": list(cfg.mod.layers)}
     except Exception as exc:  # the model itself failed: already among the errors
         resolved = {"error": f"{type(exc).__name__}: {exc}"}
+    import torch
+
+    from suite.latency import peak_memory_bytes
+
+    device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     payload = {
         "status": status, "errors": errors, "resolved": resolved, "metrics": metrics,
+        "peak_memory": peak_memory_bytes(device),
         "efficiency": efficiency_from_records(spec.model, sample_records) if sample_records else None,
         "n_samples": len(samples), "n_records": len(sample_records),
         "files": {"samples": "samples.jsonl", "records": "records.jsonl"},
