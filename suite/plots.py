@@ -22,10 +22,15 @@ TYPES = ("system", "image", "question", "response")
 
 
 def _save(fig: Figure, base: Path) -> list[Path]:
+    """PNG and SVG, each written to a temporary name and renamed (readers never see half a file)."""
+    import os
+
     FigureCanvasAgg(fig)
     paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
     for path in paths:
-        fig.savefig(path, bbox_inches="tight")
+        tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+        fig.savefig(tmp, bbox_inches="tight")
+        os.replace(tmp, path)
     return paths
 
 

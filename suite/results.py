@@ -113,5 +113,19 @@ def write_json_atomic(path: str | os.PathLike, data: dict) -> Path:
     return path
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def results_record(kind: str, spec: dict, **payload) -> dict:
     return {"schema_version": SCHEMA_VERSION, "kind": kind, "spec": spec, "environment": environment(), **payload}

@@ -169,6 +169,8 @@ def build_table(spec: TableSpec, runs: dict[str, dict]) -> pd.DataFrame:
 def write_tables(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
     from tabulate import tabulate
 
+    from suite.results import write_text_atomic
+
     runs = load_runs(runs_dir)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,11 +178,11 @@ def write_tables(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
     for spec in TABLES:
         table = build_table(spec, runs)
         base = out_dir / spec.name
-        table.to_csv(f"{base}.csv", index=False)
-        Path(f"{base}.md").write_text(
-            f"# {spec.name} (paper: results/paper/{spec.csv})\n\n"
-            + tabulate(table, headers="keys", tablefmt="pipe", showindex=False) + "\n")
-        Path(f"{base}.tex").write_text(table.to_latex(index=False, escape=True))
-        written += [Path(f"{base}.{ext}") for ext in ("csv", "md", "tex")]
-    (out_dir / "runs.json").write_text(json.dumps({m: r["spec"] for m, r in runs.items()}, indent=2))
+        written += [
+            write_text_atomic(f"{base}.csv", table.to_csv(index=False)),
+            write_text_atomic(f"{base}.md", f"# {spec.name} (paper: results/paper/{spec.csv})\n\n"
+                              + tabulate(table, headers="keys", tablefmt="pipe", showindex=False) + "\n"),
+            write_text_atomic(f"{base}.tex", table.to_latex(index=False, escape=True)),
+        ]
+    write_text_atomic(out_dir / "runs.json", json.dumps({m: r["spec"] for m, r in runs.items()}, indent=2))
     return written
