@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from suite.results import results_record, write_json_atomic
+from suite.results import results_record, write_json_atomic, write_text_atomic
 
 TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
 DATA_DIR = TASKS_DIR / "data"
@@ -179,8 +178,4 @@ def _read_records(path: Path) -> list[dict]:
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
