@@ -212,8 +212,9 @@ def _convnext_from_state(state: dict, prefix: str, stages: str = "stages") -> Co
         depths.append(len(blocks))
         dims.append(state[f"{head}0.conv_dw.weight"].shape[0])
     head = state.get(f"{prefix}head.pre_logits.fc.weight")
+    classifier = state.get(f"{prefix}head.fc.weight")
     return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head.shape[0] if head is not None else 0,
-                          timm_name="")
+                          num_classes=classifier.shape[0] if classifier is not None else 0, timm_name="")
 
 
 def detect(conf: dict, where: Path) -> str:
@@ -265,6 +266,10 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
         vision.input_image_size = int(conf.get("input_image_size", 1024))
         vision.adapters = not conf.get("freeze_vision", False)
         vision.convnext = _convnext_from_state(state, "model.vision_tower.slow_vision_tower.vision_tower.")
+        slow_name = str(conf.get("vision_tower_slow", ""))
+        vision.convnext.timm_name = slow_name
+        if "xxlarge" in slow_name:  # the authors build convnext_xxlarge with LayerNorm eps 1e-5
+            vision.convnext.norm_eps = 1e-5
     mod = ModSpec()
     if kind in ("mod_llava_llama", "mod_mgm"):
         spec = conf.get("mod")

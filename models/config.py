@@ -37,6 +37,11 @@ class ConvNextConfig:
     depths: list[int] = field(default_factory=lambda: [3, 3, 27, 3])
     dims: list[int] = field(default_factory=lambda: [192, 384, 768, 1536])
     head_hidden_size: int = 1536  # convnext_large_mlp carries an MLP head (unused, but in the checkpoint)
+    # timm's classifier (head.fc) as the authors' builder creates it: convnext_large_mlp() / convnext_xxlarge()
+    # with timm's default 1000 classes. Unused by the forward pass, but its weights are in the checkpoint.
+    num_classes: int = 0
+    # LayerNorm eps: timm's 1e-6, except the authors' convnext_xxlarge (LLaVA-HR-X), built with 1e-5.
+    norm_eps: float = 1e-6
     timm_name: str = "convnext_large_mlp.clip_laion2b_ft_320"
 
 

@@ -106,8 +106,8 @@ class MultiPathVisionTower(nn.Module):
         conv = vision.convnext
         self.vision_cfg = vision
         self.fast_vision_tower = CLIPVisionModel(clip_vision_config(vision))
-        self.slow_vision_tower = ConvNeXt(num_classes=0, depths=tuple(conv.depths), dims=tuple(conv.dims),
-                                          head_hidden_size=conv.head_hidden_size or None)
+        self.slow_vision_tower = ConvNeXt(num_classes=conv.num_classes, depths=tuple(conv.depths), dims=tuple(conv.dims),
+                                          head_hidden_size=conv.head_hidden_size or None, norm_eps=conv.norm_eps)
         fast_dim, slow_dim = vision.hidden_size, conv.dims[-1]
         if vision.adapters:
             self.align_stages_latent = nn.ModuleList(

@@ -58,9 +58,9 @@ def gamma_spec(num_layers: int, skip: float) -> ModSpec:
 VICUNA_13B = LlmConfig(num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40, intermediate_size=13824,
                        vocab_size=32000, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-5)
 CONVNEXT_L = ConvNextConfig(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536], head_hidden_size=1536,
-                            timm_name="convnext_large_mlp.clip_laion2b_ft_320")
+                            num_classes=1000, timm_name="convnext_large_mlp.clip_laion2b_ft_320")
 CONVNEXT_XXL = ConvNextConfig(depths=[3, 4, 30, 3], dims=[384, 768, 1536, 3072], head_hidden_size=0,
-                              timm_name="convnext_xxlarge.clip_laion2b_soup_ft_in1k")
+                              num_classes=1000, norm_eps=1e-5, timm_name="convnext_xxlarge.clip_laion2b_soup_ft_in1k")
 HR_VISION = dataclasses.replace(CLIP_L_336, kind="multipath", convnext=CONVNEXT_L, input_image_size=1024)
 
 LLAVA_HR_7B = register_variant(ModelConfig(

@@ -158,3 +158,22 @@ def test_missing_key_is_listed(gmod_dir):
     index.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=r"missing keys \['language_model.model.layers.1.mlp.up_proj.weight'\]"):
         models.load(str(gmod_dir))
+
+
+def test_llava_hr_x_slow_tower_with_classifier_head(tmp_path, prompts, images):
+    """The authors build ConvNeXt with timm's classifier (head.fc) and, for LLaVA-HR-X's convnext_xxlarge, no MLP
+    head and LayerNorm eps 1e-5: all three are read back from the checkpoint and its config.json."""
+    import dataclasses
+
+    cfg = models.get_variant("tiny-llava-hr")
+    conv = dataclasses.replace(cfg.vision.convnext, head_hidden_size=0, num_classes=7, norm_eps=1e-5,
+                               timm_name="convnext_xxlarge.clip_laion2b_soup")
+    cfg = dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, convnext=conv))
+    model = models.build_model(cfg)
+    state = model.state_dict()
+    assert state["vision.vision_tower.slow_vision_tower.head.fc.weight"].shape == (7, conv.dims[-1])
+    save_authors_checkpoint(model, tmp_path / "hrx", "llava")
+    loaded = models.load(str(tmp_path / "hrx"))
+    got = loaded.cfg.vision.convnext
+    assert (got.num_classes, got.head_hidden_size, got.norm_eps) == (7, 0, 1e-5)
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
