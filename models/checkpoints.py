@@ -311,8 +311,13 @@ def _layout(cfg: ModelConfig, kind: str):
     return AUTHORS_LLAVA_HR_PREFIXES if cfg.family == "llava-hr" else AUTHORS_LLAVA_PREFIXES
 
 
+# Buffers that older transformers saved with the weights (Llama's rotary inv_freq, CLIP's position_ids); both
+# are recomputed from the config, so they are dropped rather than reported as unexpected.
+DERIVED_BUFFER_SUFFIXES = (".rotary_emb.inv_freq", ".embeddings.position_ids")
+
+
 def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) -> dict:
-    state = dict(state)
+    state = {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}
     routing = {}
     if cfg.mod.scheme == "gamma":
         copies = {k: state.pop(k) for k in [k for k in state if k.endswith(".router.weight")

@@ -177,3 +177,15 @@ def test_llava_hr_x_slow_tower_with_classifier_head(tmp_path, prompts, images):
     got = loaded.cfg.vision.convnext
     assert (got.num_classes, got.head_hidden_size, got.norm_eps) == (7, 0, 1e-5)
     torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+def test_buffers_saved_by_older_transformers_are_dropped(tmp_path, prompts, images):
+    """Checkpoints from transformers < 4.31 carry rotary inv_freq and CLIP position_ids; they are not weights."""
+    model = models.build_model("tiny-llava-hr")
+    save_authors_checkpoint(model, tmp_path / "old", "llava")
+    state = torch.load(tmp_path / "old" / "pytorch_model.bin", weights_only=True)
+    state["model.layers.0.self_attn.rotary_emb.inv_freq"] = torch.ones(4)
+    state["model.vision_tower.fast_vision_tower.vision_tower.vision_model.embeddings.position_ids"] = torch.arange(5)
+    torch.save(state, tmp_path / "old" / "pytorch_model.bin")
+    loaded = models.load(str(tmp_path / "old"))
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
