@@ -189,3 +189,36 @@ def test_buffers_saved_by_older_transformers_are_dropped(tmp_path, prompts, imag
     torch.save(state, tmp_path / "old" / "pytorch_model.bin")
     loaded = models.load(str(tmp_path / "old"))
     torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+def _authors_sentencepiece_tokenizer(directory):
+    """Replace our tokenizer files with the kind the authors ship: a SentencePiece tokenizer.model and a
+    LlamaTokenizer tokenizer_config.json (no tokenizer.json). Trained here on a few lines; ids stay < 64."""
+    import sentencepiece
+
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (directory / name).unlink(missing_ok=True)
+    corpus = directory / "corpus.txt"
+    corpus.write_text("USER: What is in the image? ASSISTANT: a cat on a mat\n" * 20)
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(directory / "tokenizer"), vocab_size=40, model_type="bpe",
+        unk_id=0, bos_id=1, eos_id=2, pad_id=-1, character_coverage=1.0, minloglevel=2)
+    corpus.unlink()
+    (directory / "tokenizer.vocab").unlink()
+    (directory / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<unk>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "model_max_length": 2048, "padding_side": "right"}))
+    return sentencepiece.SentencePieceProcessor(model_file=str(directory / "tokenizer.model"))
+
+
+def test_authors_sentencepiece_tokenizer_loads(tmp_path, images):
+    """The released checkpoints' tokenizer (SentencePiece, LlamaTokenizer) loads offline and tokenises as
+    SentencePiece itself does; the model generates with it."""
+    save_authors_checkpoint(models.build_model("tiny-llava-gmod"), tmp_path / "spm", "mod_llava_llama")
+    reference = _authors_sentencepiece_tokenizer(tmp_path / "spm")
+    loaded = models.load(str(tmp_path / "spm"))
+    text = "What is in the image?"
+    assert loaded.tokenizer(text).input_ids == [1] + reference.encode(text)
+    out = loaded.generate(["USER: <image>\nWhat is in the image? ASSISTANT:"], images[:1], max_new_tokens=3)
+    assert len(out["tokens"][0]) == 3
