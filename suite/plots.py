@@ -22,14 +22,18 @@ TYPES = ("system", "image", "question", "response")
 
 
 def _save(fig: Figure, base: Path) -> list[Path]:
-    """PNG and SVG, each written to a temporary name and renamed (readers never see half a file)."""
+    """PNG and SVG, each written to a temporary name and renamed (readers never see half a file). The SVG
+    carries no date and fixed element ids, so the same data gives the same bytes (committed plots stay put)."""
     import os
+
+    from matplotlib import rc_context
 
     FigureCanvasAgg(fig)
     paths = [base.with_suffix(".png"), base.with_suffix(".svg")]
     for path in paths:
         tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-        fig.savefig(tmp, bbox_inches="tight")
+        with rc_context({"svg.hashsalt": "modbench"}):
+            fig.savefig(tmp, bbox_inches="tight", metadata={"Date": None} if path.suffix == ".svg" else None)
         os.replace(tmp, path)
     return paths
 

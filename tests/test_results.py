@@ -95,6 +95,9 @@ def test_plots_are_written(runs_dir, tmp_path):
     assert {p.name for p in paths} == {"accuracy_vs_tflops.png", "accuracy_vs_tflops.svg",
                                         "skip_ratio_by_layer.png", "skip_ratio_by_layer.svg"}
     assert all(p.stat().st_size > 1000 for p in paths)
+    first = {p.name: p.read_bytes() for p in paths}
+    again = write_plots(runs_dir, tmp_path)  # the same data gives the same bytes (committed plots stay put)
+    assert {p.name: p.read_bytes() for p in again} == first
 
 
 def test_unchanged_run_passes_and_another_skip_threshold_is_caught(runs_dir, tmp_path, monkeypatch):
