@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
+from .config import DTYPES, ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
 
 KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
@@ -240,7 +240,8 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
         if conf["model_type"] == "llava_next":
             family, vision.kind = "llava-next", "anyres"
             vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]
-        return ModelConfig(name=directory.name, family=family, llm=_llm_from(text, where), vision=vision), kind
+        return ModelConfig(name=directory.name, family=family, llm=_llm_from(text, where), vision=vision,
+                           dtype=declared_dtype(conf)), kind
     llm = _llm_from(conf, where)
     dims = _clip_dims(conf.get("mm_vision_tower") or conf.get("vision_tower", ""), directory)
     vision = VisionConfig(kind="clip", select_layer=conf.get("mm_vision_select_layer", -2), **dims)
@@ -287,8 +288,18 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
             raise CheckpointError(f"{where}: p-MoD needs the weights to find its MoD layers")
         layers = sorted(int(k.split(".")[2]) for k in state if k.endswith(".router.router.weight"))
         mod = ModSpec(scheme="pmod", layers=layers, ratios=_pmod_ratios(conf, layers, llm.num_layers))
-    cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod)
+    cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod, dtype=declared_dtype(conf))
     return cfg, kind
+
+
+def declared_dtype(conf: dict) -> str:
+    """The dtype the checkpoint says it holds (torch_dtype, or transformers 5's dtype; llava-hf nests it in
+    text_config), as transformers 5 loads by default; float32 when it says none we know."""
+    for source in (conf, conf.get("text_config") or {}):
+        value = source.get("torch_dtype") or source.get("dtype")
+        if value in DTYPES:
+            return value
+    return "float32"
 
 
 def _pmod_ratios(conf: dict, layers: list[int], num_layers: int) -> list[float]:

@@ -222,3 +222,12 @@ def test_authors_sentencepiece_tokenizer_loads(tmp_path, images):
     assert loaded.tokenizer(text).input_ids == [1] + reference.encode(text)
     out = loaded.generate(["USER: <image>\nWhat is in the image? ASSISTANT:"], images[:1], max_new_tokens=3)
     assert len(out["tokens"][0]) == 3
+
+
+def test_dtype_defaults_to_what_the_checkpoint_declares(tmp_path):
+    save_authors_checkpoint(models.build_model("tiny-llava"), tmp_path / "c", "llava")
+    conf = json.loads((tmp_path / "c" / "config.json").read_text())
+    assert conf["torch_dtype"] == "float32"
+    (tmp_path / "c" / "config.json").write_text(json.dumps({**conf, "torch_dtype": "bfloat16"}))
+    assert models.load(str(tmp_path / "c")).dtype == torch.bfloat16
+    assert models.load(str(tmp_path / "c"), dtype="float32").dtype == torch.float32
