@@ -6,6 +6,7 @@ The family is picked from config.json (model_type and keys), never from the dire
 - "pmod_llava_llama" (p-MoD on LLaVA-1.5);
 - any of the authors' layouts with image_aspect_ratio "anyres" (LLaVA-NeXT, p-MoD-LLaVA-NeXT);
 - "mgm" / "mod_mgm" (Mini-Gemini-HD and its γ-MoD models: vision_tower_aux, vlm_uni_* projectors);
+  their ConvNeXt blocks' layer scale is `gamma` (timm's name), LLaVA-HR's is `weight` (the authors' copy);
 - llava-hf "llava" and "llava_next" (nested text_config / vision_config).
 
 Weights: pytorch_model.bin or model.safetensors, single or sharded with an index json. Missing or unexpected
@@ -16,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -36,7 +39,18 @@ class CheckpointError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# key layouts: (our prefix, their prefix), first match wins; one place for each layout
+# key layouts: (our prefix, their prefix), first match wins, and the ConvNeXt layer-scale name; one place for
+# each layout. tests/fixtures/authors_layouts/ lists the authors' keys, read from their module definitions.
+class KeyLayout(NamedTuple):
+    name: str
+    prefixes: tuple[tuple[str, str], ...]
+    # Name of a ConvNeXt block's layer-scale vector in their keys; ours are timm's, which call it `gamma`.
+    layer_scale: str = "gamma"
+
+
+# A parameter directly on a ConvNeXt block (conv_dw, norm, mlp are submodules): only the layer scale.
+CONVNEXT_BLOCK_PARAM = re.compile(r"(stages\.\d+\.blocks\.\d+\.)([A-Za-z_]\w*)$")
+
 AUTHORS_LLAVA_PREFIXES = (
     ("vision.image_newline", "model.image_newline"),  # LLaVA-NeXT (spatial_unpad)
     ("language_model.model.embed_tokens.", "model.embed_tokens."),
@@ -61,6 +75,13 @@ MGM_PREFIXES = (
     ("vision.val_projector.", "model.vlm_uni_val_projector."),
     ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
 )
+# LLaVA-HR's ConvNeXt is the authors' copy of timm's (luogen1996/LLaVA-HR, also in Yaxin9Luo/Gamma-MOD:
+# multimodal_encoder/convnext.py) with the block's layer scale renamed `weight`, as every LLaVA-HR, LLaVA-HR-X
+# and γ-MoD-LLaVA-HR release holds it. Mini-Gemini's is open_clip's timm trunk (dvlab-research/MGM
+# openclip_encoder.py) saved as built, so its releases keep `gamma`.
+AUTHORS_LLAVA = KeyLayout("LLaVA", AUTHORS_LLAVA_PREFIXES)
+AUTHORS_LLAVA_HR = KeyLayout("LLaVA-HR", AUTHORS_LLAVA_HR_PREFIXES, layer_scale="weight")
+MGM = KeyLayout("Mini-Gemini", MGM_PREFIXES, layer_scale="gamma")
 HF_LLAVA_PREFIXES = (  # llava and llava_next
     ("language_model.model.", "model.language_model."),
     ("vision.image_newline", "model.image_newline"),
@@ -70,6 +91,7 @@ HF_LLAVA_PREFIXES = (  # llava and llava_next
     ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
 )
 # llava-hf checkpoints as saved on the hub (and by save_pretrained, for compatibility) use these; read only.
+HF_LLAVA = KeyLayout("llava-hf", HF_LLAVA_PREFIXES)
 HF_LLAVA_LEGACY = (
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
@@ -81,23 +103,39 @@ HF_LLAVA_LEGACY = (
 
 def to_hf_llava_state_dict(state: dict) -> dict:
     """Our LLaVA-1.5 state dict in transformers' LlavaForConditionalGeneration names (parity tests)."""
-    out, unmatched = _rename(state, HF_LLAVA_PREFIXES)
+    out, unmatched = _rename(state, HF_LLAVA)
     if unmatched:
         raise KeyError(f"no transformers LLaVA key for {unmatched[:5]}")
     return out
 
 
-def _rename(state: dict, prefixes, reverse: bool = False) -> tuple[dict, list[str]]:
+def _rename(state: dict, layout: KeyLayout, reverse: bool = False) -> tuple[dict, list[str]]:
+    """Ours -> theirs (or back with `reverse`); keys no prefix matches are returned unmatched."""
+    old_scale, new_scale = (layout.layer_scale, "gamma") if reverse else ("gamma", layout.layer_scale)
     out, unmatched = {}, []
     for key, value in state.items():
-        for ours, theirs in prefixes:
+        for ours, theirs in layout.prefixes:
             src, dst = (theirs, ours) if reverse else (ours, theirs)
             if key.startswith(src):
-                out[dst + key[len(src):]] = value
+                renamed = dst + key[len(src):]
+                block_param = CONVNEXT_BLOCK_PARAM.search(renamed)
+                if block_param and block_param.group(2) == old_scale:
+                    renamed = renamed[: block_param.start(2)] + new_scale
+                out[renamed] = value
                 break
         else:
             unmatched.append(key)
     return out, unmatched
+
+
+def _check_layer_scale(state: dict, layout: KeyLayout, where: Path) -> None:
+    """A ConvNeXt layer scale under another name than the release's is an error naming both forms."""
+    found = sorted({m.group(2) for m in map(CONVNEXT_BLOCK_PARAM.search, state) if m} - {layout.layer_scale})
+    if found:
+        example = next(k for k in state if (m := CONVNEXT_BLOCK_PARAM.search(k)) and m.group(2) == found[0])
+        raise CheckpointError(
+            f"{where}: ConvNeXt layer-scale keys named {', '.join(repr(n) for n in found)} (e.g. {example}); "
+            f"{layout.name} checkpoints name them {layout.layer_scale!r}")
 
 
 def _strip_vision_model(key: str) -> str:
@@ -314,12 +352,12 @@ def _pmod_ratios(conf: dict, layers: list[int], num_layers: int) -> list[float]:
 # state-dict mapping
 
 
-def _layout(cfg: ModelConfig, kind: str):
+def _layout(cfg: ModelConfig, kind: str) -> KeyLayout:
     if kind == "hf-llava":
-        return HF_LLAVA_PREFIXES
+        return HF_LLAVA
     if cfg.family == "mgm-hd":
-        return MGM_PREFIXES
-    return AUTHORS_LLAVA_HR_PREFIXES if cfg.family == "llava-hr" else AUTHORS_LLAVA_PREFIXES
+        return MGM
+    return AUTHORS_LLAVA_HR if cfg.family == "llava-hr" else AUTHORS_LLAVA
 
 
 # Buffers that older transformers saved with the weights (Llama's rotary inv_freq, CLIP's position_ids); both
@@ -352,7 +390,9 @@ def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) ->
     if kind == "hf-llava":
         state = {next((new + k[len(old):] for new, old in HF_LLAVA_LEGACY if k.startswith(old)), k): v
                  for k, v in state.items()}
-    ours, unmatched = _rename(state, _layout(cfg, kind), reverse=True)
+    layout = _layout(cfg, kind)
+    _check_layer_scale(state, layout, where)
+    ours, unmatched = _rename(state, layout, reverse=True)
     ours = {_strip_vision_model(k): v for k, v in ours.items()}  # llava-hf checkpoints of transformers 4
     if unmatched:
         raise CheckpointError(f"{where}: unexpected keys: {sorted(unmatched)[:20]}")
@@ -387,7 +427,7 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
     llm = cfg.llm
     base = {
         "architectures": [{"llava": "LlavaLlamaForCausalLM", "mod_llava_llama": "MoDLLaVALlamaForCausalLM",
-                           "pmod_llava_llama": "PMoDLlavaLlamaForCausalLM", "mgm": "MGMLlamaForCausalLM",
+                           "pmod_llava_llama": "PmodLlavaLlamaForCausalLM", "mgm": "MGMLlamaForCausalLM",
                            "mod_mgm": "MoDMGMLlamaForCausalLM"}[kind]],
         "model_type": kind, "hidden_size": llm.hidden_size, "intermediate_size": llm.intermediate_size,
         "num_hidden_layers": llm.num_layers, "num_attention_heads": llm.num_heads,
