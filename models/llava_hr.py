@@ -19,7 +19,6 @@ import math
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.models.convnext import ConvNeXt
 from torch import nn
 from transformers import CLIPVisionModel
 
@@ -105,6 +104,8 @@ class MultiPathVisionTower(nn.Module):
         vision = cfg.vision
         conv = vision.convnext
         self.vision_cfg = vision
+        from timm.models.convnext import ConvNeXt  # here, not at import: timm costs seconds to import
+
         self.fast_vision_tower = CLIPVisionModel(clip_vision_config(vision))
         self.slow_vision_tower = ConvNeXt(num_classes=conv.num_classes, depths=tuple(conv.depths), dims=tuple(conv.dims),
                                           head_hidden_size=conv.head_hidden_size or None, norm_eps=conv.norm_eps)

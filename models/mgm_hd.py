@@ -21,7 +21,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from timm.models.convnext import ConvNeXt
 from torch import nn
 from transformers import CLIPVisionModel
 
@@ -44,6 +43,8 @@ class ConvNextTrunk(nn.Module):
 
     def __init__(self, depths, dims) -> None:
         super().__init__()
+        from timm.models.convnext import ConvNeXt  # here, not at import: timm costs seconds to import
+
         net = ConvNeXt(num_classes=0, depths=tuple(depths), dims=tuple(dims))
         self.vision_stem = net.stem
         self.vision_stages = net.stages

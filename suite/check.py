@@ -148,15 +148,16 @@ def report(findings: list[Finding]) -> tuple[str, bool]:
 
 def recompute_metrics(run_dir: str | Path) -> dict:
     """Re-aggregate every task's metrics from samples.jsonl with the task's own aggregation functions."""
-    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.tasks import get_task_dict
 
-    from suite.runner import TASKS_DIR
+    from tasks.registry import task_manager
 
     samples: dict[str, list[dict]] = {}
     for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():
         row = json.loads(line)
         samples.setdefault(row["task"], []).append(row)
-    task_dict = get_task_dict(list(samples), TaskManager(include_path=str(TASKS_DIR), verbosity="ERROR"))
+    spec = json.loads((Path(run_dir) / "run.json").read_text())["spec"]
+    task_dict = get_task_dict(list(samples), task_manager(spec.get("data_root", "")))
     flat = {}
     for name, task in _leaves(task_dict):
         if name not in samples:

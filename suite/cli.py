@@ -12,16 +12,6 @@ from pathlib import Path
 DEFAULT_SMOKE_OUT = "results/runs/smoke.json"
 
 
-def _cuda() -> bool:
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def _sample_images():
     """Small deterministic images (shapes and colours drawn by PIL) for smoke runs and ARank."""
     from PIL import Image, ImageDraw
@@ -182,6 +172,7 @@ def cmd_latency(args) -> int:
     from suite.results import results_record, write_json_atomic
 
     names = [args.model] + ([args.compare] if args.compare else [])
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
     image = _sample_images()[0][1]
     rows, runs = [], []
@@ -203,7 +194,7 @@ def cmd_latency(args) -> int:
             if args.task:
                 from suite.latency import task_inputs
 
-                inputs = task_inputs(model, args.task, args.limit, batch)
+                inputs = task_inputs(model, args.task, args.limit, batch, data_root(args.data_root))
             result = measure_latency(model, spec, image=image, inputs=inputs)
             result["model"] = name
             runs.append(result)
@@ -255,17 +246,36 @@ def cmd_latency(args) -> int:
     return 0
 
 
-def data_root(arg: str):
-    """--root, else $MODBENCH_DATA, else tasks/data (where the task YAMLs read)."""
-    from pathlib import Path
+def cmd_overhead(args) -> int:
+    from suite.overhead import OverheadSpec, measure_overhead
+    from suite.results import results_record, write_json_atomic
 
-    from suite.runner import DATA_DIR
+    spec = OverheadSpec(model=args.model, task=args.task, limit=args.limit, batch_size=args.batch_size,
+                        repeats=args.repeats, protocol=args.protocol, data_root=data_root(args.data_root))
+    result = measure_overhead(spec)
+    per = result["per_sample_seconds"]
+    print(f"{spec.model} on {spec.task}, batch {spec.batch_size}, steady state per sample (slope "
+          f"{result['samples']['small']} -> {result['samples']['full']} samples, median of {spec.repeats}):")
+    print(f"  through lmms-eval + plugin  {1e3 * per['suite']:9.1f} ms")
+    print(f"  model calls inside it       {1e3 * per['inside']:9.1f} ms")
+    print(f"  bare model, same batches    {1e3 * per['bare']:9.1f} ms")
+    print(f"  suite overhead              {100 * result['overhead_share']:9.1f} % of the per-sample wall time")
+    print(f"  fixed cost per run          {result['fixed_seconds_per_run']:9.2f} s (task build, data, metrics)")
+    if args.output:
+        print(f"wrote {write_json_atomic(args.output, results_record('overhead', result.pop('spec'), **result))}")
+    return 0
 
-    return Path(arg or os.environ.get("MODBENCH_DATA", "") or DATA_DIR).resolve()
+
+def data_root(arg: str) -> str:
+    """--root / --data-root, else $MODBENCH_DATA, else "" (tasks/data, where the task YAMLs read)."""
+    value = arg or os.environ.get("MODBENCH_DATA", "")
+    return str(Path(value).resolve()) if value else ""
 
 
 def cmd_data(args) -> int:
-    root = data_root(args.root)
+    from tasks.registry import DATA_DIR
+
+    root = Path(data_root(args.root) or DATA_DIR)
     if args.action == "fixtures":
         from tasks.fixtures import write_all
 
@@ -283,14 +293,12 @@ def cmd_data(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from suite.runner import RunSpec, run, use_data_root
+    from suite.runner import RunSpec, run
 
-    if args.data_root or os.environ.get("MODBENCH_DATA"):
-        use_data_root(data_root(args.data_root))
     spec = RunSpec(model=args.model, tasks=[t for t in args.tasks.split(",") if t], limit=args.limit,
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
-                   run_id=args.run_id, measure_flops=args.measure_flops)
+                   run_id=args.run_id, measure_flops=args.measure_flops, data_root=data_root(args.data_root))
     outcome = run(spec)
     for task, metrics in outcome.metrics.items():
         shown = ", ".join(f"{k}={v['value']:.4g}" if isinstance(v["value"], (int, float)) else f"{k}={v['value']}"
@@ -306,28 +314,27 @@ def cmd_matrix(args) -> int:
     from tqdm import tqdm
 
     from suite.matrix import expand, finished, load_matrix
-    from suite.runner import check_data, run, use_data_root
+    from suite.runner import check_data, run
 
     slices = load_matrix(args.matrix)
     if args.slice not in slices:
         raise ValueError(f"--slice: unknown slice {args.slice!r}; matrix.yaml has {sorted(slices)}")
     chosen = slices[args.slice]
-    if args.data_root or os.environ.get("MODBENCH_DATA"):
-        use_data_root(data_root(args.data_root))
+    root = data_root(args.data_root)
     try:
-        check_data(chosen.tasks)
+        check_data(chosen.tasks, root)
     except FileNotFoundError:
         import models
 
         if not all(models.get_variant(v).tiny for v in chosen.variants if v in
                    {c.name for c in models.list_variants()}):
             raise
-        from suite.runner import DATA_DIR
         from tasks.fixtures import write_all
+        from tasks.registry import DATA_DIR
 
-        print(f"no benchmark data: writing fixtures to {DATA_DIR}", flush=True)
-        write_all(DATA_DIR)
-    specs = expand(chosen, args.output)
+        print(f"no benchmark data: writing fixtures to {root or DATA_DIR}", flush=True)
+        write_all(Path(root or DATA_DIR))
+    specs = expand(chosen, args.output, data_root=root)
     todo = [s for s in specs if args.rerun or not finished(s)]
     print(f"slice {args.slice}: {len(specs)} runs, {len(specs) - len(todo)} already finished", flush=True)
     failed = []
@@ -394,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="results/runs", help="directory for run folders")
     p.add_argument("--run-id", default="", help="run folder name (default: from model, tasks, protocol)")
     p.add_argument("--data-root", default="", help="benchmark data (default $MODBENCH_DATA, else tasks/data); "
-                                                    "tasks/data becomes a link to it")
+                                                    "read in place, the checkout is not touched")
     p.add_argument("--measure-flops", action="store_true",
                    help="per sample: torch counter and fvcore FLOPs of the prefill as it ran (one extra forward)")
     p.set_defaults(func=cmd_run)
@@ -465,15 +472,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", default="1", help="one or more, comma-separated (e.g. 1,8)")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    p.add_argument("--device", default="", help="default: cuda when available, else cpu")
     p.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
     p.add_argument("--attn-implementation", default="", choices=["", "sdpa", "eager", "flash_attention_2"])
     p.add_argument("--task", default="", help="time the first --limit samples of a local task instead of "
                                               "synthetic shapes")
     p.add_argument("--limit", type=int, default=8, help="--task: samples")
+    p.add_argument("--data-root", default="", help="--task: benchmark data (default $MODBENCH_DATA, else tasks/data)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="", help="results file (JSON)")
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("overhead", help="the suite's own cost per sample: lmms-eval loop + plugin vs the bare model")
+    p.add_argument("--model", default="cpu-llava-hr", help="variant name or checkpoint directory")
+    p.add_argument("--task", default="gqa_local")
+    p.add_argument("--limit", type=int, default=16, help="samples (timed at limit/4 and limit; the slope is reported)")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--protocol", default="llava", choices=["lmms-eval", "llava"])
+    p.add_argument("--data-root", default="")
+    p.add_argument("--output", default="", help="results file (JSON)")
+    p.set_defaults(func=cmd_overhead)
     return parser
 
 

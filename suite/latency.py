@@ -104,15 +104,16 @@ class TimedInput:
     pixels: object = None
 
 
-def task_inputs(model, task: str, limit: int, batch_size: int = 1) -> list[TimedInput]:
+def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: str = "") -> list[TimedInput]:
     """The first `limit` samples of a local task, prompted as the plugin prompts them, in batches."""
-    from lmms_eval.tasks import TaskManager, get_task_dict
+    from lmms_eval.tasks import get_task_dict
 
     from models.prompt import task_prompt
-    from suite.runner import TASKS_DIR, check_data
+    from suite.runner import check_data
+    from tasks.registry import task_manager
 
-    check_data([task])
-    task_dict = get_task_dict([task], TaskManager(include_path=str(TASKS_DIR), verbosity="ERROR"))
+    check_data([task], data_root)
+    task_dict = get_task_dict([task], task_manager(data_root))
     leaf = next(iter(_leaves(task_dict)))
     docs = list(leaf.test_docs() if leaf.has_test_docs() else leaf.validation_docs())[:limit]
     if not docs:

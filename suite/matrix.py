@@ -40,13 +40,13 @@ def run_id(model: str, tasks: list[str], protocol: str, dtype: str, batch: int, 
     return f"{model}__{protocol}__{dtype}__b{batch}__l{limit or 'all'}__t{digest}"
 
 
-def expand(slice_: MatrixSlice, output: str) -> list[RunSpec]:
+def expand(slice_: MatrixSlice, output: str, data_root: str = "") -> list[RunSpec]:
     """One run per (variant, protocol, dtype, batch size); each run covers all the slice's tasks."""
     specs = []
     for model, protocol, dtype, batch in itertools.product(slice_.variants, slice_.protocol, slice_.dtype,
                                                              slice_.batch_size):
         specs.append(RunSpec(model=model, tasks=list(slice_.tasks), limit=slice_.limit, protocol=protocol,
-                             dtype=dtype, batch_size=batch, output=output,
+                             dtype=dtype, batch_size=batch, output=output, data_root=data_root,
                              run_id=run_id(model, slice_.tasks, protocol, dtype, batch, slice_.limit)))
     return specs
 

@@ -18,6 +18,7 @@ REQUIRED = {
     "run": ("status", "errors", "resolved", "metrics", "efficiency", "peak_memory", "n_samples", "n_records", "files"),
     "smoke": ("runs", "failed"),
     "latency": ("runs", "table", "comparisons"),
+    "overhead": ("samples", "seconds", "per_sample_seconds", "overhead_share"),
     "baseline": ("provenance", "checks"),
 }
 

@@ -16,9 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from suite.results import results_record, write_json_atomic, write_text_atomic
-
-TASKS_DIR = Path(__file__).resolve().parent.parent / "tasks"
-DATA_DIR = TASKS_DIR / "data"
+from tasks.registry import DATA_DIR, TASKS_DIR  # noqa: F401  (re-exported: where the YAMLs read by default)
 
 
 @dataclass
@@ -35,6 +33,7 @@ class RunSpec:
     output: str = "results/runs"
     run_id: str = ""
     measure_flops: bool = False
+    data_root: str = ""  # benchmark data (default: tasks/data); a root elsewhere leaves the checkout untouched
 
     def model_args(self, records: Path) -> str:
         args = {"pretrained": self.model, "protocol": self.protocol,
@@ -57,29 +56,16 @@ class RunOutcome:
     metrics: dict = field(default_factory=dict)
 
 
-def use_data_root(root: Path) -> None:
-    """The task YAMLs read tasks/data; point it at `root` (a link), unless it is a real directory already."""
-    root = Path(root).resolve()
-    if root == DATA_DIR.resolve():
-        return
-    if DATA_DIR.is_symlink():
-        DATA_DIR.unlink()
-    elif DATA_DIR.exists():
-        raise FileExistsError(f"{DATA_DIR} is a directory, not a link: move it away to use {root} as the data root")
-    if not root.is_dir():
-        raise FileNotFoundError(f"data root {root} does not exist (run `modbench data fixtures --root {root}`)")
-    DATA_DIR.symlink_to(root, target_is_directory=True)
-
-
-def check_data(tasks: list[str], data_dir: Path | None = None) -> None:
+def check_data(tasks: list[str], data_root: str | Path | None = None) -> None:
     """A clear error before lmms-eval turns a missing parquet into a hub lookup."""
-    data_dir = data_dir or DATA_DIR
-    if not data_dir.exists():
-        raise FileNotFoundError(
-            f"no benchmark data at {data_dir}: run `modbench data fixtures` (or `modbench data prepare`)")
-    from tasks.registry import data_files_for
+    from tasks.registry import data_files_under
 
-    missing = [str(p) for task in tasks for p in data_files_for(task) if not p.exists()]
+    root = Path(data_root) if data_root else DATA_DIR
+    if not root.exists():
+        raise FileNotFoundError(
+            f"no benchmark data at {root}: run `modbench data fixtures` (or `modbench data prepare`)"
+            + (f" with --root {root}" if data_root else ""))
+    missing = [str(p) for task in tasks for p in data_files_under(task, data_root) if not p.exists()]
     if missing:
         raise FileNotFoundError(f"benchmark data missing: {missing[:5]} (run `modbench data fixtures`)")
 
@@ -110,11 +96,12 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
     errors: list[str] = []
     results = None
     try:
-        check_data(spec.tasks)
+        check_data(spec.tasks, spec.data_root)
         from lmms_eval.evaluator import simple_evaluate
-        from lmms_eval.tasks import TaskManager
 
-        manager = TaskManager(include_path=str(TASKS_DIR))
+        from tasks.registry import task_manager
+
+        manager = task_manager(spec.data_root)
         unknown = [t for t in spec.tasks if t not in manager.all_tasks]
         if unknown:
             raise ValueError(f"unknown task(s) {unknown}; local tasks: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import yaml
@@ -28,7 +29,8 @@ def local_tasks() -> dict[str, dict]:
             continue
         files = (conf.get("dataset_kwargs") or {}).get("data_files") or {}
         files = files.values() if isinstance(files, dict) else [files]
-        out[conf["task"]] = {"yaml": path, "data_files": [(path.parent / f).resolve() for f in files]}
+        # normpath, not resolve: tasks/data may be a link, and data roots are mapped by path
+        out[conf["task"]] = {"yaml": path, "data_files": [Path(os.path.normpath(path.parent / f)) for f in files]}
     return out
 
 
@@ -39,3 +41,54 @@ def data_files_for(task: str) -> list[Path]:
     if "tasks" in entry:
         return [p for sub in entry["tasks"] for p in data_files_for(sub)]
     return entry["data_files"]
+
+
+DATA_DIR = TASKS_DIR / "data"
+
+
+def task_manager(data_root: str | Path | None = None, verbosity: str = "ERROR"):
+    """lmms-eval's TaskManager over our local tasks only, reading benchmark data from `data_root`.
+
+    Indexing lmms-eval's ~3,200 built-in YAMLs costs seconds in every process and none of them is ours, so
+    they are left out (`include_defaults=False`). The YAMLs name `../data/<benchmark>/<split>.parquet`; with a
+    `data_root` those paths are rewritten to `<data_root>/<benchmark>/<split>.parquet` as each config is read,
+    so runs on different roots never touch the checkout (the unmodified lmms-eval CLI keeps reading tasks/data).
+    """
+    from lmms_eval.tasks import TaskManager
+
+    root = Path(data_root).resolve() if data_root else None
+
+    class LocalTaskManager(TaskManager):
+        def _get_config(self, name):
+            config = super()._get_config(name)
+            files = (config.get("dataset_kwargs") or {}).get("data_files")
+            if root is None or not files:
+                return config
+            yaml_dir = Path(self._get_yaml_path(name)).parent
+            moved = {split: str(relocate(path, yaml_dir, root)) for split, path in _as_dict(files).items()}
+            return {**config, "dataset_kwargs": {**config["dataset_kwargs"], "data_files": moved}}
+
+    return LocalTaskManager(include_path=str(TASKS_DIR), include_defaults=False, verbosity=verbosity)
+
+
+def relocate(path: str | Path, yaml_dir: Path, root: Path) -> Path:
+    """A YAML's data file (relative to its folder, or already made absolute by lmms-eval) under `root`."""
+    full = Path(os.path.normpath(yaml_dir / path))
+    try:
+        return root / full.relative_to(Path(os.path.normpath(DATA_DIR)))
+    except ValueError:
+        raise ValueError(f"{yaml_dir}: data file {path} is not under {DATA_DIR}") from None
+
+
+def _as_dict(files) -> dict:
+    if not isinstance(files, dict):
+        raise ValueError(f"local task data_files must map split -> file, got {files!r}")
+    return files
+
+
+def data_files_under(task: str, root: str | Path | None) -> list[Path]:
+    """The files `task` reads when the data root is `root` (default tasks/data)."""
+    files = data_files_for(task)
+    if not root:
+        return files
+    return [relocate(p, TASKS_DIR, Path(root).resolve()) for p in files]

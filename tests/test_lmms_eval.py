@@ -35,26 +35,30 @@ def test_every_local_task_has_its_data_and_a_yaml():
                                                           "pope_local_random"}
 
 
-@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava-gmod"])
-def test_lmms_eval_cli_runs_our_plugin_on_every_task(model, tmp_path):
+CLI_TASKS = ["pope_local", "scienceqa_img_local", "gqa_local", "mmvet_local"]
+
+
+def test_lmms_eval_cli_runs_our_plugin(tmp_path):
+    """The unmodified lmms-eval CLI finds the plugin (entry point) and our tasks (--include_path). Every task
+    runs through the plugin in-process in the next test; this one pays the CLI's start-up once."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MODBENCH_RECORDS": str(tmp_path / "r.jsonl")}
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "modbench", "--model_args",
-           f"pretrained={model},protocol=llava", "--tasks", ",".join(LOCAL_TASKS), "--include_path",
+           "pretrained=tiny-llava-gmod,protocol=llava", "--tasks", ",".join(CLI_TASKS), "--include_path",
            str(Path(__file__).resolve().parent.parent / "tasks"), "--limit", "2", "--batch_size", "2",
            "--output_path", str(tmp_path / "out")]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("*_results.json")).read_text())["results"]
-    assert set(LOCAL_TASKS) <= set(results)
+    assert set(CLI_TASKS) <= set(results)
     records = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert len(records) == 2 * (len(LOCAL_TASKS) + 2)  # pope_local is three tasks
-    limits = {"mmvet_local": 64, "mmbench_en_dev_local": 1024, **{t: 1 for t in LETTER_TASKS}}  # llava protocol
+    assert len(records) == 2 * (len(CLI_TASKS) + 2)  # pope_local is three tasks
+    limits = {"mmvet_local": 64, **{t: 1 for t in LETTER_TASKS}}  # llava protocol
     assert all(r["status"] == "ok" and r["generated_tokens"] <= limits.get(r["task"], 6) for r in records)
     assert results["mmvet_local"]["gpt_eval_score,none"] == "not scored"  # no judge configured: never 0
 
 
-@pytest.mark.parametrize("model", ["tiny-llava", "tiny-llava-gmod"])
-def test_modbench_run_writes_a_complete_results_file(model, tmp_path):
+def test_modbench_run_writes_a_complete_results_file(tmp_path):
+    model = "tiny-llava-gmod"  # the routed path; dense layers are its special case
     outcome = run(RunSpec(model=model, tasks=LOCAL_TASKS, limit=2, protocol="llava", output=str(tmp_path)), progress=False)
     assert outcome.status == "ok", outcome.errors
     data = json.loads((outcome.run_dir / "run.json").read_text())
@@ -99,10 +103,10 @@ def test_model_that_raises_fails_non_zero(tmp_path):
 
 def _evaluate(instance, tasks):
     from lmms_eval.evaluator import simple_evaluate
-    from lmms_eval.tasks import TaskManager
 
-    manager = TaskManager(include_path=str(DATA_DIR.parent))
-    return simple_evaluate(model=instance, tasks=tasks, task_manager=manager, log_samples=False,
+    from tasks.registry import task_manager
+
+    return simple_evaluate(model=instance, tasks=tasks, task_manager=task_manager(), log_samples=False,
                            verbosity="WARNING")["results"]
 
 

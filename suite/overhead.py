@@ -1,0 +1,102 @@
+"""`modbench overhead`: what the suite's own loop costs per sample, beside the bare model call.
+
+The same samples run twice: through lmms-eval's `simple_evaluate` with our plugin (task building, request
+construction, prompting, answer post-processing, metrics, logging, our per-sample records), and as bare
+`ModVlm.generate` calls replaying exactly the batches the plugin made. Each is timed at two sample counts,
+n/4 and n; the steady-state cost per sample is the slope between them, so per-run fixed costs (building the
+task, reading the parquet, aggregating) drop out, as they would over a benchmark of thousands of samples.
+Everything runs in one process, warmed up, repeated; medians are reported.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class OverheadSpec:
+    model: str = "cpu-llava-hr"
+    task: str = "gqa_local"
+    limit: int = 16
+    batch_size: int = 4
+    repeats: int = 5
+    protocol: str = "llava"
+    data_root: str = ""
+    seed: int = 0
+
+
+def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
+    from lmms_eval.evaluator import simple_evaluate
+
+    from models.lmms_plugin import ModbenchLmms
+    from suite.runner import check_data
+    from tasks.registry import task_manager
+
+    if spec.limit < 2:
+        raise ValueError("--limit must be at least 2 (the slope needs two sample counts)")
+    small, full = max(1, spec.limit // 4), spec.limit
+    check_data([spec.task], spec.data_root)
+    plugin = ModbenchLmms(pretrained=spec.model, protocol=spec.protocol, batch_size=spec.batch_size,
+                          seed=spec.seed)
+    model = plugin.model
+    generate = model.generate
+    calls: list[tuple[list, list, dict]] = []
+    inside: list[float] = []
+
+    def recorded_generate(prompts, images, **kwargs):
+        calls.append((list(prompts), list(images), dict(kwargs)))
+        start = time.perf_counter()
+        try:
+            return generate(prompts, images, **kwargs)
+        finally:
+            inside.append(time.perf_counter() - start)
+
+    model.generate = recorded_generate
+    manager = task_manager(spec.data_root)
+
+    def through_suite(n: int) -> tuple[float, float, list]:
+        calls.clear()
+        inside.clear()
+        plugin.model = model  # lmms-eval's evaluate() ends with lm.clean(), which drops the model attribute
+        start = time.perf_counter()
+        simple_evaluate(model=plugin, tasks=[spec.task], limit=n, batch_size=spec.batch_size, task_manager=manager,
+                        log_samples=True, verbosity="ERROR", random_seed=spec.seed, numpy_random_seed=spec.seed,
+                        torch_random_seed=spec.seed)
+        return time.perf_counter() - start, sum(inside), list(calls)
+
+    def bare(replay: list) -> float:
+        start = time.perf_counter()
+        for prompts, images, kwargs in replay:
+            generate(prompts, images, **kwargs)
+        return time.perf_counter() - start
+
+    through_suite(small)  # warm-up: imports, task build caches, first-call allocations
+    suite_s = {small: [], full: []}
+    inside_s = {small: [], full: []}
+    bare_s = {small: [], full: []}
+    replayed = {}
+    for repeat in range(spec.repeats):
+        for n in (small, full):
+            wall, model_seconds, replay = through_suite(n)
+            suite_s[n].append(wall)
+            inside_s[n].append(model_seconds)
+            bare_s[n].append(bare(replay))
+            replayed[n] = sum(len(prompts) for prompts, _, _ in replay)
+        progress(f"repeat {repeat + 1}/{spec.repeats}: suite {suite_s[full][-1]:.2f} s, bare {bare_s[full][-1]:.2f} s "
+                 f"for {full} samples")
+    model.generate = generate
+    med = {name: {n: statistics.median(v) for n, v in series.items()}
+           for name, series in (("suite", suite_s), ("inside", inside_s), ("bare", bare_s))}
+    per_sample = {name: (m[full] - m[small]) / (full - small) for name, m in med.items()}
+    return {
+        "spec": asdict(spec),
+        "samples": {"small": small, "full": full},
+        "samples_replayed_bare": replayed,
+        "seconds": {"suite": suite_s, "model_inside_suite": inside_s, "bare": bare_s},
+        "per_sample_seconds": per_sample,
+        # the share of a sample's steady-state wall time that is not the model call
+        "overhead_share": 1.0 - per_sample["bare"] / per_sample["suite"],
+        "fixed_seconds_per_run": med["suite"][full] - per_sample["suite"] * full,
+    }

@@ -1,0 +1,81 @@
+"""Start-up costs only what a command uses; local tasks only; data roots outside the checkout."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"],
+    ["table", "--runs", "{tmp}/runs", "--out", "{tmp}/tables"],
+    ["check", "--runs", "{tmp}/runs", "--baseline", str(ROOT / "results" / "baselines" / "bench.json")],
+])
+def test_light_commands_import_neither_torch_nor_lmms_eval(argv, tmp_path):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = (
+        "import sys\n"
+        "from suite.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print('HEAVY=' + ','.join(m for m in ('torch', 'lmms_eval', 'transformers', 'timm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    heavy = [line for line in done.stdout.splitlines() if line.startswith("HEAVY=")]
+    assert heavy == ["HEAVY="], done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_timm_is_imported_only_where_a_convnext_is_built():
+    """timm costs seconds to import; no module of models/ imports it at module level."""
+    import ast
+
+    for path in sorted((ROOT / "models").glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            assert not any(n.split(".")[0] == "timm" for n in names), f"{path.name} imports timm at module level"
+
+
+def test_task_manager_indexes_only_the_local_tasks():
+    from tasks.registry import local_tasks, task_manager
+
+    manager = task_manager()
+    assert set(manager.all_tasks) == set(local_tasks())  # none of lmms-eval's ~3,200 built-in YAMLs
+
+
+def test_a_data_root_outside_the_checkout(tmp_path):
+    """Fixtures written to another root are read there; tasks/data is neither read nor written."""
+    from suite.cli import main
+    from suite.runner import RunSpec, run
+    from tasks.registry import DATA_DIR
+
+    before = sorted(p.name for p in DATA_DIR.iterdir()) if DATA_DIR.exists() else None
+    root = tmp_path / "elsewhere"
+    assert main(["data", "fixtures", "--root", str(root), "--only", "gqa"]) == 0
+    (root / "gqa" / "testdev.parquet").rename(root / "gqa" / "moved.parquet")
+    outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], limit=1, output=str(tmp_path / "runs"),
+                          data_root=str(root)), progress=False)
+    assert outcome.status == "failed" and str(root / "gqa" / "testdev.parquet") in outcome.errors[0]
+    (root / "gqa" / "moved.parquet").rename(root / "gqa" / "testdev.parquet")
+    outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], limit=2, output=str(tmp_path / "runs"),
+                          data_root=str(root)), progress=False)
+    assert outcome.status == "ok", outcome.errors
+    spec = json.loads((outcome.run_dir / "run.json").read_text())["spec"]
+    assert spec["data_root"] == str(root)
+    assert not DATA_DIR.is_symlink()
+    assert (sorted(p.name for p in DATA_DIR.iterdir()) if DATA_DIR.exists() else None) == before
+
+
+def test_overhead_benchmark_reports_its_parts(tmp_path):
+    from suite.overhead import OverheadSpec, measure_overhead
+
+    result = measure_overhead(OverheadSpec(model="tiny-llava", task="gqa_local", limit=2, batch_size=1, repeats=1),
+                              progress=lambda *_: None)
+    seconds = result["seconds"]
+    assert result["samples"] == {"small": 1, "full": 2}
+    assert all(len(v) == 1 for series in seconds.values() for v in series.values())
+    # the model calls inside the suite are part of its wall time, and the bare replay runs the same calls
+    assert all(inside <= wall for inside, wall in zip(seconds["model_inside_suite"][2], seconds["suite"][2]))
+    assert result["samples_replayed_bare"] == {1: 1, 2: 2}  # the bare replay ran exactly the suite's samples
