@@ -316,11 +316,14 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
             raise CheckpointError(f"{where}: {kind} without a 'mod' dict holding mod_layers_idx")
         # prefill / decode thresholds: not in the released configs (their code hard-codes 0.005 / 0.5); our
         # writer adds them so that checkpoints of other settings (the tiny twins) round-trip.
+        # shared_router / masked_tokens: likewise ours (the released models share one router, mask Q + A).
         mod = ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
                       train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
                       router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)),
                       prefill_threshold=float(spec.get("prefill_threshold", 0.005)),
-                      decode_threshold=float(spec.get("decode_threshold", 0.5)))
+                      decode_threshold=float(spec.get("decode_threshold", 0.5)),
+                      shared_router=bool(spec.get("shared_router", True)),
+                      masked_tokens=str(spec.get("masked_tokens", "qa")))
     elif kind == "pmod_llava_llama":
         if state is None:
             raise CheckpointError(f"{where}: p-MoD needs the weights to find its MoD layers")
@@ -373,14 +376,19 @@ def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) ->
                                             and k.startswith("model.layers.")]}
         if not copies:
             raise CheckpointError(f"{where}: γ-MoD checkpoint without model.layers.*.router.weight")
-        first_key, first = next(iter(copies.items()))
-        for key, value in copies.items():
-            if value.shape != first.shape or not torch.equal(value, first):
-                raise CheckpointError(f"{where}: γ-MoD router copies differ: {key} != {first_key}")
         layers = sorted(int(k.split(".")[2]) for k in copies)
         if layers != sorted(cfg.mod.layers):
             raise CheckpointError(f"{where}: routers at layers {layers} but mod_layers_idx is {cfg.mod.layers}")
-        routing["language_model.model.routing.router.weight"] = first
+        if cfg.mod.shared_router:
+            first_key, first = next(iter(copies.items()))
+            for key, value in copies.items():
+                if value.shape != first.shape or not torch.equal(value, first):
+                    raise CheckpointError(f"{where}: γ-MoD router copies differ: {key} != {first_key} (one shared "
+                                          "router; a model with one router per layer says mod.shared_router false)")
+            routing["language_model.model.routing.router.weight"] = first
+        else:
+            for key, value in copies.items():
+                routing[f"language_model.model.routing.routers.{key.split('.')[2]}.weight"] = value
     elif cfg.mod.scheme == "pmod":
         for key in [k for k in state if ".router.router." in k]:
             layer = key.split(".")[2]
@@ -410,7 +418,7 @@ def to_authors_state(model, kind: str) -> dict:
     routing = model.language_model.model.routing
     if cfg.mod.scheme == "gamma":
         for layer in cfg.mod.layers:
-            theirs[f"model.layers.{layer}.router.weight"] = routing.router.weight.detach().clone()
+            theirs[f"model.layers.{layer}.router.weight"] = routing.router_for(layer).weight.detach().clone()
     elif cfg.mod.scheme == "pmod":
         for layer in routing.mod_layers:
             for key in [k for k in theirs if k.startswith(f"model.layers.{layer}.")]:
@@ -454,7 +462,8 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         base["mod"] = {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(cfg.mod.layers),
                        "capacity_factor": cfg.mod.train_skip_fraction,
                        "router_aux_loss_coef": cfg.mod.router_loss_coef,
-                       "prefill_threshold": cfg.mod.prefill_threshold, "decode_threshold": cfg.mod.decode_threshold}
+                       "prefill_threshold": cfg.mod.prefill_threshold, "decode_threshold": cfg.mod.decode_threshold,
+                       "shared_router": cfg.mod.shared_router, "masked_tokens": cfg.mod.masked_tokens}
     return base
 
 

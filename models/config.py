@@ -9,6 +9,8 @@ import typing
 from dataclasses import dataclass, field
 
 SCHEMES = ("dense", "gamma", "pmod")
+# γ-MoD masked routing learning: the token types that are force-kept in training ("masked" from routing).
+MASKED_TOKENS = ("none", "q", "qa")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
 DTYPES = ("float32", "float16", "bfloat16")
 
@@ -96,9 +98,11 @@ class VisionConfig:
 class ModSpec:
     """Which layers are MoD layers and how they route.
 
-    gamma: one shared Linear(hidden, 2) router; `train_skip_fraction` of the routable (system + image) tokens
-    are skipped per MoD layer in training; inference keeps prompt tokens with p > prefill_threshold and a
-    decode token runs a layer only when p >= decode_threshold.
+    gamma: one shared Linear(hidden, 2) router (or one per MoD layer when `shared_router` is false);
+    `train_skip_fraction` of the routable tokens are skipped per MoD layer in training, where `masked_tokens`
+    says which are force-kept: "qa" (question and answer, the released code: only system + image routable),
+    "q" (question only), "none"; inference keeps prompt tokens with p > prefill_threshold and a decode token
+    runs a layer only when p >= decode_threshold.
     pmod: per-layer Linear(hidden, 1) router with TanhNorm; `ratios[i]` is the kept share of vision tokens in
     `layers[i]`; when both are empty they come from the progressive ratio decay schedule.
     """
@@ -110,6 +114,8 @@ class ModSpec:
     prefill_threshold: float = 0.005
     decode_threshold: float = 0.5
     router_loss_coef: float = 0.01
+    shared_router: bool = True
+    masked_tokens: str = "qa"
     # Benchmark knob, off by default: at inference, skip this share of the routable (system + image) prompt
     # tokens by top-k on p (as in training) instead of the p > prefill_threshold rule, for a controlled skip.
     fixed_skip: float | None = None
@@ -169,6 +175,8 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError(f"mod.ratios[{i}] = {ratio} is outside (0, 1]")
     if mod.scheme == "pmod" and mod.ratios and len(mod.ratios) != len(mod.layers):
         raise ConfigError(f"mod.ratios has {len(mod.ratios)} entries but mod.layers has {len(mod.layers)}")
+    if mod.masked_tokens not in MASKED_TOKENS:
+        raise ConfigError(f"mod.masked_tokens must be one of {MASKED_TOKENS}, got {mod.masked_tokens!r}")
     if mod.fixed_skip is not None and not 0.0 <= mod.fixed_skip < 1.0:
         raise ConfigError(f"mod.fixed_skip = {mod.fixed_skip} is outside [0, 1)")
     for name in ("train_skip_fraction", "prefill_threshold", "decode_threshold"):

@@ -1,12 +1,14 @@
 """γ-MoD: one router shared by every MoD layer, masked routing learning, threshold routing at inference.
 
 Behaviour follows ../shared/reference/README.md ("γ-MoD, as the authors' code behaves"):
-- router Linear(hidden, 2, bias=False) on the layer's input RMSNorm output; keep probability p = softmax[..., 1];
+- router Linear(hidden, 2, bias=False) on the layer's input RMSNorm output, one shared by every MoD layer (or,
+  for γ-MoD Table 1's "not shared" ablation, one per MoD layer); keep probability p = softmax[..., 1];
 - a kept token runs y = a + p * MLP(norm(a)) with a = x + Attn(norm(x)) among kept tokens, RoPE positions
   compacted to 0..k-1; a skipped token passes through untouched and leaves no K/V entry;
-- training: only system + image tokens are routable; `train_skip_fraction` of them (rounded down) are skipped
-  per row, the lowest p first (top-k on p with +1 for force-kept tokens); routing loss = 2-class CE of the
-  router logits against "kept", mean over real tokens, times router_loss_coef, summed over MoD layers;
+- training: only system + image tokens are routable (`masked_tokens` "qa"; "q" also routes answer tokens,
+  "none" every token); `train_skip_fraction` of them (rounded down) are skipped per row, the lowest p first
+  (top-k on p with +1 for force-kept tokens); routing loss = 2-class CE of the router logits against "kept",
+  mean over real tokens, times router_loss_coef, summed over MoD layers;
 - inference: prompt tokens run when p > prefill_threshold; response tokens (what a decode step processes) run
   when p >= decode_threshold. `fixed_skip` (a benchmark knob, off by default) replaces the prompt rule by the
   masked top-k of training at that skip share, for a controlled skip ratio.
@@ -47,7 +49,13 @@ class GammaModRouting(RoutingScheme):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         self.spec = cfg.mod
-        self.router = GammaModRouter(cfg.llm.hidden_size)
+        if cfg.mod.shared_router:
+            self.router = GammaModRouter(cfg.llm.hidden_size)
+        else:
+            self.routers = nn.ModuleDict({str(layer): GammaModRouter(cfg.llm.hidden_size) for layer in self.mod_layers})
+
+    def router_for(self, layer_idx: int) -> GammaModRouter:
+        return self.router if self.spec.shared_router else self.routers[str(layer_idx)]
 
     def check_generation(self, num_layers: int) -> None:
         bad = [layer for layer in self.mod_layers if layer in (0, num_layers - 1)]
@@ -57,18 +65,18 @@ class GammaModRouting(RoutingScheme):
                 "when generating with a KV cache"
             )
 
-    def keep_probability(self, normed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.router(normed).float()
+    def keep_probability(self, normed: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.router_for(layer_idx)(normed).float()
         return logits, logits.softmax(dim=-1)[..., 1]
 
     def route(self, layer_idx, hidden, normed, ctx: RoutingContext) -> Route | None:
         if layer_idx not in self.mod_layers:
             return None
-        logits, p = self.keep_probability(normed)
+        logits, p = self.keep_probability(normed, layer_idx)
         real = ctx.real
         aux = None
         if ctx.training:
-            keep = self.masked_top_k(p, ctx, self.spec.train_skip_fraction)
+            keep = self.masked_top_k(p, ctx, self.spec.train_skip_fraction, self.spec.masked_tokens)
             ce = F.cross_entropy(logits[real], keep.long()[real])
             aux = ce * self.spec.router_loss_coef
         else:
@@ -81,11 +89,17 @@ class GammaModRouting(RoutingScheme):
         return Route(keep=keep, mlp_scale=p.to(hidden.dtype), compact_positions=True, aux_loss=aux)
 
     @staticmethod
-    def masked_top_k(p: torch.Tensor, ctx: RoutingContext, skip_fraction: float) -> torch.Tensor:
-        """Skip floor(skip_fraction * routable) tokens per row, the lowest p first; only system + image
-        tokens are routable (the others are force-kept: top-k on p with +1 for them)."""
+    def masked_top_k(p: torch.Tensor, ctx: RoutingContext, skip_fraction: float, masked: str = "qa") -> torch.Tensor:
+        """Skip floor(skip_fraction * routable) tokens per row, the lowest p first. Routable: system + image
+        tokens, plus answer tokens when only the question is masked ("q"), or every token ("none"); the others
+        are force-kept (top-k on p with +1 for them)."""
         real = ctx.real
-        routable = ((ctx.token_types == SYSTEM) | (ctx.token_types == IMAGE)) & real
+        types = ctx.token_types
+        if masked == "none":
+            routable = real
+        else:
+            routable = (types == SYSTEM) | (types == IMAGE) | ((types == RESPONSE) if masked == "q" else False)
+            routable = routable & real
         n_skip = (routable.sum(dim=1).double() * skip_fraction).floor().long()
         score = p.detach() + (~routable).float()
         return real & ~(rank_within_rows(score, descending=False) < n_skip[:, None])

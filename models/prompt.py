@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from .routing import QUESTION, RESPONSE, SYSTEM
+
 IMAGE_PLACEHOLDER = "<image>"
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
@@ -23,3 +27,52 @@ def task_prompt(context: str, has_image: bool) -> str:
     if has_image and IMAGE_PLACEHOLDER not in question:
         question = f"{IMAGE_PLACEHOLDER}\n{question}"
     return vicuna_v1(question, with_image=False)
+
+
+@dataclass
+class TokenizedSample:
+    """One sample's text as token ids with a type and a label per token; the image features (as many as the
+    front-end gives this image) are spliced in at `image_at`. Built on the CPU (a data loader's workers)."""
+
+    ids: list[int]
+    types: list[int]
+    labels: list[int]  # -100: no loss (everything but the assistant's answers)
+    image_at: int | None = None  # index into ids where the image goes; None: a text-only sample
+
+
+def tokenize_prompt(tokenizer, prompt: str, has_image: bool, answer: str | None = None) -> TokenizedSample:
+    """A one-turn prompt (and optionally its answer) as the host models see it: BOS + the text before
+    <image> typed "system", the image, the rest typed "question", the answer + EOS typed "response"."""
+    if has_image:
+        before, after = prompt.split(IMAGE_PLACEHOLDER)
+        head = [tokenizer.bos_token_id] + _ids(tokenizer, before)
+        tail = _ids(tokenizer, after)
+        ids, types, image_at = head + tail, [SYSTEM] * len(head) + [QUESTION] * len(tail), len(head)
+    else:
+        ids = [tokenizer.bos_token_id] + _ids(tokenizer, prompt)
+        types, image_at = [QUESTION] * len(ids), None
+    labels = [-100] * len(ids)
+    if answer is not None:
+        answer_ids = _ids(tokenizer, answer) + [tokenizer.eos_token_id]
+        ids, types, labels = ids + answer_ids, types + [RESPONSE] * len(answer_ids), labels + answer_ids
+    return TokenizedSample(ids, types, labels, image_at)
+
+
+def tokenize_conversation(tokenizer, turns: list[tuple[str, str]], has_image: bool) -> TokenizedSample:
+    """A multi-turn vicuna_v1 conversation, [("human", text), ("gpt", text), ...], as LLaVA trains on it:
+    "{system} USER: {q1} ASSISTANT: {a1}</s>USER: {q2} ASSISTANT: {a2}</s>...", labels on the answers (and
+    their EOS) only. The first turn is tokenised exactly as `tokenize_prompt` tokenises an evaluation prompt,
+    so training and evaluation see the same ids; later questions are typed "question"."""
+    first = vicuna_v1(turns[0][1], with_image=has_image)
+    sample = tokenize_prompt(tokenizer, first, has_image, turns[1][1])
+    for i in range(2, len(turns), 2):
+        question = _ids(tokenizer, f"USER: {turns[i][1]} ASSISTANT:")
+        answer = _ids(tokenizer, turns[i + 1][1]) + [tokenizer.eos_token_id]
+        sample.ids += question + answer
+        sample.types += [QUESTION] * len(question) + [RESPONSE] * len(answer)
+        sample.labels += [-100] * len(question) + answer
+    return sample
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False).input_ids if text else []

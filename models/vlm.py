@@ -11,8 +11,8 @@ from torch import nn
 
 from .config import ConfigError, ModelConfig
 from .core import ModForCausalLM, ModOutput, greedy_generate
-from .prompt import IMAGE_PLACEHOLDER
-from .routing import IMAGE, PAD, QUESTION, RESPONSE, SYSTEM
+from .prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_prompt
+from .routing import IMAGE, PAD, RESPONSE
 
 _FRONTENDS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
 
@@ -74,57 +74,59 @@ class ModVlm(nn.Module):
         images = images if images is not None else [None] * len(prompts)
         if len(images) != len(prompts):
             raise ValueError(f"images: got {len(images)} for {len(prompts)} prompts")
-        with_image = [i for i, image in enumerate(images) if image is not None]
-        for i in with_image:
+        for i, image in enumerate(images):
             count = prompts[i].count(IMAGE_PLACEHOLDER)
-            if count != 1:
+            if image is not None and count != 1:
                 raise ValueError(
                     f"prompt[{i}]: an image sample's prompt must contain {IMAGE_PLACEHOLDER} exactly once "
                     f"(found {count})"
                 )
-        for i, image in enumerate(images):
-            if image is None and IMAGE_PLACEHOLDER in prompts[i]:
+            if image is None and count:
                 raise ValueError(f"prompt[{i}]: contains {IMAGE_PLACEHOLDER} but no image was given")
+        samples = [tokenize_prompt(self.tokenizer, prompt, image is not None,
+                                   answers[i] if answers is not None else None)
+                   for i, (prompt, image) in enumerate(zip(prompts, images))]
+        with_image = [image for image in images if image is not None]
+        pixels = self.vision.preprocess(with_image) if with_image and self.vision is not None else None
         if with_image and self.vision is None:
             raise ValueError(f"model {self.cfg.name!r} has no vision front-end but images were given")
+        return self.assemble(samples, pixels, with_labels=answers is not None)
+
+    def encode_images(self, pixels) -> torch.Tensor | list[torch.Tensor]:
+        """Front-end output per image: [N, T, H] (or a list of [T_i, H] when images differ in token count)."""
+        return self.vision.encode(pixels.to(self.device))
+
+    def assemble(self, samples: list[TokenizedSample], pixels=None, with_labels: bool = True) -> Batch:
+        """Embed tokenised samples, splice the encoded images (one per sample with `image_at`, in order) and
+        left-pad into one batch."""
+        with_image = [i for i, sample in enumerate(samples) if sample.image_at is not None]
         features = None
         if with_image:
-            pixels = self.vision.preprocess([images[i] for i in with_image]).to(self.device)
-            features = self.vision.encode(pixels)
-        tok = self.tokenizer
+            if pixels is None:
+                raise ValueError(f"{len(with_image)} sample(s) place an image but no pixels were given")
+            features = self.encode_images(pixels)
         rows = []
-        for i, prompt in enumerate(prompts):
-            pieces, types, labels = [], [], []
-            if images[i] is not None:
-                before, after = prompt.split(IMAGE_PLACEHOLDER)
-                before_ids = [tok.bos_token_id] + tok(before, add_special_tokens=False).input_ids
-                after_ids = tok(after, add_special_tokens=False).input_ids
-                feat = features[with_image.index(i)]
-                pieces += [self._embed_ids(before_ids), feat, self._embed_ids(after_ids)]
-                types += [SYSTEM] * len(before_ids) + [IMAGE] * feat.shape[0] + [QUESTION] * len(after_ids)
-            else:
-                ids = [tok.bos_token_id] + tok(prompt, add_special_tokens=False).input_ids
-                pieces.append(self._embed_ids(ids))
-                types += [QUESTION] * len(ids)
-            prompt_len = len(types)
-            labels += [-100] * prompt_len
-            if answers is not None:
-                ans_ids = tok(answers[i], add_special_tokens=False).input_ids + [tok.eos_token_id]
-                pieces.append(self._embed_ids(ans_ids))
-                types += [RESPONSE] * len(ans_ids)
-                labels += ans_ids
-            rows.append((torch.cat(pieces).to(self.dtype), types, labels, prompt_len))
+        for i, sample in enumerate(samples):
+            if sample.image_at is None:
+                rows.append((self._embed_ids(sample.ids), sample.types, sample.labels))
+                continue
+            feat = features[with_image.index(i)]
+            at = sample.image_at
+            embeds = torch.cat([self._embed_ids(sample.ids[:at]), feat.to(self.dtype), self._embed_ids(sample.ids[at:])])
+            rows.append((embeds, sample.types[:at] + [IMAGE] * feat.shape[0] + sample.types[at:],
+                         sample.labels[:at] + [-100] * feat.shape[0] + sample.labels[at:]))
         width = max(len(r[1]) for r in rows)
         hidden = self.cfg.llm.hidden_size
         embeds = torch.zeros(len(rows), width, hidden, dtype=self.dtype, device=self.device)
         token_types = torch.full((len(rows), width), PAD, dtype=torch.long, device=self.device)
         label_t = torch.full((len(rows), width), -100, dtype=torch.long, device=self.device)
-        for b, (emb, types, labels, _) in enumerate(rows):
+        for b, (emb, types, labels) in enumerate(rows):
             n = len(types)
             embeds[b, width - n:] = emb
             token_types[b, width - n:] = torch.tensor(types, device=self.device)
             label_t[b, width - n:] = torch.tensor(labels, device=self.device)
-        return Batch(embeds, token_types, label_t if answers is not None else None, [r[3] for r in rows],
+        prompt_lengths = [sum(t != RESPONSE for t in r[1]) for r in rows]
+        return Batch(embeds, token_types, label_t if with_labels else None, prompt_lengths,
                      [r[1].count(IMAGE) for r in rows])
 
     def forward(self, prompts, images=None, answers=None, collect_stats=False, return_attentions=False) -> ModOutput:

@@ -157,7 +157,7 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     if mod_layers:
         x = torch.empty(1, seq_len, hidden, **meta)
         if cfg.mod.scheme == "gamma":
-            components["router"] = count(lambda: [routing.router(x) for _ in mod_layers])
+            components["router"] = count(lambda: [routing.router_for(i)(x) for i in mod_layers])
         else:
             components["router"] = count(lambda: [routing.routers[str(i)](x) for i in mod_layers])
     head_in = torch.empty(1, 1, hidden, **meta)
