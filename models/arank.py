@@ -22,12 +22,14 @@ def arank_of_maps(attention: torch.Tensor) -> float:
     return float(torch.linalg.matrix_rank(lower).float().mean())
 
 
-def select_mod_layers(aranks: list[float], num_dense: int = 4) -> list[int]:
-    """Layers whose ARank is strictly below the `num_dense`-th largest value (ties stay dense)."""
-    if not 1 <= num_dense <= len(aranks):
-        raise ValueError(f"num_dense = {num_dense} must be in [1, {len(aranks)}]")
-    threshold = sorted(aranks, reverse=True)[num_dense - 1]
-    return [i for i, value in enumerate(aranks) if value < threshold]
+def select_mod_layers(aranks: list[float], num_dense: int = 4, always_dense: tuple[int, ...] = ()) -> list[int]:
+    """Layers whose ARank is strictly below the `num_dense`-th largest value (ties stay dense), among the
+    layers not in `always_dense`."""
+    candidates = [i for i in range(len(aranks)) if i not in always_dense]
+    if not 1 <= num_dense <= len(candidates):
+        raise ValueError(f"num_dense = {num_dense} must be in [1, {len(candidates)}]")
+    threshold = sorted((aranks[i] for i in candidates), reverse=True)[num_dense - 1]
+    return [i for i in candidates if aranks[i] < threshold]
 
 
 @dataclass

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 from transformers import DynamicCache, LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
@@ -108,6 +109,7 @@ class ModDecoder(nn.Module):
         self.norm = LlamaRMSNorm(cfg.llm.hidden_size, eps=cfg.llm.rms_norm_eps)
         self.rotary_emb = LlamaRotaryEmbedding(self.hf_config)
         self.routing = build_routing(cfg)
+        self.gradient_checkpointing = False  # training: recompute each layer in backward instead of storing it
 
     def _mask(self, old_valid, valid, dtype) -> torch.Tensor | None:
         """Additive [B, 1, K, L_old + K] mask: causal over cache slots, invalid slots hidden. A query always
@@ -189,9 +191,14 @@ class ModDecoder(nn.Module):
         for layer_idx in range(len(self.layers)):
             normed = self.layers[layer_idx].input_layernorm(hidden)
             route = self.routing.route(layer_idx, hidden, normed, ctx)
-            hidden, attn = self._run_layer(
-                layer_idx, hidden, normed, positions, ctx, cache, route, return_attentions
-            )
+            if self.gradient_checkpointing and self.training and cache is None:
+                hidden, attn = torch.utils.checkpoint.checkpoint(
+                    self._run_layer, layer_idx, hidden, normed, positions, ctx, cache, route, return_attentions,
+                    use_reentrant=False)
+            else:
+                hidden, attn = self._run_layer(
+                    layer_idx, hidden, normed, positions, ctx, cache, route, return_attentions
+                )
             if route is not None and route.aux_loss is not None:
                 aux_losses.append(route.aux_loss)
             if collect_stats:

@@ -266,6 +266,25 @@ def cmd_overhead(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import dataclasses
+
+    from models.config import from_dict
+    from suite.train import TrainConfig, train
+
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if getattr(args, f.name, None) is not None}
+    cfg = TrainConfig.from_yaml(args.config, given) if args.config else from_dict(TrainConfig, given)
+    record = train(cfg)
+    if record is not None:
+        print(f"{record['scheme']} model, MoD layers {record['mod_layers']}: {record['steps']} steps, "
+              f"{record['samples_seen']} samples, {record['wall_seconds']:.1f} s, final LM loss "
+              f"{record['final']['lm_loss']:.4f}" + (f", {record['bad_samples']} bad samples skipped"
+                                                      if record["bad_samples"] else ""))
+        print(f"wrote {Path(cfg.output) / 'train.json'} and the model ({record['release_layout']} layout) in {cfg.output}")
+    return 0
+
+
 def data_root(arg: str) -> str:
     """--root / --data-root, else $MODBENCH_DATA, else "" (tasks/data, where the task YAMLs read)."""
     value = arg or os.environ.get("MODBENCH_DATA", "")
@@ -482,6 +501,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="", help="results file (JSON)")
     p.set_defaults(func=cmd_latency)
+
+    p = sub.add_parser("train", help="train dense / γ-MoD / p-MoD on LLaVA instruction JSON (accelerate)",
+                       description="Train a model on LLaVA's instruction-tuning JSON. Flags override --config "
+                                   "(a YAML view of suite.train.TrainConfig; unknown keys are errors). A dense "
+                                   "model given --scheme gamma|pmod is converted: every weight copied, routers new. "
+                                   "Writes the model in the released layout, train.json, train_log.jsonl and "
+                                   "resumable checkpoints to --output.")
+    p.add_argument("--config", default="", help="YAML file of TrainConfig fields")
+    p.add_argument("--model", help="variant (trained from its seeded random init) or checkpoint directory")
+    p.add_argument("--scheme", choices=["dense", "gamma", "pmod"], help="default: the model's own")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--mod-layers", dest="mod_layers", help="MoD layers, e.g. 3-30 or 1,2,4")
+    group.add_argument("--arank-keep", dest="arank_keep", type=int,
+                       help="γ-MoD: every layer but the k highest-ARank ones of the dense model (ARank over "
+                            "--arank-samples image samples of the data)")
+    group.add_argument("--mod-pattern", dest="mod_pattern", choices=["all", "1of2", "2of3"],
+                       help="γ-MoD Table 1 deployments over layers 1..L-2")
+    p.add_argument("--arank-samples", dest="arank_samples", type=int)
+    p.add_argument("--router", choices=["shared", "per-layer"], help="γ-MoD router (default shared)")
+    p.add_argument("--masked", choices=["none", "q", "qa"],
+                   help="γ-MoD masked routing learning: force-kept token types (default qa, as released)")
+    p.add_argument("--skip-fraction", dest="skip_fraction", type=float,
+                   help="γ-MoD: share of routable tokens skipped per MoD layer in training (default 0.5)")
+    p.add_argument("--ratios", help="p-MoD with --mod-layers: kept ratio, one for all or one per layer")
+    p.add_argument("--data", help="LLaVA instruction JSON")
+    p.add_argument("--images", help="image folder (default: the JSON's folder)")
+    p.add_argument("--stage", choices=["pretrain", "finetune"],
+                   help="pretrain: connector only; finetune (default): connector + LLM + routers")
+    steps = p.add_mutually_exclusive_group()
+    steps.add_argument("--steps", type=int, help="optimizer steps")
+    steps.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="per process and micro-step (default 8)")
+    p.add_argument("--grad-accum", dest="grad_accum", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (cosine, warm-up ratio 0.03; default 2e-5)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float)
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float)
+    p.add_argument("--mixed-precision", dest="mixed_precision", choices=["no", "bf16", "fp16"])
+    p.add_argument("--gradient-checkpointing", dest="gradient_checkpointing", action="store_true", default=None)
+    p.add_argument("--train-vision", dest="train_vision", action="store_true", default=None,
+                   help="finetune the vision towers too")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--num-workers", dest="num_workers", type=int, help="data loader worker processes (default 0)")
+    p.add_argument("--save-every", dest="save_every", type=int, help="steps between resumable checkpoints")
+    p.add_argument("--log-every", dest="log_every", type=int)
+    p.add_argument("--skip-bad-samples", dest="skip_bad_samples", action="store_true", default=None,
+                   help="leave broken samples out (counted in train.json) instead of failing")
+    p.add_argument("--resume", action="store_true", default=None, help="continue the run in --output")
+    p.add_argument("--device", help="cpu to force the CPU (default: accelerate's choice)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None, help="no progress bar")
+    p.add_argument("--output", help="output directory")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("overhead", help="the suite's own cost per sample: lmms-eval loop + plugin vs the bare model")
     p.add_argument("--model", default="cpu-llava-hr", help="variant name or checkpoint directory")

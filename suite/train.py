@@ -1,0 +1,507 @@
+"""`modbench train`: dense, γ-MoD and p-MoD training on LLaVA's instruction data, through accelerate.
+
+One process on a CPU; `accelerate launch` / torchrun for data parallelism on GPUs (DeepSpeed ZeRO through an
+accelerate config file, as the authors train). Stages as the papers run them: `pretrain` trains the connector
+(projector, adapters) only; `finetune` trains connector + LLM (+ routers), the vision towers frozen unless
+`train_vision`. A dense model converted to γ-MoD / p-MoD keeps every weight; only the routers are new.
+
+Deterministic on a CPU: the same config, seed and data give bitwise-identical weights, and `resume` continues
+an interrupted run to the same weights (data order is a function of (seed, epoch); accelerate saves the
+optimizer, scheduler and RNG states). Checkpoints are written to a temporary folder and renamed, so a run
+killed while saving leaves the previous one readable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+SCHEMES = ("", "dense", "gamma", "pmod")
+STAGES = ("pretrain", "finetune")
+ROUTERS = ("shared", "per-layer")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """Every hyper-parameter of a training run. A YAML file (`--config`) is a view of it; unknown keys are
+    errors; command-line flags override the file."""
+
+    model: str = ""  # a variant (trained from its random init) or a checkpoint directory
+    data: str = ""  # LLaVA instruction JSON
+    output: str = ""  # the trained model in the released layout, plus train.json, train_log.jsonl, checkpoints/
+    images: str = ""  # image folder (default: the JSON's folder)
+    scheme: str = ""  # dense | gamma | pmod; "" keeps the model's own; a dense model is converted
+    mod_layers: str = ""  # explicit MoD layers, e.g. "3-30" or "1,2,4"
+    arank_keep: int = 0  # γ-MoD: every layer but the k highest-ARank ones of the dense model
+    arank_samples: int = 16  # image samples of the training data ARank reads (one prefill each)
+    mod_pattern: str = ""  # all | 1of2 | 2of3 (γ-MoD Table 1's hand-made deployments)
+    router: str = "shared"  # γ-MoD: shared | per-layer
+    masked: str = "qa"  # γ-MoD masked routing learning: force-kept types none | q | qa
+    skip_fraction: float = 0.5  # γ-MoD: share of the routable tokens each MoD layer skips in training
+    ratios: str = ""  # p-MoD: kept ratio per --mod-layers layer ("0.5" for all, or a comma list)
+    stage: str = "finetune"
+    steps: int = 0  # optimizer steps (or --epochs)
+    epochs: float = 0.0
+    batch_size: int = 8  # per process and micro-step
+    grad_accum: int = 1
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    train_vision: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    save_every: int = 0  # steps between resumable checkpoints (0: only at the end)
+    keep_checkpoints: int = 1
+    log_every: int = 10
+    skip_bad_samples: bool = False
+    resume: bool = False
+    device: str = ""  # "" = accelerate's choice (cuda when available)
+    progress: bool = True
+
+    def validate(self) -> None:
+        from models.config import MASKED_TOKENS, ConfigError
+
+        checks = [
+            (bool(self.model), "model is required"), (bool(self.data), "data is required"),
+            (bool(self.output), "output is required"),
+            (self.scheme in SCHEMES, f"scheme must be one of {SCHEMES[1:]}"),
+            (self.stage in STAGES, f"stage must be one of {STAGES}"),
+            (self.router in ROUTERS, f"router must be one of {ROUTERS}"),
+            (self.masked in MASKED_TOKENS, f"masked must be one of {MASKED_TOKENS}"),
+            (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
+            ((self.steps > 0) != (self.epochs > 0), "give exactly one of steps or epochs"),
+            (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
+            (sum(map(bool, (self.mod_layers, self.arank_keep, self.mod_pattern))) <= 1,
+             "choose at most one of mod_layers, arank_keep, mod_pattern"),
+            (0.0 <= self.skip_fraction < 1.0, "skip_fraction must be in [0, 1)"),
+            (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"train config: {message}")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
+        import yaml
+
+        from models.config import from_dict
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        return from_dict(cls, {**data, **(overrides or {})}, f"{path}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the model
+
+
+def load_base_model(cfg: TrainConfig):
+    """A variant (its random init, seeded) or a checkpoint directory, in float32 (mixed precision is
+    accelerate's autocast, not the parameters' dtype)."""
+    import models
+
+    if any(c.name == cfg.model for c in models.list_variants()):
+        return models.build_model(cfg.model, seed=cfg.seed).float()
+    return models.load(cfg.model, dtype="float32")
+
+
+def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | None = None, log=print):
+    """Convert `model` as `cfg.scheme` asks (a dense model to γ-MoD / p-MoD; the MoD layers explicit, by ARank on
+    this dense model, or by pattern; `layers` overrides the choice, as a resumed run replays it). Returns
+    (model, how the MoD layers were chosen)."""
+    from models.config import ConfigError
+    from models.convert import convert_to_mod, mod_layers_by_pattern, parse_layers
+
+    scheme = cfg.scheme or model.cfg.mod.scheme
+    num_layers = model.cfg.llm.num_layers
+    if scheme == model.cfg.mod.scheme:
+        if cfg.mod_layers or cfg.arank_keep or cfg.mod_pattern:
+            raise ConfigError(f"train config: the model is already {scheme}; MoD layers are chosen only when "
+                              "converting a dense model")
+        return model, {"how": "the model's own", "layers": list(model.language_model.model.routing.mod_layers)}
+    if scheme == "dense" or model.cfg.mod.scheme != "dense":
+        raise ConfigError(f"train config: cannot convert a {model.cfg.mod.scheme} model to {scheme}")
+    if layers is not None:
+        choice = {"how": "replayed from the checkpoint", "layers": layers}
+    elif cfg.mod_layers:
+        layers = parse_layers(cfg.mod_layers, num_layers)
+        choice = {"how": "explicit", "layers": layers}
+    elif cfg.mod_pattern:
+        layers = mod_layers_by_pattern(num_layers, cfg.mod_pattern)
+        choice = {"how": f"pattern {cfg.mod_pattern}", "layers": layers}
+    elif cfg.arank_keep:
+        from models.arank import compute_arank
+
+        if dataset is None:
+            raise ConfigError("train config: arank_keep needs the training data")
+        from models.arank import select_mod_layers
+
+        result = compute_arank(model, arank_samples(dataset, cfg.arank_samples), num_dense=cfg.arank_keep)
+        # The first and the last layer stay dense besides (the authors keep them dense when generating; at 7B
+        # ARank keeps them anyway: {0, 1, 2, 31}).
+        layers = select_mod_layers(result.per_layer, cfg.arank_keep, always_dense=(0, num_layers - 1))
+        choice = {"how": f"ARank ({cfg.arank_keep} highest of layers 1..L-2 stay dense, and 0, L-1)",
+                  "layers": layers, "arank": result.to_dict()}
+        log(f"ARank per layer {[round(v, 2) for v in result.per_layer]} -> MoD layers {layers}")
+    elif scheme == "pmod":
+        layers = []
+        choice = {"how": "progressive ratio decay"}
+    else:
+        raise ConfigError("train config: converting to γ-MoD needs mod_layers, arank_keep or mod_pattern")
+    model = convert_to_mod(model, mod_spec(cfg, scheme, layers), seed=cfg.seed)
+    choice["layers"] = list(model.language_model.model.routing.mod_layers)
+    return model, choice
+
+
+def mod_spec(cfg: TrainConfig, scheme: str, layers: list[int]):
+    from models.config import ConfigError, ModSpec
+
+    if scheme == "gamma":
+        return ModSpec(scheme="gamma", layers=layers, train_skip_fraction=cfg.skip_fraction,
+                       shared_router=cfg.router == "shared", masked_tokens=cfg.masked)
+    ratios: list[float] = []
+    if cfg.ratios:
+        values = [float(v) for v in cfg.ratios.split(",")]
+        ratios = values * len(layers) if len(values) == 1 else values
+        if len(ratios) != len(layers):
+            raise ConfigError(f"train config: {len(values)} ratios for {len(layers)} MoD layers")
+    return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
+
+
+def arank_samples(dataset, n: int) -> list[tuple[str, object]]:
+    """(prompt, image) of the first n image samples: their first question, as the evaluation prompts it."""
+    from models.prompt import vicuna_v1
+
+    out = []
+    for record in dataset.records:
+        if len(out) >= n:
+            break
+        if not isinstance(record, dict) or not record.get("image"):
+            continue
+        try:
+            image = dataset._image(record["image"])
+        except ValueError:
+            continue
+        out.append((vicuna_v1(record["conversations"][0]["value"]), image))
+    if not out:
+        raise ValueError("ARank: the training data has no readable image sample")
+    return out
+
+
+def tower_modules(front_end) -> list[torch.nn.Module]:
+    """The pretrained vision towers (CLIP and ConvNeXt) of any host front-end; everything else in it is the
+    connector (projector, resolution adapters, patch-info mining, image_newline)."""
+    from transformers import CLIPVisionModel
+
+    towers = []
+    for module in front_end.modules():
+        name = type(module).__name__
+        if isinstance(module, CLIPVisionModel) or name in ("ConvNeXt", "ConvNextTrunk"):
+            if not any(module is t or any(m is module for m in t.modules()) for t in towers):
+                towers.append(module)
+    return towers
+
+
+def set_trainable(model, stage: str, train_vision: bool) -> dict:
+    """pretrain: the connector only; finetune: connector + LLM + routers (+ towers if asked)."""
+    for param in model.parameters():
+        param.requires_grad_(stage == "finetune")
+    if model.vision is not None:
+        for param in model.vision.parameters():
+            param.requires_grad_(True)
+    towers = tower_modules(model.vision) if model.vision is not None else []
+    for tower in towers:
+        for param in tower.parameters():
+            param.requires_grad_(train_vision and stage == "finetune")
+    count = lambda params: sum(p.numel() for p in params)  # noqa: E731
+    return {"trainable": count(p for p in model.parameters() if p.requires_grad),
+            "frozen": count(p for p in model.parameters() if not p.requires_grad)}
+
+
+class TrainingForward(torch.nn.Module):
+    """What one micro-step runs (and what DDP wraps): encode images, assemble, decoder, losses."""
+
+    def __init__(self, vlm) -> None:
+        super().__init__()
+        self.vlm = vlm
+
+    def forward(self, batch):
+        assembled = self.vlm.assemble(batch.samples, batch.pixels)
+        return self.vlm.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
+                                       labels=assembled.labels, collect_stats=True)
+
+
+def release_kind(model) -> str:
+    """The released checkpoint layout this model is written in (family and scheme decide)."""
+    scheme = model.cfg.mod.scheme
+    if model.cfg.family == "mgm-hd":
+        return {"dense": "mgm", "gamma": "mod_mgm"}.get(scheme) or _no_layout(model)
+    return {"dense": "llava", "gamma": "mod_llava_llama", "pmod": "pmod_llava_llama"}[scheme]
+
+
+def _no_layout(model):
+    raise ValueError(f"no released layout for {model.cfg.mod.scheme} on {model.cfg.family}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def _checkpoint_dir(output: Path) -> Path:
+    return output / "checkpoints"
+
+
+def latest_checkpoint(output: Path) -> Path | None:
+    pointer = _checkpoint_dir(output) / "latest"
+    if not pointer.exists():
+        return None
+    path = _checkpoint_dir(output) / pointer.read_text().strip()
+    return path if (path / "trainer_state.json").exists() else None
+
+
+def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> Path:
+    """accelerate's state (model, optimizer, scheduler, RNG) + our trainer state, into a temporary folder that
+    is renamed into place; then the `latest` pointer moves (atomically); older checkpoints are pruned."""
+    from suite.results import write_json_atomic, write_text_atomic
+
+    root = _checkpoint_dir(output)
+    final = root / f"step-{state['step']:08d}"
+    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        write_json_atomic(tmp / "trainer_state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_text_atomic(root / "latest", final.name + "\n")
+        done = sorted(p for p in root.glob("step-*") if p.is_dir())
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the loop
+
+
+def train(cfg: TrainConfig, log=print) -> dict:
+    """Run (or resume) a training run; returns the train.json record (on the main process)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from tqdm import tqdm
+    from transformers import get_cosine_schedule_with_warmup
+
+    from models.checkpoints import save_authors_checkpoint
+    from suite.results import results_record, write_json_atomic
+    from suite.train_data import Collate, EpochBatches, InstructionDataset
+
+    cfg.validate()
+    output = Path(cfg.output)
+    output.mkdir(parents=True, exist_ok=True)
+    resume_from = latest_checkpoint(output)
+    if resume_from is not None and not cfg.resume:
+        raise FileExistsError(f"{output} holds checkpoints of an earlier run: pass --resume to continue it, or "
+                              "choose another --output")
+    saved = json.loads((resume_from / "trainer_state.json").read_text()) if resume_from and cfg.resume else None
+    if saved and saved["config"] != _comparable(cfg):
+        raise ValueError(f"--resume: {resume_from} was written by another configuration: "
+                         f"{_diff(saved['config'], _comparable(cfg))}")
+    # accelerate keeps one state per process; the reproduction runs several trainings in one process, each
+    # with its own settings, so the per-run parts are cleared first (the process group, if any, is kept).
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum, cpu=cfg.device == "cpu",
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+
+    model = load_base_model(cfg)
+    vision = model.cfg.vision
+    dataset = InstructionDataset(cfg.data, cfg.images or None, model.tokenizer,
+                                 vision.num_image_tokens if vision else 0, model.cfg.llm.max_position_embeddings)
+    model, choice = choose_scheme(model, cfg, dataset, layers=saved["mod_choice"]["layers"] if saved else None,
+                                  log=log if main else _quiet)
+    if saved:
+        choice = saved["mod_choice"]
+    model.language_model.model.gradient_checkpointing = cfg.gradient_checkpointing
+    params = set_trainable(model, cfg.stage, cfg.train_vision)
+    model.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    world = accelerator.num_processes
+    global_batch = cfg.batch_size * world
+    batches_per_epoch = len(dataset) // global_batch
+    if batches_per_epoch == 0:
+        raise ValueError(f"{cfg.data}: {len(dataset)} samples make no global batch of {global_batch}")
+    total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(round(cfg.warmup_ratio * total_steps)), total_steps)
+    # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it once per
+    # process), and checkpointed with the rest of the state.
+    forward, optimizer = accelerator.prepare(TrainingForward(model), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "samples_seen": 0,
+             "bad_samples": 0, "bad_examples": [], "wall_seconds": 0.0, "step_seconds": [],
+             "config": _comparable(cfg), "mod_choice": choice}
+    if saved:
+        accelerator.load_state(str(resume_from))
+        state.update(saved)
+        log(f"resumed from {resume_from} at step {state['step']}")
+    log_path = output / "train_log.jsonl"
+    if main and not saved:
+        log_path.unlink(missing_ok=True)
+    collate = Collate(model.vision.preprocess if model.vision is not None else None, cfg.skip_bad_samples)
+    bar = tqdm(total=total_steps, initial=state["step"], desc=f"train {model.cfg.mod.scheme}", unit="step",
+               disable=not (cfg.progress and main), dynamic_ncols=True)
+    window = _Window()
+    started = time.perf_counter() - state["wall_seconds"]
+    step_start = time.perf_counter()
+    while state["step"] < total_steps:
+        sampler = EpochBatches(len(dataset), global_batch, cfg.seed, state["epoch"], state["batch_in_epoch"],
+                               rank=accelerator.process_index, world=world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
+                                             num_workers=cfg.num_workers)
+        for batch in loader:
+            state["batch_in_epoch"] += 1
+            state["bad_samples"] += len(batch.bad)
+            state["bad_examples"] = (state["bad_examples"] + [str(b) for b in batch.bad])[:20]
+            with accelerator.accumulate(forward):
+                out = forward(batch) if len(batch) else None
+                if out is not None:
+                    accelerator.backward(out.loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                if accelerator.sync_gradients:
+                    scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            state["micro_step"] += 1
+            if out is not None:
+                tokens = int(out.total[..., 1:].sum())
+                state["tokens_seen"] += tokens
+                state["samples_seen"] += len(batch)
+                window.add(out, tokens)
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            seconds = time.perf_counter() - step_start
+            step_start = time.perf_counter()
+            state["step_seconds"].append(seconds)
+            state["wall_seconds"] = time.perf_counter() - started
+            window.steps += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{window.last_lm:.3f}", rloss=f"{window.last_routing:.4f}",
+                            tok_s=f"{window.tokens / max(time.perf_counter() - window.started, 1e-9):.0f}",
+                            refresh=False)
+            if main and (state["step"] % cfg.log_every == 0 or state["step"] == total_steps):
+                _append_jsonl(log_path, window.record(state, scheduler.get_last_lr()[0], accelerator.device))
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total_steps:
+                save_checkpoint(accelerator, output, state, cfg.keep_checkpoints)
+            if state["step"] >= total_steps:
+                break
+        else:
+            state["epoch"] += 1
+            state["batch_in_epoch"] = 0
+    bar.close()
+    state["wall_seconds"] = time.perf_counter() - started
+    totals = accelerator.reduce(torch.tensor([state["tokens_seen"], state["samples_seen"], state["bad_samples"]],
+                                             device=accelerator.device), reduction="sum").tolist()
+    save_checkpoint(accelerator, output, state, cfg.keep_checkpoints)
+    trained = accelerator.unwrap_model(forward).vlm.eval()
+    record = None
+    if main:
+        save_authors_checkpoint(trained, output, release_kind(trained), fmt="safetensors")
+        record = results_record(
+            "train", asdict(cfg), status="ok", model=trained.cfg.name, scheme=trained.cfg.mod.scheme,
+            mod_layers=list(trained.language_model.model.routing.mod_layers), mod_choice=choice,
+            parameters=params, steps=state["step"], micro_steps=state["micro_step"], processes=world,
+            global_batch=global_batch * cfg.grad_accum, tokens_seen=int(totals[0]), samples_seen=int(totals[1]),
+            bad_samples=int(totals[2]), bad_examples=state["bad_examples"], wall_seconds=state["wall_seconds"],
+            median_step_seconds=statistics.median(state["step_seconds"]) if state["step_seconds"] else None,
+            final={"lm_loss": window.last_lm, "routing_loss": window.last_routing},
+            release_layout=release_kind(trained),
+            files={"model": ".", "log": "train_log.jsonl", "checkpoints": "checkpoints/"})
+        write_json_atomic(output / "train.json", record)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return record
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+def _comparable(cfg: TrainConfig) -> dict:
+    """The config fields that decide the weights (a resumed run must match them)."""
+    data = asdict(cfg)
+    for key in ("resume", "progress", "num_workers", "save_every", "keep_checkpoints", "log_every", "device"):
+        data.pop(key)
+    return data
+
+
+def _diff(a: dict, b: dict) -> str:
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+
+
+class _Window:
+    """Losses, tokens and routing shares accumulated between two log lines."""
+
+    def __init__(self) -> None:
+        self.last_lm = self.last_routing = float("nan")
+        self.reset()
+
+    def reset(self) -> None:
+        self.lm, self.routing, self.steps, self.tokens = [], [], 0, 0
+        self.kept = self.total = None
+        self.started = time.perf_counter()
+
+    def add(self, out, tokens: int) -> None:
+        self.last_lm = float(out.lm_loss.detach())
+        self.last_routing = float(out.routing_loss.detach()) if out.routing_loss is not None else 0.0
+        self.lm.append(self.last_lm)
+        self.routing.append(self.last_routing)
+        kept, total = out.kept.detach().sum(dim=0).double(), out.total.detach().sum(dim=0).double()
+        self.kept = kept if self.kept is None else self.kept + kept
+        self.total = total if self.total is None else self.total + total
+        self.tokens += tokens
+
+    def record(self, state: dict, lr: float, device) -> dict:
+        from models.routing import TOKEN_TYPE_NAMES
+        from suite.latency import peak_memory_bytes
+
+        seconds = time.perf_counter() - self.started
+        row = {"step": state["step"], "epoch": state["epoch"], "lr": lr,
+               "lm_loss": statistics.fmean(self.lm) if self.lm else None,
+               "routing_loss": statistics.fmean(self.routing) if self.routing else None,
+               "step_seconds": seconds / max(self.steps, 1), "tokens_per_s": self.tokens / max(seconds, 1e-9),
+               "peak_memory": peak_memory_bytes(torch.device(device)), "tokens_seen": state["tokens_seen"],
+               "bad_samples": state["bad_samples"]}
+        if self.total is not None:
+            share = (self.kept / self.total.clamp(min=1)).tolist()  # [layers, types]
+            row["kept_share"] = {name: [round(layer[t], 4) for layer in share]
+                                 for t, name in enumerate(TOKEN_TYPE_NAMES) if t and float(self.total[:, t].sum()) > 0}
+        self.reset()
+        return row

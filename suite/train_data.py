@@ -1,0 +1,171 @@
+"""LLaVA's instruction-tuning JSON (llava_v1_5_mix665k.json, LLaVA-NeXT-Data) as training batches.
+
+A file is a list of {id, image (a path relative to an image folder; optional), conversations: [{from:
+human|gpt, value}, ...]} with <image> in the first human turn. Each sample is tokenised as the hosts are
+trained (vicuna_v1, labels on the assistant turns only, `models.prompt.tokenize_conversation`) and its image
+preprocessed by the model family's own front-end, both in the data loader (worker processes when
+num_workers > 0), never inside the training step.
+
+A broken sample (image missing or unreadable, <image> without an image or an image without <image>, an empty
+or one-sided conversation, a sample longer than the model's context) raises `SampleError` naming the sample id
+and the file; with `skip_bad=True` it is left out of its batch and reported in `TrainBatch.bad`, so that the
+trainer counts it in the run record. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from models.prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_conversation
+
+ROLES = ("human", "gpt")
+
+
+class SampleError(ValueError):
+    """A training sample cannot be used; the message names the sample id and the file."""
+
+
+@dataclass
+class BadSample:
+    id: str
+    file: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"sample {self.id!r} ({self.file}): {self.reason}"
+
+
+@dataclass
+class TrainBatch:
+    ids: list[str]
+    samples: list[TokenizedSample]
+    pixels: object  # the front-end's preprocess output for the samples with an image, in order (or None)
+    bad: list[BadSample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+
+def read_records(path: str | Path) -> list[dict]:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SampleError(f"{path}: training data file not found") from None
+    except json.JSONDecodeError as exc:
+        raise SampleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise SampleError(f"{path}: expected a JSON list of samples, got {type(data).__name__}")
+    return data
+
+
+class InstructionDataset(torch.utils.data.Dataset):
+    """Item i: (sample id, TokenizedSample, PIL image or None), or a BadSample."""
+
+    def __init__(self, path: str | Path, image_folder: str | Path | None, tokenizer, image_tokens: int,
+                 max_length: int) -> None:
+        self.path = Path(path)
+        self.records = read_records(self.path)
+        self.image_folder = Path(image_folder) if image_folder else self.path.parent
+        self.tokenizer = tokenizer
+        self.image_tokens = image_tokens  # the most image tokens the front-end gives one image
+        self.max_length = max_length
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int):
+        record = self.records[index]
+        sample_id = str(record.get("id", f"#{index}")) if isinstance(record, dict) else f"#{index}"
+        try:
+            return self._load(record, sample_id)
+        except SampleError as exc:
+            return BadSample(sample_id, str(self.path), str(exc))
+
+    def _load(self, record, sample_id: str):
+        if not isinstance(record, dict):
+            raise SampleError(f"a sample must be an object, got {type(record).__name__}")
+        turns = record.get("conversations")
+        if not isinstance(turns, list) or not turns:
+            raise SampleError("empty conversation")
+        pairs = []
+        for i, turn in enumerate(turns):
+            role, text = (turn.get("from"), turn.get("value")) if isinstance(turn, dict) else (None, None)
+            if role != ROLES[i % 2] or not isinstance(text, str):
+                raise SampleError(f"turn {i} is {role!r}: a conversation alternates human, gpt, ... starting with "
+                                  "human, each with a string value")
+            pairs.append((role, text))
+        if len(pairs) % 2:
+            raise SampleError("one-sided conversation: the last human turn has no answer")
+        placeholders = sum(text.count(IMAGE_PLACEHOLDER) for _, text in pairs)
+        image = None
+        if record.get("image"):
+            if placeholders != 1 or IMAGE_PLACEHOLDER not in pairs[0][1]:
+                raise SampleError(f"an image sample needs {IMAGE_PLACEHOLDER} exactly once, in the first human turn "
+                                  f"(found {placeholders})")
+            image = self._image(record["image"])
+        elif placeholders:
+            raise SampleError(f"{IMAGE_PLACEHOLDER} in the conversation but no image")
+        sample = tokenize_conversation(self.tokenizer, pairs, has_image=image is not None)
+        length = len(sample.ids) + (self.image_tokens if image is not None else 0)
+        if length > self.max_length:
+            raise SampleError(f"{length} tokens (image included) exceed the model's context of {self.max_length}")
+        return sample_id, sample, image
+
+    def _image(self, relative: str) -> Image.Image:
+        path = self.image_folder / relative
+        if not path.is_file():
+            raise SampleError(f"image file {path} not found")
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except Exception as exc:  # PIL raises several types for a corrupt file
+            raise SampleError(f"image file {path} is unreadable ({type(exc).__name__}: {exc})") from None
+
+
+class Collate:
+    """Batches dataset items; preprocesses the images with the model family's front-end (in the worker)."""
+
+    def __init__(self, preprocess, skip_bad: bool) -> None:
+        self.preprocess = preprocess
+        self.skip_bad = skip_bad
+
+    def __call__(self, items) -> TrainBatch:
+        bad = [item for item in items if isinstance(item, BadSample)]
+        if bad and not self.skip_bad:
+            raise SampleError(f"{bad[0]} (--skip-bad-samples leaves such samples out and counts them)")
+        good = [item for item in items if not isinstance(item, BadSample)]
+        images = [image for _, _, image in good if image is not None]
+        pixels = self.preprocess(images) if images else None
+        return TrainBatch([i for i, _, _ in good], [s for _, s, _ in good], pixels, bad)
+
+
+class EpochBatches(torch.utils.data.Sampler):
+    """Index batches in a seeded order per epoch, starting at batch `start` of epoch `epoch` (resume). The
+    order is a function of (seed, epoch) only, so an interrupted run continues with exactly the batches an
+    uninterrupted one would have seen."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
+        self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
+        self.rank, self.world = rank, world  # data parallel: each process loads its share of a global batch
+
+    def order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def batches_per_epoch(self) -> int:
+        return self.size // self.batch_size  # full batches only: every step sees the same batch size
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start
+
+    def __iter__(self):
+        order = self.order(self.epoch)
+        for b in range(self.start, self.batches_per_epoch()):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size][self.rank::self.world]

@@ -1,0 +1,308 @@
+"""`modbench train`: data, the loop, the schemes, checkpoints (tiny models, CPU, seconds)."""
+
+import json
+import random
+
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+import models
+from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
+from suite.train import TrainConfig, train
+from suite.train_data import Collate, InstructionDataset, SampleError
+
+COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
+
+
+def write_data(folder, n=16, seed=0, extra=()):
+    """n drawn-circle samples (every fourth with a second turn), one text-only sample, plus `extra` records."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = rng.choice(list(COLOURS))
+        image = Image.new("RGB", (40, 32), (240, 240, 240))
+        ImageDraw.Draw(image).ellipse((8, 6, 32, 26), fill=COLOURS[colour])
+        image.save(folder / f"img{i}.png")
+        turns = [{"from": "human", "value": "<image>\nWhat colour is the circle?"}, {"from": "gpt", "value": colour}]
+        if i % 4 == 0:
+            turns += [{"from": "human", "value": "Is there a circle?"}, {"from": "gpt", "value": "Yes"}]
+        rows.append({"id": f"s{i}", "image": f"img{i}.png", "conversations": turns})
+    rows.append({"id": "text", "conversations": [{"from": "human", "value": "Say yes."}, {"from": "gpt", "value": "Yes"}]})
+    rows += list(extra)
+    (folder / "data.json").write_text(json.dumps(rows))
+    return folder / "data.json"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+def config(data, output, **kw):
+    base = dict(model="tiny-llava", data=str(data), output=str(output), steps=4, batch_size=4, lr=1e-3,
+                log_every=2, progress=False, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_conversation_labels_only_the_answers(tokenizer):
+    from models.prompt import tokenize_conversation, tokenize_prompt, vicuna_v1
+
+    turns = [("human", "<image>\nWhat colour?"), ("gpt", "red"), ("human", "Is it round?"), ("gpt", "Yes")]
+    sample = tokenize_conversation(tokenizer, turns, has_image=True)
+    answers = [i for i, label in enumerate(sample.labels) if label != -100]
+    assert [sample.ids[i] for i in answers] == [sample.labels[i] for i in answers]
+    assert {sample.types[i] for i in answers} == {RESPONSE} and sample.types.count(RESPONSE) == len(answers)
+    text = tokenizer.decode([sample.ids[i] for i in answers])
+    assert text.replace("</s>", "|") == "red|Yes|"
+    assert set(sample.types[:sample.image_at]) == {SYSTEM} and QUESTION in sample.types
+    # the first turn is tokenised exactly as an evaluation prompt with its answer
+    first = tokenize_prompt(tokenizer, vicuna_v1("<image>\nWhat colour?"), True, "red")
+    assert sample.ids[:len(first.ids)] == first.ids and sample.image_at == first.image_at
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"id": "noimg", "image": "absent.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                              {"from": "gpt", "value": "a"}]}, "not found"),
+    ({"id": "corrupt", "image": "corrupt.png", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                                                 {"from": "gpt", "value": "a"}]}, "unreadable"),
+    ({"id": "placeholder", "conversations": [{"from": "human", "value": "<image>\nq"},
+                                             {"from": "gpt", "value": "a"}]}, "but no image"),
+    ({"id": "noplaceholder", "image": "img0.png", "conversations": [{"from": "human", "value": "q"},
+                                                                    {"from": "gpt", "value": "a"}]}, "exactly once"),
+    ({"id": "empty", "conversations": []}, "empty conversation"),
+    ({"id": "onesided", "conversations": [{"from": "human", "value": "q"}]}, "one-sided"),
+    ({"id": "long", "conversations": [{"from": "human", "value": "red " * 3000}, {"from": "gpt", "value": "a"}]},
+     "exceed the model's context"),
+])
+def test_a_broken_sample_names_its_id_and_file_or_is_skipped_and_counted(record, message, tmp_path, tokenizer):
+    path = write_data(tmp_path, n=4, extra=[record])
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    dataset = InstructionDataset(path, None, tokenizer, image_tokens=16, max_length=2048)
+    collate = Collate(models.build_model("tiny-llava").vision.preprocess, skip_bad=False)
+    items = [dataset[i] for i in range(len(dataset))]
+    with pytest.raises(SampleError, match=rf"sample '{record['id']}' \({path}\).*{message}"):
+        collate(items)
+    batch = Collate(collate.preprocess, skip_bad=True)(items)
+    assert len(batch) == 5 and [b.id for b in batch.bad] == [record["id"]]
+    out = train(config(path, tmp_path / "out", steps=2, batch_size=5, skip_bad_samples=True))
+    assert out["bad_samples"] >= 1 and record["id"] in out["bad_examples"][0]
+
+
+def test_loss_falls_and_the_same_seed_gives_the_same_weights(data, tmp_path):
+    first = train(config(data, tmp_path / "a", steps=8))
+    log = [json.loads(line) for line in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["lm_loss"] < log[0]["lm_loss"] and first["steps"] == 8
+    train(config(data, tmp_path / "b", steps=8))
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    record = json.loads((tmp_path / "a" / "train.json").read_text())
+    assert record["schema_version"] and record["environment"]["git"] and record["median_step_seconds"] > 0
+    assert record["tokens_seen"] > 0 and set(log[0]) >= {"lm_loss", "routing_loss", "kept_share", "step_seconds",
+                                                          "peak_memory", "lr"}
+
+
+def test_saved_model_loads_and_evaluates_like_the_trained_one(data, tmp_path, prompts, images, monkeypatch):
+    import models.checkpoints
+
+    kept = {}
+    original = models.checkpoints.save_authors_checkpoint
+
+    def keep(model, *args, **kwargs):
+        kept["model"] = model
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(models.checkpoints, "save_authors_checkpoint", keep)
+    train(config(data, tmp_path / "g", scheme="gamma", mod_layers="1-4", steps=2))
+    loaded = models.load(str(tmp_path / "g"))
+    assert loaded.cfg.mod.scheme == "gamma" and loaded.cfg.mod.layers == [1, 2, 3, 4]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(prompts, images).logits, kept["model"](prompts, images).logits)
+
+
+def test_pretrain_leaves_llm_and_towers_bit_identical(data, tmp_path):
+    import suite.train as trainer
+
+    dense = models.build_model("tiny-llava")
+    train(config(data, tmp_path / "p", stage="pretrain", steps=2))
+    after = models.load(str(tmp_path / "p")).state_dict()
+    before = dense.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("vision.projector.") for k in changed)
+    assert trainer.tower_modules(dense.vision) == [dense.vision.vision_tower]
+    train(config(data, tmp_path / "f", steps=2))
+    tuned = models.load(str(tmp_path / "f")).state_dict()
+    changed = {k for k in before if not torch.equal(before[k], tuned[k])}
+    assert any(k.startswith("language_model.") for k in changed)
+    assert not any(k.startswith("vision.vision_tower.") for k in changed)  # frozen unless train_vision
+
+
+def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    import suite.train as trainer
+
+    train(config(data, tmp_path / "whole", steps=6, grad_accum=2, batch_size=2))
+    original = trainer.save_checkpoint
+
+    def save_then_die(accelerator, output, state, keep):
+        path = original(accelerator, output, state, keep)
+        if state["step"] == 2:
+            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+        return path
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2))
+    monkeypatch.setattr(trainer, "save_checkpoint", original)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2))
+    with pytest.raises(ValueError, match="lr"):
+        train(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2, resume=True, lr=1))
+    resumed = train(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2, resume=True))
+    assert resumed["steps"] == 6
+    a, b = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_killed_while_saving_leaves_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    from accelerate import Accelerator
+
+    import suite.train as trainer
+
+    calls = {"n": 0}
+    original = Accelerator.save_state
+
+    def half_written(self, output_dir=None, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            (__import__("pathlib").Path(output_dir) / "partial").mkdir(parents=True)
+            raise KeyboardInterrupt("killed while saving")
+        return original(self, output_dir, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "o", steps=6, save_every=2))
+    monkeypatch.setattr(Accelerator, "save_state", original)
+    latest = trainer.latest_checkpoint(tmp_path / "o")
+    assert latest.name == "step-00000002" and json.loads((latest / "trainer_state.json").read_text())["step"] == 2
+    assert train(config(data, tmp_path / "o", steps=6, save_every=2, resume=True))["steps"] == 6
+
+
+def test_shared_router_is_one_tensor_per_layer_routers_one_per_mod_layer(data, tmp_path):
+    from models.convert import convert_to_mod
+    from suite.train import mod_spec
+
+    dense = models.build_model("tiny-llava")
+    shared = convert_to_mod(dense, mod_spec(config(data, tmp_path), "gamma", [1, 2, 3]))
+    per_layer = convert_to_mod(dense, mod_spec(config(data, tmp_path, router="per-layer"), "gamma", [1, 2, 3]))
+    names = lambda m: sorted(k for k, _ in m.named_parameters() if ".routing." in k)  # noqa: E731
+    assert names(shared) == ["language_model.model.routing.router.weight"]
+    assert names(per_layer) == [f"language_model.model.routing.routers.{i}.weight" for i in (1, 2, 3)]
+    train(config(data, tmp_path / "pl", scheme="gamma", mod_layers="1-3", router="per-layer", steps=2))
+    loaded = models.load(str(tmp_path / "pl"))
+    routers = [loaded.language_model.model.routing.routers[str(i)].weight for i in (1, 2, 3)]
+    assert not torch.equal(routers[0], routers[1])  # distinct routers survive the released (repeated) layout
+
+
+def test_converted_model_with_nothing_skipped_equals_dense(prompts, images):
+    from models.config import ModSpec
+    from models.convert import convert_to_mod
+
+    dense = models.build_model("tiny-llava")
+    with torch.no_grad():
+        reference = dense(prompts, images).logits
+        pmod = convert_to_mod(dense, ModSpec(scheme="pmod", layers=[1, 2, 3, 4], ratios=[1.0] * 4))
+        # equal up to float summation order: routed layers pack each row's real tokens, dense ones mask pads
+        torch.testing.assert_close(pmod(prompts, images).logits, reference)
+        gamma = convert_to_mod(dense, ModSpec(scheme="gamma", layers=[1, 2, 3, 4], prefill_threshold=0.0))
+        routing = gamma.language_model.model.routing
+        # γ-MoD scales a kept token's MLP branch by p: with p = 1 the converted model is the dense one
+        routing.keep_probability = lambda normed, layer: (None, torch.ones(normed.shape[:2]))
+        torch.testing.assert_close(gamma(prompts, images).logits, reference)
+    dense_state = dense.state_dict()
+    assert all(torch.equal(v, dense_state[k]) for k, v in gamma.state_dict().items() if ".routing." not in k)
+
+
+@pytest.mark.parametrize("masked, routable_types", [("qa", {SYSTEM, IMAGE}), ("q", {SYSTEM, IMAGE, RESPONSE}),
+                                                    ("none", {SYSTEM, IMAGE, QUESTION, RESPONSE})])
+def test_masked_routing_skips_exactly_floor_fraction_of_the_routable_tokens(masked, routable_types):
+    from models.gamma_mod import GammaModRouting
+
+    types = torch.tensor([[0, 0, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, QUESTION, QUESTION, RESPONSE, RESPONSE],
+                          [SYSTEM, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, QUESTION, QUESTION, QUESTION,
+                           RESPONSE, RESPONSE]])
+    ctx = RoutingContext(token_types=types, training=True)
+    p = torch.rand(types.shape, generator=torch.Generator().manual_seed(0))
+    keep = GammaModRouting.masked_top_k(p, ctx, 0.5, masked)
+    for row in range(2):
+        routable = torch.tensor([int(t) in routable_types for t in types[row]]) & ctx.real[row]
+        skipped = ctx.real[row] & ~keep[row]
+        assert int(skipped.sum()) == int(routable.sum()) // 2
+        assert bool((skipped <= routable).all())  # force-kept tokens are never skipped
+        assert not bool(keep[row][~ctx.real[row]].any())
+
+
+def test_routing_loss_gradient_reaches_the_router_and_only_what_feeds_it(prompts, images):
+    """As in the authors' code the router reads the layer's normed input undetached, so the routing loss also
+    trains what produces that input — but nothing at or after a MoD layer's own attention and MLP."""
+    from models.config import ModSpec
+    from models.convert import convert_to_mod
+
+    model = convert_to_mod(models.build_model("tiny-llava"), ModSpec(scheme="gamma", layers=[1, 2, 3]))
+    model.train()
+    out = model(prompts, images, answers=["red", "blue", "two"])
+    out.routing_loss.backward()
+    touched = {k for k, p in model.named_parameters() if p.grad is not None and bool(p.grad.abs().sum())}
+    assert "language_model.model.routing.router.weight" in touched
+    upstream = ("language_model.model.routing.", "language_model.model.embed_tokens.", "vision.",
+                "language_model.model.layers.0.", "language_model.model.layers.1.", "language_model.model.layers.2.",
+                "language_model.model.layers.3.input_layernorm.")
+    assert all(k.startswith(upstream) for k in touched), sorted(k for k in touched if not k.startswith(upstream))
+    assert "language_model.lm_head.weight" not in touched and "language_model.model.layers.3.mlp.up_proj.weight" not in touched
+
+
+def test_gradient_checkpointing_and_bf16_and_workers_train(data, tmp_path):
+    plain = train(config(data, tmp_path / "plain", steps=2))
+    checkpointed = train(config(data, tmp_path / "ckpt", steps=2, gradient_checkpointing=True, scheme="gamma",
+                                mod_layers="1-4"))
+    assert checkpointed["final"]["lm_loss"] == pytest.approx(
+        train(config(data, tmp_path / "ref", steps=2, scheme="gamma", mod_layers="1-4"))["final"]["lm_loss"], rel=1e-5)
+    workers = train(config(data, tmp_path / "workers", steps=2, num_workers=1))  # tokenised in a worker process
+    assert workers["final"]["lm_loss"] == plain["final"]["lm_loss"]
+    bf16 = train(config(data, tmp_path / "bf16", steps=2, mixed_precision="bf16"))
+    assert torch.isfinite(torch.tensor(bf16["final"]["lm_loss"]))
+
+
+def test_yaml_config_is_a_view_and_unknown_keys_are_errors(tmp_path, data):
+    from models.config import ConfigError
+
+    (tmp_path / "t.yaml").write_text(f"model: tiny-llava\ndata: {data}\noutput: {tmp_path / 'y'}\nsteps: 3\n")
+    cfg = TrainConfig.from_yaml(tmp_path / "t.yaml", {"lr": 0.5})
+    assert cfg.steps == 3 and cfg.lr == 0.5 and cfg.batch_size == 8
+    (tmp_path / "bad.yaml").write_text("model: tiny-llava\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        TrainConfig.from_yaml(tmp_path / "bad.yaml")
+    with pytest.raises(ConfigError, match="exactly one of steps or epochs"):
+        train(config(data, tmp_path / "z", steps=0))
+
+
+def test_arank_choice_keeps_the_first_and_last_layer_dense(data, tmp_path):
+    out = train(config(data, tmp_path / "ar", scheme="gamma", arank_keep=2, arank_samples=4, steps=1))
+    assert 0 not in out["mod_layers"] and 5 not in out["mod_layers"] and len(out["mod_layers"]) == 2
+    assert len(out["mod_choice"]["arank"]["per_layer"]) == 6
+
+
+def test_train_cli(data, tmp_path, capsys):
+    from suite.cli import main
+
+    code = main(["train", "--model", "tiny-llava", "--data", str(data), "--steps", "2", "--batch-size", "4",
+                 "--scheme", "pmod", "--mod-layers", "2-5", "--ratios", "0.5", "--output", str(tmp_path / "c"),
+                 "--no-progress", "--device", "cpu"])
+    assert code == 0 and "pmod model, MoD layers [2, 3, 4, 5]" in capsys.readouterr().out
+    assert main(["train", "--model", "tiny-llava", "--data", str(data), "--output", str(tmp_path / "d")]) == 2
