@@ -23,7 +23,16 @@ from typing import NamedTuple
 
 import torch
 
-from .config import DTYPES, ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
+from .config import (
+    DTYPES,
+    PMOD_TARGET_TOKENS,
+    ConfigError,
+    ConvNextConfig,
+    LlmConfig,
+    ModelConfig,
+    ModSpec,
+    VisionConfig,
+)
 
 KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
@@ -288,7 +297,9 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
         if "image_grid_pinpoints" not in conf:
             raise CheckpointError(f"{where}: image_aspect_ratio anyres without image_grid_pinpoints")
         family, vision.kind = "llava-next", "anyres"
-        vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]
+        # The authors' code reads each entry as (width, height) (haotian-liu/LLaVA mm_utils.py
+        # select_best_resolution); ours are [height, width]. Order kept: it decides ties.
+        vision.grid_pinpoints = [list(p)[::-1] for p in conf["image_grid_pinpoints"]]
     if kind in ("mgm", "mod_mgm"):
         if state is None:
             raise CheckpointError(f"{where}: Mini-Gemini needs the weights to size its ConvNeXt")
@@ -327,9 +338,12 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
     elif kind == "pmod_llava_llama":
         if state is None:
             raise CheckpointError(f"{where}: p-MoD needs the weights to find its MoD layers")
-        layers = sorted(int(k.split(".")[2]) for k in state if k.endswith(".router.router.weight"))
-        mod = ModSpec(scheme="pmod", layers=layers, ratios=_pmod_ratios(conf, layers, llm.num_layers))
-    cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod, dtype=declared_dtype(conf))
+        mod = _pmod_spec(conf, state, llm.num_layers, where)
+    try:
+        cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod,
+                          dtype=declared_dtype(conf))
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
     return cfg, kind
 
 
@@ -343,12 +357,84 @@ def declared_dtype(conf: dict) -> str:
     return "float32"
 
 
-def _pmod_ratios(conf: dict, layers: list[int], num_layers: int) -> list[float]:
-    from .pmod import prd_schedule
+# p-MoD's config.json fields, as initialize_mod_modules writes them (MCG-NJU/p-MoD pmod_llava_llama.py); its
+# build_mod_layers adds mod_target_layer_indices. mod_layers_idx / mod_ratios are ours: an explicit schedule
+# that these fields cannot express (a decay at another divisor than the release's 31, custom ratios).
+PMOD_CONFIG_KEYS = ("mod_target_layers", "mod_target_token_type", "mod_router_factor", "mod_weight_norm",
+                    "mod_bias_enabled", "mod_special_init")
+PMOD_EXPLICIT_KEYS = ("mod_layers_idx", "mod_ratios")
 
-    prd_layers, prd_ratios = prd_schedule(num_layers)
-    ratios = dict(zip(prd_layers, prd_ratios))
-    return [ratios.get(layer, 0.5) for layer in layers]
+
+def _pmod_spec(conf: dict, state: dict, num_layers: int, where: Path) -> ModSpec:
+    """Every p-MoD field of config.json into the typed spec, with the layers and ratios resolved: the explicit
+    keys when present, else what the release builds from the pattern (decay divisor 31). The routers in the
+    weights must sit at exactly those layers."""
+    from .pmod import authors_schedule, parse_target_layers, parse_weight_norm, prd_schedule
+
+    routers = sorted(int(k.split(".")[2]) for k in state if k.endswith(".router.router.weight"))
+    if not any(key in conf for key in PMOD_CONFIG_KEYS + PMOD_EXPLICIT_KEYS):
+        # Written by this suite before it wrote these fields: its p-MoD models used the depth-scaled decay.
+        layers, ratios = prd_schedule(num_layers)
+        if routers != layers:
+            raise CheckpointError(f"{where}: no mod_target_layers / mod_ratios, and the routers (layers {routers}) "
+                                  f"are not the default schedule's ({layers}): their ratios are unknown")
+        return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
+    missing = [key for key in PMOD_CONFIG_KEYS if key not in conf]
+    if missing:
+        raise CheckpointError(f"{where}: pmod_llava_llama config without {missing}")
+    try:
+        fields = {**parse_target_layers(conf["mod_target_layers"]), **parse_weight_norm(conf["mod_weight_norm"])}
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    token_type = conf["mod_target_token_type"]
+    if token_type not in PMOD_TARGET_TOKENS:
+        raise CheckpointError(f"{where}: mod_target_token_type: unsupported value {token_type!r}; supported: "
+                              f"{PMOD_TARGET_TOKENS}")
+    factor = conf["mod_router_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise CheckpointError(f"{where}: mod_router_factor must be a number, got {factor!r}")
+    for key in ("mod_bias_enabled", "mod_special_init"):
+        if not isinstance(conf[key], bool):
+            raise CheckpointError(f"{where}: {key} must be true or false, got {conf[key]!r}")
+    spec = ModSpec(scheme="pmod", pmod_router_factor=float(factor), pmod_target_tokens=token_type,
+                   pmod_router_bias=conf["mod_bias_enabled"], pmod_router_zero_init=conf["mod_special_init"], **fields)
+    if any(key in conf for key in PMOD_EXPLICIT_KEYS):
+        layers, ratios = conf.get("mod_layers_idx"), conf.get("mod_ratios")
+        if not (isinstance(layers, list) and isinstance(ratios, list) and len(layers) == len(ratios)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in layers)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios)):
+            raise CheckpointError(f"{where}: mod_layers_idx / mod_ratios must be lists of layer indices and kept "
+                                  f"ratios of the same length, got {layers!r} / {ratios!r}")
+        ratios = [float(v) for v in ratios]
+    else:
+        layers, ratios = authors_schedule(spec, num_layers)
+        indices = conf.get("mod_target_layer_indices")
+        if indices is not None and list(indices) != layers:
+            raise CheckpointError(f"{where}: mod_target_layer_indices {indices} differs from the layers that "
+                                  f"mod_target_layers {conf['mod_target_layers']!r} gives at {num_layers} layers "
+                                  f"({layers})")
+    if routers != sorted(layers):
+        raise CheckpointError(f"{where}: routers at layers {routers} but config.json's schedule has MoD layers "
+                              f"{sorted(layers)}")
+    spec.layers, spec.ratios = list(layers), ratios
+    return spec
+
+
+def _pmod_config(cfg: ModelConfig) -> dict:
+    """config.json's p-MoD fields as the release writes them; the explicit schedule too when those fields
+    (read as the release reads them) would not rebuild this model's layers and ratios."""
+    from .pmod import authors_schedule, format_target_layers, format_weight_norm, pmod_layers_and_ratios
+
+    spec = cfg.mod
+    layers, ratios = pmod_layers_and_ratios(spec, cfg.llm.num_layers)
+    out = {"mod_target_layers": format_target_layers(spec), "mod_target_token_type": spec.pmod_target_tokens,
+           "mod_router_factor": spec.pmod_router_factor, "mod_weight_norm": format_weight_norm(spec),
+           "mod_bias_enabled": spec.pmod_router_bias, "mod_special_init": spec.pmod_router_zero_init}
+    if (layers, ratios) == authors_schedule(spec, cfg.llm.num_layers):
+        out["mod_target_layer_indices"] = layers
+    else:
+        out["mod_layers_idx"], out["mod_ratios"] = layers, ratios
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -425,7 +511,8 @@ def to_authors_state(model, kind: str) -> dict:
                 theirs[key.replace(f"model.layers.{layer}.", f"model.layers.{layer}.decoder_layer.")] = theirs.pop(key)
             router = routing.routers[str(layer)].router
             theirs[f"model.layers.{layer}.router.router.weight"] = router.weight.detach().clone()
-            theirs[f"model.layers.{layer}.router.router.bias"] = router.bias.detach().clone()
+            if router.bias is not None:  # mod_bias_enabled
+                theirs[f"model.layers.{layer}.router.router.bias"] = router.bias.detach().clone()
     return theirs
 
 
@@ -446,8 +533,8 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         "mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": "patch",
         "mm_hidden_size": cfg.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
     }
-    if cfg.family == "llava-next":
-        base.update(image_aspect_ratio="anyres", image_grid_pinpoints=cfg.vision.grid_pinpoints,
+    if cfg.family == "llava-next":  # the authors' pinpoints are (width, height)
+        base.update(image_aspect_ratio="anyres", image_grid_pinpoints=[p[::-1] for p in cfg.vision.grid_pinpoints],
                     mm_patch_merge_type="spatial_unpad")
     if cfg.family == "llava-hr":
         base.update(is_multipath_encoder=True, input_image_size=cfg.vision.input_image_size,
@@ -464,6 +551,8 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
                        "router_aux_loss_coef": cfg.mod.router_loss_coef,
                        "prefill_threshold": cfg.mod.prefill_threshold, "decode_threshold": cfg.mod.decode_threshold,
                        "shared_router": cfg.mod.shared_router, "masked_tokens": cfg.mod.masked_tokens}
+    if kind == "pmod_llava_llama":
+        base.update(_pmod_config(cfg))
     return base
 
 

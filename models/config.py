@@ -12,6 +12,12 @@ SCHEMES = ("dense", "gamma", "pmod")
 # γ-MoD masked routing learning: the token types that are force-kept in training ("masked" from routing).
 MASKED_TOKENS = ("none", "q", "qa")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+# p-MoD (MCG-NJU/p-MoD pmod_llava_llama.py: build_mod_layers, ModLayer.weight_normalization, llava_arch.py).
+PMOD_DECAYS = ("shiftedcos", "shiftedlinear")
+PMOD_PATTERNS = PMOD_DECAYS + ("deep_all", "deep_all_include_last", "interleave")
+PMOD_WEIGHT_NORMS = ("softmax", "sigmoid", "tanh", "none")
+PMOD_TARGET_TOKENS = ("vision_all", "vision_hr")
+PMOD_RANKINGS = ("released", "vision_only")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
@@ -103,8 +109,11 @@ class ModSpec:
     says which are force-kept: "qa" (question and answer, the released code: only system + image routable),
     "q" (question only), "none"; inference keeps prompt tokens with p > prefill_threshold and a decode token
     runs a layer only when p >= decode_threshold.
-    pmod: per-layer Linear(hidden, 1) router with TanhNorm; `ratios[i]` is the kept share of vision tokens in
-    `layers[i]`; when both are empty they come from the progressive ratio decay schedule.
+    pmod: per-layer Linear(hidden, 1) router with a weight norm (TanhNorm); `ratios[i]` is the kept share of
+    the routed (vision) tokens in `layers[i]` (empty ratios: `pmod_router_factor` for each). When both are
+    empty the layers come from `pmod_pattern` (models/pmod.py); the `pmod_*` / `prd_*` fields are the released
+    config.json keys (mod_target_layers, mod_router_factor, mod_weight_norm, mod_target_token_type,
+    mod_bias_enabled, mod_special_init), parsed.
     """
 
     scheme: str = "dense"
@@ -119,9 +128,27 @@ class ModSpec:
     # Benchmark knob, off by default: at inference, skip this share of the routable (system + image) prompt
     # tokens by top-k on p (as in training) instead of the p > prefill_threshold rule, for a controlled skip.
     fixed_skip: float | None = None
-    tanh_norm_scale: float = 0.2
+    # p-MoD. mod_target_layers = "{pmod_pattern}_decay_{prd_max_ratio}_{prd_min_ratio}" for the decay patterns,
+    # else the pattern's name. Decay: R(l) = cos(l*pi/D)/2 + factor (shiftedcos) or (-l/D + 0.5) + factor
+    # (shiftedlinear); l is MoD iff R(l) <= prd_max_ratio, keeping max(R(l), prd_min_ratio).
+    pmod_pattern: str = "shiftedcos"
+    # D above. None: num_layers - 1, a schedule at any depth (31 at 32 layers); the released code fixes 31,
+    # which leaves a model of 8 layers or fewer without an MoD layer.
+    pmod_decay_divisor: int | None = None
     prd_max_ratio: float = 0.85
     prd_min_ratio: float = 0.15
+    pmod_router_factor: float = 0.5  # the decay's shift; the kept ratio of every MoD layer of other patterns
+    # mod_weight_norm "{norm}_{scale}_{bias}": w = scale * norm(r) + bias (released: tanh_0.2_1, TanhNorm).
+    pmod_weight_norm: str = "tanh"
+    pmod_norm_scale: float = 0.2
+    pmod_norm_bias: float = 1.0
+    pmod_target_tokens: str = "vision_all"  # vision_all | vision_hr (anyres: the tiles, not the base view)
+    pmod_router_bias: bool = True  # mod_bias_enabled
+    pmod_router_zero_init: bool = True  # mod_special_init
+    # "released": top-k on w over the whole row with non-routed tokens at w(-inf), as the authors' code ranks
+    # (a router saturated negative ties with text, which can take a slot); "vision_only": top-k on the
+    # raw router logit over the routed tokens only.
+    pmod_ranking: str = "released"
 
 
 @dataclass
@@ -185,6 +212,7 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError(f"mod.{name} = {value} is outside [0, 1)")
     if not 0.0 < mod.prd_min_ratio <= mod.prd_max_ratio <= 1.0:
         raise ConfigError("mod.prd_min_ratio / mod.prd_max_ratio must satisfy 0 < min <= max <= 1")
+    _validate_pmod(mod)
     vision = cfg.vision
     if vision is not None:
         if vision.image_size % vision.patch_size:
@@ -215,6 +243,27 @@ def validate(cfg: ModelConfig) -> None:
                 raise ConfigError("vision: the ConvNeXt grid (input/32) must match the CLIP grid")
             if vision.num_layers % 4:
                 raise ConfigError("vision.num_layers must be a multiple of 4 (adapters after each quarter)")
+
+
+def _validate_pmod(mod: ModSpec) -> None:
+    for name, allowed in (("pmod_pattern", PMOD_PATTERNS), ("pmod_weight_norm", PMOD_WEIGHT_NORMS),
+                          ("pmod_target_tokens", PMOD_TARGET_TOKENS), ("pmod_ranking", PMOD_RANKINGS)):
+        if getattr(mod, name) not in allowed:
+            raise ConfigError(f"mod.{name} must be one of {allowed}, got {getattr(mod, name)!r}")
+    if mod.pmod_decay_divisor is not None and (isinstance(mod.pmod_decay_divisor, bool)
+                                               or not isinstance(mod.pmod_decay_divisor, int)
+                                               or mod.pmod_decay_divisor < 1):
+        raise ConfigError(f"mod.pmod_decay_divisor must be None or an integer >= 1, got {mod.pmod_decay_divisor!r}")
+    if not 0.0 < mod.pmod_router_factor <= 1.0:
+        raise ConfigError(f"mod.pmod_router_factor = {mod.pmod_router_factor} is outside (0, 1]")
+    # scale 0 would make every weight equal (and "none" of a masked -inf undefined): refused
+    if not 0.0 < mod.pmod_norm_scale < math.inf:
+        raise ConfigError(f"mod.pmod_norm_scale = {mod.pmod_norm_scale} must be positive and finite")
+    if not math.isfinite(mod.pmod_norm_bias):
+        raise ConfigError(f"mod.pmod_norm_bias = {mod.pmod_norm_bias} must be finite")
+    for name in ("pmod_router_bias", "pmod_router_zero_init"):
+        if not isinstance(getattr(mod, name), bool):
+            raise ConfigError(f"mod.{name} must be true or false, got {getattr(mod, name)!r}")
 
 
 def _resolve_type(tp):

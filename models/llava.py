@@ -1,7 +1,9 @@
 """LLaVA-1.5 vision front-end: CLIP ViT (layer -2, CLS dropped) + mlp2x_gelu projector.
 
-Preprocessing as LLaVA-1.5 does it: pad to a square with the CLIP mean colour, resize (bicubic) to the CLIP
-input size, normalise with the CLIP mean / std.
+Preprocessing as LLaVA-1.5 does it (haotian-liu/LLaVA llava/mm_utils.py process_images, image_aspect_ratio
+"pad"): expand2square with the fill tuple(int(x * 255) for x in image_mean) (CLIP's mean: (122, 116, 104),
+truncated, not rounded), CLIPImageProcessor's bicubic resize to the CLIP input size, and its rescale and
+normalise arithmetic.
 """
 
 from __future__ import annotations
@@ -39,14 +41,26 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
     return canvas
 
 
+def run_stage(component: str, fn):
+    """How a front-end's encode() runs each of its parts; suite/flops.py passes one that counts each part's
+    FLOPs under its component name (vision_encoder, projector, ...), so every front-end owns its accounting."""
+    return fn()
+
+
 def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     """LLaVA's projector: Linear, GELU, Linear (keys .0 and .2)."""
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
 
 
+def pad_colour(vision: VisionConfig) -> tuple[int, int, int]:
+    """The fill of every host that pads (LLaVA-1.5, LLaVA-HR, Mini-Gemini: process_images in each repository's
+    mm_utils.py): the mean colour truncated, tuple(int(x * 255) for x in image_mean)."""
+    return tuple(int(x * 255) for x in vision.image_mean)
+
+
 def pad_resize_normalise(images: list[Image.Image], size: int, vision: VisionConfig) -> torch.Tensor:
     """LLaVA's 'pad' preprocessing: square with the CLIP mean colour, bicubic resize, normalise -> [B, 3, S, S]."""
-    fill = tuple(int(round(255 * m)) for m in vision.image_mean)
+    fill = pad_colour(vision)
     return torch.stack([
         normalise(expand_to_square(image.convert("RGB"), fill).resize((size, size), Image.Resampling.BICUBIC), vision)
         for image in images
@@ -54,11 +68,12 @@ def pad_resize_normalise(images: list[Image.Image], size: int, vision: VisionCon
 
 
 def normalise(image: Image.Image, vision: VisionConfig) -> torch.Tensor:
-    """An RGB PIL image (already resized) -> normalised [3, H, W] float tensor."""
+    """An RGB PIL image (already resized) -> normalised [3, H, W] float tensor, in CLIPImageProcessor's
+    arithmetic: rescale uint8 * (1/255) in float64 then float32, (x - mean) / std in float32."""
     mean = np.asarray(vision.image_mean, dtype=np.float32)
     std = np.asarray(vision.image_std, dtype=np.float32)
-    arr = (np.asarray(image, dtype=np.float32) / 255.0 - mean) / std
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    arr = (np.asarray(image, dtype=np.uint8) * (1 / 255)).astype(np.float32)
+    return torch.from_numpy((arr - mean) / std).permute(2, 0, 1)
 
 
 @register_frontend("llava")
@@ -81,8 +96,13 @@ class LlavaVision(nn.Module):
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return pad_resize_normalise(images, self.vision_cfg.image_size, self.vision_cfg)
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def meta_pixels(self, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """preprocess()'s output shape for one image (any size: it is padded square), on the meta device."""
+        size = self.vision_cfg.image_size
+        return torch.empty(1, 3, size, size, device="meta")
+
+    def encode(self, pixel_values: torch.Tensor, stage=run_stage) -> torch.Tensor:
         dtype = self.projector[0].weight.dtype
-        out = self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
-        features = out.hidden_states[self.vision_cfg.select_layer][:, 1:]
-        return self.projector(features)
+        features = stage("vision_encoder", lambda: self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
+                         .hidden_states[self.vision_cfg.select_layer][:, 1:])
+        return stage("projector", lambda: self.projector(features))

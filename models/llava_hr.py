@@ -2,7 +2,9 @@
 mixture-of-resolution adapters.
 
 As ../shared/reference/README.md and the authors' released model describe it:
-- the image is padded to a square with the CLIP mean colour and resized (bicubic) to input_image_size (1024);
+- the image is padded to a square with the CLIP mean colour, truncated as LLaVA-HR's process_images does
+  (luogen1996/LLaVA-HR llava_hr/mm_utils.py: tuple(int(x*255) for x in image_mean)), and resized (bicubic)
+  to input_image_size (1024);
 - slow branch: the whole timm ConvNeXt (stem + 4 stages) at 1024 -> [B, C_slow, 32, 32];
 - fast branch: the same image resized (bilinear, align_corners) to 448, CLIP patch embedding with the
   position embeddings resampled 24^2 -> 32^2 (bicubic, antialiased), CLS dropped, pre-layernorm, then the
@@ -23,7 +25,7 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from .config import ModelConfig
-from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise
+from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
 from .vlm import register_frontend
 
 
@@ -157,5 +159,12 @@ class LlavaHrVision(nn.Module):
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return pad_resize_normalise(images, self.vision_cfg.input_image_size, self.vision_cfg)
 
-    def encode(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.projector(self.vision_tower(pixel_values))
+    def meta_pixels(self, image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """preprocess()'s output shape for one image (padded square, any size), on the meta device."""
+        size = self.vision_cfg.input_image_size
+        return torch.empty(1, 3, size, size, device="meta")
+
+    def encode(self, pixel_values: torch.Tensor, stage=run_stage) -> torch.Tensor:
+        # vision_encoder: CLIP, ConvNeXt, the resolution adapters and the fusion
+        features = stage("vision_encoder", lambda: self.vision_tower(pixel_values))
+        return stage("projector", lambda: self.projector(features))

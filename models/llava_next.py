@@ -1,38 +1,78 @@
 """LLaVA-NeXT vision front-end (host of p-MoD-LLaVA-NeXT): anyres tiles, unpadding, image_newline.
 
-As transformers' LlavaNext does it, whose building blocks we use: the image processor picks the best grid from
-`grid_pinpoints`, resizes and pads the image onto it and cuts it into CLIP-sized tiles, plus a base view of the
-whole image; every tile goes through CLIP (layer -2, CLS dropped) and the projector; the tile features are
-stitched back into one map, the padding is cut away (unpad to the original aspect ratio), an image_newline
-vector ends every row, and the base view's tokens come first. The token count depends on the image.
+Preprocessing is the authors' PIL path (haotian-liu/LLaVA llava/mm_utils.py process_anyres_image, which p-MoD
+keeps unchanged), not transformers' LlavaNextImageProcessor (whose resize rounds differently):
+- select_best_resolution over grid_pinpoints: the largest effective resolution, then the least waste, the
+  first candidate on a tie (so the list order matters);
+- resize_and_pad_image: resize (PIL's default, bicubic) so the image fits the chosen grid, new size by
+  math.ceil and capped, pasted centred on a black canvas; cut row-major into CLIP-sized tiles;
+- the base view: the whole image resized (squashed) to the CLIP input size, first;
+- every view through CLIPImageProcessor (already CLIP-sized, so rescale and normalise only).
+Encoding (llava_arch.py prepare_inputs_labels_for_multimodal, mm_patch_merge_type spatial_unpad): every view
+through CLIP (layer -2, CLS dropped) and the projector; the tile features stitched back into one map, the
+padding cut away by the authors' unpad_image (int() truncation), an image_newline vector ending every row,
+the base view's tokens first. The token count depends on the image.
+Pinpoints are [height, width] here (VisionConfig); the authors' config.json lists them as (width, height),
+which models/checkpoints.py turns around on reading and writing.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from PIL import Image
 from torch import nn
-from transformers import CLIPVisionModel, LlavaNextImageProcessor
-from transformers.models.llava_next.modeling_llava_next import (
-    get_anyres_image_grid_shape,
-    image_size_to_num_patches,
-    unpad_image,
-)
+from transformers import CLIPVisionModel
 
 from .config import ModelConfig
-from .llava import clip_vision_config, mlp2x_gelu
+from .llava import clip_vision_config, mlp2x_gelu, normalise, run_stage
 from .vlm import register_frontend
 
 
 @dataclass
 class AnyresPixels:
-    pixel_values: torch.Tensor  # [images, max tiles + 1, 3, S, S], padded across the batch
+    pixel_values: torch.Tensor  # [images, max views, 3, S, S]: base view then tiles, padded across the batch
     image_sizes: torch.Tensor  # [images, 2] original (height, width)
 
     def to(self, device) -> "AnyresPixels":
         return AnyresPixels(self.pixel_values.to(device), self.image_sizes.to(device))
+
+
+def select_best_resolution(width: int, height: int, pinpoints: list[list[int]]) -> tuple[int, int]:
+    """The authors' choice of grid for an image of (width, height); pinpoints [height, width]. -> (h, w)."""
+    best, best_effective, best_waste = None, 0, math.inf
+    for pin_h, pin_w in pinpoints:
+        scale = min(pin_w / width, pin_h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        waste = pin_w * pin_h - effective
+        if effective > best_effective or (effective == best_effective and waste < best_waste):
+            best, best_effective, best_waste = (pin_h, pin_w), effective, waste
+    return best
+
+
+def resize_and_pad(image: Image.Image, target_w: int, target_h: int) -> Image.Image:
+    """Fit into (target_w, target_h) keeping the aspect ratio (ceil, capped), centred on black."""
+    width, height = image.size
+    scale_w, scale_h = target_w / width, target_h / height
+    if scale_w < scale_h:
+        new_w, new_h = target_w, min(math.ceil(height * scale_w), target_h)
+    else:
+        new_w, new_h = min(math.ceil(width * scale_h), target_w), target_h
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(image.resize((new_w, new_h), Image.Resampling.BICUBIC), ((target_w - new_w) // 2, (target_h - new_h) // 2))
+    return canvas
+
+
+def unpad(features: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """The authors' unpad_image: [C, H, W] of the padded grid -> the rows / columns the image covers."""
+    cur_h, cur_w = features.shape[1:]
+    if width / height > cur_w / cur_h:
+        pad = (cur_h - int(height * (cur_w / width))) // 2
+        return features[:, pad:cur_h - pad, :]
+    pad = (cur_w - int(width * (cur_h / height))) // 2
+    return features[:, :, pad:cur_w - pad]
 
 
 @register_frontend("llava-next")
@@ -50,39 +90,57 @@ class LlavaNextVision(nn.Module):
     def num_image_tokens(self) -> int:
         return self.vision_cfg.num_image_tokens  # the largest grid; a given image may use fewer
 
-    def image_processor(self) -> LlavaNextImageProcessor:
-        vision = self.vision_cfg
-        size = vision.image_size
-        return LlavaNextImageProcessor(
-            image_grid_pinpoints=self.grid_pinpoints, size={"shortest_edge": size},
-            crop_size={"height": size, "width": size}, image_mean=list(vision.image_mean),
-            image_std=list(vision.image_std),
-        )
+    def grid_shape(self, width: int, height: int) -> tuple[int, int]:
+        """(rows, cols) of tiles for an image of (width, height)."""
+        pin_h, pin_w = select_best_resolution(width, height, self.grid_pinpoints)
+        size = self.vision_cfg.image_size
+        return pin_h // size, pin_w // size
+
+    def views(self, image: Image.Image) -> list[Image.Image]:
+        """The base view then the tiles, row-major, as PIL images of the CLIP input size."""
+        image = image.convert("RGB")
+        size = self.vision_cfg.image_size
+        pin_h, pin_w = select_best_resolution(*image.size, self.grid_pinpoints)
+        padded = resize_and_pad(image, pin_w, pin_h)
+        tiles = [padded.crop((x, y, x + size, y + size)) for y in range(0, pin_h, size) for x in range(0, pin_w, size)]
+        return [image.resize((size, size), Image.Resampling.BICUBIC)] + tiles
 
     def preprocess(self, images: list[Image.Image]) -> AnyresPixels:
-        out = self.image_processor()([image.convert("RGB") for image in images], return_tensors="pt")
-        return AnyresPixels(out["pixel_values"], out["image_sizes"])
+        stacks = [torch.stack([normalise(view, self.vision_cfg) for view in self.views(image)]) for image in images]
+        most = max(stack.shape[0] for stack in stacks)
+        pixels = torch.zeros(len(stacks), most, *stacks[0].shape[1:])
+        for i, stack in enumerate(stacks):
+            pixels[i, : stack.shape[0]] = stack
+        sizes = torch.tensor([[image.size[1], image.size[0]] for image in images])
+        return AnyresPixels(pixels, sizes)
 
-    def encode(self, pixels: AnyresPixels) -> list[torch.Tensor]:
+    def meta_pixels(self, image_size: tuple[int, int] | None = None) -> AnyresPixels:
+        """Pixels of preprocess()'s shapes on the meta device for an image of (width, height) (default: the
+        pinpoint with the most tiles, the first on a tie), for FLOPs counting without weights."""
+        size = self.vision_cfg.image_size
+        if image_size is None:
+            pin_h, pin_w = max(self.grid_pinpoints, key=lambda p: (p[0] // size) * (p[1] // size))
+            image_size = (pin_w, pin_h)
+        rows, cols = self.grid_shape(*image_size)
+        return AnyresPixels(torch.empty(1, 1 + rows * cols, 3, size, size, device="meta"),
+                            torch.tensor([[image_size[1], image_size[0]]]))
+
+    def encode(self, pixels: AnyresPixels, stage=run_stage) -> list[torch.Tensor]:
         vision = self.vision_cfg
-        tiles_per_image = [
-            image_size_to_num_patches(size.tolist(), self.grid_pinpoints, vision.image_size)
-            for size in pixels.image_sizes
-        ]
+        sizes = [(int(h), int(w)) for h, w in pixels.image_sizes.tolist()]
+        grids = [self.grid_shape(w, h) for h, w in sizes]
+        counts = [1 + rows * cols for rows, cols in grids]
         dtype = self.projector[0].weight.dtype
-        flat = torch.cat([p[:n] for p, n in zip(pixels.pixel_values, tiles_per_image)]).to(dtype)
-        hidden = self.vision_tower(flat, output_hidden_states=True).hidden_states[vision.select_layer][:, 1:]
-        features = torch.split(self.projector(hidden), tiles_per_image)
+        flat = torch.cat([p[:n] for p, n in zip(pixels.pixel_values, counts)]).to(dtype)
+        hidden = stage("vision_encoder", lambda: self.vision_tower(flat, output_hidden_states=True)
+                       .hidden_states[vision.select_layer][:, 1:])
+        features = torch.split(stage("projector", lambda: self.projector(hidden)), counts)
         side = vision.image_size // vision.patch_size
         packed = []
-        for feat, size in zip(features, pixels.image_sizes):
-            if feat.shape[0] == 1:  # no tiles: the base view plus one newline
-                packed.append(torch.cat([feat[0], self.image_newline[None].to(feat)]))
-                continue
+        for feat, (height, width), (rows, cols) in zip(features, sizes, grids):
             base, tiles = feat[0], feat[1:]
-            rows, cols = get_anyres_image_grid_shape(size.tolist(), self.grid_pinpoints, vision.image_size)
             grid = tiles.view(rows, cols, side, side, -1).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)
-            grid = unpad_image(grid, size)  # [C, H, W] without the padding
+            grid = unpad(grid, width, height)  # [C, H, W] without the padding
             newline = self.image_newline[:, None, None].expand(-1, grid.shape[1], 1).to(grid)
             grid = torch.cat([grid, newline], dim=-1).flatten(1, 2).transpose(0, 1)
             packed.append(torch.cat([base, grid]))

@@ -2,7 +2,8 @@
 patch-info mining.
 
 As ../shared/reference/README.md and the released model describe it:
-- preprocessing: pad to a square with the CLIP mean colour, resize to the high-resolution size (1536) and
+- preprocessing: pad to a square with the CLIP mean colour, truncated as MGM's process_images does
+  (dvlab-research/MGM mgm/mm_utils.py: tuple(int(x*255) for x in image_mean)), resize to the high-resolution size (1536) and
   normalise: that is the ConvNeXt input; the same tensor resized (bilinear) to grid x 336 is cut into grid^2
   crops (row-major), and resized again to 336 for the global view: images = [crops..., global];
 - CLIP (layer -2, CLS dropped) on every view -> 576 tokens each;
@@ -25,7 +26,7 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from .config import ModelConfig
-from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise
+from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
 from .vlm import register_frontend
 
 
@@ -108,24 +109,33 @@ class MgmHdVision(nn.Module):
         scores = (query[:, :, None] @ key.transpose(-1, -2)) / key.shape[-1] ** 0.5  # [N, L, 1, region^2]
         return (scores.nan_to_num().softmax(dim=-1) @ value).mean(dim=2)
 
-    def encode(self, pixels: HdPixels) -> torch.Tensor:
+    def meta_pixels(self, image_size: tuple[int, int] | None = None) -> HdPixels:
+        """preprocess()'s output shapes for one image (padded square, any size), on the meta device."""
+        vision = self.vision_cfg
+        n_views = vision.image_grid**2 + int(vision.image_global)
+        size, high = vision.image_size, vision.input_image_size
+        return HdPixels(torch.empty(1, n_views, 3, size, size, device="meta"),
+                        torch.empty(1, 3, high, high, device="meta"))
+
+    def encode(self, pixels: HdPixels, stage=run_stage) -> torch.Tensor:
         vision = self.vision_cfg
         dtype = self.projector[0].weight.dtype
         views = pixels.views.to(dtype)
         batch, n_views = views.shape[:2]
         grid = vision.image_grid
-        hidden = self.vision_tower(views.flatten(0, 1), output_hidden_states=True).hidden_states
-        feats = hidden[vision.select_layer][:, 1:].reshape(batch, n_views, -1, vision.hidden_size)
-        high = self.vision_tower_aux(pixels.high_res.to(dtype))
+        hidden = stage("vision_encoder", lambda: self.vision_tower(views.flatten(0, 1), output_hidden_states=True)
+                       .hidden_states[vision.select_layer])
+        feats = hidden[:, 1:].reshape(batch, n_views, -1, vision.hidden_size)
+        high = stage("vision_encoder_aux", lambda: self.vision_tower_aux(pixels.high_res.to(dtype)))
         crops = feats[:, : grid * grid].flatten(0, 1)
         c_aux, h, w = high.shape[1:]
         high_crops = high.reshape(batch, c_aux, grid, h // grid, grid, w // grid).permute(0, 2, 4, 1, 3, 5)
-        mined = self.mine(crops, high_crops.reshape(-1, c_aux, h // grid, w // grid))
+        mined = stage("patch_info_mining", lambda: self.mine(crops, high_crops.reshape(-1, c_aux, h // grid, w // grid)))
         tokens = [crops.reshape(batch, -1, vision.hidden_size)]
         mined_all = [mined.reshape(batch, -1, vision.hidden_size)]
         if vision.image_global:
             low_high = F.interpolate(high.float(), scale_factor=1 / grid, mode="bilinear", align_corners=False)
             glob = feats[:, -1]
             tokens.insert(0, glob)
-            mined_all.insert(0, self.mine(glob, low_high.to(dtype)))
-        return self.projector(torch.cat(tokens, dim=1) + torch.cat(mined_all, dim=1))
+            mined_all.insert(0, stage("patch_info_mining", lambda: self.mine(glob, low_high.to(dtype))))
+        return stage("projector", lambda: self.projector(torch.cat(tokens, dim=1) + torch.cat(mined_all, dim=1)))

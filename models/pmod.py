@@ -1,43 +1,91 @@
-"""p-MoD: per-layer routers over vision tokens, TanhNorm, STRing and progressive ratio decay.
+"""p-MoD: per-layer routers over vision tokens, a weight norm (TanhNorm), STRing and progressive ratio decay.
 
-Behaviour follows ../shared/reference/README.md ("p-MoD, as the authors' code behaves"):
-- router per MoD layer Linear(hidden, 1, bias=True), zero-initialised, on the layer input (no norm);
-- TanhNorm w = scale * tanh(r) + 1 (scale 0.2);
-- only vision tokens are routed: the top k = trunc(n_vision * ratio) by r run the layer, ties broken by
-  position (a zero router keeps the first k);
-- STRing: a kept vision token gives h + w * MLP(norm(h)), a skipped one w * x; text tokens run a plain dense
-  layer; RoPE positions are the original ones;
+Behaviour follows ../shared/reference/README.md ("p-MoD, as the authors' code behaves") and the released
+code (MCG-NJU/p-MoD llava/model/language_model/pmod_llava_llama.py: build_mod_layers, ModLayer, TokenRouter,
+shifted_cos_with_ratio / shifted_linear_with_ratio):
+- router per MoD layer Linear(hidden, 1, bias=mod_bias_enabled), zero-initialised (mod_special_init), on the
+  layer input (no norm);
+- weight w = scale * norm(r) + bias, norm one of softmax (over the row) / sigmoid / tanh / none; released
+  tanh_0.2_1 (TanhNorm: w = 0.2 * tanh(r) + 1), computed in the model's dtype as the release does;
+- routed ("target") tokens: the image tokens (vision_all; vision_hr leaves LLaVA-NeXT's base view dense);
+  k = trunc(n_target * ratio) computed in float32 (the release multiplies an int32 count by a Python float);
+- which k run: "released" ranking takes the top k of w over the whole row, where the non-target positions
+  were set to -inf before the norm (so text gets w = norm(-inf), 0.8 for TanhNorm, and ties with a router
+  saturated negative: it can take a slot, and fewer vision tokens run); "vision_only" takes the top k of r
+  over the target tokens. Ties go to the earlier position (the release's torch.topk leaves their order to
+  the kernel). Pads never compete (the release evaluates batch 1, without pads);
+- STRing: a kept target token gives h + w * MLP(norm(h)), a skipped one w * x; other tokens run a plain
+  dense layer; RoPE positions are the original ones;
 - decode tokens are text, so they run densely.
 """
 
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import torch
 from torch import nn
 
-from .config import ModelConfig, ModSpec
+from .config import (
+    PMOD_DECAYS,
+    PMOD_PATTERNS,
+    PMOD_WEIGHT_NORMS,
+    ConfigError,
+    ModelConfig,
+    ModSpec,
+)
 from .routing import IMAGE, Route, RoutingContext, RoutingScheme, rank_within_rows, register_scheme
+
+# The released decay functions divide by 31 whatever the depth (a 32-layer LLM's last index).
+AUTHORS_DECAY_DIVISOR = 31
+
+
+def decay_value(pattern: str, factor: float, layer: int, divisor: int) -> float:
+    """The authors' decay functions, in their operation order (so the floats are the same)."""
+    if pattern == "shiftedcos":
+        return math.cos(layer * math.pi / divisor) / 2 + factor
+    if pattern == "shiftedlinear":
+        return (-layer / divisor + 0.5) + factor
+    raise ConfigError(f"mod.pmod_pattern {pattern!r} is not a decay pattern ({PMOD_DECAYS})")
+
+
+def pattern_schedule(spec: ModSpec, num_layers: int, divisor: int | None = None) -> tuple[list[int], list[float]]:
+    """(MoD layers, kept ratios) that spec's pattern gives at this depth. divisor: None for the spec's own
+    (pmod_decay_divisor, else num_layers - 1)."""
+    if spec.pmod_pattern in PMOD_DECAYS:
+        if divisor is None:
+            divisor = spec.pmod_decay_divisor or max(num_layers - 1, 1)
+        layers, ratios = [], []
+        for layer in range(num_layers):
+            value = decay_value(spec.pmod_pattern, spec.pmod_router_factor, layer, divisor)
+            if value <= spec.prd_max_ratio:
+                layers.append(layer)
+                ratios.append(max(value, spec.prd_min_ratio))
+        return layers, ratios
+    layers = {"deep_all": list(range(2, num_layers - 1)),  # the last layer stays dense
+              "deep_all_include_last": list(range(2, num_layers)),
+              "interleave": list(range(1, num_layers, 2))}[spec.pmod_pattern]
+    return layers, [spec.pmod_router_factor] * len(layers)
+
+
+def authors_schedule(spec: ModSpec, num_layers: int) -> tuple[list[int], list[float]]:
+    """What the released code builds from the pattern fields alone (decay divisor fixed at 31)."""
+    return pattern_schedule(spec, num_layers, divisor=AUTHORS_DECAY_DIVISOR)
 
 
 def prd_schedule(num_layers: int, max_ratio: float = 0.85, min_ratio: float = 0.15) -> tuple[list[int], list[float]]:
-    """Progressive ratio decay: R(l) = cos(l * pi / (L - 1)) / 2 + 0.5; layer l is MoD iff R(l) <= max_ratio,
-    keeping max(R(l), min_ratio) of its vision tokens. Returns (mod layers, kept ratios)."""
-    layers, ratios = [], []
-    for layer in range(num_layers):
-        r = math.cos(layer * math.pi / max(num_layers - 1, 1)) / 2 + 0.5
-        if r <= max_ratio:
-            layers.append(layer)
-            ratios.append(max(r, min_ratio))
-    return layers, ratios
+    """Progressive ratio decay over any depth: R(l) = cos(l * pi / (L - 1)) / 2 + 0.5 (at 32 layers the
+    released schedule: layers 8-31)."""
+    return pattern_schedule(ModSpec(scheme="pmod", prd_max_ratio=max_ratio, prd_min_ratio=min_ratio), num_layers)
 
 
 def pmod_layers_and_ratios(spec: ModSpec, num_layers: int) -> tuple[list[int], list[float]]:
-    """The configured layers/ratios, or the PRD schedule when the spec leaves both empty."""
+    """The explicit layers (ratios, or pmod_router_factor each), else the pattern's schedule."""
     if not spec.layers and not spec.ratios:
-        return prd_schedule(num_layers, spec.prd_max_ratio, spec.prd_min_ratio)
-    ratios = list(spec.ratios) if spec.ratios else [0.5] * len(spec.layers)
+        return pattern_schedule(spec, num_layers)
+    ratios = list(spec.ratios) if spec.ratios else [spec.pmod_router_factor] * len(spec.layers)
     return list(spec.layers), ratios
 
 
@@ -48,14 +96,76 @@ def mean_kept_ratio(spec: ModSpec, num_layers: int) -> float:
     return sum(kept.get(layer, 1.0) for layer in range(num_layers)) / num_layers
 
 
-class PmodRouter(nn.Module):
-    """Linear(hidden, 1, bias) with zero init, as released."""
+def kept_count(n: torch.Tensor | int, ratio: float) -> torch.Tensor | int:
+    """trunc(n * ratio) in float32, as the release computes it (int32 count times a Python float: a float32
+    product); float64 flooring differs for a few n (e.g. 2365 on the 32-layer schedule)."""
+    if isinstance(n, torch.Tensor):
+        product = n.to(torch.float32) * torch.tensor(ratio, dtype=torch.float32, device=n.device)
+        return torch.trunc(product).long()
+    return int(np.trunc(np.float32(n) * np.float32(ratio)))
 
-    def __init__(self, hidden_size: int) -> None:
+
+# --- config.json fields (the release's strings) <-> the typed spec -----------------------------------------
+_DECAY_RE = re.compile(r"(\w+?)_decay_(\d+\.\d+)_(\d+\.\d+)")
+# the release's pattern: "{norm}_{scale}_{bias}", or the bare norm name (scale 1, bias 1)
+_NORM_RE = re.compile(r"([a-z]+)_(\d+\.\d+|\d+)_(-?\d+\.\d+|-?\d+)")
+
+
+def parse_target_layers(value) -> dict:
+    """mod_target_layers -> ModSpec fields. Unknown patterns are an error naming the field."""
+    if isinstance(value, str):
+        if value in PMOD_PATTERNS and value not in PMOD_DECAYS:
+            return {"pmod_pattern": value}
+        match = _DECAY_RE.fullmatch(value)
+        if match and match.group(1) in PMOD_DECAYS:
+            return {"pmod_pattern": match.group(1), "prd_max_ratio": float(match.group(2)),
+                    "prd_min_ratio": float(match.group(3))}
+    decays = " | ".join(f"{d}_decay_{{max}}_{{min}}" for d in PMOD_DECAYS)
+    raise ConfigError(f"mod_target_layers: unknown value {value!r}; expected {decays} or one of "
+                      f"{[p for p in PMOD_PATTERNS if p not in PMOD_DECAYS]}")
+
+
+def format_target_layers(spec: ModSpec) -> str:
+    if spec.pmod_pattern in PMOD_DECAYS:
+        return f"{spec.pmod_pattern}_decay_{_decimal(spec.prd_max_ratio)}_{_decimal(spec.prd_min_ratio)}"
+    return spec.pmod_pattern
+
+
+def parse_weight_norm(value) -> dict:
+    """mod_weight_norm -> ModSpec fields. Unknown norms are an error naming the field."""
+    if isinstance(value, str):
+        match = _NORM_RE.fullmatch(value)
+        norm, scale, bias = (match.group(1), float(match.group(2)), float(match.group(3))) if match else (value, 1.0, 1.0)
+        if norm in PMOD_WEIGHT_NORMS:
+            return {"pmod_weight_norm": norm, "pmod_norm_scale": scale, "pmod_norm_bias": bias}
+    raise ConfigError(f"mod_weight_norm: unknown value {value!r}; expected {{norm}}_{{scale}}_{{bias}} or {{norm}} "
+                      f"with norm one of {PMOD_WEIGHT_NORMS}")
+
+
+def format_weight_norm(spec: ModSpec) -> str:
+    return f"{spec.pmod_weight_norm}_{_number(spec.pmod_norm_scale)}_{_number(spec.pmod_norm_bias)}"
+
+
+def _decimal(x: float) -> str:
+    """A float the release's `\\d+\\.\\d+` accepts, exactly (0.85 -> "0.85", 1 -> "1.0")."""
+    return np.format_float_positional(float(x), trim="0")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else _decimal(x)
+
+
+# --- the routing scheme --------------------------------------------------------------------------------------
+class PmodRouter(nn.Module):
+    """TokenRouter: Linear(hidden, 1, bias), zero-initialised when mod_special_init (as released)."""
+
+    def __init__(self, hidden_size: int, bias: bool = True, zero_init: bool = True) -> None:
         super().__init__()
-        self.router = nn.Linear(hidden_size, 1, bias=True)
-        nn.init.zeros_(self.router.weight)
-        nn.init.zeros_(self.router.bias)
+        self.router = nn.Linear(hidden_size, 1, bias=bias)
+        if zero_init:
+            nn.init.zeros_(self.router.weight)
+            if bias:
+                nn.init.zeros_(self.router.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.router(hidden).squeeze(-1)
@@ -65,24 +175,56 @@ class PmodRouter(nn.Module):
 class PmodRouting(RoutingScheme):
     def __init__(self, cfg: ModelConfig) -> None:
         nn.Module.__init__(self)
-        layers, ratios = pmod_layers_and_ratios(cfg.mod, cfg.llm.num_layers)
+        spec = cfg.mod
+        layers, ratios = pmod_layers_and_ratios(spec, cfg.llm.num_layers)
         self.mod_layers = tuple(layers)
         self.ratios = dict(zip(layers, ratios))
-        self.scale = cfg.mod.tanh_norm_scale
-        self.routers = nn.ModuleDict({str(layer): PmodRouter(cfg.llm.hidden_size) for layer in layers})
+        self.spec = spec
+        # vision_hr on LLaVA-NeXT: the base view's tokens (the first of each image) are not routed
+        vision = cfg.vision
+        side = vision.image_size // vision.patch_size if vision is not None else 0
+        self.base_view_tokens = side * side if spec.pmod_target_tokens == "vision_hr" and vision is not None \
+            and vision.kind == "anyres" else 0
+        self.routers = nn.ModuleDict({
+            str(layer): PmodRouter(cfg.llm.hidden_size, spec.pmod_router_bias, spec.pmod_router_zero_init)
+            for layer in layers})
+
+    def targets(self, ctx: RoutingContext) -> torch.Tensor:
+        target = ctx.token_types == IMAGE
+        if self.base_view_tokens:
+            target = target & (target.long().cumsum(dim=1) > self.base_view_tokens)
+        return target
+
+    def weight(self, masked: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """w = scale * norm(r) + bias on the logits with non-targets at -inf (in the logits' dtype)."""
+        norm = self.spec.pmod_weight_norm
+        if norm == "softmax":  # a row without targets would be all -inf (NaN): its weights are never used
+            x = torch.softmax(torch.where(target.any(dim=1, keepdim=True), masked, torch.zeros_like(masked)), dim=1)
+        elif norm == "sigmoid":
+            x = torch.sigmoid(masked)
+        elif norm == "tanh":
+            x = torch.tanh(masked)
+        else:  # "none"
+            x = masked
+        return x * self.spec.pmod_norm_scale + self.spec.pmod_norm_bias
 
     def route(self, layer_idx, hidden, normed, ctx: RoutingContext) -> Route | None:
         if layer_idx not in self.ratios:
             return None
-        vision = (ctx.token_types == IMAGE)
-        if not bool(vision.any()):
+        target = self.targets(ctx) & ctx.real
+        if not bool(target.any()):
             return None  # decode steps and text-only prompts: a dense layer
-        r = self.routers[str(layer_idx)](hidden).float()
-        weight = self.scale * torch.tanh(r) + 1.0
-        n_keep = (vision.sum(dim=1).double() * self.ratios[layer_idx]).floor().long()
-        score = torch.where(vision, r, torch.full_like(r, -torch.inf))
-        keep_vision = vision & (rank_within_rows(score, descending=True) < n_keep[:, None])
-        keep = ctx.real & (~vision | keep_vision)
-        ones = torch.ones_like(weight)
-        scale = torch.where(vision, weight, ones).to(hidden.dtype)
+        r = self.routers[str(layer_idx)](hidden)
+        masked = r.masked_fill(~target, -torch.inf)
+        weight = self.weight(masked, target)
+        n_keep = kept_count(target.sum(dim=1), self.ratios[layer_idx])
+        if self.spec.pmod_ranking == "released":
+            score = weight.float()
+        else:
+            score = r.float().masked_fill(~target, -torch.inf)
+        score = score.masked_fill(~ctx.real, -torch.inf)
+        top = rank_within_rows(score, descending=True) < n_keep[:, None]
+        keep = ctx.real & (~target | top)
+        scale = torch.where(target, weight, torch.ones_like(weight)).to(hidden.dtype)
         return Route(keep=keep, mlp_scale=scale, skip_scale=scale, compact_positions=False)
+

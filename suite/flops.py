@@ -4,19 +4,24 @@ Analytic: 2 FLOPs per multiply-add, LLM decoder only, prefill only. Per layer wi
 width I: 8*s*h^2 (q, k, v, o projections; with grouped K/V heads 4*s*h^2 + 4*s*h*h_kv) + 4*s^2*h (scores
 and weighted sum over the full s x s block, as the kernels compute it) + 6*s*h*I (gate, up, down).
 An MoD layer counts the tokens it runs: s*(1-R) for γ-MoD at skip ratio R; for p-MoD the text tokens plus
-trunc(n_vision * ratio_l). Vision encoder, projector, lm_head, router and decode steps are not counted.
+trunc(n_vision * ratio_l) (in float32, as the release computes it). Vision encoder, projector, lm_head,
+router and decode steps are not counted.
+
+Full (`flops_full_meta`, `modbench flops --full`): every component, counted by torch.utils.flop_counter on
+the meta device. Each host front-end runs its own encode() with its parts named (vision_encoder,
+vision_encoder_aux, patch_info_mining, projector), on inputs of the shapes its preprocess() gives
+(`meta_pixels`: LLaVA-NeXT's tiles follow the image size), so what is counted is what a forward runs.
 """
 
 from __future__ import annotations
 
-import math
 import re
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.config import ModelConfig
-from models.pmod import pmod_layers_and_ratios
+from models.pmod import kept_count, pmod_layers_and_ratios
 
 CONVENTION = "2 FLOPs per multiply-add; LLM decoder prefill only (8sh^2 + 4s^2h + 6shI per layer)"
 TORCH_CONVENTION = "torch.utils.flop_counter: 2 FLOPs per multiply-add"
@@ -42,8 +47,11 @@ def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None
     if mod.scheme == "pmod" and skip is None:
         layers, ratios = pmod_layers_and_ratios(mod, num_layers)
         n_vision = image_tokens if image_tokens is not None else cfg.vision.num_image_tokens
+        if n_vision > seq_len:
+            raise ValueError(f"seq_len {seq_len:g} is shorter than the {n_vision} image tokens (give a longer "
+                             "sequence, or the image tokens it holds)")
         kept = dict(zip(layers, ratios))
-        return [seq_len - n_vision + math.floor(n_vision * kept[i]) if i in kept else float(seq_len)
+        return [seq_len - n_vision + kept_count(n_vision, kept[i]) if i in kept else float(seq_len)
                 for i in range(num_layers)]
     if skip is None:
         raise ValueError(f"--skip is required for a {mod.scheme} model (its skip ratio is measured, not fixed)")
@@ -109,10 +117,13 @@ def fvcore_flops(module: torch.nn.Module, inputs: tuple) -> float:
 
 @torch.no_grad()
 def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, new_tokens: int = 0,
-                    image_tokens: int | None = None) -> dict:
-    """Full accounting at any size without weights: the model is built on the meta device and each component
-    runs at the shapes a prefill (layer l on tokens_per_layer[l] tokens) and `new_tokens` decode steps would
-    have, counted by torch.utils.flop_counter. Decode steps run every layer (an upper bound for γ-MoD)."""
+                    image_tokens: int | None = None, image_size: tuple[int, int] | None = None) -> dict:
+    """Full accounting at any size without weights: the model is built on the meta device; the front-end
+    encodes one image of `image_size` (width, height; the default is the front-end's largest input) part by
+    part, and the decoder runs at the shapes a prefill (layer l on tokens_per_layer[l] tokens) and
+    `new_tokens` decode steps (so 1 + new_tokens generated tokens, each through lm_head) would have, all
+    counted by torch.utils.flop_counter. Decode steps run every layer (an upper bound for γ-MoD). For p-MoD the image
+    tokens are the encoded image's unless `image_tokens` says otherwise."""
     from transformers import DynamicCache
 
     from models.params import build_on_meta
@@ -120,7 +131,6 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     model = build_on_meta(cfg)
     decoder = model.language_model.model
     hidden = cfg.llm.hidden_size
-    tokens = [int(round(t)) for t in tokens_per_layer(cfg, seq_len, skip, image_tokens)]
     components: dict[str, float] = {}
 
     def count(fn) -> float:
@@ -128,19 +138,18 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
             fn()
         return float(counter.get_total_flops())
 
+    def stage(component: str, fn):
+        with torch_flop_counter() as counter:
+            out = fn()
+        components[component] = components.get(component, 0.0) + float(counter.get_total_flops())
+        return out
+
     meta = dict(device="meta", dtype=torch.float32)
     if model.vision is not None:
-        vision = cfg.vision
-        size = vision.input_image_size if vision.kind == "multipath" else vision.image_size
-        pixels = torch.empty(1, 3, size, size, **meta)
-        tower = model.vision.vision_tower
-        if vision.kind == "multipath":
-            feats = tower(pixels)
-        else:
-            feats = tower(pixels, output_hidden_states=True).hidden_states[vision.select_layer][:, 1:]
-        components["vision_encoder"] = count(
-            lambda: tower(pixels) if vision.kind == "multipath" else tower(pixels, output_hidden_states=True))
-        components["projector"] = count(lambda: model.vision.projector(feats))
+        features = model.vision.encode(model.vision.meta_pixels(image_size), stage=stage)
+        if image_tokens is None:
+            image_tokens = int(features[0].shape[0])
+    tokens = [int(round(t)) for t in tokens_per_layer(cfg, seq_len, skip, image_tokens)]
 
     def run_layer(layer_idx: int, n: int, cache=None) -> None:
         layer = decoder.layers[layer_idx]
@@ -156,12 +165,15 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     mod_layers = list(routing.mod_layers)
     if mod_layers:
         x = torch.empty(1, seq_len, hidden, **meta)
-        if cfg.mod.scheme == "gamma":
-            components["router"] = count(lambda: [routing.router_for(i)(x) for i in mod_layers])
+        if cfg.mod.scheme == "gamma":  # γ-MoD also routes each decode token (p-MoD decodes densely)
+            x1 = torch.empty(1, 1, hidden, **meta)
+            components["router"] = count(lambda: [routing.router_for(i)(x) for i in mod_layers]) + count(
+                lambda: [routing.router_for(i)(x1) for i in mod_layers]) * new_tokens
         else:
             components["router"] = count(lambda: [routing.routers[str(i)](x) for i in mod_layers])
     head_in = torch.empty(1, 1, hidden, **meta)
-    components["lm_head"] = count(lambda: model.language_model.lm_head(head_in)) * (1 + max(new_tokens - 1, 0))
+    # one token's logits after the prefill and after each decode step
+    components["lm_head"] = count(lambda: model.language_model.lm_head(head_in)) * (1 + new_tokens)
     if new_tokens:
         def decode() -> None:
             kv = cfg.llm.num_kv_heads
@@ -176,7 +188,7 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     total = sum(components.values())
     return {
         "model": cfg.name, "convention": TORCH_CONVENTION + " (meta device, no weights)", "seq_len": seq_len,
-        "skip": skip, "new_tokens": new_tokens, "tokens_per_layer": tokens,
+        "skip": skip, "new_tokens": new_tokens, "image_tokens": image_tokens, "tokens_per_layer": tokens,
         "tflops_per_component": {k: v / 1e12 for k, v in components.items()}, "tflops": total / 1e12,
     }
 

@@ -84,7 +84,9 @@ def test_writer_writes_the_authors_layout(layout, loaded_layouts):
     conf, theirs = authors_config(model, kind, "vision_tower"), fixture["config"]
     for key in ("architectures", "model_type", "is_multipath_encoder", "input_image_size", "freeze_vision",
                 "image_aspect_ratio", "mm_patch_merge_type", "mm_hidden_size", "mm_hidden_size_aux",
-                "image_size_aux", "image_grid", "image_global"):
+                "image_size_aux", "image_grid", "image_global", "image_grid_pinpoints", "mod_target_layers",
+                "mod_target_token_type", "mod_router_factor", "mod_weight_norm", "mod_bias_enabled",
+                "mod_special_init", "mod_target_layer_indices"):
         assert conf.get(key) == theirs.get(key), key
     if "mod" in theirs:
         assert conf["mod"]["mod_layers_idx"] == theirs["mod"]["mod_layers_idx"]
