@@ -41,10 +41,10 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
 def build_model(spec: str | ModelConfig, seed: int | None = None, device: str | torch.device = "cpu",
                 tokenizer=None) -> ModVlm:
     """A randomly initialised model for a variant name or config (seeded locally; global RNG untouched)."""
-    from .tokenizer import build_tiny_tokenizer
+    from .tokenizer import build_tokenizer
 
     cfg = get_variant(spec) if isinstance(spec, str) else spec
-    tokenizer = tokenizer if tokenizer is not None else build_tiny_tokenizer()
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg.tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed if seed is None else seed)
         model = ModVlm(cfg, tokenizer)

@@ -163,6 +163,7 @@ class ModelConfig:
     dtype: str = "float32"
     attn_implementation: str = "sdpa"
     seed: int = 0
+    tokenizer: str = "tiny"  # built-in tokenizer of a variant built from its config (a checkpoint ships its own)
 
     def __post_init__(self) -> None:
         validate(self)

@@ -5,7 +5,8 @@ ModelManifest; lmms-eval 0.7.3 does not consult the `@register_model` decorator 
 
 model_args: pretrained, dtype, device, batch_size, attn_implementation, protocol (lmms-eval | llava),
 records (a JSONL path for our per-sample records; default $MODBENCH_RECORDS, else none), seed, measure_flops
-(per sample: torch.utils.flop_counter and fvcore counts of the prefill as it ran, beside the analytic one).
+(per sample: torch.utils.flop_counter and fvcore counts of the prefill as it ran, beside the analytic one),
+fixed_skip (γ-MoD: skip this share of the routable prompt tokens by top-k instead of the released threshold).
 
 A sample whose generation raises is recorded as failed (with the error) and never returned as an answer:
 after the whole request list has run, generate_until raises, so the task fails instead of scoring it.
@@ -42,7 +43,7 @@ class ModbenchLmms(lmms):
 
     def __init__(self, pretrained: str = "tiny-llava", dtype: str = "", device: str = "", batch_size=1,
                  attn_implementation: str = "", protocol: str = "lmms-eval", records: str = "", seed=0,
-                 measure_flops=False, **unknown) -> None:
+                 measure_flops=False, fixed_skip="", **unknown) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"modbench model_args: unknown key(s) {sorted(unknown)}")
@@ -68,6 +69,12 @@ class ModbenchLmms(lmms):
             if attn_implementation:
                 self.model.cfg.attn_implementation = attn_implementation
                 self.model.language_model.model.hf_config._attn_implementation = attn_implementation
+        if fixed_skip not in ("", None):  # γ-MoD benchmark knob: a controlled skip ratio (ModSpec.fixed_skip)
+            if self.model.cfg.mod.scheme != "gamma":
+                raise ValueError(f"modbench model_args: fixed_skip applies to γ-MoD models, not "
+                                 f"{self.model.cfg.mod.scheme!r}")
+            self.model.cfg.mod.fixed_skip = float(fixed_skip)
+            models.config.validate(self.model.cfg)
         self.pretrained = pretrained
         self.protocol = protocol
         self.measure_flops = _bool(measure_flops)

@@ -8,12 +8,12 @@ from .config import ModelConfig
 
 
 def build_on_meta(cfg: ModelConfig):
-    from .tokenizer import build_tiny_tokenizer
+    from .tokenizer import build_tokenizer
     from .vlm import ModVlm
 
     with torch.device("meta"):
         # The tokenizer only supplies the <image> id here; parameter shapes come from the config.
-        return ModVlm(cfg, build_tiny_tokenizer())
+        return ModVlm(cfg, build_tokenizer(cfg.tokenizer))
 
 
 def count_parameters(cfg: ModelConfig) -> int:

@@ -26,25 +26,63 @@ _WORDS = (
 )
 
 
-@functools.lru_cache(maxsize=1)
-def _trained() -> str:
+# The scene tokenizer (the CPU-scale reproduction's models): trained on the prompt formats and words of the
+# drawn-scene corpus (tasks/scenes.py), so that the fixed text of a prompt takes few tokens and the image tokens
+# dominate the sequence, as they do in LLaVA-HR's (1024 of ~1,400). Words it has not seen fall back to bytes.
+SCENE_VOCAB_SIZE = 1024
+_SCENE_TEXT = (
+    "Answer the question using a single word or phrase.", "Answer with the option's letter from the given choices "
+    "directly.", "Please answer yes or no.", "Is there a in the image? this image? Are there shapes in this image? "
+    "Is the on the left or right? What color is the? What shape is the object? How many shapes are there? "
+    "Which color is the? Which shape is? What word is written on the sign? A. B. C. D. Context: Hint:",
+    "USER: ASSISTANT: Yes No yes no zero one two three left right red green blue yellow purple orange circle square "
+    "triangle star small big stop open exit cafe bank taxi park shop STOP OPEN EXIT CAFE BANK TAXI PARK SHOP",
+)
+
+
+def _bpe(texts: list[str], vocab_size: int) -> str:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=TINY_VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([VICUNA_V1_SYSTEM, _WORDS] * 4, trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     return tok.to_str()
 
 
+@functools.lru_cache(maxsize=1)
+def _trained() -> str:
+    return _bpe([VICUNA_V1_SYSTEM, _WORDS] * 4, TINY_VOCAB_SIZE)
+
+
+@functools.lru_cache(maxsize=1)
+def _scene_trained() -> str:
+    answers = _SCENE_TEXT[-1].split()  # an answer is tokenised alone (no leading space): one token each
+    return _bpe([VICUNA_V1_SYSTEM] * 64 + list(_SCENE_TEXT) * 16 + answers * 16, SCENE_VOCAB_SIZE)
+
+
+def build_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    """The tokenizer a variant names (ModelConfig.tokenizer): "tiny" or "scenes"."""
+    if name not in TOKENIZERS:
+        raise ValueError(f"unknown tokenizer {name!r}; known: {sorted(TOKENIZERS)}")
+    return _wrap(TOKENIZERS[name]())
+
+
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    return build_tokenizer("tiny")
+
+
+TOKENIZERS = {"tiny": _trained, "scenes": _scene_trained}
+
+
+def _wrap(trained: str) -> PreTrainedTokenizerFast:
     """A fresh tokenizer object (the trained JSON is cached; the wrapper is not shared mutable state)."""
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_trained()),
+        tokenizer_object=Tokenizer.from_str(trained),
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",

@@ -6,7 +6,7 @@ import copy
 import dataclasses
 
 from .config import ConfigError, ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
-from .tokenizer import TINY_VOCAB_SIZE
+from .tokenizer import SCENE_VOCAB_SIZE, TINY_VOCAB_SIZE
 
 _VARIANTS: dict[str, ModelConfig] = {}
 
@@ -153,3 +153,14 @@ TINY_MGM_VISION = dataclasses.replace(TINY_CLIP, kind="mgm-hd", input_image_size
 TINY_MGM_HD = register_variant(ModelConfig(name="tiny-mgm-hd", family="mgm-hd", llm=TINY_LLM, vision=TINY_MGM_VISION,
                                            tiny=True))
 register_variant(with_mod(TINY_MGM_HD, "tiny-mgm-hd-gmod", tiny_gamma()))
+
+# --- CPU-scale reproduction (`modbench reproduce`): trained from scratch on drawn scenes (tasks/scenes.py) ---
+# LLaVA-1.5-shaped: a CLIP-like tower on 96 px images (patch 8 -> 144 image tokens) and an 8-layer LLM. With
+# the scene tokenizer a prompt is 33 system + 144 image + ~22 question tokens: image tokens dominate, as in
+# LLaVA-HR (1024 of ~1,400).
+REPRO_LLM = LlmConfig(num_layers=8, hidden_size=96, num_heads=4, num_kv_heads=4, intermediate_size=256,
+                      vocab_size=SCENE_VOCAB_SIZE, max_position_embeddings=1024)
+REPRO_CLIP = VisionConfig(kind="clip", image_size=96, patch_size=8, hidden_size=96, num_layers=3, num_heads=4,
+                          intermediate_size=384)
+register_variant(ModelConfig(name="cpu-repro-llava", family="llava", llm=REPRO_LLM, vision=REPRO_CLIP,
+                             tokenizer="scenes"))

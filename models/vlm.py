@@ -96,12 +96,12 @@ class ModVlm(nn.Module):
         """Front-end output per image: [N, T, H] (or a list of [T_i, H] when images differ in token count)."""
         return self.vision.encode(pixels.to(self.device))
 
-    def assemble(self, samples: list[TokenizedSample], pixels=None, with_labels: bool = True) -> Batch:
-        """Embed tokenised samples, splice the encoded images (one per sample with `image_at`, in order) and
-        left-pad into one batch."""
+    def assemble(self, samples: list[TokenizedSample], pixels=None, with_labels: bool = True,
+                 features=None) -> Batch:
+        """Embed tokenised samples, splice the encoded images (one per sample with `image_at`, in order: from
+        `pixels`, or `features` already encoded) and left-pad into one batch."""
         with_image = [i for i, sample in enumerate(samples) if sample.image_at is not None]
-        features = None
-        if with_image:
+        if with_image and features is None:
             if pixels is None:
                 raise ValueError(f"{len(with_image)} sample(s) place an image but no pixels were given")
             features = self.encode_images(pixels)

@@ -19,6 +19,8 @@ REQUIRED = {
     "smoke": ("runs", "failed"),
     "latency": ("runs", "table", "comparisons"),
     "overhead": ("samples", "seconds", "per_sample_seconds", "overhead_share"),
+    "train": ("status", "scheme", "mod_layers", "steps", "tokens_seen", "wall_seconds", "median_step_seconds"),
+    "reproduction": ("status", "result", "stages_run", "wall_seconds"),
     "baseline": ("provenance", "checks"),
 }
 

@@ -34,12 +34,14 @@ class RunSpec:
     run_id: str = ""
     measure_flops: bool = False
     data_root: str = ""  # benchmark data (default: tasks/data); a root elsewhere leaves the checkout untouched
+    fixed_skip: float | None = None  # γ-MoD: a controlled skip ratio instead of the released threshold rule
 
     def model_args(self, records: Path) -> str:
         args = {"pretrained": self.model, "protocol": self.protocol,
                 "seed": self.seed, "records": str(records), "dtype": self.dtype, "device": self.device,
                 "attn_implementation": self.attn_implementation,
-                "measure_flops": "true" if self.measure_flops else ""}
+                "measure_flops": "true" if self.measure_flops else "",
+                "fixed_skip": "" if self.fixed_skip is None else self.fixed_skip}
         return ",".join(f"{k}={v}" for k, v in args.items() if v not in ("", None))
 
     def default_run_id(self) -> str:

@@ -229,6 +229,19 @@ def set_trainable(model, stage: str, train_vision: bool) -> dict:
             "frozen": count(p for p in model.parameters() if not p.requires_grad)}
 
 
+def cosine_with_warmup(optimizer, warmup: int, total: int):
+    """Linear warm-up to the peak rate, then cosine decay to zero at `total` (the LLaVA / γ-MoD / p-MoD recipe;
+    transformers' get_cosine_schedule_with_warmup, without importing transformers' trainer stack)."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return step / max(1, warmup)
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0))))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 class TrainingForward(torch.nn.Module):
     """What one micro-step runs (and what DDP wraps): encode images, assemble, decoder, losses."""
 
@@ -303,7 +316,6 @@ def train(cfg: TrainConfig, log=print) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from tqdm import tqdm
-    from transformers import get_cosine_schedule_with_warmup
 
     from models.checkpoints import save_authors_checkpoint
     from suite.results import results_record, write_json_atomic
@@ -352,7 +364,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if batches_per_epoch == 0:
         raise ValueError(f"{cfg.data}: {len(dataset)} samples make no global batch of {global_batch}")
     total_steps = cfg.steps or max(1, math.ceil(cfg.epochs * batches_per_epoch / cfg.grad_accum))
-    scheduler = get_cosine_schedule_with_warmup(optimizer, int(round(cfg.warmup_ratio * total_steps)), total_steps)
+    scheduler = cosine_with_warmup(optimizer, int(round(cfg.warmup_ratio * total_steps)), total_steps)
     # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it once per
     # process), and checkpointed with the rest of the state.
     forward, optimizer = accelerator.prepare(TrainingForward(model), optimizer)

@@ -1,0 +1,475 @@
+"""`modbench reproduce`: the papers' claims tested at CPU scale, with verdicts computed from measured numbers.
+
+The pipeline, per seed (every stage cached under a content hash of its inputs, so an interrupted run continues
+where it stopped and a rerun with the same spec redoes nothing):
+1. corpus     drawn scenes (tasks/scenes.py): training JSON in LLaVA's format, held-out sets in benchmark schemas;
+2. dense      a LLaVA-1.5-shaped model (cpu-repro-llava) trained from scratch, all parameters, one stage (at this
+              scale there is no pretrained CLIP or Vicuna to align, so LLaVA's stage 1 has nothing to do);
+3. arank      ARank of the dense model over ScienceQA-style prompts (as the paper) -> the γ-MoD layers;
+4. finetune   from the dense checkpoint, the same steps and data for every row: a dense continuation (the fair
+              baseline), γ-MoD (ARank layers, shared router, masked routing learning) at routing ratios, the
+              ablations of γ-MoD Table 1, p-MoD with progressive ratio decay and with a constant ratio;
+5. evaluate   each checkpoint through lmms-eval on the held-out sets, γ-MoD both with the released inference
+              rule (keep p > 0.005) and at a controlled skip ratio (the training one);
+6. speed      training step time and inference samples/s of the main models, side by side in one process.
+Then the tables (Markdown and CSV) beside the papers' values and a verdict per claim, and one plot.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+CODE_VERSION = 1  # bump when a stage's meaning changes, so cached stages are redone
+MODEL = "cpu-repro-llava"
+TASKS = ("pope_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local", "mme_local", "mmbench_en_dev_local")
+BENCHMARKS = {  # column -> (task, metric, scale to percent)
+    "GQA": ("gqa_local", "exact_match", 100.0),
+    "SQA-IMG": ("scienceqa_img_local", "exact_match", 100.0),
+    "TextVQA": ("textvqa_val_local", "exact_match", 100.0),
+    "POPE": ("pope_local", "pope_f1_score", 100.0),
+    "MME": ("mme_local", "mme_perception_score", 100.0 / 800),  # 4 perception categories: 800 at most
+    "MMB": ("mmbench_en_dev_local", "mmbench_circular_acc", 100.0),
+}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One fine-tuned model: its training overrides beside the dense continuation, and how it is evaluated."""
+
+    scheme: str  # dense | gamma | pmod
+    skip: float = 0.5  # γ-MoD: training skip fraction (the routing ratio)
+    layers: str = "arank"  # γ-MoD: arank | all | 1of2 | 2of3
+    masked: str = "qa"
+    router: str = "shared"
+    constant_ratio: bool = False  # p-MoD: a constant kept ratio with PRD's mean instead of PRD
+
+    def train_overrides(self) -> dict:
+        if self.scheme == "dense":
+            return {}
+        if self.scheme == "pmod":
+            return {"scheme": "pmod"}
+        out = {"scheme": "gamma", "skip_fraction": self.skip, "masked": self.masked, "router": self.router}
+        if self.layers != "arank":
+            out["mod_pattern"] = self.layers
+        return out
+
+
+ROWS: dict[str, Row] = {
+    "dense": Row("dense"),
+    "gamma-0.5": Row("gamma", 0.5),
+    "gamma-0.34": Row("gamma", 0.34),
+    "gamma-0.17": Row("gamma", 0.17),
+    "gamma-0.68": Row("gamma", 0.68),
+    "gamma-all": Row("gamma", 0.34, layers="all"),
+    "gamma-1of2": Row("gamma", 0.34, layers="1of2"),
+    "gamma-2of3": Row("gamma", 0.34, layers="2of3"),
+    "gamma-mask-none": Row("gamma", 0.34, masked="none"),
+    "gamma-mask-q": Row("gamma", 0.34, masked="q"),
+    "gamma-per-layer": Row("gamma", 0.5, router="per-layer"),
+    "pmod-prd": Row("pmod"),
+    "pmod-constant": Row("pmod", constant_ratio=True),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    seeds: int
+    rows: tuple[str, ...]
+    image_size: int = 96
+    train_scenes: int = 4000
+    turns: int = 3
+    eval_per_task: int = 60
+    dense_steps: int = 400
+    finetune_steps: int = 120
+    batch_size: int = 16
+    dense_lr: float = 1e-3
+    finetune_lr: float = 3e-4
+    arank_keep: int = 1  # of layers 1..L-2 the highest-ARank ones stay dense (and 0, L-1)
+    arank_samples: int = 16
+    eval_batch: int = 8
+    speed_batches: int = 6  # training steps timed per model (interleaved), after one warm-up
+    latency_samples: int = 24
+    model: str = MODEL
+
+
+QUICK_ROWS = ("dense", "gamma-0.5", "pmod-prd")
+PRESETS = {
+    "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=48, train_scenes=64, turns=2, eval_per_task=6,
+                    dense_steps=6, finetune_steps=3, batch_size=8, arank_samples=4, speed_batches=2,
+                    latency_samples=4),
+    "quick": Preset("quick", seeds=1, rows=QUICK_ROWS),
+    "full": Preset("full", seeds=3, rows=tuple(ROWS)),
+}
+
+
+def stage_key(name: str, inputs: dict) -> str:
+    digest = hashlib.sha1(json.dumps({"v": CODE_VERSION, **inputs}, sort_keys=True, default=str).encode())
+    return f"{name}-{digest.hexdigest()[:12]}"
+
+
+class Pipeline:
+    """Stages as cached folders under output/stages; `done.json` is written last, so a folder without it is
+    redone (a training stage resumes from its last checkpoint)."""
+
+    def __init__(self, preset: Preset, output: str | Path, log=print) -> None:
+        self.preset = preset
+        self.output = Path(output)
+        self.stages = self.output / "stages"
+        self.log = log
+        self.ran: list[str] = []  # stages computed by this invocation (the rest came from the cache)
+        self.used: dict[int, list[str]] = {}  # seed -> the stage folders its results come from
+        self._seed = 0
+
+    # -- caching -------------------------------------------------------------------------------------------
+    def _stage(self, name: str, inputs: dict, build) -> tuple[Path, dict]:
+        key = stage_key(name, inputs)
+        folder = self.stages / key
+        self.used.setdefault(self._seed, []).append(key)
+        done = folder / "done.json"
+        if done.exists():
+            return folder, json.loads(done.read_text())
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log(f"[{key}] {name}")
+        started = time.perf_counter()
+        result = build(folder)
+        from suite.results import write_json_atomic
+
+        write_json_atomic(done, {"stage": name, "inputs": inputs, "seconds": time.perf_counter() - started,
+                                 **result})
+        self.ran.append(key)
+        return folder, json.loads(done.read_text())
+
+    # -- stages --------------------------------------------------------------------------------------------
+    def corpus(self, seed: int) -> tuple[Path, dict]:
+        from tasks.scenes import CorpusSpec, write_corpus
+
+        p = self.preset
+        spec = CorpusSpec(seed=seed, image_size=p.image_size, train_scenes=p.train_scenes, turns=p.turns,
+                          eval_per_task=p.eval_per_task)
+        return self._stage("corpus", asdict(spec), lambda folder: {"manifest": write_corpus(folder, spec)})
+
+    def _train(self, name: str, inputs: dict, cfg_fields: dict) -> tuple[Path, dict]:
+        from suite.train import TrainConfig, train
+
+        def build(folder: Path) -> dict:
+            cfg = TrainConfig(**cfg_fields, output=str(folder / "model"), resume=True, progress=True,
+                              save_every=max(10, cfg_fields["steps"] // 4), device="cpu")
+            record = train(cfg, log=self.log)
+            return {"model": str(folder / "model"), "train": {k: record[k] for k in (
+                "mod_layers", "mod_choice", "steps", "wall_seconds", "median_step_seconds", "tokens_seen",
+                "samples_seen", "final")}}
+
+        return self._stage(name, inputs, build)
+
+    def dense(self, seed: int, corpus: tuple[Path, dict]) -> tuple[Path, dict]:
+        p = self.preset
+        folder, _ = corpus
+        fields = dict(model=p.model, data=str(folder / "train" / "scenes.json"), steps=p.dense_steps,
+                      batch_size=p.batch_size, lr=p.dense_lr, train_vision=True, seed=seed)
+        return self._train("dense", {"corpus": folder.name, **fields, "data": None}, fields)
+
+    def arank(self, seed: int, corpus, dense) -> tuple[Path, dict]:
+        p = self.preset
+
+        def build(folder: Path) -> dict:
+            import models
+            from models.arank import compute_arank, select_mod_layers
+
+            model = models.load(dense[1]["model"])
+            samples = arank_samples(corpus[0], p.arank_samples)
+            result = compute_arank(model, samples, num_dense=p.arank_keep)
+            layers = select_mod_layers(result.per_layer, p.arank_keep, always_dense=(0, model.cfg.llm.num_layers - 1))
+            self.log(f"ARank {[round(v, 2) for v in result.per_layer]} -> MoD layers {layers}")
+            return {"per_layer": result.per_layer, "mod_layers": layers, "samples": len(samples)}
+
+        return self._stage("arank", {"dense": dense[0].name, "keep": p.arank_keep, "samples": p.arank_samples,
+                                     "seed": seed}, build)
+
+    def finetune(self, seed: int, row_name: str, corpus, dense, arank) -> tuple[Path, dict]:
+        p = self.preset
+        row = ROWS[row_name]
+        fields = dict(model=dense[1]["model"], data=str(corpus[0] / "train" / "scenes.json"),
+                      steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr, train_vision=True,
+                      seed=seed, **row.train_overrides())
+        if row.scheme == "gamma" and row.layers == "arank":
+            fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
+        if row.scheme == "pmod" and row.constant_ratio:
+            import models
+            from models.config import ModSpec
+            from models.pmod import pmod_layers_and_ratios
+
+            num_layers = models.get_variant(p.model).llm.num_layers
+            layers, ratios = pmod_layers_and_ratios(ModSpec(scheme="pmod"), num_layers)
+            fields["mod_layers"] = ",".join(map(str, layers))
+            fields["ratios"] = f"{statistics.fmean(ratios):.6f}"
+        inputs = {"row": row_name, "dense": dense[0].name, "arank": arank[0].name, **fields, "model": None,
+                  "data": None}
+        return self._train(f"finetune-{row_name}", inputs, fields)
+
+    def evaluate(self, seed: int, row_name: str, corpus, model_stage, fixed_skip: float | None) -> tuple[Path, dict]:
+        from suite.runner import RunSpec, run
+
+        p = self.preset
+
+        def build(folder: Path) -> dict:
+            spec = RunSpec(model=model_stage[1]["model"], tasks=list(TASKS), protocol="llava", batch_size=p.eval_batch,
+                           output=str(folder), run_id="run", data_root=str(corpus[0] / "eval"), fixed_skip=fixed_skip,
+                           seed=seed)
+            outcome = run(spec, progress=False)
+            if outcome.status != "ok":
+                raise RuntimeError(f"evaluation of {row_name} failed: {outcome.errors[:1]}")
+            return {"run": str(folder / "run" / "run.json")}
+
+        mode = "released" if fixed_skip is None else f"fixed{fixed_skip}"
+        return self._stage(f"eval-{row_name}-{mode}", {"model": model_stage[0].name, "fixed_skip": fixed_skip,
+                                                        "batch": p.eval_batch, "tasks": TASKS}, build)
+
+    def speed(self, seed: int, corpus, finetuned: dict[str, tuple[Path, dict]]) -> tuple[Path, dict]:
+        p = self.preset
+        names = [n for n in ("dense", "gamma-0.5", "gamma-0.34", "pmod-prd") if n in finetuned]
+
+        def build(folder: Path) -> dict:
+            return measure_speed({n: finetuned[n][1]["model"] for n in names}, corpus[0], p, seed)
+
+        return self._stage("speed", {n: finetuned[n][0].name for n in names} | {
+            "batches": p.speed_batches, "latency": p.latency_samples}, build)
+
+    # -- the whole thing -----------------------------------------------------------------------------------
+    def run(self) -> dict:
+        p = self.preset
+        seeds = []
+        for seed in range(p.seeds):
+            self._seed = seed
+            corpus = self.corpus(seed)
+            dense = self.dense(seed, corpus)
+            arank = self.arank(seed, corpus, dense)
+            finetuned = {name: self.finetune(seed, name, corpus, dense, arank) for name in p.rows}
+            evals = {}
+            for name, stage in finetuned.items():
+                evals[(name, "released")] = self.evaluate(seed, name, corpus, stage, None)
+                if ROWS[name].scheme == "gamma":
+                    evals[(name, "controlled")] = self.evaluate(seed, name, corpus, stage, ROWS[name].skip)
+            speed = self.speed(seed, corpus, finetuned)
+            seeds.append({
+                "seed": seed, "corpus": corpus[1]["manifest"], "dense": dense[1]["train"], "arank": arank[1],
+                "rows": {name: stage[1]["train"] for name, stage in finetuned.items()},
+                "evals": {f"{name}|{mode}": _eval_summary(json.loads(Path(stage[1]["run"]).read_text()))
+                          for (name, mode), stage in evals.items()},
+                "speed": speed[1],
+            })
+        return {"preset": asdict(p), "seeds": seeds}
+
+
+def arank_samples(corpus: Path, n: int) -> list[tuple[str, object]]:
+    """ScienceQA-style prompts (as the paper computes ARank) on training scenes: the model's own questions."""
+    from PIL import Image
+
+    from models.prompt import vicuna_v1
+
+    records = json.loads((corpus / "train" / "arank.json").read_text())[:n]
+    return [(vicuna_v1(r["question"]), Image.open(corpus / "train" / r["image"]).convert("RGB")) for r in records]
+
+
+def _eval_summary(run: dict) -> dict:
+    """Accuracies in percent, efficiency from the per-sample records, sample counts (for binomial noise)."""
+    out = {"acc": {}, "n": {}}
+    for column, (task, metric, scale) in BENCHMARKS.items():
+        value = run["metrics"].get(task, {}).get(metric, {}).get("value")
+        out["acc"][column] = None if value is None else value * scale
+    eff = run.get("efficiency") or {}
+    per_task = eff.get("per_task", {})
+    for column, (task, _, _) in BENCHMARKS.items():
+        if task == "pope_local":
+            out["n"][column] = sum(v.get("n_samples", 0) for t, v in per_task.items() if t.startswith("pope_local"))
+        else:
+            out["n"][column] = per_task.get(task, {}).get("n_samples", 0)
+    routing = eff.get("routing_all_tokens") or {}
+    out.update(tflops=eff.get("tflops_analytic"), tflops_dense=eff.get("tflops_dense_equivalent"),
+               skip=eff.get("overall_skip"), kv_share=routing.get("kept_share_all_layers"),
+               prompt_tokens=eff.get("avg_prompt_tokens"), image_tokens=eff.get("avg_image_tokens"),
+               skip_by_type=_skip_by_type(eff))
+    return out
+
+
+def _skip_by_type(eff: dict) -> dict:
+    per_layer = (eff.get("routing_prefill") or {}).get("per_layer") or []
+    return {"per_layer": per_layer}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# speed: training step time and inference samples/s, side by side in one process
+
+
+def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed: int) -> dict:
+    """Each model trains on the same batches, steps interleaved across models (so drift in the machine's speed
+    hits all alike): median step seconds and their parts (data, vision, LLM forward, backward, optimizer).
+    Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats)."""
+    import torch
+
+    import models
+    from suite.train_data import Collate, EpochBatches, InstructionDataset
+
+    loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
+    first = next(iter(loaded.values()))
+    dataset = InstructionDataset(corpus / "train" / "scenes.json", None, first.tokenizer,
+                                 first.cfg.vision.num_image_tokens, first.cfg.llm.max_position_embeddings)
+    order = iter(EpochBatches(len(dataset), preset.batch_size, seed + 1000))
+    collate = Collate(first.vision.preprocess, skip_bad=False)
+    parts = {name: {k: [] for k in ("data", "vision", "llm_forward", "backward", "optimizer", "step")}
+             for name in loaded}
+    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in loaded.items()}
+    for m in loaded.values():
+        m.train()
+    for step in range(preset.speed_batches + 1):
+        indices = next(order)
+        t0 = time.perf_counter()
+        batch = collate([dataset[i] for i in indices])
+        data_seconds = time.perf_counter() - t0
+        for name, model in loaded.items():
+            t1 = time.perf_counter()
+            features = model.encode_images(batch.pixels)
+            t2 = time.perf_counter()
+            assembled = model.assemble(batch.samples, features=features)
+            out = model.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
+                                       labels=assembled.labels)
+            t3 = time.perf_counter()
+            out.loss.backward()
+            t4 = time.perf_counter()
+            optimizers[name].step()
+            optimizers[name].zero_grad(set_to_none=True)
+            t5 = time.perf_counter()
+            if step:  # the first round is the warm-up
+                for key, value in (("data", data_seconds), ("vision", t2 - t1), ("llm_forward", t3 - t2),
+                                   ("backward", t4 - t3), ("optimizer", t5 - t4), ("step", data_seconds + t5 - t1)):
+                    parts[name][key].append(value)
+    train_speed = {name: {k: statistics.median(v) for k, v in p.items()} for name, p in parts.items()}
+    inference = {name: _samples_per_second(model.eval(), corpus, preset) for name, model in loaded.items()}
+    return {"train_step_seconds": train_speed, "inference": inference, "batch_size": preset.batch_size,
+            "timed_steps": preset.speed_batches}
+
+
+def _samples_per_second(model, corpus: Path, preset: Preset) -> dict:
+    from suite.latency import LatencySpec, measure_latency, task_inputs
+
+    inputs = task_inputs(model, "gqa_local", preset.latency_samples, 1, data_root=str(corpus / "eval"))
+    result = measure_latency(model, LatencySpec(new_tokens=1, batch_size=1, warmup=1, repeats=3), inputs=inputs)
+    seconds = result["seconds"]
+    return {"samples_per_s": result["samples_per_s"], "prefill_median_s": seconds["prefill"]["median"],
+            "end_to_end_median_s": seconds["end_to_end"]["median"], "kv_share": result["kv_cache"]["share_of_dense"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# statistics and verdicts
+
+
+def mean_sd(values: list[float]) -> tuple[float, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return math.nan, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+@dataclass
+class Claim:
+    """A claim of a paper, as a comparison of a measured quantity with a threshold. `direction` says which side
+    holds it ('>=' or '<='); `se` is the standard error of the estimate (seed spread, or sampling noise with one
+    seed); within 1.96 se of the threshold the verdict is 'within noise'."""
+
+    paper: str  # which paper and table
+    claim: str
+    paper_value: str
+    threshold: float
+    direction: str
+    estimate: float
+    se: float | None = None
+    unit: str = ""
+    note: str = ""
+    values: list[float] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.estimate is None or math.isnan(self.estimate):
+            return "not run"
+        return verdict(self.estimate, self.se or 0.0, self.threshold, self.direction)
+
+
+def verdict(estimate: float, se: float, threshold: float, direction: str) -> str:
+    """'held' when the estimate clears the threshold by more than 1.96 se, 'did not hold' when it misses it by
+    more than 1.96 se, else 'within noise'."""
+    if direction not in (">=", "<="):
+        raise ValueError(f"direction must be '>=' or '<=', got {direction!r}")
+    margin = (estimate - threshold) if direction == ">=" else (threshold - estimate)
+    if margin > 1.96 * se or (se == 0 and margin >= 0):
+        return "held"
+    if margin < -1.96 * se:
+        return "did not hold"
+    return "within noise"
+
+
+def accuracy_se(p_a: float, n_a: int, p_b: float, n_b: int) -> float:
+    """Standard error (in points) of the difference of two accuracies in percent, binomial."""
+    a, b = p_a / 100, p_b / 100
+    return 100 * math.sqrt(max(a * (1 - a), 1e-4) / max(n_a, 1) + max(b * (1 - b), 1e-4) / max(n_b, 1))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# entry point
+
+SCOPES = {"gamma-mod": ("dense", "gamma"), "pmod": ("dense", "pmod"), "all": ("dense", "gamma", "pmod")}
+
+
+def preset_for(name: str, scope: str = "all", seeds: int | None = None) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {name!r}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {sorted(SCOPES)}, got {scope!r}")
+    preset = PRESETS[name]
+    rows = tuple(r for r in preset.rows if ROWS[r].scheme in SCOPES[scope])
+    return replace(preset, rows=rows, seeds=seeds or preset.seeds)
+
+
+def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = None, output: str | Path | None = None,
+              work: str | Path | None = None, log=print) -> dict:
+    """Run (or continue) the pipeline; write summary.json, the records of every run, the tables and the plot."""
+    import shutil
+
+    from suite.reproduce_report import write_report
+    from suite.results import environment, results_record, write_json_atomic
+
+    chosen = preset_for(preset, scope, seeds)
+    output = Path(output or f"results/reproduction/{chosen.name}")
+    work = Path(work or f".cache/reproduce/{chosen.name}")
+    started = time.perf_counter()
+    pipeline = Pipeline(chosen, work, log=log)
+    result = pipeline.run()
+    records = output / "records"
+    shutil.rmtree(records, ignore_errors=True)
+    for seed, keys in pipeline.used.items():
+        for key in dict.fromkeys(keys):
+            done = json.loads((work / "stages" / key / "done.json").read_text())
+            target = _mkdir(records / f"seed{seed}")
+            if done.get("run"):
+                shutil.copyfile(done["run"], target / f"{done['stage']}.run.json")
+            if done.get("model"):
+                shutil.copyfile(Path(done["model"]) / "train.json", target / f"{done['stage']}.train.json")
+    record = results_record("reproduction", {"scope": scope, "preset": asdict(chosen), "work": str(work)},
+                            status="ok", result=result, stages_run=pipeline.ran,
+                            wall_seconds=time.perf_counter() - started)
+    record["environment"] = environment()
+    write_json_atomic(output / "summary.json", record)
+    paths = write_report(result, output)
+    log(f"wrote {output / 'summary.json'}, {len(paths)} report files in {output} "
+        f"({len(pipeline.ran)} stages computed, the rest cached in {work})")
+    return record
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,338 @@
+"""A seeded corpus of drawn scenes for the CPU-scale reproduction (`modbench reproduce`).
+
+Each scene is a light, faintly textured background with one to three shapes (circle, square, triangle; six
+colours; small or big; left or right) and, in some scenes, a sign with a printed word. Most of the image
+carries no answer, as in natural images, so image tokens are genuinely redundant. From scenes come:
+- training data in LLaVA's instruction JSON (several question-answer turns per image, in the prompt formats
+  of the evaluation tasks), read by `modbench train`;
+- held-out evaluation sets in the real column schemas of the local benchmarks, evaluated by the same lmms-eval
+  tasks, prompts and metrics as the real benchmarks, from a data root of their own: POPE (random / popular /
+  adversarial), GQA-style short answers, ScienceQA-IMG-style multiple choice, TextVQA-style reading, MME-style
+  yes/no pairs and MMBench-style options (circular copies).
+Training and evaluation scenes are drawn from separate random streams and checked never to coincide.
+Everything is generated from a seed in seconds; nothing is committed as a binary.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+SHAPES = ("circle", "square", "triangle")
+COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 215), "yellow": (230, 195, 30),
+           "purple": (140, 60, 180), "orange": (240, 125, 30)}
+SIZES = {"small": 0.2, "big": 0.32}  # object side as a share of the image side
+WORDS = ("STOP", "OPEN", "EXIT", "CAFE", "BANK", "TAXI", "PARK", "SHOP")
+SHORT = "\nAnswer the question using a single word or phrase."
+LETTER = "\nAnswer with the option's letter from the given choices directly."
+NUMBERS = ("zero", "one", "two", "three")
+
+
+@dataclass(frozen=True)
+class Thing:
+    shape: str
+    colour: str
+    size: str
+    x: float  # centre, as a share of the width
+    y: float
+
+    @property
+    def side(self) -> str:
+        return "left" if self.x < 0.5 else "right"
+
+    @property
+    def name(self) -> str:
+        return f"{self.colour} {self.shape}"
+
+
+@dataclass(frozen=True)
+class Scene:
+    things: tuple[Thing, ...]
+    word: str | None
+    sign_at: tuple[float, float] | None
+    background: tuple[int, int, int]
+    texture: int  # seed of the background speckles
+
+    def key(self) -> str:
+        """What a question can ask about; two scenes with one key are the same scene to the model."""
+        return json.dumps([sorted((t.shape, t.colour, t.size, t.side) for t in self.things), self.word])
+
+    def count(self, shape: str | None = None) -> int:
+        return sum(1 for t in self.things if shape is None or t.shape == shape)
+
+
+def sample_scene(rng: random.Random) -> Scene:
+    n = rng.choice((1, 2, 2, 3))
+    cells = rng.sample([(cx, cy) for cx in range(3) for cy in range(3) if (cx, cy) != (1, 1)], n + 1)
+    shapes = rng.sample(SHAPES, n) if rng.random() < 0.7 else [rng.choice(SHAPES) for _ in range(n)]
+    colours = rng.sample(list(COLOURS), n)
+    things = tuple(Thing(shape, colour, rng.choice(tuple(SIZES)), (cx + 0.5 + rng.uniform(-0.12, 0.12)) / 3,
+                         (cy + 0.5 + rng.uniform(-0.12, 0.12)) / 3)
+                   for shape, colour, (cx, cy) in zip(shapes, colours, cells))
+    word = rng.choice(WORDS) if rng.random() < 0.35 else None
+    sign = ((cells[-1][0] + 0.5) / 3, (cells[-1][1] + 0.5) / 3) if word else None
+    shade = rng.randint(225, 250)
+    background = (shade, shade - rng.randint(0, 12), shade - rng.randint(0, 18))
+    return Scene(things, word, sign, background, rng.randrange(1 << 30))
+
+
+def draw(scene: Scene, size: int) -> Image.Image:
+    image = Image.new("RGB", (size, size), scene.background)
+    pen = ImageDraw.Draw(image)
+    speckles = random.Random(scene.texture)
+    for _ in range(size * size // 40):  # faint texture: background tokens are not all identical
+        x, y = speckles.randrange(size), speckles.randrange(size)
+        tone = tuple(max(0, c - speckles.randint(8, 30)) for c in scene.background)
+        pen.point((x, y), fill=tone)
+    for thing in scene.things:
+        half = SIZES[thing.size] * size / 2
+        cx, cy = thing.x * size, thing.y * size
+        box = (cx - half, cy - half, cx + half, cy + half)
+        fill = COLOURS[thing.colour]
+        if thing.shape == "circle":
+            pen.ellipse(box, fill=fill)
+        elif thing.shape == "square":
+            pen.rectangle(box, fill=fill)
+        else:
+            pen.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
+    if scene.word:
+        cx, cy = scene.sign_at[0] * size, scene.sign_at[1] * size
+        width, height = 0.42 * size, 0.2 * size
+        pen.rectangle((cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2), fill=(255, 255, 255),
+                      outline=(30, 30, 30))
+        pen.text((cx - width / 2 + 2, cy - 5), scene.word, fill=(0, 0, 0))
+    return image
+
+
+# ---------------------------------------------------------------------------------------------------------
+# questions: (prompt text as the local task prompts it, answer, number of possible answers)
+
+
+def q_exists(scene: Scene, rng: random.Random, negative: str = "random", popular: list[str] | None = None):
+    """POPE: 'Is there a {colour} {shape} in the image?'; the negative object random, popular (the most frequent
+    objects of the training data) or adversarial (a present shape in another colour, or a present colour on
+    another shape)."""
+    present = {t.name for t in scene.things}
+    if rng.random() < 0.5:
+        return rng.choice(sorted(present)), "yes"
+    if negative == "adversarial":
+        thing = rng.choice(scene.things)
+        options = [f"{c} {thing.shape}" for c in COLOURS] + [f"{thing.colour} {s}" for s in SHAPES]
+    elif negative == "popular" and popular:
+        options = popular
+    else:
+        options = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    options = [o for o in options if o not in present]
+    return rng.choice(options), "no"
+
+
+def short_question(scene: Scene, rng: random.Random) -> tuple[str, str, int]:
+    """GQA-style: colour, shape, side, count."""
+    unique = [t for t in scene.things if scene.count(t.shape) == 1]
+    kinds = ["count"] + (["colour", "side"] if unique else []) + ["shape"]
+    kind = rng.choice(kinds)
+    if kind == "colour":
+        t = rng.choice(unique)
+        return f"What color is the {t.shape}?", t.colour, len(COLOURS)
+    if kind == "side":
+        t = rng.choice(unique)
+        return f"Is the {t.shape} on the left or right?", t.side, 2
+    if kind == "shape":
+        t = rng.choice(scene.things)
+        return f"What shape is the {t.colour} object?", t.shape, len(SHAPES)
+    return "How many shapes are there?", NUMBERS[scene.count()], 3
+
+
+def choice_question(scene: Scene, rng: random.Random) -> tuple[str, list[str], int]:
+    """ScienceQA / MMBench style: which colour is the {shape} (a unique shape), or which shape is {colour}."""
+    t = rng.choice(scene.things)
+    if scene.count(t.shape) == 1 and rng.random() < 0.5:
+        options = [t.colour] + rng.sample([c for c in COLOURS if c != t.colour], 3)
+        question = f"Which color is the {t.shape}?"
+    else:
+        options = list(SHAPES) + ["star"]
+        question = f"Which shape is {t.colour}?"
+    answer = options[0]
+    rng.shuffle(options)
+    return question, options, options.index(answer)
+
+
+def letters(options: list[str]) -> str:
+    return "".join(f"\n{'ABCD'[i]}. {o}" for i, o in enumerate(options))
+
+
+def mme_pair(scene: Scene, rng: random.Random) -> tuple[str, tuple[str, str]]:
+    """MME: one 'Yes' and one 'No' question about one image, in one of the four perception categories."""
+    t = rng.choice(scene.things)
+    category = rng.choice(("existence", "count", "color", "position"))
+    absent = rng.choice([f"{c} {s}" for c in COLOURS for s in SHAPES if f"{c} {s}" not in {x.name for x in scene.things}])
+    other_colour = rng.choice([c for c in COLOURS if c != t.colour])
+    n = scene.count()
+    questions = {
+        "existence": (f"Is there a {t.name} in this image?", f"Is there a {absent} in this image?"),
+        "count": (f"Are there {NUMBERS[n]} shapes in this image?",
+                  f"Are there {NUMBERS[rng.choice([k for k in (1, 2, 3) if k != n])]} shapes in this image?"),
+        "color": (f"Is the {t.shape} {t.colour}?" if scene.count(t.shape) == 1 else f"Is there a {t.name}?",
+                  f"Is the {t.shape} {other_colour}?" if scene.count(t.shape) == 1 else f"Is there a {absent}?"),
+        "position": (f"Is the {t.name} on the {t.side}?",
+                     f"Is the {t.name} on the {'right' if t.side == 'left' else 'left'}?"),
+    }[category]
+    return category, questions
+
+
+def training_turns(scene: Scene, rng: random.Random, turns: int) -> list[tuple[str, str]]:
+    """Question-answer turns about one scene, in the evaluation tasks' prompt formats."""
+    out = []
+    for _ in range(turns):
+        kind = rng.choice(("exists", "short", "short", "choice", "mme") + (("word", "word") if scene.word else ()))
+        if kind == "exists":
+            name, answer = q_exists(scene, rng, rng.choice(("random", "adversarial")))
+            out.append((f"Is there a {name} in the image?{SHORT}", answer.capitalize()))
+        elif kind == "short":
+            question, answer, _ = short_question(scene, rng)
+            out.append((question + SHORT, answer))
+        elif kind == "choice":
+            question, options, index = choice_question(scene, rng)
+            out.append((f"{question}{letters(options)}{LETTER}", "ABCD"[index]))
+        elif kind == "mme":
+            _, (yes, no) = mme_pair(scene, rng)
+            question, answer = (yes, "Yes") if rng.random() < 0.5 else (no, "No")
+            out.append((question + SHORT, answer))
+        else:
+            out.append(("What word is written on the sign?" + SHORT, scene.word.lower()))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# writing a corpus
+
+
+@dataclass
+class CorpusSpec:
+    seed: int = 0
+    image_size: int = 96
+    train_scenes: int = 2000
+    turns: int = 3
+    eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
+
+
+def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
+    """Training JSON + images under root/train, held-out sets (a data root of their own) under root/eval.
+    Returns a manifest with per-set sizes and chance levels (also written to root/manifest.json)."""
+    root = Path(root)
+    train_rng, eval_rng = random.Random(f"train-{spec.seed}"), random.Random(f"eval-{spec.seed}")
+    train_scenes, seen = [], set()
+    while len(train_scenes) < spec.train_scenes:
+        scene = sample_scene(train_rng)
+        train_scenes.append(scene)
+        seen.add(scene.key())
+
+    def held_out() -> Scene:
+        while True:
+            scene = sample_scene(eval_rng)
+            if scene.key() not in seen:
+                seen.add(scene.key())  # distinct from training and from each other
+                return scene
+
+    images = root / "train" / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    records = []
+    for i, scene in enumerate(train_scenes):
+        draw(scene, spec.image_size).save(images / f"{i:06d}.png")
+        turns = training_turns(scene, train_rng, spec.turns)
+        conversation = []
+        for k, (question, answer) in enumerate(turns):
+            conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},
+                             {"from": "gpt", "value": answer}]
+        records.append({"id": f"scene-{i:06d}", "image": f"images/{i:06d}.png", "conversations": conversation})
+    (root / "train" / "scenes.json").write_text(json.dumps(records))
+    arank = []  # ScienceQA-style prompts on training scenes: what γ-MoD computes ARank over
+    for i, scene in enumerate(train_scenes[:64]):
+        question, options, _ = choice_question(scene, train_rng)
+        arank.append({"image": f"images/{i:06d}.png", "question": f"{question}{letters(options)}{LETTER}"})
+    (root / "train" / "arank.json").write_text(json.dumps(arank))
+    popular = [name for name, _ in Counter(t.name for s in train_scenes for t in s.things).most_common(6)]
+    chance = _write_eval(root / "eval", spec, held_out, eval_rng, popular)
+    manifest = {"spec": asdict(spec), "train": {"json": "train/scenes.json", "images": "train/images",
+                                                "samples": len(records)},
+                "eval": {"data_root": "eval", "chance": chance}, "disjoint_scene_keys": True}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def _write_eval(root: Path, spec: CorpusSpec, held_out, rng: random.Random, popular: list[str]) -> dict:
+    """Each set in its benchmark's column schema (as tasks/fixtures.py writes them); returns chance levels."""
+    from tasks.fixtures import _write
+
+    size, n = spec.image_size, spec.eval_per_task
+    chance = {}
+    for split in ("adversarial", "popular", "random"):
+        rows = []
+        for i in range(n):
+            scene = held_out()
+            name, answer = q_exists(scene, rng, split, popular)
+            rows.append({"question_id": f"{split}-{i}", "question": f"Is there a {name} in the image?",
+                         "answer": answer, "image_source": f"scene_{split}_{i}", "image": draw(scene, size),
+                         "category": split})
+        _write(rows, root / "pope" / f"{split}.parquet")
+    chance["pope_local"] = 0.5
+    rows, options = [], []
+    for i in range(n):
+        scene = held_out()
+        question, answer, k = short_question(scene, rng)
+        options.append(k)
+        rows.append({"id": f"q{i}", "imageId": f"img{i}", "question": question, "answer": answer,
+                     "fullAnswer": answer, "image": draw(scene, size)})
+    _write(rows, root / "gqa" / "testdev.parquet")
+    chance["gqa_local"] = sum(1 / k for k in options) / n
+    rows = []
+    for i in range(n):
+        scene = held_out()
+        question, choices, index = choice_question(scene, rng)
+        rows.append({"image": draw(scene, size), "question": question, "choices": choices, "answer": index,
+                     "hint": "", "task": "closed choice", "grade": "grade2", "subject": "natural science",
+                     "topic": "scenes", "category": "Scenes", "skill": "Identify shapes and colours", "lecture": "",
+                     "solution": ""})
+    _write(rows, root / "scienceqa_img" / "test.parquet")
+    chance["scienceqa_img_local"] = 0.25
+    rows = []
+    for i in range(n):
+        scene = held_out()
+        while scene.word is None:
+            scene = held_out()
+        rows.append({"image_id": f"img{i}", "question_id": i, "question": "What word is written on the sign?",
+                     "question_tokens": ["what", "word", "is", "written", "on", "the", "sign"],
+                     "image": draw(scene, size), "image_width": size, "image_height": size,
+                     "flickr_original_url": "", "flickr_300k_url": "", "answers": [scene.word.lower()] * 10,
+                     "image_classes": ["sign"], "set_name": "val", "ocr_tokens": []})
+    _write(rows, root / "textvqa" / "validation.parquet")
+    chance["textvqa_val_local"] = 1 / len(WORDS)
+    rows = []
+    for i in range(n):
+        scene = held_out()
+        category, questions = mme_pair(scene, rng)
+        image = draw(scene, size)
+        for question, answer in zip(questions, ("Yes", "No")):
+            rows.append({"question_id": f"{category}/{i}.png", "image": image, "answer": answer, "category": category,
+                         "question": f"{question} Please answer yes or no."})  # MME's own wording
+    _write(rows, root / "mme" / "test.parquet")
+    chance["mme_local"] = 0.5
+    rows = []
+    for i in range(n):
+        scene = held_out()
+        question, options, index = choice_question(scene, rng)
+        image = draw(scene, size)
+        for k in range(4):
+            rotated = options[k:] + options[:k]
+            rows.append({"index": i + k * 1_000_000, "question": question, "hint": None, "A": rotated[0],
+                         "B": rotated[1], "C": rotated[2], "D": rotated[3], "answer": "ABCD"[rotated.index(options[index])],
+                         "category": "attribute_recognition", "image": image, "source": "scenes",
+                         "l2-category": "finegrained_perception (instance-level)", "comment": None, "split": "dev"})
+    _write(rows, root / "mmbench" / "dev.parquet")
+    chance["mmbench_en_dev_local"] = 0.25 ** 4  # circular: all four rotations right
+    return chance
