@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Bootstrap for a fresh clone: needs only python3.
 
-    python3 dev.py bench   # the main job: the default matrix slice on tiny models + fixtures, tables, plots
+    python3 dev.py bench   # the main job: the CPU-scale reproduction (quick), then the tiny matrix, tables, plots
     python3 dev.py test    # the tests
-    python3 dev.py check   # regression check of the bench runs against results/baselines/bench.json
+    python3 dev.py check   # regression check of the main job's runs against results/baselines/
     python3 dev.py ENV [-- ARGS]   # any tox env, e.g. `python3 dev.py test -- -k parity`
 
 Makes .venv with the pinned tox (versions from constraints.txt), makes sure the one install of the project

@@ -34,7 +34,8 @@ _SCENE_TEXT = (
     "Answer the question using a single word or phrase.", "Answer with the option's letter from the given choices "
     "directly.", "Please answer yes or no.", "Is there a in the image? this image? Are there shapes in this image? "
     "Is the on the left or right? What color is the? What shape is the object? How many shapes are there? "
-    "Which color is the? Which shape is? What word is written on the sign? A. B. C. D. Context: Hint:",
+    "Which color is the? Which shape is? What word is written on the sign? A. B. C. D. Context: Hint: Describe "
+    "the image. top middle bottom, sign",
     "USER: ASSISTANT: Yes No yes no zero one two three left right red green blue yellow purple orange circle square "
     "triangle star small big stop open exit cafe bank taxi park shop STOP OPEN EXIT CAFE BANK TAXI PARK SHOP",
 )

@@ -155,12 +155,19 @@ TINY_MGM_HD = register_variant(ModelConfig(name="tiny-mgm-hd", family="mgm-hd", 
 register_variant(with_mod(TINY_MGM_HD, "tiny-mgm-hd-gmod", tiny_gamma()))
 
 # --- CPU-scale reproduction (`modbench reproduce`): trained from scratch on drawn scenes (tasks/scenes.py) ---
-# LLaVA-1.5-shaped: a CLIP-like tower on 96 px images (patch 8 -> 144 image tokens) and an 8-layer LLM. With
-# the scene tokenizer a prompt is 33 system + 144 image + ~22 question tokens: image tokens dominate, as in
-# LLaVA-HR (1024 of ~1,400).
-REPRO_LLM = LlmConfig(num_layers=8, hidden_size=96, num_heads=4, num_kv_heads=4, intermediate_size=256,
+# LLaVA-1.5-shaped: a CLIP-like tower on 80 px images (patch 8 -> 100 image tokens) and an 8-layer LLM (hidden 64;
+# its cost bounds the reproduction on 2 cores). A prompt is 33 system + 100 image + ~22 question tokens: image
+# tokens dominate, as in LLaVA-HR (1024 of ~1,400).
+REPRO_LLM = LlmConfig(num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=4, intermediate_size=192,
                       vocab_size=SCENE_VOCAB_SIZE, max_position_embeddings=1024)
-REPRO_CLIP = VisionConfig(kind="clip", image_size=96, patch_size=8, hidden_size=96, num_layers=3, num_heads=4,
+REPRO_CLIP = VisionConfig(kind="clip", image_size=80, patch_size=8, hidden_size=96, num_layers=3, num_heads=4,
                           intermediate_size=384)
 register_variant(ModelConfig(name="cpu-repro-llava", family="llava", llm=REPRO_LLM, vision=REPRO_CLIP,
                              tokenizer="scenes"))
+# The reproduction's smoke-test twin (`modbench reproduce --preset micro`, the test suite): the same family and
+# tokenizer at tiny size.
+register_variant(ModelConfig(
+    name="tiny-repro-llava", family="llava", tiny=True, tokenizer="scenes",
+    llm=dataclasses.replace(REPRO_LLM, num_layers=6, hidden_size=32, num_heads=2, num_kv_heads=2, intermediate_size=64),
+    vision=dataclasses.replace(REPRO_CLIP, image_size=32, hidden_size=32, num_layers=2, num_heads=2,
+                               intermediate_size=64)))

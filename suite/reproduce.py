@@ -32,7 +32,9 @@ BENCHMARKS = {  # column -> (task, metric, scale to percent)
     "GQA": ("gqa_local", "exact_match", 100.0),
     "SQA-IMG": ("scienceqa_img_local", "exact_match", 100.0),
     "TextVQA": ("textvqa_val_local", "exact_match", 100.0),
-    "POPE": ("pope_local", "pope_f1_score", 100.0),
+    # POPE: accuracy over the three splits. The papers report F1, which is degenerate for a model that answers
+    # one way (0 for always-no, ~67 for always-yes) — what a small model near chance on yes/no does.
+    "POPE": ("pope_local", "pope_accuracy", 100.0),
     "MME": ("mme_local", "mme_perception_score", 100.0 / 800),  # 4 perception categories: 800 at most
     "MMB": ("mmbench_en_dev_local", "mmbench_circular_acc", 100.0),
 }
@@ -82,15 +84,15 @@ class Preset:
     name: str
     seeds: int
     rows: tuple[str, ...]
-    image_size: int = 96
-    train_scenes: int = 4000
-    turns: int = 3
+    image_size: int = 80
+    train_scenes: int = 6000
+    turns: int = 4  # question-answer turns per training image, then a caption
     eval_per_task: int = 60
-    dense_steps: int = 400
-    finetune_steps: int = 120
+    dense_steps: int = 900
+    finetune_steps: int = 80
     batch_size: int = 16
-    dense_lr: float = 1e-3
-    finetune_lr: float = 3e-4
+    dense_lr: float = 2e-3
+    finetune_lr: float = 5e-4
     arank_keep: int = 1  # of layers 1..L-2 the highest-ARank ones stay dense (and 0, L-1)
     arank_samples: int = 16
     eval_batch: int = 8
@@ -101,11 +103,11 @@ class Preset:
 
 QUICK_ROWS = ("dense", "gamma-0.5", "pmod-prd")
 PRESETS = {
-    "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=48, train_scenes=64, turns=2, eval_per_task=6,
-                    dense_steps=6, finetune_steps=3, batch_size=8, arank_samples=4, speed_batches=2,
-                    latency_samples=4),
+    "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=32, train_scenes=48, turns=2, eval_per_task=4,
+                    dense_steps=4, finetune_steps=2, batch_size=8, arank_samples=4, speed_batches=1,
+                    latency_samples=2, model="tiny-repro-llava"),
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS),
-    "full": Preset("full", seeds=3, rows=tuple(ROWS)),
+    "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1500, finetune_steps=120),
 }
 
 
@@ -449,16 +451,19 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     started = time.perf_counter()
     pipeline = Pipeline(chosen, work, log=log)
     result = pipeline.run()
-    records = output / "records"
-    shutil.rmtree(records, ignore_errors=True)
+    # The run records (run.json of every evaluation, train.json of every training), one folder each, in the
+    # layout `modbench check --runs` reads; per-sample logs stay in the stage cache (deterministic to redo).
+    runs = output / "runs"
+    shutil.rmtree(runs, ignore_errors=True)
+    shutil.rmtree(output / "records", ignore_errors=True)
     for seed, keys in pipeline.used.items():
         for key in dict.fromkeys(keys):
             done = json.loads((work / "stages" / key / "done.json").read_text())
-            target = _mkdir(records / f"seed{seed}")
+            target = runs / f"seed{seed}-{done['stage']}"
             if done.get("run"):
-                shutil.copyfile(done["run"], target / f"{done['stage']}.run.json")
+                shutil.copyfile(done["run"], _mkdir(target) / "run.json")
             if done.get("model"):
-                shutil.copyfile(Path(done["model"]) / "train.json", target / f"{done['stage']}.train.json")
+                shutil.copyfile(Path(done["model"]) / "train.json", _mkdir(target) / "train.json")
     record = results_record("reproduction", {"scope": scope, "preset": asdict(chosen), "work": str(work)},
                             status="ok", result=result, stages_run=pipeline.ran,
                             wall_seconds=time.perf_counter() - started)

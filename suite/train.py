@@ -407,7 +407,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
                 optimizer.zero_grad(set_to_none=True)
             state["micro_step"] += 1
             if out is not None:
-                tokens = int(out.total[..., 1:].sum())
+                tokens = int(out.total[:, 0, 1:].sum())  # real tokens (every layer sees each once)
                 state["tokens_seen"] += tokens
                 state["samples_seen"] += len(batch)
                 window.add(out, tokens)

@@ -59,7 +59,22 @@ def _write(rows: list[dict], path: Path, image_columns=("image",), image_list_co
         dataset = dataset.cast_column(column, datasets.Image())
     for column in image_list_columns:
         dataset = dataset.cast_column(column, datasets.Sequence(datasets.Image()))
-    dataset.to_parquet(str(path))
+    write_parquet(dataset, path)
+    return path
+
+
+def write_parquet(dataset, path: Path) -> Path:
+    """A datasets.Dataset as parquet, with its features in the schema metadata (as `Dataset.to_parquet` writes
+    them, without its progress bar), to a temporary name renamed into place."""
+    import os
+
+    import pyarrow.parquet as pq
+
+    if getattr(dataset, "_indices", None) is not None:  # a filtered view: write the rows it keeps
+        dataset = dataset.flatten_indices()
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(dataset.data.table, str(tmp))
+    os.replace(tmp, path)
     return path
 
 

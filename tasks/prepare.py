@@ -70,7 +70,9 @@ def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | 
             split = split.filter(lambda row: row["data_type"] == "image")
         out = Path(root) / benchmark / f"{ours}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
-        split.to_parquet(str(out))
+        from tasks.fixtures import write_parquet
+
+        write_parquet(split, out)
         written.append(out)
     return written
 

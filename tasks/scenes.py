@@ -26,7 +26,7 @@ from PIL import Image, ImageDraw
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 215), "yellow": (230, 195, 30),
            "purple": (140, 60, 180), "orange": (240, 125, 30)}
-SIZES = {"small": 0.2, "big": 0.32}  # object side as a share of the image side
+SIZES = {"small": 0.26, "big": 0.38}  # object side as a share of the image side: 3 to 4 patches
 WORDS = ("STOP", "OPEN", "EXIT", "CAFE", "BANK", "TAXI", "PARK", "SHOP")
 SHORT = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
@@ -68,14 +68,16 @@ class Scene:
 
 def sample_scene(rng: random.Random) -> Scene:
     n = rng.choice((1, 2, 2, 3))
-    cells = rng.sample([(cx, cy) for cx in range(3) for cy in range(3) if (cx, cy) != (1, 1)], n + 1)
+    word = rng.choice(WORDS) if rng.random() < 0.35 else None
+    # A 3 x 3 grid of cells, one object per cell; a sign takes the middle row, so that it hides no object.
+    free = [(cx, cy) for cx in range(3) for cy in range(3) if (cy != 1 if word else (cx, cy) != (1, 1))]
+    cells = rng.sample(free, n)
     shapes = rng.sample(SHAPES, n) if rng.random() < 0.7 else [rng.choice(SHAPES) for _ in range(n)]
     colours = rng.sample(list(COLOURS), n)
     things = tuple(Thing(shape, colour, rng.choice(tuple(SIZES)), (cx + 0.5 + rng.uniform(-0.12, 0.12)) / 3,
                          (cy + 0.5 + rng.uniform(-0.12, 0.12)) / 3)
                    for shape, colour, (cx, cy) in zip(shapes, colours, cells))
-    word = rng.choice(WORDS) if rng.random() < 0.35 else None
-    sign = ((cells[-1][0] + 0.5) / 3, (cells[-1][1] + 0.5) / 3) if word else None
+    sign = (0.5, 0.5) if word else None
     shade = rng.randint(225, 250)
     background = (shade, shade - rng.randint(0, 12), shade - rng.randint(0, 18))
     return Scene(things, word, sign, background, rng.randrange(1 << 30))
@@ -101,11 +103,16 @@ def draw(scene: Scene, size: int) -> Image.Image:
         else:
             pen.polygon([(cx, cy - half), (cx - half, cy + half), (cx + half, cy + half)], fill=fill)
     if scene.word:
-        cx, cy = scene.sign_at[0] * size, scene.sign_at[1] * size
-        width, height = 0.42 * size, 0.2 * size
+        from PIL import ImageFont
+
+        font = ImageFont.load_default(size=max(6, round(0.15 * size)))  # Pillow's bundled font: no system fonts
+        left, top, right, bottom = pen.textbbox((0, 0), scene.word, font=font)
+        width, height = right - left + 0.08 * size, bottom - top + 0.08 * size
+        cx = min(max(scene.sign_at[0] * size, width / 2), size - width / 2)  # the whole sign inside the image
+        cy = min(max(scene.sign_at[1] * size, height / 2), size - height / 2)
         pen.rectangle((cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2), fill=(255, 255, 255),
                       outline=(30, 30, 30))
-        pen.text((cx - width / 2 + 2, cy - 5), scene.word, fill=(0, 0, 0))
+        pen.text((cx - (right + left) / 2, cy - (bottom + top) / 2), scene.word, fill=(0, 0, 0), font=font)
     return image
 
 
@@ -185,8 +192,21 @@ def mme_pair(scene: Scene, rng: random.Random) -> tuple[str, tuple[str, str]]:
     return category, questions
 
 
+def describe(scene: Scene) -> str:
+    """A dense caption (LLaVA's stage-1 kind of supervision): every object, its size, colour, shape and place,
+    and the sign's word; many answer tokens per image, all grounded in it."""
+    parts = []
+    for t in sorted(scene.things, key=lambda t: (t.y, t.x)):
+        row = "top" if t.y < 1 / 3 else "bottom" if t.y > 2 / 3 else "middle"
+        parts.append(f"{t.size} {t.colour} {t.shape} {row} {t.side}")
+    if scene.word:
+        parts.append(f"sign {scene.word.lower()}")
+    return ", ".join(parts)
+
+
 def training_turns(scene: Scene, rng: random.Random, turns: int) -> list[tuple[str, str]]:
-    """Question-answer turns about one scene, in the evaluation tasks' prompt formats."""
+    """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
+    the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format)."""
     out = []
     for _ in range(turns):
         kind = rng.choice(("exists", "short", "short", "choice", "mme") + (("word", "word") if scene.word else ()))
@@ -205,7 +225,9 @@ def training_turns(scene: Scene, rng: random.Random, turns: int) -> list[tuple[s
             out.append((question + SHORT, answer))
         else:
             out.append(("What word is written on the sign?" + SHORT, scene.word.lower()))
-    return out
+    out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
+    # The caption comes last, so that no answer can be read off it instead of the image.
+    return out + [("Describe the image.", describe(scene))]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -232,11 +254,15 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
         train_scenes.append(scene)
         seen.add(scene.key())
 
+    train_keys = set(seen)
+    eval_keys: list[str] = []
+
     def held_out() -> Scene:
         while True:
             scene = sample_scene(eval_rng)
             if scene.key() not in seen:
                 seen.add(scene.key())  # distinct from training and from each other
+                eval_keys.append(scene.key())
                 return scene
 
     images = root / "train" / "images"
@@ -258,6 +284,10 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     (root / "train" / "arank.json").write_text(json.dumps(arank))
     popular = [name for name, _ in Counter(t.name for s in train_scenes for t in s.things).most_common(6)]
     chance = _write_eval(root / "eval", spec, held_out, eval_rng, popular)
+    if train_keys & set(eval_keys):  # by construction never; checked, since the claims rest on it
+        raise AssertionError("a held-out scene coincides with a training scene")
+    (root / "train" / "scene_keys.json").write_text(json.dumps(sorted(train_keys)))
+    (root / "eval" / "scene_keys.json").write_text(json.dumps(eval_keys))
     manifest = {"spec": asdict(spec), "train": {"json": "train/scenes.json", "images": "train/images",
                                                 "samples": len(records)},
                 "eval": {"data_root": "eval", "chance": chance}, "disjoint_scene_keys": True}
