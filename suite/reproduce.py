@@ -238,10 +238,11 @@ class Pipeline:
         names = [n for n in ("dense", "gamma-0.5", "gamma-0.34", "pmod-prd") if n in finetuned]
 
         def build(folder: Path) -> dict:
-            return measure_speed({n: finetuned[n][1]["model"] for n in names}, corpus[0], p, seed)
+            controlled = {n: ROWS[n].skip for n in names if ROWS[n].scheme == "gamma"}
+            return measure_speed({n: finetuned[n][1]["model"] for n in names}, corpus[0], p, seed, controlled)
 
         return self._stage("speed", {n: finetuned[n][0].name for n in names} | {
-            "batches": p.speed_batches, "latency": p.latency_samples}, build)
+            "batches": p.speed_batches, "latency": p.latency_samples, "version": 2}, build)
 
     # -- the whole thing -----------------------------------------------------------------------------------
     def run(self) -> dict:
@@ -309,10 +310,12 @@ def _skip_by_type(eff: dict) -> dict:
 # speed: training step time and inference samples/s, side by side in one process
 
 
-def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed: int) -> dict:
+def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed: int,
+                  controlled: dict[str, float] | None = None) -> dict:
     """Each model trains on the same batches, steps interleaved across models (so drift in the machine's speed
     hits all alike): median step seconds and their parts (data, vision, LLM forward, backward, optimizer).
-    Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats)."""
+    Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats), γ-MoD models
+    also at their controlled skip (`controlled`: row -> skip share, as "<row>|controlled")."""
     import torch
 
     import models
@@ -353,6 +356,9 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
                     parts[name][key].append(value)
     train_speed = {name: {k: statistics.median(v) for k, v in p.items()} for name, p in parts.items()}
     inference = {name: _samples_per_second(model.eval(), corpus, preset) for name, model in loaded.items()}
+    for name, skip in (controlled or {}).items():
+        loaded[name].cfg.mod.fixed_skip = skip  # the routing policy reads this spec object
+        inference[f"{name}|controlled"] = _samples_per_second(loaded[name], corpus, preset)
     return {"train_step_seconds": train_speed, "inference": inference, "batch_size": preset.batch_size,
             "timed_steps": preset.speed_batches}
 
