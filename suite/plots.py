@@ -1,24 +1,32 @@
-"""Plots (PNG and SVG) from runs: accuracy vs TFLOPs per host family with the paper's points beside, and the
-per-layer skip ratio by token type (γ-MoD Fig. 4a). Uses matplotlib's object API (no pyplot, no global
-backend switch)."""
+"""Plots (PNG and SVG) from runs: Δ accuracy against the TFLOPs ratio, each against the dense host of the same
+source, the papers' points and ours on the same axes; and the per-layer skip ratio by token type (γ-MoD Fig. 4a).
+Uses matplotlib's object API (no pyplot, no global backend switch)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from suite.tables import COLUMNS, NOT_RUN, PAPER_DIR, load_runs
+from suite.tables import (
+    NOT_RUN,
+    RELEASED,
+    STAND_IN,
+    TABLES,
+    TFLOPS_X,
+    TRAINED,
+    build_table,
+    load_runs,
+    write_index,
+)
 
-FAMILIES = {  # host family -> its models in order: dense, then MoD
-    "LLaVA-1.5": ["llava-1.5-7b", "pmod-llava-1.5-7b", "tiny-llava", "tiny-llava-gmod", "tiny-llava-pmod"],
-    "LLaVA-NeXT": ["llava-next-7b", "pmod-llava-next-7b", "tiny-llava-next", "tiny-pmod-llava-next"],
-    "LLaVA-HR": ["llava-hr-7b", "llava-hr-7b-gmod-0.34", "llava-hr-7b-gmod-0.5", "tiny-llava-hr", "tiny-llava-hr-gmod"],
-    "Mini-Gemini-HD": ["mgm-hd-7b", "mgm-hd-7b-gmod-0.34", "mgm-hd-7b-gmod-0.5", "tiny-mgm-hd", "tiny-mgm-hd-gmod"],
-}
 TYPES = ("system", "image", "question", "response")
+PAPER_POINTS = ("gamma_mod_table3", "pmod_table1")  # one point per MoD row (Table 1's ablations in grey)
+OURS_STYLE = {RELEASED: dict(marker="o", color="tab:red", label="ours: released checkpoint"),
+              TRAINED: dict(marker="^", color="tab:green", label="ours: trained here (CPU scale)"),
+              STAND_IN: dict(marker="o", facecolors="none", edgecolors="0.45",
+                             label="ours: random stand-in (pipeline check; accuracy means nothing)")}
 
 
 def _save(fig: Figure, base: Path) -> list[Path]:
@@ -38,39 +46,55 @@ def _save(fig: Figure, base: Path) -> list[Path]:
     return paths
 
 
-def accuracy_vs_tflops(runs: dict, out: Path) -> list[Path]:
-    """Ours (filled circles, one line per host family) and the papers' points (hollow squares / triangles)
-    on one log-scale TFLOPs axis: tiny twins sit decades left of the released models."""
-    fig = Figure(figsize=(8.5, 5), layout="constrained")
+def accuracy_change_vs_tflops_ratio(runs: dict, out: Path) -> list[Path]:
+    """Δ average accuracy (points) vs the TFLOPs ratio, both against the dense host of the same source: the
+    papers' points (squares, unlabelled: the tables name them; Table 1's ablations as grey crosses) and ours,
+    marked by source."""
+    fig = Figure(figsize=(8.5, 5.2), layout="constrained")
     axis = fig.add_subplot(1, 1, 1)
-    for family, names in FAMILIES.items():
-        points = [(COLUMNS["avg_tflops"](runs[n]), COLUMNS["avg_acc"](runs[n]), n) for n in names if n in runs]
-        points = [p for p in points if NOT_RUN not in p[:2]]
-        if points:
-            xs, ys, labels = zip(*points)
-            axis.plot(xs, ys, marker="o", label=f"ours: {family}")
-            for x, y, label in points:
-                axis.annotate(label, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    table3 = pd.read_csv(PAPER_DIR / "gamma_mod_table3_scalability.csv")
-    for (model, params), group in table3.groupby(["model", "params"], sort=False):
-        axis.plot(group["avg_tflops"], group["avg_acc"], marker="s", mfc="none", linestyle="--",
-                  label=f"paper: {model}-{params}")
-        for _, row in group.iterrows():
-            axis.annotate(row["variant"], (row["avg_tflops"], row["avg_acc"]), fontsize=6, xytext=(3, -8),
-                          textcoords="offset points")
-    pmod = pd.read_csv(PAPER_DIR / "pmod_table1_general.csv")
-    axis.scatter(pmod["inference_tflops"], pmod["avg"], marker="^", facecolors="none", edgecolors="black",
-                 label="paper: p-MoD Table 1 (its own average)")
-    axis.set_xscale("log")
-    axis.set(title="Average accuracy (GQA, SQA-IMG, MMMU, TextVQA) vs prefill TFLOPs",
-             xlabel="TFLOPs (analytic, LLM prefill; log scale)", ylabel="average accuracy (%)")
-    axis.grid(alpha=0.3, which="both")
-    axis.legend(fontsize=7, loc="lower right")
-    return _save(fig, out / "accuracy_vs_tflops")
+    ours_seen: set = set()
+    labelled: set = set()
+    for spec in TABLES:
+        if spec.name not in (*PAPER_POINTS, "gamma_mod_table1"):
+            continue
+        for row in build_table(spec, runs):
+            if row.is_host:
+                continue
+            x, y = row.paper.ratios.get(TFLOPS_X), row.paper.delta_points
+            if spec.name == "gamma_mod_table1":
+                label = "paper: γ-MoD Table 1 ablations" if "t1" not in labelled else None
+                labelled.add("t1")
+                axis.scatter(x, y, marker="x", color="0.65", s=18, label=label)
+            elif x is not None and y is not None:
+                family = "p-MoD" if spec.name.startswith("pmod") else "γ-MoD"
+                label = f"paper: {family}" if family not in labelled else None
+                labelled.add(family)
+                axis.scatter(x, y, marker="s", color="tab:blue" if family == "γ-MoD" else "tab:purple", label=label)
+            if spec.name not in PAPER_POINTS or row.ours is None or row.source.kind == NOT_RUN:
+                continue
+            x, y = row.ours.ratios.get(TFLOPS_X), row.ours.delta_points
+            if not isinstance(x, float) or y is None or (row.source.model, row.host_source.model) in ours_seen:
+                continue
+            ours_seen.add((row.source.model, row.host_source.model))
+            style = dict(OURS_STYLE[row.source.kind])
+            if style["label"] in labelled:
+                style.pop("label")
+            labelled.add(style.get("label"))
+            axis.scatter(x, y, **style)
+            axis.annotate(row.source.model, (x, y), fontsize=6, xytext=(3, -8), textcoords="offset points")
+    axis.axhline(0, color="0.8", lw=0.8)
+    axis.axvline(1, color="0.8", lw=0.8)
+    axis.set(title="Accuracy change vs TFLOPs, each against the dense host of the same source",
+             xlabel="prefill TFLOPs, ratio to the dense host (analytic, LLM prefill)",
+             ylabel="Δ average accuracy vs the dense host (points)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=7, loc="best")
+    return _save(fig, out / "accuracy_change_vs_tflops_ratio")
 
 
 def skip_heatmaps(runs: dict, out: Path) -> list[Path]:
-    mod_runs = [(name, run) for name, run in runs.items()
+    first = [(key.replace("trained:", "trained "), seeds[min(seeds)]) for key, seeds in runs.items()]
+    mod_runs = [(name, run) for name, run in first
                 if run.get("resolved", {}).get("mod_scheme") not in (None, "dense") and run.get("efficiency")]
     if not mod_runs:
         return []
@@ -91,4 +115,6 @@ def write_plots(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
     runs = load_runs(runs_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return accuracy_vs_tflops(runs, out) + skip_heatmaps(runs, out)
+    paths = accuracy_change_vs_tflops_ratio(runs, out) + skip_heatmaps(runs, out)
+    write_index(out, runs)
+    return paths

@@ -1,15 +1,21 @@
-"""`modbench table`: the papers' tables regenerated from runs, paper / ours / delta side by side.
+"""`modbench table`: the papers' tables beside ours, as effects that compare across scales.
 
-Each paper row names the released variant it corresponds to and the tiny twin that stands in for it in the
-CI matrix; "ours" comes from a run of the released variant when there is one, else from the tiny twin (the
-`source` column says which). A cell without a run, or a benchmark we do not run, says "not run".
-Outputs Markdown, LaTeX and CSV per table (pandas + tabulate).
+Each paper row is followed by ours, and ours names its source: a released checkpoint (the very model the paper row
+describes), a model this suite trained (`modbench reproduce`'s runs), or a random stand-in (a tiny twin with
+untrained weights: a pipeline check whose accuracies mean nothing). Effects are taken against the dense host of the
+same source: Δ accuracy in points and relative %, TFLOPs / speed ratios, skip ratio, KV share. Ours minus paper
+appears only where ours is the released checkpoint itself. Per table: Markdown (a headline within 120 characters),
+CSV and LaTeX (every metric), and an index, README.md, that embeds the plots.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+import re
+import statistics
+import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -17,158 +23,687 @@ import pandas as pd
 
 PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
 NOT_RUN = "not run"
+HEADLINE_WIDTH = 120
+RELEASED, TRAINED, STAND_IN = "released", "trained", "stand-in"
 
-
-def _metric(task: str, name: str, scale: float = 100.0) -> Callable[[dict], float | str]:
-    def get(run: dict):
-        value = run["metrics"].get(task, {}).get(name, {}).get("value")
-        if isinstance(value, (int, float)):
-            return round(value * scale, 2)
-        return value if isinstance(value, str) else NOT_RUN
-
-    return get
-
-
-def _skip(task: str) -> Callable[[dict], float | str]:
-    def get(run: dict):
-        per_task = (run.get("efficiency") or {}).get("per_task", {})
-        value = per_task.get(task, {}).get("overall_skip")
-        return round(100 * value, 2) if value is not None else NOT_RUN
-
-    return get
-
-
-AVERAGE_TASKS = ("gqa_local", "scienceqa_img_local", "mmmu_val_local", "textvqa_val_ocr_local")
-COLUMNS: dict[str, Callable[[dict], float | str]] = {
-    "gqa_acc": _metric("gqa_local", "exact_match"), "gqa": _metric("gqa_local", "exact_match"),
-    "sqa_acc": _metric("scienceqa_img_local", "exact_match"), "sqa_img": _metric("scienceqa_img_local", "exact_match"),
-    "sqa": _metric("scienceqa_img_local", "exact_match"),
-    "mmmu_acc": _metric("mmmu_val_local", "mmmu_acc"), "mmmu": _metric("mmmu_val_local", "mmmu_acc"),
-    "textvqa_acc": _metric("textvqa_val_ocr_local", "exact_match"),
-    "textvqa": _metric("textvqa_val_ocr_local", "exact_match"),
-    "vqav2": _metric("vqav2_val_local", "exact_match"),
-    "pope": _metric("pope_local", "pope_f1_score"),
-    "mme": _metric("mme_local", "mme_perception_score", scale=1.0),
-    "mmb": _metric("mmbench_en_dev_local", "mmbench_circular_acc"),
-    "mmvet": _metric("mmvet_local", "gpt_eval_score", scale=1.0),
-    "seed": _metric("seedbench_local", "seed_image"),
-    "gqa_skip": _skip("gqa_local"), "sqa_skip": _skip("scienceqa_img_local"), "mmmu_skip": _skip("mmmu_val_local"),
-    "textvqa_skip": _skip("textvqa_val_ocr_local"),
+# paper column -> (local task, metric, scale to the paper's unit)
+BENCHMARKS = {
+    "gqa_acc": ("gqa_local", "exact_match", 100.0), "gqa": ("gqa_local", "exact_match", 100.0),
+    "sqa_acc": ("scienceqa_img_local", "exact_match", 100.0),
+    "sqa_img": ("scienceqa_img_local", "exact_match", 100.0), "sqa": ("scienceqa_img_local", "exact_match", 100.0),
+    "mmmu_acc": ("mmmu_val_local", "mmmu_acc", 100.0), "mmmu": ("mmmu_val_local", "mmmu_acc", 100.0),
+    "textvqa_acc": ("textvqa_val_ocr_local", "exact_match", 100.0),
+    "textvqa": ("textvqa_val_ocr_local", "exact_match", 100.0),
+    "vqav2": ("vqav2_val_local", "exact_match", 100.0),
+    "pope": ("pope_local", "pope_f1_score", 100.0),
+    "mme": ("mme_local", "mme_perception_score", 1.0),
+    "mmb": ("mmbench_en_dev_local", "mmbench_circular_acc", 100.0),
+    "mmvet": ("mmvet_local", "gpt_eval_score", 1.0),
+    "seed": ("seedbench_local", "seed_image", 100.0),
 }
+SKIPS = {"gqa_skip": "gqa_local", "sqa_skip": "scienceqa_img_local", "mmmu_skip": "mmmu_val_local",
+         "textvqa_skip": "textvqa_val_ocr_local"}
+AVERAGE = ("gqa_acc", "sqa_acc", "mmmu_acc", "textvqa_acc")  # the γ-MoD papers' "Average"
+TFLOPS = ("tflops", "avg_tflops", "inference_tflops")
+SPEED = "not measured by benchmark runs: speed needs a forced output length (`modbench latency`)"
+UNMAPPED = {  # paper column -> why ours has no number
+    "rwqa": "not run: no local RealWorldQA task", "ai2d": "not run: no local AI2D task",
+    "docvqa": "not run: no local DocVQA task", "chartqa": "not run: no local ChartQA task",
+    "infovqa": "not run: no local InfographicVQA task", "okvqa": "not run: no local OK-VQA task",
+    "training_time_h": "not measured by benchmark runs (trained models: results/reproduction/*/reproduction.md)",
+    "inference_samples_per_s": SPEED, "speed_samples_per_s": SPEED,
+    "inference_memory_gb": "not comparable: runs record the process's peak memory, not the model's",
+}
+DISPLAY = {"gqa_acc": "GQA", "gqa": "GQA", "sqa_acc": "SQA-IMG", "sqa_img": "SQA-IMG", "sqa": "SQA-IMG",
+           "mmmu_acc": "MMMU", "mmmu": "MMMU", "textvqa_acc": "TextVQA", "textvqa": "TextVQA", "vqav2": "VQAv2",
+           "pope": "POPE", "mmb": "MMB", "seed": "SEED", "mme": "MME", "mmvet": "MM-Vet"}
+SHARES = {"avg_skip", "kv_cache_storage_pct", *SKIPS}  # already relative to dense: no ratio taken
+COSTS = {*TFLOPS, "training_time_h", "inference_samples_per_s", "speed_samples_per_s", "inference_memory_gb"}
 
 
-def _average(run: dict, keys: tuple[str, ...]):
-    values = [COLUMNS[k](run) for k in keys]
-    return round(sum(values) / len(values), 2) if all(isinstance(v, float) for v in values) else NOT_RUN
+def _mean(values: list) -> float | str:
+    """Mean of numbers, else the first reason among them."""
+    reasons = [v for v in values if not isinstance(v, (int, float))]
+    return reasons[0] if reasons else statistics.fmean(values)
 
 
-def _avg_tflops(run: dict):
+def metric_value(run: dict, metric: str) -> float | str:
+    """A paper column's value in one run, in the paper's unit, or why there is none."""
+    efficiency = run.get("efficiency") or {}
+    per_task = efficiency.get("per_task", {})
+    if metric in BENCHMARKS:
+        task, name, scale = BENCHMARKS[metric]
+        value = run["metrics"].get(task, {}).get(name, {}).get("value")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value * scale
+        return value if isinstance(value, str) else NOT_RUN
+    if metric in SKIPS:
+        value = per_task.get(SKIPS[metric], {}).get("overall_skip")
+        return NOT_RUN if value is None else 100 * value
+    if metric == "avg_skip":  # the four benchmarks of the papers' average, else the run's own share
+        if all(SKIPS[m] in per_task for m in SKIPS):
+            return _mean([metric_value(run, m) for m in SKIPS])
+        value = efficiency.get("overall_skip")
+        return NOT_RUN if value is None else 100 * value
+    if metric == "avg_acc":
+        return _mean([metric_value(run, m) for m in AVERAGE])
+    if metric in TFLOPS:  # the four benchmarks of the papers' average, else the run's own mean
+        values = [per_task.get(SKIPS[m], {}).get("tflops_analytic") for m in SKIPS]
+        if all(v is not None for v in values):
+            return statistics.fmean(values)
+        return efficiency.get("tflops_analytic", NOT_RUN)
+    if metric == "kv_cache_storage_pct":
+        routing = efficiency.get("routing_all_tokens")
+        return 100 * routing["kept_share_all_layers"] if routing else NOT_RUN
+    if metric in UNMAPPED:
+        return UNMAPPED[metric]
+    raise KeyError(f"paper column {metric!r} has no mapping and no reason in suite/tables.py")
+
+
+def _n_samples(run: dict, task: str) -> int:
     per_task = (run.get("efficiency") or {}).get("per_task", {})
-    values = [per_task.get(t, {}).get("tflops_analytic") for t in AVERAGE_TASKS]
-    # significant digits, not decimals: tiny models run ~1e-5 TFLOPs
-    return float(f"{sum(values) / len(values):.4g}") if all(v is not None for v in values) else NOT_RUN
+    if task in per_task:
+        return per_task[task].get("n_samples", 0)
+    return sum(v.get("n_samples", 0) for k, v in per_task.items() if k.startswith(task + "_"))  # a group's splits
 
 
-def _kv_share(run: dict):
-    routing = (run.get("efficiency") or {}).get("routing_all_tokens")
-    return round(100 * routing["kept_share_all_layers"], 2) if routing else NOT_RUN
+def _sampling_se(run: dict, metric: str) -> float | None:
+    """Binomial standard error of a percentage benchmark (Agresti's +1/+2, so 0 % still has noise)."""
+    task, _, scale = BENCHMARKS[metric]
+    value, n = metric_value(run, metric), _n_samples(run, task)
+    if scale != 100.0 or not isinstance(value, float) or not n:
+        return None
+    p = (value / 100 * n + 1) / (n + 2)
+    return 100 * math.sqrt(p * (1 - p) / n)
 
 
-COLUMNS.update({
-    "kv_cache_storage_pct": _kv_share,
-    "avg_acc": lambda run: _average(run, ("gqa_acc", "sqa_acc", "mmmu_acc", "textvqa_acc")),
-    "avg_skip": lambda run: _average(run, ("gqa_skip", "sqa_skip", "mmmu_skip", "textvqa_skip")),
-    "tflops": _avg_tflops, "avg_tflops": _avg_tflops, "inference_tflops": _avg_tflops,
-})
+# ---------------------------------------------------------------------------------------------------------
+# the tables
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Where ours may come from for one paper row; the first that has a run wins."""
+    released: str = ""  # the registry variant of the checkpoint the paper row describes
+    trained: str = ""  # the `modbench reproduce` row that trains its counterpart at CPU scale
+    tiny: str = ""  # the random tiny twin that stands in for it
+
+
+@dataclass(frozen=True)
+class Column:
+    """A headline efficiency column: the paper's column (None: the paper prints none) beside ours."""
+    header: str
+    paper: str | None
+    ours: str
 
 
 @dataclass
 class TableSpec:
     name: str
     csv: str
+    title: str
     keys: list[str]  # columns identifying a row
-    rows: dict[tuple, tuple[str, str]]  # row key -> (released variant, tiny twin); absent: not run
+    rows: dict[tuple, Sources]  # absent: not run
+    label: Callable[[tuple], str]
+    host: Callable[[tuple], tuple]  # the dense row a row is measured against
+    average: tuple[str, ...]  # the headline's average accuracy: these paper columns ...
+    average_column: str | None = None  # ... as the paper prints it, when it does
+    efficiency: list[Column] = field(default_factory=list)
+    unmapped: dict[str, str] = field(default_factory=dict)  # table-specific reasons, over UNMAPPED
+
+    @property
+    def average_text(self) -> str:
+        names = ", ".join(DISPLAY.get(c, c) for c in self.average)
+        return f"the paper's average ({names})" if self.average_column else f"mean of {names}"
 
 
+def _variant(name: str) -> str:
+    return name.replace("gamma-mod-", "γ-MoD-")
+
+
+T1_LABELS = {"baseline": "", "mod_layer": "", "masked_token": "masked ", "shared_router": "router ",
+             "routing_ratio": "routing "}
+LLAVA_HR_7B = ("llava-hr-7b", "dense", "tiny-llava-hr")
+GMOD_034 = Sources("llava-hr-7b-gmod-0.34", "gamma-0.34", "tiny-llava-hr-gmod")
+GMOD_05 = Sources("llava-hr-7b-gmod-0.5", "gamma-0.5", "tiny-llava-hr-gmod")
 PMOD_ROWS = {
-    ("LLaVA-v1.5", "7B"): ("llava-1.5-7b", "tiny-llava"),
-    ("p-MoD-LLaVA-v1.5", "7B"): ("pmod-llava-1.5-7b", "tiny-llava-pmod"),
-    ("LLaVA-NeXT", "7B"): ("llava-next-7b", "tiny-llava-next"),
-    ("p-MoD-LLaVA-NeXT", "7B"): ("pmod-llava-next-7b", "tiny-pmod-llava-next"),
+    ("LLaVA-v1.5", "7B"): Sources("llava-1.5-7b", "dense", "tiny-llava"),
+    ("p-MoD-LLaVA-v1.5", "7B"): Sources("pmod-llava-1.5-7b", "pmod-prd", "tiny-llava-pmod"),
+    ("LLaVA-NeXT", "7B"): Sources("llava-next-7b", "", "tiny-llava-next"),
+    ("p-MoD-LLaVA-NeXT", "7B"): Sources("pmod-llava-next-7b", "", "tiny-pmod-llava-next"),
 }
+TFLOPS_X, SKIP_PCT, KV_PCT = "TFLOPs×", "skip %", "KV %"
 TABLES = [
-    TableSpec("gamma_mod_table1", "gamma_mod_table1_ablation.csv", ["section", "setting"], {
-        ("baseline", "LLaVA-HR dense"): ("llava-hr-7b", "tiny-llava-hr"),
-        ("mod_layer", "ARank-based deployment"): ("llava-hr-7b-gmod-0.34", "tiny-llava-hr-gmod"),
-        ("masked_token", "Q"): ("llava-hr-7b-gmod-0.34", "tiny-llava-hr-gmod"),
-        ("shared_router", "shared"): ("llava-hr-7b-gmod-0.5", "tiny-llava-hr-gmod"),
-        ("routing_ratio", "34%"): ("llava-hr-7b-gmod-0.34", "tiny-llava-hr-gmod"),
-        ("routing_ratio", "51%"): ("llava-hr-7b-gmod-0.5", "tiny-llava-hr-gmod"),
-    }),
-    TableSpec("gamma_mod_table3", "gamma_mod_table3_scalability.csv", ["model", "variant", "params"], {
-        ("LLaVA", "dense", "7B"): ("llava-1.5-7b", "tiny-llava"),
-        ("LLaVA-HR", "dense", "7B"): ("llava-hr-7b", "tiny-llava-hr"),
-        ("LLaVA-HR", "gamma-mod-0.3", "7B"): ("llava-hr-7b-gmod-0.34", "tiny-llava-hr-gmod"),
-        ("LLaVA-HR", "gamma-mod-0.5", "7B"): ("llava-hr-7b-gmod-0.5", ""),
-        ("Mini-Gemini-HD", "dense", "7B"): ("mgm-hd-7b", "tiny-mgm-hd"),
-        ("Mini-Gemini-HD", "gamma-mod-0.3", "7B"): ("mgm-hd-7b-gmod-0.34", "tiny-mgm-hd-gmod"),
-        ("Mini-Gemini-HD", "gamma-mod-0.5", "7B"): ("mgm-hd-7b-gmod-0.5", ""),
-        ("LLaVA-HR", "dense", "13B"): ("llava-hr-13b", ""),
-        ("LLaVA-HR", "gamma-mod-0.3", "13B"): ("llava-hr-13b-gmod-0.34", ""),
-        ("LLaVA-HR", "gamma-mod-0.5", "13B"): ("llava-hr-13b-gmod-0.5", ""),
-    }),
-    TableSpec("gamma_mod_table4", "gamma_mod_table4_efficiency.csv", ["method"], {
-        ("LLaVA-HR-7B dense",): ("llava-hr-7b", "tiny-llava-hr"),
-        ("gamma-mod-0.3",): ("llava-hr-7b-gmod-0.34", "tiny-llava-hr-gmod"),
-        ("gamma-mod-0.5",): ("llava-hr-7b-gmod-0.5", ""),
-    }),
-    TableSpec("gamma_mod_table6", "gamma_mod_table6_nine_benchmarks.csv", ["group", "method", "params"], {
-        ("dense", "LLaVA-1.5", "7B"): ("llava-1.5-7b", "tiny-llava"),
-        ("dense", "LLaVA-HR", "7B"): ("llava-hr-7b", "tiny-llava-hr"),
-        ("dense", "LLaVA-HR", "13B"): ("llava-hr-13b", ""),
-        ("sparse", "gamma-mod-LLaVA-HR", "7B"): ("llava-hr-7b-gmod-0.5", "tiny-llava-hr-gmod"),
-        ("sparse", "gamma-mod-LLaVA-HR", "13B"): ("llava-hr-13b-gmod-0.5", ""),
-    }),
-    TableSpec("pmod_table1", "pmod_table1_general.csv", ["model", "params"], PMOD_ROWS),
-    TableSpec("pmod_table2", "pmod_table2_text_rich.csv", ["model", "params"], PMOD_ROWS),
+    TableSpec("gamma_mod_table1", "gamma_mod_table1_ablation.csv", "γ-MoD Table 1: ablations on LLaVA-HR-7B",
+              ["section", "setting"], {
+                  ("baseline", "LLaVA-HR dense"): Sources(*LLAVA_HR_7B),
+                  ("mod_layer", "all layers"): Sources(trained="gamma-all"),
+                  ("mod_layer", "1 MoD per 2 layers"): Sources(trained="gamma-1of2"),
+                  ("mod_layer", "2 MoDs per 3 layers"): Sources(trained="gamma-2of3"),
+                  ("mod_layer", "ARank-based deployment"): GMOD_034,
+                  ("masked_token", "none"): Sources(trained="gamma-mask-none"),
+                  ("masked_token", "Q"): Sources("llava-hr-7b-gmod-0.34", "gamma-mask-q", "tiny-llava-hr-gmod"),
+                  ("masked_token", "Q+A"): Sources(trained="gamma-0.34"),
+                  ("shared_router", "not shared"): Sources(trained="gamma-per-layer"),
+                  ("shared_router", "shared"): GMOD_05,
+                  ("routing_ratio", "17%"): Sources(trained="gamma-0.17"),
+                  ("routing_ratio", "34%"): GMOD_034,
+                  ("routing_ratio", "51%"): GMOD_05,
+                  ("routing_ratio", "68%"): Sources(trained="gamma-0.68"),
+              },
+              label=lambda k: T1_LABELS[k[0]] + k[1], host=lambda k: ("baseline", "LLaVA-HR dense"),
+              average=AVERAGE, average_column="avg_acc",
+              efficiency=[Column(TFLOPS_X, "tflops", "tflops"), Column(SKIP_PCT, "avg_skip", "avg_skip")]),
+    TableSpec("gamma_mod_table3", "gamma_mod_table3_scalability.csv",
+              "γ-MoD Table 3: dense vs γ-MoD-0.3 / 0.5 on four hosts", ["model", "variant", "params"], {
+                  ("LLaVA", "dense", "7B"): Sources("llava-1.5-7b", "dense", "tiny-llava"),
+                  ("LLaVA", "gamma-mod-0.3", "7B"): Sources("", "gamma-0.34", "tiny-llava-gmod"),
+                  ("LLaVA", "gamma-mod-0.5", "7B"): Sources("", "gamma-0.5", ""),
+                  ("LLaVA-HR", "dense", "7B"): Sources("llava-hr-7b", "", "tiny-llava-hr"),
+                  ("LLaVA-HR", "gamma-mod-0.3", "7B"): Sources("llava-hr-7b-gmod-0.34", "", "tiny-llava-hr-gmod"),
+                  ("LLaVA-HR", "gamma-mod-0.5", "7B"): Sources("llava-hr-7b-gmod-0.5"),
+                  ("Mini-Gemini-HD", "dense", "7B"): Sources("mgm-hd-7b", "", "tiny-mgm-hd"),
+                  ("Mini-Gemini-HD", "gamma-mod-0.3", "7B"): Sources("mgm-hd-7b-gmod-0.34", "", "tiny-mgm-hd-gmod"),
+                  ("Mini-Gemini-HD", "gamma-mod-0.5", "7B"): Sources("mgm-hd-7b-gmod-0.5"),
+                  ("LLaVA-HR", "dense", "13B"): Sources("llava-hr-13b"),
+                  ("LLaVA-HR", "gamma-mod-0.3", "13B"): Sources("llava-hr-13b-gmod-0.34"),
+                  ("LLaVA-HR", "gamma-mod-0.5", "13B"): Sources("llava-hr-13b-gmod-0.5"),
+              },
+              label=lambda k: f"{k[0].replace('Mini-Gemini-HD', 'MGM-HD')}-{k[2]} {_variant(k[1])}",
+              host=lambda k: (k[0], "dense", k[2]), average=AVERAGE, average_column="avg_acc",
+              efficiency=[Column(TFLOPS_X, "avg_tflops", "avg_tflops"), Column(SKIP_PCT, "avg_skip", "avg_skip")]),
+    TableSpec("gamma_mod_table4", "gamma_mod_table4_efficiency.csv",
+              "γ-MoD Table 4: training and inference efficiency, LLaVA-HR-7B on one A100", ["method"], {
+                  ("LLaVA-HR-7B dense",): Sources(*LLAVA_HR_7B),
+                  ("gamma-mod-0.3",): GMOD_034,
+                  ("gamma-mod-0.5",): Sources("llava-hr-7b-gmod-0.5", "gamma-0.5"),
+              },
+              label=lambda k: k[0] if "dense" in k[0] else f"LLaVA-HR-7B {_variant(k[0])}",
+              host=lambda k: ("LLaVA-HR-7B dense",), average=AVERAGE, average_column="avg_acc",
+              efficiency=[Column(TFLOPS_X, "inference_tflops", "inference_tflops"),
+                          Column("speed×", "inference_samples_per_s", "inference_samples_per_s"),
+                          Column("train×", "training_time_h", "training_time_h")]),
+    TableSpec("gamma_mod_table6", "gamma_mod_table6_nine_benchmarks.csv", "γ-MoD Table 6: nine benchmarks and speed",
+              ["group", "method", "params"], {
+                  ("dense", "LLaVA-1.5", "7B"): Sources("llava-1.5-7b", "dense", "tiny-llava"),
+                  ("dense", "LLaVA-HR", "7B"): Sources("llava-hr-7b", "", "tiny-llava-hr"),
+                  ("dense", "LLaVA-HR", "13B"): Sources("llava-hr-13b"),
+                  ("sparse", "gamma-mod-LLaVA", "7B"): Sources("", "gamma-0.34", "tiny-llava-gmod"),
+                  ("sparse", "gamma-mod-LLaVA-HR", "7B"): Sources("llava-hr-7b-gmod-0.5", "", "tiny-llava-hr-gmod"),
+                  ("sparse", "gamma-mod-LLaVA-HR", "13B"): Sources("llava-hr-13b-gmod-0.5"),
+              },
+              label=lambda k: f"{_variant(k[1])}-{k[2]}",
+              host=lambda k: ("dense", {"gamma-mod-LLaVA": "LLaVA-1.5", "gamma-mod-LLaVA-HR": "LLaVA-HR"}.get(k[1], k[1]),
+                              k[2]),
+              average=("textvqa", "vqav2", "gqa", "sqa_img", "pope", "mmb", "mmmu"),
+              efficiency=[Column(TFLOPS_X, None, "avg_tflops"), Column(SKIP_PCT, None, "avg_skip"),
+                          Column("speed×", "speed_samples_per_s", "speed_samples_per_s")]),
+    TableSpec("pmod_table1", "pmod_table1_general.csv", "p-MoD Table 1: general benchmarks, TFLOPs and KV cache",
+              ["model", "params"], PMOD_ROWS, label=lambda k: f"{k[0]}-{k[1]}",
+              host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), average=("seed", "mmb", "pope", "gqa"),
+              efficiency=[Column(TFLOPS_X, "inference_tflops", "inference_tflops"),
+                          Column(KV_PCT, "kv_cache_storage_pct", "kv_cache_storage_pct")],
+              unmapped={"avg": "not comparable: the paper's average includes RealWorldQA and AI2D, which we do not "
+                               "run; the headline averages SEED, MMB, POPE and GQA for paper and ours alike"}),
+    TableSpec("pmod_table2", "pmod_table2_text_rich.csv", "p-MoD Table 2: text-rich benchmarks",
+              ["model", "params"], PMOD_ROWS, label=lambda k: f"{k[0]}-{k[1]}",
+              host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), average=("textvqa", "mmmu", "sqa"),
+              efficiency=[Column(TFLOPS_X, None, "tflops"), Column(KV_PCT, None, "kv_cache_storage_pct")],
+              unmapped={"avg": "not comparable: the paper's average includes DocVQA, ChartQA, InfoVQA and OK-VQA, "
+                               "which we do not run; the headline averages TextVQA, MMMU and SQA for both"}),
 ]
+TABLE_BLURBS = {
+    "gamma_mod_table1": "ablations: MoD layers, masked tokens, router sharing, routing ratio",
+    "gamma_mod_table3": "scalability: γ-MoD-0.3 / 0.5 vs dense on LLaVA, LLaVA-HR, Mini-Gemini-HD",
+    "gamma_mod_table4": "efficiency: TFLOPs, speed and training time as ratios to dense LLaVA-HR-7B",
+    "gamma_mod_table6": "nine benchmarks and speed: dense hosts against γ-MoD",
+    "pmod_table1": "p-MoD on LLaVA-1.5 / LLaVA-NeXT: general benchmarks, TFLOPs and KV-cache share",
+    "pmod_table2": "p-MoD on text-rich benchmarks (TextVQA, MMMU, SQA run; DocVQA and the like not)",
+}
 
 
-def load_runs(runs_dir: str | Path) -> dict[str, dict]:
-    """Finished runs by model (the newest per model), validated against the results schema."""
+# ---------------------------------------------------------------------------------------------------------
+# sources of "ours"
+
+REPRODUCTION_RUN = re.compile(r"seed(\d+)-eval-(.+)-released$")  # `modbench reproduce`'s runs/ layout
+
+
+def load_runs(runs_dir: str | Path) -> dict[str, dict[int, dict]]:
+    """Finished runs, validated against the results schema, by source key -> seed -> run: the model name (its
+    newest run, seed 0), or `trained:<row>` for the reproduction's evaluations under the released rule."""
     from suite.results import load_results
 
-    runs = {}
-    for path in sorted(Path(runs_dir).glob("*/run.json"), key=lambda p: p.stat().st_mtime):
+    runs: dict[str, dict[int, dict]] = {}
+    for path in sorted(Path(runs_dir).glob("*/run.json"), key=lambda p: (p.stat().st_mtime, str(p))):
         run = load_results(path)
-        if run.get("status") == "ok":
-            runs[run["spec"]["model"]] = run
+        if run.get("status") != "ok":
+            continue
+        trained = REPRODUCTION_RUN.match(path.parent.name)
+        key = f"trained:{trained[2]}" if trained else run["spec"]["model"]
+        runs.setdefault(key, {})[int(trained[1]) if trained else 0] = run
     return runs
 
 
-def build_table(spec: TableSpec, runs: dict[str, dict]) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Source:
+    kind: str  # released / trained / stand-in / not run
+    model: str = ""
+    runs: tuple = ()  # (seed, run) pairs
+
+    @property
+    def label(self) -> str:
+        seeds = f" ({len(self.runs)} seeds)" if len(self.runs) > 1 else ""
+        return f"{self.kind} {self.model}{seeds}" if self.model else self.kind
+
+    def value(self, metric: str) -> float | str:
+        return _mean([metric_value(run, metric) for _, run in self.runs]) if self.runs else NOT_RUN
+
+
+def resolve(sources: Sources | None, runs: dict, kind: str | None = None, seeds: set | None = None) -> Source:
+    if sources is not None:
+        for found, key, model in ((RELEASED, sources.released, sources.released),
+                                  (TRAINED, f"trained:{sources.trained}", sources.trained),
+                                  (STAND_IN, sources.tiny, sources.tiny)):
+            if model and key in runs and kind in (None, found):
+                pairs = tuple((s, r) for s, r in sorted(runs[key].items()) if seeds is None or s in seeds)
+                if pairs:
+                    return Source(found, model, pairs)
+    return Source(NOT_RUN)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one row: paper beside ours
+
+
+@dataclass
+class Effects:
+    """One side of a row (the paper, or ours) against the dense host of the same source."""
+    values: dict[str, float | str]  # paper column -> value (ours: or why none)
+    average: float | str
+    delta_points: float | None = None
+    delta_relative: float | None = None  # % of the host's average
+    ratios: dict[str, float | str] = field(default_factory=dict)  # efficiency column -> ratio to host (or share)
+    host_values: dict = field(default_factory=dict)
+
+
+@dataclass
+class TableRow:
+    key: tuple
+    label: str
+    host_key: tuple
+    source: Source
+    host_source: Source
+    paper: Effects
+    ours: Effects | None
+    ours_minus_paper: float | None = None  # only for the released checkpoint the paper row describes
+    verdict: str = ""
+    average_over: tuple = ()  # set when ours ran only these of the average's benchmarks
+    paper_over_same: float | None = None  # the paper's relative Δ over those benchmarks
+
+    @property
+    def is_host(self) -> bool:
+        return self.key == self.host_key
+
+    @property
+    def reading(self) -> str:
+        if self.source.kind == NOT_RUN:
+            return "ours not run"
+        if self.source.kind == STAND_IN:
+            return "pipeline check"
+        if self.is_host:
+            return "dense host"
+        if self.host_source.kind == NOT_RUN:
+            return f"no {self.source.kind} host"
+        return self.verdict
+
+
+def _paper_average(spec: TableSpec, prow: dict) -> float:
+    if spec.average_column:
+        return float(prow[spec.average_column])
+    return statistics.fmean(float(prow[c]) for c in spec.average)
+
+
+def _effects(values: dict, average, host_values: dict | None, host_average, spec: TableSpec) -> Effects:
+    effects = Effects(values, average, host_values=host_values or {})
+    if host_values is not None and isinstance(average, (int, float)) and isinstance(host_average, (int, float)):
+        effects.delta_points = average - host_average
+        effects.delta_relative = 100 * effects.delta_points / host_average if host_average else None
+    for column in spec.efficiency:
+        key = column.paper if column.paper in values else column.ours
+        value, base = values.get(key), (host_values or {}).get(key)
+        if key in SHARES:
+            effects.ratios[column.header] = value
+        elif isinstance(value, (int, float)) and isinstance(base, (int, float)) and base:
+            effects.ratios[column.header] = value / base
+        else:
+            effects.ratios[column.header] = None
+    return effects
+
+
+def _average_over(spec: TableSpec, source: Source, host_source: Source, prow: dict) -> tuple:
+    """The average's benchmarks, or, where ours (or its host) lacks some and the paper prints each of the rest,
+    those that both ran (a trained model evaluates its own task set)."""
+    ran = tuple(m for m in spec.average if isinstance(source.value(m), float)
+                and (host_source.kind == NOT_RUN or isinstance(host_source.value(m), float)))
+    return ran if ran and all(m in prow for m in ran) else spec.average
+
+
+def _verdict(row_source: Source, host_source: Source, keys: tuple, ours: Effects, paper_relative) -> str:
+    """Ours' relative Δ accuracy against the paper's: held (no worse beyond 1.96 standard errors), did not hold,
+    or within noise. The error: the seed spread, else the benchmarks' binomial sampling noise."""
+    if ours.delta_relative is None or paper_relative is None:
+        return "no estimate"
+    per_seed = []
+    hosts = dict(host_source.runs)
+    for seed, run in row_source.runs:
+        if seed not in hosts:
+            continue
+        base = _mean([metric_value(hosts[seed], k) for k in keys])
+        mine = _mean([metric_value(run, k) for k in keys])
+        if isinstance(base, float) and isinstance(mine, float) and base:
+            per_seed.append(100 * (mine - base) / base)
+    if len(per_seed) > 1:
+        se = statistics.stdev(per_seed) / math.sqrt(len(per_seed))
+    else:
+        terms = [_sampling_se(run, k) for _, run in (row_source.runs[0], host_source.runs[0]) for k in keys]
+        if any(t is None for t in terms):
+            return "no estimate"
+        host_average = _mean([metric_value(host_source.runs[0][1], k) for k in keys])
+        se = 100 * math.sqrt(sum(t * t for t in terms)) / len(keys) / host_average
+    margin = ours.delta_relative - paper_relative
+    if margin > 1.96 * se:
+        return "acc held"
+    if margin < -1.96 * se:
+        return "acc did not hold"
+    return "acc within noise"
+
+
+def build_table(spec: TableSpec, runs: dict) -> list[TableRow]:
     paper = pd.read_csv(PAPER_DIR / spec.csv, dtype={k: str for k in spec.keys})
     metrics = [c for c in paper.columns if c not in spec.keys]
+    for metric in metrics:  # a paper column without a mapping must carry a reason
+        if metric not in spec.unmapped:
+            metric_value({"metrics": {}}, metric)
+    prows = {tuple(str(r[k]) for k in spec.keys): r.to_dict() for _, r in paper.iterrows()}
+    extra = [c.ours for c in spec.efficiency if c.ours not in metrics]
+
+    def ours_values(source: Source) -> dict:
+        return {m: spec.unmapped.get(m) or source.value(m) for m in [*metrics, *extra]}
+
     rows = []
-    for _, prow in paper.iterrows():
-        key = tuple(str(prow[k]) for k in spec.keys)
-        released, tiny = spec.rows.get(key, ("", ""))
-        run = runs.get(released) or (runs.get(tiny) if tiny else None)
-        out = {k: prow[k] for k in spec.keys}
-        out["source"] = (released if released in runs else tiny) if run else NOT_RUN
-        for metric in metrics:
-            ours = COLUMNS[metric](run) if run is not None and metric in COLUMNS else NOT_RUN
-            out[f"{metric} paper"] = prow[metric]
-            out[f"{metric} ours"] = ours
-            out[f"{metric} delta"] = (float(f"{ours - float(prow[metric]):.4g}")
-                                      if isinstance(ours, (int, float)) and not isinstance(ours, bool) else NOT_RUN)
-        rows.append(out)
-    return pd.DataFrame(rows)
+    for key, prow in prows.items():
+        host_key = spec.host(key)
+        host_prow = prows[host_key]
+        paper_values = {m: prow[m] for m in metrics}
+        paper_effects = _effects(paper_values, _paper_average(spec, prow), {m: host_prow[m] for m in metrics},
+                                 _paper_average(spec, host_prow), spec)
+        source = resolve(spec.rows.get(key), runs)
+        seeds = {s for s, _ in source.runs} if source.kind == TRAINED else None
+        host_source = (resolve(spec.rows.get(host_key), runs, kind=source.kind, seeds=seeds)
+                       if source.kind != NOT_RUN else Source(NOT_RUN))
+        row = TableRow(key, spec.label(key), host_key, source, host_source, paper_effects, None)
+        if source.kind != NOT_RUN:
+            values = ours_values(source)
+            keys = _average_over(spec, source, host_source, prow)
+            if keys != spec.average:  # a like-with-like subset: the paper's Δ over the same benchmarks
+                row.average_over = keys
+                paper_points = (statistics.fmean(float(prow[m]) for m in keys)
+                                - statistics.fmean(float(host_prow[m]) for m in keys))
+                row.paper_over_same = 100 * paper_points / statistics.fmean(float(host_prow[m]) for m in keys)
+            average = _mean([source.value(m) for m in keys])
+            if host_source.kind == NOT_RUN:
+                row.ours = _effects(values, average, None, None, spec)
+            else:
+                row.ours = _effects(values, average, ours_values(host_source),
+                                    _mean([host_source.value(m) for m in keys]), spec)
+            if source.kind == RELEASED and isinstance(average, float) and not row.average_over:
+                row.ours_minus_paper = average - paper_effects.average
+            if source.kind in (RELEASED, TRAINED) and not row.is_host and host_source.kind != NOT_RUN:
+                paper_relative = row.paper_over_same if row.average_over else paper_effects.delta_relative
+                row.verdict = _verdict(source, host_source, keys, row.ours, paper_relative)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------------
+# rendering: numbers rounded as the papers print them
+
+
+def fmt_number(value, metric: str = "") -> str:
+    if value is None:
+        return "—"
+    if not isinstance(value, (int, float)):
+        return str(value)
+    if metric in TFLOPS:  # 0.1 at the papers' scale, 3 significant figures for tiny models
+        return f"{value:.1f}" if abs(value) >= 1 else f"{value:.3g}"
+    return f"{value:.1f}"
+
+
+def signed(value: float, digits: int = 1) -> str:
+    return f"{round(value, digits) + 0.0:+.{digits}f}"  # + 0.0: no "-0.0"
+
+
+def fmt_delta(points: float | None, relative: float | None) -> str:
+    if points is None:
+        return "—"
+    if relative is None:
+        return f"{signed(points)} (n/a)"
+    return f"{signed(points)} ({signed(relative, 1 if abs(relative) < 100 else 0)} %)"
+
+
+def fmt_ratio(value, header: str) -> str:
+    if value is None or not isinstance(value, (int, float)):
+        return "—"
+    return f"{value:.1f}" if header in (SKIP_PCT, KV_PCT) else f"{value:.2f}"
+
+
+def _pipe_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in column) for column in zip(headers, *rows)]
+    line = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)])
+
+
+def headline(spec: TableSpec, rows: list[TableRow]) -> tuple[list[str], list[list[str]]]:
+    """The compact table: per paper row, the paper's line, then ours (what it came from, the same effects)."""
+    headers = ["row / numbers from", "avg acc", "Δ acc pt (rel)", *[c.header for c in spec.efficiency], "reading"]
+    out = []
+    for row in rows:
+        for side in ("paper", "ours"):
+            effects = row.paper if side == "paper" else row.ours
+            if effects is None:
+                continue
+            first = f"{row.label}, paper" if side == "paper" else f"↳ {row.source.label}"
+            average = fmt_number(effects.average)
+            if side == "ours" and row.ours_minus_paper is not None:
+                average += f" ({signed(row.ours_minus_paper)})"
+            if not isinstance(effects.average, (int, float)):
+                average = "—"
+            elif side == "ours" and row.average_over:
+                average += "*"
+            delta = "host" if row.is_host else fmt_delta(effects.delta_points, effects.delta_relative)
+            ratios = [fmt_ratio(effects.ratios.get(c.header), c.header) for c in spec.efficiency]
+            reading = ("ours not run" if row.source.kind == NOT_RUN else "") if side == "paper" else row.reading
+            out.append([first, average, delta, *ratios, reading])
+    return headers, out
+
+
+def _notes(spec: TableSpec, rows: list[TableRow]) -> list[str]:
+    kinds = {row.source.kind for row in rows}
+    ratio_headers = [c.header for c in spec.efficiency if c.header not in (SKIP_PCT, KV_PCT)]
+    headers = {c.header for c in spec.efficiency}
+    legend = [f"avg acc: {spec.average_text}.",
+              "Δ acc: against the dense host of the same source, in points (relative %).",
+              f"{', '.join(ratio_headers)}: ratio to that host." if ratio_headers else "",
+              "skip %: share of prompt tokens the MoD layers skip." if SKIP_PCT in headers else "",
+              "KV %: K/V entries kept, as a share of dense." if KV_PCT in headers else "",
+              "—: the paper prints none, or ours is not measured (below)."]
+    notes = [" ".join(part for part in legend if part)]
+    if STAND_IN in kinds:
+        notes.append("stand-in: a random tiny twin (untrained weights) run on fixture data. Its accuracies mean "
+                     "nothing; its row checks the pipeline (scoring, routing, TFLOPs, skip), not the paper's claim.")
+    if RELEASED in kinds:
+        notes.append("released: the very checkpoint the paper row describes; only there does avg acc add, in "
+                     "brackets, ours minus the paper.")
+    if TRAINED in kinds:
+        notes.append("trained: a model `modbench reproduce` trained at CPU scale; its own tables, with every claim, "
+                     "are in results/reproduction/<preset>/reproduction.md.")
+    for subset in dict.fromkeys(row.average_over for row in rows if row.average_over):
+        names = ", ".join(DISPLAY.get(m, m) for m in subset)
+        notes.append(f"*: ours ran only {names} of the average; its Δ and reading compare the paper's Δ over the "
+                     "same benchmarks.")
+    if kinds & {RELEASED, TRAINED}:
+        notes.append("reading: ours' relative Δ acc against the paper's — held (no worse beyond 1.96 standard "
+                     "errors: seed spread, else binomial sampling noise), did not hold, or within noise.")
+    reasons: dict[str, list[str]] = {}
+    paper_columns = list(rows[0].paper.values) if rows else []
+    for metric in paper_columns:
+        reason = spec.unmapped.get(metric) or UNMAPPED.get(metric)
+        if reason:
+            reasons.setdefault(reason, []).append(metric)
+    if reasons:
+        notes.append("Not compared: " + "; ".join(f"{', '.join(m)} — {r}" for r, m in reasons.items()) + ".")
+    notes.append(f"Every metric, paper beside ours: {spec.name}.csv, {spec.name}.tex.")
+    return ["\n".join(textwrap.wrap(n, HEADLINE_WIDTH - 2, subsequent_indent="  ")) for n in notes]
+
+
+def render_markdown(spec: TableSpec, rows: list[TableRow]) -> str:
+    headers, cells = headline(spec, rows)
+    intro = f"Paper: results/paper/{spec.csv}. Each paper row is followed by ours (↳), which names its source."
+    parts = [f"# {spec.title}", "", textwrap.fill(intro, HEADLINE_WIDTH), "", _pipe_table(headers, cells), ""]
+    parts += [f"- {n}" for n in _notes(spec, rows)]
+    return "\n".join(parts) + "\n"
+
+
+def _round(value, metric: str):
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return value
+    if metric in TFLOPS:
+        return round(value, 1) if abs(value) >= 1 else float(f"{value:.3g}")
+    return round(value, 1)
+
+
+def detail(spec: TableSpec, rows: list[TableRow]) -> pd.DataFrame:
+    """Every paper column (and the headline's own), paper beside ours, one line per row and metric."""
+    records = []
+    for row in rows:
+        metrics = [*row.paper.values, *[c.ours for c in spec.efficiency if c.ours not in row.paper.values]]
+        for metric in ["headline_avg", *metrics]:
+            paper = row.paper.average if metric == "headline_avg" else row.paper.values.get(metric)
+            ours = NOT_RUN if row.ours is None else (row.ours.average if metric == "headline_avg"
+                                                      else row.ours.values.get(metric))
+            record = {"row": row.label, "host": spec.label(row.host_key), "ours_from": row.source.kind,
+                      "ours_model": row.source.model, "metric": metric,
+                      "paper": "" if paper is None else (_round(paper, "") if metric == "headline_avg" else paper),
+                      "ours": _round(ours, metric)}
+            record.update(_versus(row, metric, paper, ours))
+            same_checkpoint = row.source.kind == RELEASED and isinstance(ours, (int, float)) and isinstance(
+                paper, (int, float))
+            if metric == "headline_avg":
+                same_checkpoint = row.ours_minus_paper is not None
+            record["ours_minus_paper"] = _round(ours - paper, metric) if same_checkpoint else ""
+            record["note"] = ""
+            if metric == "headline_avg" and row.average_over:
+                record["note"] = f"ours over {', '.join(DISPLAY.get(m, m) for m in row.average_over)} only"
+                if not row.is_host:
+                    record["note"] += f"; the paper's relative Δ over the same: {signed(row.paper_over_same)} %"
+            records.append(record)
+    return pd.DataFrame(records)
+
+
+def _versus(row: TableRow, metric: str, paper, ours) -> dict:
+    """Paper and ours against the host of the same source: points and relative % for accuracies, a ratio for
+    costs, nothing for shares (already relative to dense)."""
+    out = {"vs_dense": "", "paper_vs_dense": "", "ours_vs_dense": "", "paper_rel_pct": "", "ours_rel_pct": ""}
+    if metric in SHARES or row.is_host:
+        return out
+    out["vs_dense"] = "ratio" if metric in COSTS else "points"
+    sides = [("paper", paper, row.paper)]
+    if row.ours is not None and row.host_source.kind != NOT_RUN:
+        sides.append(("ours", ours, row.ours))
+    for side, value, effects in sides:
+        if metric == "headline_avg":
+            points, relative = effects.delta_points, effects.delta_relative
+        else:
+            base = _host_value(row, side, metric)
+            if not isinstance(value, (int, float)) or not isinstance(base, (int, float)):
+                continue
+            if metric in COSTS:
+                if base:
+                    out[f"{side}_vs_dense"] = round(value / base, 2)
+                continue
+            points, relative = value - base, (100 * (value - base) / base if base else None)
+        if points is not None:
+            out[f"{side}_vs_dense"] = round(points, 1)
+        if relative is not None:
+            out[f"{side}_rel_pct"] = round(relative, 1)
+    return out
+
+
+def _host_value(row: TableRow, side: str, metric: str):
+    effects = row.paper if side == "paper" else row.ours
+    return effects.host_values.get(metric) if effects is not None else None
+
+
+def write_index(out_dir: str | Path, runs: dict) -> Path:
+    """results/tables/README.md: what each table shows, where ours came from, and the plots."""
+    from suite.results import write_text_atomic
+
+    out_dir = Path(out_dir)
+    kinds = {}
+    for spec in TABLES:
+        for sources in spec.rows.values():
+            source = resolve(sources, runs)
+            if source.kind != NOT_RUN:
+                kinds.setdefault(source.kind, set()).add(source.model)
+    lines = ["# The papers' tables beside ours", "",
+             "Generated by `modbench table` / `modbench matrix` from the runs listed in runs.json; do not edit.", ""]
+    names = {RELEASED: "released checkpoints", TRAINED: "models trained here", STAND_IN: "random stand-ins"}
+    counts = ", ".join(f"{len(models)} {names[kind]}" for kind, models in sorted(kinds.items())) or "no runs"
+    lines += [f"Sources of \"ours\": {counts}. Each table pairs every paper row with ours and names ours' source."]
+    if set(kinds) == {STAND_IN}:
+        lines += ["All of them are random stand-ins (tiny twins with untrained weights): these tables check the",
+                  "pipeline, not the papers' claims. The claims at CPU scale, from models this suite trains and",
+                  "evaluates (verdicts computed from the measured numbers), are in",
+                  "[results/reproduction/quick/reproduction.md](../reproduction/quick/reproduction.md),",
+                  "written by `modbench reproduce`."]
+    else:
+        lines += ["The trained-model tables (CPU-scale reproduction, with computed verdicts) are in",
+                  "[results/reproduction/quick/reproduction.md](../reproduction/quick/reproduction.md),",
+                  "written by `modbench reproduce`."]
+    lines += ["", "Each table's headline (relative effects) is its .md; every metric, paper beside ours, is in",
+              "the .csv and .tex of the same name.", "", "| table | what it shows |", "|---|---|"]
+    lines += [f"| [{spec.title.split(':')[0]}]({spec.name}.md) | {TABLE_BLURBS[spec.name]} |" for spec in TABLES]
+    plots = [("accuracy_change_vs_tflops_ratio", "Δ average accuracy against the dense host of the same source vs "
+              "the TFLOPs ratio: the papers' points and ours on the same axes."),
+             ("skip_ratio_by_layer", "share of tokens each layer skips, per token type (γ-MoD Fig. 4a), for ours.")]
+    present = [(name, text) for name, text in plots if (out_dir / f"{name}.svg").exists()]
+    if present:
+        lines += ["", "## Plots"]
+        for name, text in present:
+            lines += ["", textwrap.fill(text, HEADLINE_WIDTH), "", f"![{name}]({name}.svg)"]
+    return write_text_atomic(out_dir / "README.md", "\n".join(lines) + "\n")
+
+
+def _latex(frame: pd.DataFrame) -> str:
+    return frame.to_latex(index=False, escape=True)
+
+
+def _latex_detail(frame: pd.DataFrame) -> pd.DataFrame:
+    """The detail as printed text: numbers rounded, a reason cut to its head (the CSV keeps it whole)."""
+    def cell(value, metric):
+        if isinstance(value, str):
+            return re.split(r"[:(]", value)[0].strip()
+        return fmt_number(value, metric) if metric in TFLOPS else (f"{value:g}" if isinstance(value, (int, float))
+                                                                   else value)
+    columns = ["row", "ours_from", "metric", "paper", "ours", "paper_vs_dense", "ours_vs_dense", "ours_minus_paper"]
+    out = frame[columns].copy()
+    for column in ("paper", "ours", "paper_vs_dense", "ours_vs_dense", "ours_minus_paper"):
+        out[column] = [cell(v, m if column in ("paper", "ours", "ours_minus_paper") else "")
+                       for v, m in zip(out[column], out["metric"])]
+    return out
 
 
 def write_tables(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    from tabulate import tabulate
-
     from suite.results import write_text_atomic
 
     runs = load_runs(runs_dir)
@@ -176,13 +711,20 @@ def write_tables(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for spec in TABLES:
-        table = build_table(spec, runs)
+        rows = build_table(spec, runs)
+        frame = detail(spec, rows)
+        headers, cells = headline(spec, rows)
         base = out_dir / spec.name
+        tex_detail = _latex_detail(frame)
         written += [
-            write_text_atomic(f"{base}.csv", table.to_csv(index=False)),
-            write_text_atomic(f"{base}.md", f"# {spec.name} (paper: results/paper/{spec.csv})\n\n"
-                              + tabulate(table, headers="keys", tablefmt="pipe", showindex=False) + "\n"),
-            write_text_atomic(f"{base}.tex", table.to_latex(index=False, escape=True)),
+            write_text_atomic(f"{base}.csv", frame.to_csv(index=False)),
+            write_text_atomic(f"{base}.md", render_markdown(spec, rows)),
+            write_text_atomic(f"{base}.tex", f"% {spec.title} (results/paper/{spec.csv})\n% headline\n"
+                              + _latex(pd.DataFrame(cells, columns=headers)) + "% every metric\n"
+                              + _latex(tex_detail)),
         ]
-    write_text_atomic(out_dir / "runs.json", json.dumps({m: r["spec"] for m, r in runs.items()}, indent=2))
+    write_text_atomic(out_dir / "runs.json", json.dumps(
+        {key: {str(seed): run["spec"] for seed, run in seeds.items()} if key.startswith("trained:")
+         else seeds[max(seeds)]["spec"] for key, seeds in runs.items()}, indent=2))
+    written.append(write_index(out_dir, runs))
     return written

@@ -70,36 +70,6 @@ def test_efficiency_skips_and_saves_flops(runs_dir):
     assert set(eff["per_task"]) == set(FOUR)
 
 
-def test_tables_side_by_side_with_not_run_cells(runs_dir, tmp_path):
-    from suite.tables import TABLES, build_table, load_runs, write_tables
-
-    written = write_tables(runs_dir, tmp_path)
-    assert {p.suffix for p in written} == {".md", ".tex", ".csv"} and len(written) == 3 * len(TABLES)
-    table3 = build_table(next(t for t in TABLES if t.name == "gamma_mod_table3"), load_runs(runs_dir))
-    hr = table3[(table3["model"] == "LLaVA-HR") & (table3["variant"] == "gamma-mod-0.3") & (table3["params"] == "7B")]
-    row = hr.iloc[0]
-    assert row["source"] == "tiny-llava-hr-gmod"
-    assert row["gqa_acc paper"] == 63.7 and isinstance(row["gqa_acc ours"], float)
-    assert row["gqa_acc delta"] == pytest.approx(row["gqa_acc ours"] - 63.7)
-    assert isinstance(row["avg_tflops ours"], float)
-    dense = table3[(table3["model"] == "LLaVA") & (table3["variant"] == "dense")].iloc[0]
-    assert dense["source"] == "not run" and dense["gqa_acc ours"] == "not run" and dense["gqa_acc delta"] == "not run"
-    md = (tmp_path / "gamma_mod_table3.md").read_text()
-    assert "not run" in md and "| LLaVA-HR" in md
-
-
-def test_plots_are_written(runs_dir, tmp_path):
-    from suite.plots import write_plots
-
-    paths = write_plots(runs_dir, tmp_path)
-    assert {p.name for p in paths} == {"accuracy_vs_tflops.png", "accuracy_vs_tflops.svg",
-                                        "skip_ratio_by_layer.png", "skip_ratio_by_layer.svg"}
-    assert all(p.stat().st_size > 1000 for p in paths)
-    first = {p.name: p.read_bytes() for p in paths}
-    again = write_plots(runs_dir, tmp_path)  # the same data gives the same bytes (committed plots stay put)
-    assert {p.name: p.read_bytes() for p in again} == first
-
-
 def test_unchanged_run_passes_and_another_skip_threshold_is_caught(runs_dir, tmp_path, monkeypatch):
     baseline = tmp_path / "base.json"
     update_baseline(runs_dir, baseline)
