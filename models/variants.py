@@ -164,10 +164,10 @@ REPRO_CLIP = VisionConfig(kind="clip", image_size=80, patch_size=8, hidden_size=
                           intermediate_size=384)
 register_variant(ModelConfig(name="cpu-repro-llava", family="llava", llm=REPRO_LLM, vision=REPRO_CLIP,
                              tokenizer="scenes"))
-# The reproduction's smoke-test twin (`modbench reproduce --preset micro`, the test suite): the same family and
-# tokenizer at tiny size.
+# The reproduction's smoke-test size (`modbench reproduce --preset micro`, the test suite): the same family and
+# tokenizer, tiny dims (not one of the hosts' tiny twins of the bench slice).
 register_variant(ModelConfig(
-    name="tiny-repro-llava", family="llava", tiny=True, tokenizer="scenes",
+    name="cpu-repro-llava-micro", family="llava", tokenizer="scenes",
     llm=dataclasses.replace(REPRO_LLM, num_layers=6, hidden_size=32, num_heads=2, num_kv_heads=2, intermediate_size=64),
     vision=dataclasses.replace(REPRO_CLIP, image_size=32, hidden_size=32, num_layers=2, num_heads=2,
                                intermediate_size=64)))

@@ -105,7 +105,7 @@ QUICK_ROWS = ("dense", "gamma-0.5", "pmod-prd")
 PRESETS = {
     "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=32, train_scenes=48, turns=2, eval_per_task=4,
                     dense_steps=4, finetune_steps=2, batch_size=8, arank_samples=4, speed_batches=1,
-                    latency_samples=2, model="tiny-repro-llava"),
+                    latency_samples=2, model="cpu-repro-llava-micro"),
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1500, finetune_steps=120),
 }
