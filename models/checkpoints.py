@@ -597,6 +597,7 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
     directory = resolve(path_or_hub_id)
     conf = read_json(directory / "config.json")
     state = read_state_dict(directory)
+    _check_finite(state, directory)
     detect(conf, directory / "config.json")
     cfg, kind = config_from_checkpoint(directory, state)
     if dtype:
@@ -622,4 +623,17 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
     model.load_state_dict(ours, strict=True, assign=True)
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
-    return model.to(device=device_map or "cpu", dtype=torch_dtype(cfg.dtype)).eval()
+    model = model.to(device=device_map or "cpu", dtype=torch_dtype(cfg.dtype)).eval()
+    cast = {k: v for k, v in model.state_dict().items() if k in ours and v.dtype != ours[k].dtype}
+    _check_finite(cast, directory, f" after the cast to {cfg.dtype} (out of its range)")
+    return model
+
+
+def _check_finite(state: dict, where: Path, after: str = "") -> None:
+    """NaN / inf weights are an error naming the key: otherwise a NaN surfaces far away (a NaN γ-MoD router
+    reads as "router copies differ", NaN == NaN being false) or not at all (every answer "")."""
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            nan, total = int(value.isnan().sum()), int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{where}: weight {key} holds non-finite values{after} ({nan} NaN, "
+                                  f"{total - nan} inf of {value.numel()})")

@@ -47,6 +47,11 @@ def _build(name: str, seed: int = 0, device: str = "cpu", cfg=None):
 
     if cfg is not None or _is_variant(name):
         return models.build_model(cfg if cfg is not None else name, seed=seed, device=device)
+    from models.lmms_plugin import model_name_error
+
+    problem = model_name_error(name)  # a misspelt variant, named as such, with the closest names
+    if problem:
+        raise ValueError(problem)
     return models.load(name, device_map=device)
 
 
@@ -323,6 +328,15 @@ def cmd_data(args) -> int:
     return 0
 
 
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    """SIGTERM / Ctrl-C: the run folder keeps every finished sample; the same command resumes. 128 + signal."""
+    import signal
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    print(f"interrupted ({signal.Signals(signum).name}): run the same command again to resume", file=sys.stderr)
+    return 128 + signum
+
+
 def cmd_run(args) -> int:
     from suite.runner import RunSpec, run
 
@@ -330,7 +344,12 @@ def cmd_run(args) -> int:
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
                    run_id=args.run_id, measure_flops=args.measure_flops, data_root=data_root(args.data_root))
-    outcome = run(spec)
+    try:
+        outcome = run(spec)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+    if outcome.resumed_samples:
+        print(f"resumed: {outcome.resumed_samples} finished sample(s) answered from records.jsonl")
     for task, metrics in outcome.metrics.items():
         shown = ", ".join(f"{k}={v['value']:.4g}" if isinstance(v["value"], (int, float)) else f"{k}={v['value']}"
                           for k, v in metrics.items())
@@ -369,20 +388,30 @@ def cmd_matrix(args) -> int:
     todo = [s for s in specs if args.rerun or not finished(s)]
     print(f"slice {args.slice}: {len(specs)} runs, {len(specs) - len(todo)} already finished", flush=True)
     failed = []
-    for spec in tqdm(todo, desc=f"matrix {args.slice}", unit="run"):
-        outcome = run(spec, progress=False)
-        if outcome.status != "ok":
-            failed.append(f"{spec.run_id}: {outcome.errors[:1]}")
-    from suite.tables import write_tables
+    try:
+        for spec in tqdm(todo, desc=f"matrix {args.slice}", unit="run"):
+            try:  # a failed cell is listed at the end; the others still run
+                outcome = run(spec, progress=False)
+            except Exception as exc:
+                failed.append(f"{spec.run_id}: {type(exc).__name__}: {exc}")
+                continue
+            if outcome.status != "ok":
+                failed.append(f"{spec.run_id}: {outcome.errors[0] if outcome.errors else outcome.status}")
+        from suite.tables import write_tables
 
-    written = write_tables(args.output, args.tables)
-    print(f"tables: {len(written)} files in {args.tables}")
-    if not args.no_plots:
-        from suite.plots import write_plots
+        written = write_tables(args.output, args.tables)
+        print(f"tables: {len(written)} files in {args.tables}")
+        if not args.no_plots:
+            from suite.plots import write_plots
 
-        print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
-    for line in failed:
-        print(f"FAILED {line}", file=sys.stderr)
+            print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+    finally:  # listed even when interrupted, or when the tables or plots raise
+        for line in failed:
+            print(f"FAILED {line}", file=sys.stderr)
+        if failed:
+            print(f"{len(failed)} of {len(todo)} cell(s) failed", file=sys.stderr)
     return 1 if failed else 0
 
 

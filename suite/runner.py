@@ -4,15 +4,25 @@ Unlike the lmms-eval CLI (which exits 0 when a task fails), a run that fails —
 results, a sample that failed — is reported and returns non-zero, and its run.json says status "failed".
 Files per run (atomic writes): run.json (schema_version, spec, environment, metrics with stderr, efficiency
 from the per-sample records), samples.jsonl (lmms-eval's logged samples), records.jsonl (the plugin's
-per-sample routing / token / timing records).
+per-sample routing / token / timing records), attempt.json (what the records were computed with).
+
+Resume: records.jsonl grows per batch as samples finish. An attempt killed (SIGKILL), interrupted (SIGTERM,
+Ctrl-C: run.json says "interrupted") or failed leaves its finished samples there; the next attempt with the
+same fingerprint (the spec, the package versions, the checkpoint's and the data's files) answers those from
+their records without running the model, and runs only the rest. A run that finished ok starts over when run
+again (`modbench matrix` skips it instead).
 """
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+import signal
+import threading
 import traceback
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from suite.results import results_record, write_json_atomic, write_text_atomic
@@ -36,12 +46,13 @@ class RunSpec:
     data_root: str = ""  # benchmark data (default: tasks/data); a root elsewhere leaves the checkout untouched
     fixed_skip: float | None = None  # γ-MoD: a controlled skip ratio instead of the released threshold rule
 
-    def model_args(self, records: Path) -> str:
+    def model_args(self, records: Path, resume: bool = False) -> str:
         args = {"pretrained": self.model, "protocol": self.protocol,
                 "seed": self.seed, "records": str(records), "dtype": self.dtype, "device": self.device,
                 "attn_implementation": self.attn_implementation,
                 "measure_flops": "true" if self.measure_flops else "",
-                "fixed_skip": "" if self.fixed_skip is None else self.fixed_skip}
+                "fixed_skip": "" if self.fixed_skip is None else self.fixed_skip,
+                "resume": "true" if resume else ""}
         return ",".join(f"{k}={v}" for k, v in args.items() if v not in ("", None))
 
     def default_run_id(self) -> str:
@@ -52,10 +63,88 @@ class RunSpec:
 
 @dataclass
 class RunOutcome:
-    status: str
+    status: str  # ok | failed | interrupted
     run_dir: Path
     errors: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    resumed_samples: int = 0
+
+
+@dataclass
+class Attempt:
+    """attempt.json: what the run folder's records were computed with. The next attempt resumes from them only
+    under the same fingerprint; otherwise it starts over."""
+
+    fingerprint: dict
+    started: str = ""
+    resumed_samples: int = 0
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM during a run. A KeyboardInterrupt (not an Exception), so that no `except Exception` on the way
+    (the plugin records a raising sample as failed and goes on) can take it for a sample's error."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise RunInterrupted(signum)
+
+
+def fingerprint(spec: RunSpec) -> dict:
+    """What a run's per-sample answers depend on: the spec (not where it is written), the packages that compute
+    them, and the checkpoint's and benchmark data's files (size and modification time, not contents: cheap)."""
+    from importlib.metadata import version
+
+    from tasks.registry import data_files_under
+
+    model = Path(spec.model).expanduser()
+    files = sorted(p for p in model.iterdir() if p.is_file()) if model.is_dir() else []
+    files += [p for task in spec.tasks for p in data_files_under(task, spec.data_root)]
+    return {"spec": {k: v for k, v in asdict(spec).items() if k not in ("output", "run_id")},
+            "versions": {name: version(name) for name in ("lmms-eval", "torch", "transformers")},
+            "files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()}}
+
+
+def _start_attempt(spec: RunSpec, run_dir: Path, records: Path) -> bool:
+    """Decide whether this attempt resumes, clear what it replaces, record its fingerprint. True: resume."""
+    attempt_path, run_json = run_dir / "attempt.json", run_dir / "run.json"
+    current = json.loads(json.dumps(fingerprint(spec), default=str))  # as it reads back from the file
+    previous = None
+    if attempt_path.exists():
+        try:
+            previous = Attempt(**json.loads(attempt_path.read_text()))
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ValueError(f"{attempt_path}: unreadable ({exc}); delete it to start the run over") from None
+    finished_ok = run_json.exists() and json.loads(run_json.read_text()).get("status") == "ok"
+    resume = previous is not None and previous.fingerprint == current and not finished_ok and records.exists()
+    run_json.unlink(missing_ok=True)  # this attempt replaces them: a half-done folder never looks finished
+    (run_dir / "samples.jsonl").unlink(missing_ok=True)
+    if not resume:
+        records.unlink(missing_ok=True)
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    write_json_atomic(attempt_path, asdict(Attempt(current, started)))
+    return resume
+
+
+def check_names(spec: RunSpec, manager) -> None:
+    """A misspelt model or task is named as such, with the closest names (difflib), before anything runs."""
+    from models.lmms_plugin import model_name_error
+
+    problem = model_name_error(spec.model)
+    if problem:
+        raise ValueError(problem)
+    local = sorted(t for t in manager.all_tasks if t.endswith("_local") or "_local_" in t)
+    unknown = [t for t in spec.tasks if t not in manager.all_tasks]
+    if unknown:
+        hints = []
+        for task in unknown:
+            close = ([f"{task}_local"] if f"{task}_local" in local else []) + difflib.get_close_matches(
+                task, local, n=3, cutoff=0.6)
+            hints.append(f"{task!r} (did you mean {', '.join(dict.fromkeys(close))}?)" if close else repr(task))
+        raise ValueError(f"unknown task(s) {', '.join(hints)}; local tasks: {local}")
 
 
 def check_data(tasks: list[str], data_root: str | Path | None = None) -> None:
@@ -89,33 +178,52 @@ def _flatten_metrics(results: dict) -> dict:
 
 
 def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
+    """One attempt at a run. Raises RunInterrupted / KeyboardInterrupt after writing run.json ("interrupted")."""
     import models  # noqa: F401  (fail early on a broken install)
 
     run_dir = Path(spec.output) / (spec.run_id or spec.default_run_id())
     run_dir.mkdir(parents=True, exist_ok=True)
     records = run_dir / "records.jsonl"
-    records.unlink(missing_ok=True)
+    resume = _start_attempt(spec, run_dir, records)
     errors: list[str] = []
     results = None
+    resumed = 0
+    interrupted: KeyboardInterrupt | None = None
+    restore = None
+    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+        restore = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        check_data(spec.tasks, spec.data_root)
         from lmms_eval.evaluator import simple_evaluate
 
         from tasks.registry import task_manager
 
         manager = task_manager(spec.data_root)
-        unknown = [t for t in spec.tasks if t not in manager.all_tasks]
-        if unknown:
-            raise ValueError(f"unknown task(s) {unknown}; local tasks: "
-                             f"{sorted(t for t in manager.all_tasks if t.endswith('_local') or '_local_' in t)}")
+        check_names(spec, manager)
+        check_data(spec.tasks, spec.data_root)
+        if resume:
+            from models.lmms_plugin import resume_records
+
+            resumed = len(resume_records(records))
+            _update_attempt(run_dir, resumed)
+            if progress:
+                print(f"resuming {run_dir}: {resumed} finished sample(s) answered from records.jsonl", flush=True)
         results = simple_evaluate(
-            model="modbench", model_args=spec.model_args(records), tasks=spec.tasks, limit=spec.limit,
+            model="modbench", model_args=spec.model_args(records, resume), tasks=spec.tasks, limit=spec.limit,
             batch_size=spec.batch_size, task_manager=manager, log_samples=True, random_seed=spec.seed,
             numpy_random_seed=spec.seed, torch_random_seed=spec.seed, verbosity="WARNING" if not progress else "INFO",
         )
+    except KeyboardInterrupt as exc:  # SIGTERM (RunInterrupted) or Ctrl-C: recorded, then raised again
+        interrupted = exc
+        if restore is not None:  # a second SIGTERM while run.json is written acts at once
+            signal.signal(signal.SIGTERM, restore)
+        errors.append(f"interrupted ({exc.args[0] if exc.args else 'SIGINT'}): the same spec resumes from "
+                      "records.jsonl")
     except Exception as exc:  # recorded in run.json and the exit status, never swallowed
         errors.append(f"{type(exc).__name__}: {exc}")
         errors.append(traceback.format_exc(limit=8))
+    finally:
+        if restore is not None:
+            signal.signal(signal.SIGTERM, restore)
     metrics = {}
     samples = []
     if results is not None:
@@ -130,19 +238,22 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
     sample_records = _read_records(records)
     failed_samples = [r for r in sample_records if r.get("status") != "ok"]
     if failed_samples:
-        errors.append(f"{len(failed_samples)} sample(s) failed")
+        errors.append(f"{len(failed_samples)} sample(s) failed: " + "; ".join(
+            f"{r.get('task')} doc {r.get('doc_id')}: {r.get('error')}" for r in failed_samples[:3]))
     _write_jsonl_atomic(run_dir / "samples.jsonl", samples)
-    status = "failed" if errors else "ok"
+    status = "interrupted" if interrupted is not None else "failed" if errors else "ok"
     from suite.efficiency import efficiency_from_records
 
     resolved = {}
     try:  # what actually ran, where the spec left the variant's defaults
+        if interrupted is not None:  # a checkpoint's config reads its weights: not in a SIGTERM grace period
+            raise interrupted
         import models
 
         cfg = models.config_for(spec.model)
         resolved = {"dtype": spec.dtype or cfg.dtype, "attn_implementation": spec.attn_implementation or
                     cfg.attn_implementation, "mod_scheme": cfg.mod.scheme, "mod_layers": list(cfg.mod.layers)}
-    except Exception as exc:  # the model itself failed: already among the errors
+    except (Exception, KeyboardInterrupt) as exc:  # the model itself failed: already among the errors
         resolved = {"error": f"{type(exc).__name__}: {exc}"}
     import torch
 
@@ -152,18 +263,37 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
     payload = {
         "status": status, "errors": errors, "resolved": resolved, "metrics": metrics,
         "peak_memory": peak_memory_bytes(device),
-        "efficiency": efficiency_from_records(spec.model, sample_records) if sample_records else None,
-        "n_samples": len(samples), "n_records": len(sample_records),
-        "files": {"samples": "samples.jsonl", "records": "records.jsonl"},
+        "efficiency": efficiency_from_records(spec.model, sample_records) if sample_records and interrupted is None
+        else None,
+        "n_samples": len(samples), "n_records": len(sample_records), "resumed_samples": resumed,
+        "files": {"samples": "samples.jsonl", "records": "records.jsonl", "attempt": "attempt.json"},
     }
     write_json_atomic(run_dir / "run.json", results_record("run", asdict(spec), **payload))
-    return RunOutcome(status, run_dir, errors, metrics)
+    if interrupted is not None:
+        raise interrupted
+    return RunOutcome(status, run_dir, errors, metrics, resumed)
+
+
+def _update_attempt(run_dir: Path, resumed: int) -> None:
+    path = run_dir / "attempt.json"
+    attempt = Attempt(**json.loads(path.read_text()))
+    attempt.resumed_samples = resumed
+    write_json_atomic(path, asdict(attempt))
 
 
 def _read_records(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if n < len(lines) - 1:
+                raise
+            # torn by an interruption mid-write: that sample did not finish (the next attempt drops the line)
+    return rows
 
 
 def _write_jsonl_atomic(path: Path, rows: list[dict]) -> None:

@@ -2,7 +2,8 @@
 
 Input: a directory written by `datasets.save_to_disk`, a directory of parquet files, or one parquet file, of
 the hub dataset the built-in lmms-eval task uses. Output: `<root>/<benchmark>/<split>.parquet` with the
-columns our tasks read (checked: a missing column is an error naming it).
+columns our tasks read (checked: a missing column is an error naming the columns expected and found), and every
+image decodable (a corrupt one is an error naming its split, row and id).
 """
 
 from __future__ import annotations
@@ -50,20 +51,25 @@ def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | 
     data = _load(Path(source))
     if benchmark == "pope" and not any(s in data for s in splits) and "category" in data[next(iter(data))].column_names:
         whole = data[next(iter(data))]
-        data = {s: whole.filter(lambda row, s=s: row["category"] == s) for s in splits}
+        data = {s: whole.filter(lambda category, s=s: category == s, input_columns="category") for s in splits}
     if benchmark == "gqa" and images is not None:
         data = {k: _join_gqa_images(v, Path(images)) for k, v in data.items()}
     written = []
     for ours, accepted in splits.items():
         name = next((s for s in accepted if s in data), None)
-        if name is None:
-            raise ValueError(f"{source}: none of the splits {accepted} (have {sorted(data)})")
+        if name is None:  # most often another benchmark's copy: say what was expected and what is there
+            found = "; ".join(f"split {s!r} with columns {data[s].column_names}" for s in sorted(data))
+            raise ValueError(f"{source}: not a {benchmark} copy: expected split {' or '.join(map(repr, accepted))}"
+                             + (" (or one split with a 'category' column)" if benchmark == "pope" else "")
+                             + f" with columns {columns}; found {found}")
         split = data[name]
         missing = [c for c in columns if c not in split.column_names]
         if missing:
-            raise ValueError(f"{source} [{name}]: missing column(s) {missing}"
+            raise ValueError(f"{source} [{name}]: missing column(s) {missing}: expected columns {columns}, found "
+                             f"{split.column_names}"
                              + (" (GQA: pass --images with the testdev_balanced_images copy)" if "image" in missing
                                 and benchmark == "gqa" else ""))
+        _check_images(split, f"{source} [{name}]")
         if benchmark == "scienceqa_img":
             split = split.filter(lambda row: row["image"] is not None)
         if benchmark == "seedbench":  # the papers report SEED^I: image questions only
@@ -77,9 +83,49 @@ def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | 
     return written
 
 
+def _check_images(split, where: str) -> None:
+    """Every image decodes; else an error naming the row and its id (datasets' own error names neither)."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    def is_image(feature) -> bool:  # an Image, or a list of them (Sequence / List)
+        return isinstance(feature, datasets.Image) or isinstance(getattr(feature, "feature", None), datasets.Image)
+
+    columns = [c for c, f in split.features.items() if is_image(f)]
+    if not columns:
+        return
+    raw = split.select_columns(columns + [c for c in ID_COLUMNS if c in split.column_names][:1])
+    id_column = next((c for c in ID_COLUMNS if c in raw.column_names), None)
+    for column in columns:  # undecoded: {"bytes", "path"} per image
+        feature = raw.features[column]
+        raw = raw.cast_column(column, datasets.Image(decode=False) if isinstance(feature, datasets.Image)
+                              else datasets.List(datasets.Image(decode=False)))
+    for row_number, row in enumerate(raw):
+        for column in columns:
+            values = row[column] if isinstance(row[column], list) else [row[column]]
+            for value in values:
+                if value is None:
+                    continue
+                try:
+                    data = value["bytes"] if value["bytes"] is not None else Path(value["path"]).read_bytes()
+                    image = Image.open(io.BytesIO(data))
+                    image.draft("RGB", (1, 1))  # JPEG: decode at 1/8 scale; still reads every byte
+                    image.load()
+                except Exception as exc:
+                    row_id = f" ({id_column}={row[id_column]!r})" if id_column else ""
+                    raise ValueError(f"{where} row {row_number}{row_id}: column {column!r} holds a corrupt image "
+                                     f"({type(exc).__name__}: {exc})") from None
+
+
+ID_COLUMNS = ("question_id", "id", "index", "pid")
+
+
 def _join_gqa_images(questions, images_source: Path):
     images = _load(images_source)
     table = images[next(iter(images))]
+    _check_images(table, f"{images_source} [{next(iter(images))}]")  # before the join decodes them
     by_id = {row_id: i for i, row_id in enumerate(table["id"])}
     missing = sorted({q for q in questions["imageId"] if q not in by_id})
     if missing:

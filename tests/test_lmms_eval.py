@@ -97,7 +97,8 @@ def test_missing_data_fails_with_a_clear_error(tmp_path, monkeypatch):
 def test_model_that_raises_fails_non_zero(tmp_path):
     outcome = run(RunSpec(model=str(tmp_path / "no-such-checkpoint"), tasks=["gqa_local"], output=str(tmp_path)),
                   progress=False)
-    assert outcome.status == "failed" and "no such checkpoint" in outcome.errors[0]
+    assert outcome.status == "failed"
+    assert "neither a registered variant nor a checkpoint directory" in outcome.errors[0]
     assert json.loads((outcome.run_dir / "run.json").read_text())["status"] == "failed"
 
 
