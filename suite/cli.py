@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true")
     p.set_defaults(func=cmd_matrix)
 
-    p = sub.add_parser("table", help="the papers' tables from runs: paper / ours / delta (md, tex, csv)")
+    p = sub.add_parser("table", help="the papers' tables from runs: effects vs the dense host, paper beside ours, "
+                                     "source per row (md headline; csv, tex detail)")
     p.add_argument("--runs", default="results/runs")
     p.add_argument("--out", default="results/tables")
     p.set_defaults(func=cmd_table)

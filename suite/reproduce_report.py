@@ -16,25 +16,62 @@ from pathlib import Path
 
 from suite.reproduce import BENCHMARKS, ROWS, Claim, accuracy_se, mean_sd
 
-# The papers' relative numbers (results/paper/*.csv): LLaVA-HR-7B for γ-MoD, LLaVA-1.5-7B for p-MoD.
-PAPER_GAMMA = {"dense_avg": 58.5, "dense_tflops": 19.2, "gamma-0.34": (58.3, 12.6, 37.9), "gamma-0.5": (57.6, 9.3, 57.7),
-               "train_hours": (20.7, 15.4, 14.3), "samples_per_s": (4.7, 5.9, 7.2)}
-PAPER_TABLE1 = {  # our row -> (section, paper setting, avg acc, avg skip %, TFLOPs); the dense row: 58.5 / 0 / 19.2
-    "gamma-all": ("deployment (routing 34 %)", "all layers", 37.1, 34.7, 12.3),
-    "gamma-1of2": ("deployment (routing 34 %)", "1 MoD per 2 layers", 47.8, 17.5, 16.1),
-    "gamma-2of3": ("deployment (routing 34 %)", "2 MoDs per 3 layers", 37.8, 25.2, 15.9),
-    "gamma-0.34": ("deployment (routing 34 %)", "ARank-based", 58.3, 37.9, 12.6),
-    "gamma-mask-none": ("masked tokens (routing 34 %)", "none", 57.2, 48.9, 10.7),
-    "gamma-mask-q": ("masked tokens (routing 34 %)", "Q", 58.3, 37.9, 12.6),
-    "gamma-0.34|qa": ("masked tokens (routing 34 %)", "Q+A", 57.0, 35.5, 13.0),
-    "gamma-per-layer": ("router (routing 51 %)", "not shared", 53.9, 51.5, 10.3),
-    "gamma-0.5|shared": ("router (routing 51 %)", "shared", 57.6, 57.7, 9.3),
-    "gamma-0.17": ("routing ratio", "17 %", 58.3, 16.4, 16.3),
-    "gamma-0.34|ratio": ("routing ratio", "34 %", 58.3, 37.9, 12.6),
-    "gamma-0.5|ratio": ("routing ratio", "51 %", 57.6, 57.7, 9.3),
-    "gamma-0.68": ("routing ratio", "68 %", 55.3, 74.3, 6.5),
+# The papers' numbers, read from results/paper/*.csv (the one place they are kept): LLaVA-HR-7B for γ-MoD,
+# LLaVA-1.5-7B (and NeXT) for p-MoD.
+PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+TABLE1_ROWS = {  # our row -> (our section label, the CSV's section, setting)
+    "gamma-all": ("deployment (routing 34 %)", "mod_layer", "all layers"),
+    "gamma-1of2": ("deployment (routing 34 %)", "mod_layer", "1 MoD per 2 layers"),
+    "gamma-2of3": ("deployment (routing 34 %)", "mod_layer", "2 MoDs per 3 layers"),
+    "gamma-0.34": ("deployment (routing 34 %)", "mod_layer", "ARank-based deployment"),
+    "gamma-mask-none": ("masked tokens (routing 34 %)", "masked_token", "none"),
+    "gamma-mask-q": ("masked tokens (routing 34 %)", "masked_token", "Q"),
+    "gamma-0.34|qa": ("masked tokens (routing 34 %)", "masked_token", "Q+A"),
+    "gamma-per-layer": ("router (routing 51 %)", "shared_router", "not shared"),
+    "gamma-0.5|shared": ("router (routing 51 %)", "shared_router", "shared"),
+    "gamma-0.17": ("routing ratio", "routing_ratio", "17%"),
+    "gamma-0.34|ratio": ("routing ratio", "routing_ratio", "34%"),
+    "gamma-0.5|ratio": ("routing ratio", "routing_ratio", "51%"),
+    "gamma-0.68": ("routing ratio", "routing_ratio", "68%"),
 }
-PAPER_PMOD = {"dense_tflops": 8.38, "pmod_tflops": 4.92, "kv": 53.8, "dense_avg": 66.3, "pmod_avg": 66.5}
+
+
+def _paper_csv(name: str) -> list[dict]:
+    with (PAPER_DIR / name).open() as handle:
+        return list(csv.DictReader(handle))
+
+
+class Paper:
+    """The numbers the claims and tables set ours beside."""
+
+    def __init__(self) -> None:
+        t1 = {(r["section"], r["setting"]): r for r in _paper_csv("gamma_mod_table1_ablation.csv")}
+        dense = t1[("baseline", "LLaVA-HR dense")]
+        self.dense_avg, self.dense_tflops = float(dense["avg_acc"]), float(dense["tflops"])
+        self.table1 = {}  # our row -> (section label, avg acc, avg skip %, TFLOPs)
+        for ours, (label, section, setting) in TABLE1_ROWS.items():
+            row = t1[(section, setting)]
+            self.table1[ours] = (label, float(row["avg_acc"]), float(row["avg_skip"]), float(row["tflops"]))
+        t3 = {r["variant"]: r for r in _paper_csv("gamma_mod_table3_scalability.csv")
+              if r["model"] == "LLaVA-HR" and r["params"] == "7B"}
+        self.gamma = {name: (float(t3[v]["avg_acc"]), float(t3[v]["avg_tflops"]), float(t3[v]["avg_skip"]))
+                      for name, v in (("gamma-0.34", "gamma-mod-0.3"), ("gamma-0.5", "gamma-mod-0.5"))}
+        t4 = {r["method"]: r for r in _paper_csv("gamma_mod_table4_efficiency.csv")}
+        self.table4 = {name: (float(t4[m]["training_time_h"]), float(t4[m]["inference_samples_per_s"]))
+                       for name, m in (("dense", "LLaVA-HR-7B dense"), ("gamma-0.34", "gamma-mod-0.3"),
+                                       ("gamma-0.5", "gamma-mod-0.5"))}
+        pm = {r["model"]: r for r in _paper_csv("pmod_table1_general.csv")}
+        self.pmod = {host: (float(pm[dense_name]["avg"]), float(pm[mod_name]["avg"]),
+                            float(pm[dense_name]["inference_tflops"]), float(pm[mod_name]["inference_tflops"]),
+                            float(pm[mod_name]["kv_cache_storage_pct"]))
+                     for host, dense_name, mod_name in (("v1.5", "LLaVA-v1.5", "p-MoD-LLaVA-v1.5"),
+                                                        ("NeXT", "LLaVA-NeXT", "p-MoD-LLaVA-NeXT"))}
+
+    def delta_rel(self, acc: float) -> float:
+        return 100 * (acc - self.dense_avg) / self.dense_avg
+
+
+PAPER = Paper()
 
 
 def _get(seed: dict, row: str, mode: str = "released") -> dict | None:
@@ -144,7 +181,11 @@ def claims(summary: Summary) -> list[Claim]:
     """The papers' claims that the rows measured, each with its computed verdict."""
     rows = summary.rows()
     out: list[Claim] = []
-    paper_gamma = 100 * (PAPER_GAMMA["gamma-0.5"][0] - PAPER_GAMMA["dense_avg"]) / PAPER_GAMMA["dense_avg"]
+    paper_gamma = PAPER.delta_rel(PAPER.gamma["gamma-0.5"][0])
+    paper_tflops = 100 * (PAPER.gamma["gamma-0.5"][1] / PAPER.dense_tflops - 1)
+    t4 = PAPER.table4
+    paper_train = 100 * (t4["gamma-0.5"][0] / t4["dense"][0] - 1)
+    paper_speed = 100 * (t4["gamma-0.5"][1] / t4["dense"][1] - 1)
     if "gamma-0.5" in rows:
         d, se = summary.delta_rel("gamma-0.5")
         out.append(Claim("γ-MoD", "avg accuracy change vs dense, relative (released rule)", f"{paper_gamma:+.1f} %",
@@ -154,30 +195,32 @@ def claims(summary: Summary) -> list[Claim]:
                          f"{paper_gamma:+.1f} %", -1.5, ">=", d, se, "%"))
         for mode, label in (("released", "released rule p > 0.005"), ("controlled", "skip 0.5 controlled")):
             ratio, _ = summary.ratio("gamma-0.5", "tflops", mode)
-            out.append(Claim("γ-MoD", f"prefill TFLOPs change ({label})", "-51.6 %", -51.6, "<=",
+            out.append(Claim("γ-MoD", f"prefill TFLOPs change ({label})", f"{paper_tflops:+.1f} %", paper_tflops, "<=",
                              100 * (ratio - 1), 0.0, "%", note=_skip_note(summary, "gamma-0.5", mode)))
         ratio, se = summary.speed_ratio("gamma-0.5", "train")
-        out.append(Claim("γ-MoD", "training step time change", "-31.0 %", -31.0, "<=", 100 * (ratio - 1),
-                         100 * se, "%"))
+        out.append(Claim("γ-MoD", "training step time change", f"{paper_train:+.1f} %", paper_train, "<=",
+                         100 * (ratio - 1), 100 * se, "%"))
         for mode, label in (("released", "released rule"), ("controlled", "skip 0.5 controlled")):
             ratio, se = summary.speed_ratio("gamma-0.5", "inference", mode)
-            out.append(Claim("γ-MoD", f"inference samples/s change ({label})", "+53.2 %", 53.2, ">=",
-                             100 * (ratio - 1), 100 * se, "%"))
+            out.append(Claim("γ-MoD", f"inference samples/s change ({label})", f"{paper_speed:+.1f} %", paper_speed,
+                             ">=", 100 * (ratio - 1), 100 * se, "%"))
     if "gamma-0.34" in rows:
-        paper = 100 * (PAPER_GAMMA["gamma-0.34"][0] - PAPER_GAMMA["dense_avg"]) / PAPER_GAMMA["dense_avg"]
+        paper = PAPER.delta_rel(PAPER.gamma["gamma-0.34"][0])
         d, se = summary.delta_rel("gamma-0.34")
         out.append(Claim("γ-MoD", "γ-MoD-0.3: avg accuracy change vs dense, relative", f"{paper:+.1f} %", -1.5, ">=",
                          d, se, "%"))
     if "pmod-prd" in rows:
         ratio, _ = summary.ratio("pmod-prd", "tflops")
-        paper_ratio = 100 * PAPER_PMOD["pmod_tflops"] / PAPER_PMOD["dense_tflops"]
-        out.append(Claim("p-MoD", "prefill TFLOPs, share of dense", f"{paper_ratio:.1f} % (55.6 % NeXT)", 58.7, "<=",
-                         100 * ratio, 0.0, "%"))
+        dense_avg, pmod_avg, dense_tflops, pmod_tflops, kv_paper = PAPER.pmod["v1.5"]
+        next_ratio = 100 * PAPER.pmod["NeXT"][3] / PAPER.pmod["NeXT"][2]
+        paper_ratio = 100 * pmod_tflops / dense_tflops
+        out.append(Claim("p-MoD", "prefill TFLOPs, share of dense", f"{paper_ratio:.1f} % ({next_ratio:.1f} % NeXT)",
+                         paper_ratio, "<=", 100 * ratio, 0.0, "%"))
         kv, _ = summary.value("pmod-prd", "kv_share")
-        out.append(Claim("p-MoD", "KV cache, share of dense", "53.8 %", 53.8, "<=", 100 * kv, 0.0, "%",
-                         note="vision share of the prompt sets how close it can get"))
+        out.append(Claim("p-MoD", "KV cache, share of dense", f"{kv_paper:.1f} %", kv_paper, "<=", 100 * kv, 0.0, "%",
+                         note="the text share of the prompt, never skipped, sets how close it can get"))
         d, se = summary.delta_rel("pmod-prd")
-        paper = 100 * (PAPER_PMOD["pmod_avg"] - PAPER_PMOD["dense_avg"]) / PAPER_PMOD["dense_avg"]
+        paper = 100 * (pmod_avg - dense_avg) / dense_avg
         out.append(Claim("p-MoD", "avg accuracy change vs dense, relative (on par: >= -1 %)", f"{paper:+.1f} %",
                          -1.0, ">=", d, se, "%"))
     if "pmod-prd" in rows and "pmod-constant" in rows:
@@ -281,25 +324,28 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
               "model that always answers the same; MMB: circular). avg: their mean. TFLOPs: the papers' "
               "convention at the measured tokens.", "",
               _table(headers, table_rows), ""]
-    t1 = [r for r in PAPER_TABLE1 if r.split("|")[0] in rows]
+    t1 = [r for r in TABLE1_ROWS if r.split("|")[0] in rows]
     if len(t1) > 4:
         trows = []
         for key in t1:
             row = key.split("|")[0]
-            section, setting, acc, skip, tflops = PAPER_TABLE1[key]
+            label, acc, skip, tflops = PAPER.table1[key]
             d, _ = s.delta_rel(row)
             ratio, _ = s.ratio(row, "tflops", "controlled")
             skip_c, _ = s.value(row, "skip", "controlled")
-            trows.append([section, setting, f"{100 * (acc - 58.5) / 58.5:+.1f}", f"{skip:.1f}", f"{tflops / 19.2:.2f}",
-                          row, _fmt(d), _fmt(100 * skip_c), _fmt(ratio, None, 2)])
+            trows.append([label, TABLE1_ROWS[key][2], f"{PAPER.delta_rel(acc):+.1f}", f"{skip:.1f}",
+                          f"{tflops / PAPER.dense_tflops:.2f}", row, _fmt(d), _fmt(100 * skip_c), _fmt(ratio, None, 2)])
         parts += ["## γ-MoD Table 1 (ablations)", "",
-                  "Paper: LLaVA-HR-7B, Δ avg relative to the dense 58.5, TFLOPs as a ratio of 19.2. Ours: Δ avg (released "
-                  "rule), skip and TFLOPs ratio at the controlled skip.", "",
+                  f"Paper: LLaVA-HR-7B, Δ avg relative to the dense {PAPER.dense_avg}, TFLOPs as a ratio of "
+                  f"{PAPER.dense_tflops}. Ours: Δ avg (released rule), skip and TFLOPs ratio at the controlled skip. "
+                  "The paper's default masking row reads \"Q\" but the released code force-keeps question and answer "
+                  "tokens (ours: qa, in the Q+A row); ours \"q\" routes the answers too.", "",
                   _table(["section", "setting", "paper Δ %", "paper skip %", "paper TFLOPs ratio", "ours", "ours Δ %",
                           "ours skip %", "ours TFLOPs ratio"], trows), ""]
     if "gamma-0.5" in rows:
         trows = []
-        for row, (hours, sps) in (("dense", (20.7, 4.7)), ("gamma-0.34", (15.4, 5.9)), ("gamma-0.5", (14.3, 7.2))):
+        base_hours, base_sps = PAPER.table4["dense"]
+        for row, (hours, sps) in PAPER.table4.items():
             if row not in rows:
                 continue
             train, _ = s.speed_ratio(row, "train") if row != "dense" else (1.0, 0.0)
@@ -307,7 +353,7 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
             inf_c, _ = s.speed_ratio(row, "inference", "controlled") if row != "dense" else (1.0, 0.0)
             ratio, _ = s.ratio(row, "tflops", "controlled" if row != "dense" else "released")
             kv, _ = s.value(row, "kv_share", "controlled" if row != "dense" else "released")
-            trows.append([row, f"{hours / 20.7:.2f}", _fmt(train, None, 2), f"{sps / 4.7:.2f}", _fmt(inf, None, 2),
+            trows.append([row, f"{hours / base_hours:.2f}", _fmt(train, None, 2), f"{sps / base_sps:.2f}", _fmt(inf, None, 2),
                           _fmt(inf_c, None, 2), _fmt(ratio, None, 2), _fmt(100 * kv)])
         parts += ["## γ-MoD Table 4 (efficiency, ratios to dense)", "",
                   "Training step time and inference samples/s measured side by side in one process (steps interleaved); "
@@ -370,10 +416,12 @@ def plot(summary: Summary, base: Path) -> list[Path]:
 
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
-    paper = [("γ-MoD 0.3", 12.6 / 19.2, 100 * (58.3 - 58.5) / 58.5), ("γ-MoD 0.5", 9.3 / 19.2, 100 * (57.6 - 58.5) / 58.5),
-             ("p-MoD v1.5", 4.92 / 8.38, 100 * (66.5 - 66.3) / 66.3), ("p-MoD NeXT", 21.94 / 39.46, 100 * (69.1 - 69.2) / 69.2)]
-    for section, setting, acc, _skip, tflops in {v[:2] + v[2:] for v in PAPER_TABLE1.values()}:
-        ax.scatter(tflops / 19.2, 100 * (acc - 58.5) / 58.5, marker="x", color="0.6", s=18)
+    paper = [(f"γ-MoD {name[6:]}", tflops / PAPER.dense_tflops, PAPER.delta_rel(acc))
+             for name, (acc, tflops, _) in PAPER.gamma.items()]
+    paper += [(f"p-MoD {host}", mod_t / dense_t, 100 * (mod_acc - dense_acc) / dense_acc)
+              for host, (dense_acc, mod_acc, dense_t, mod_t, _) in PAPER.pmod.items()]
+    for _label, acc, _skip, tflops in sorted(set(PAPER.table1.values())):
+        ax.scatter(tflops / PAPER.dense_tflops, PAPER.delta_rel(acc), marker="x", color="0.6", s=18)
     for label, x, y in paper:
         ax.scatter(x, y, marker="s", color="tab:blue")
         ax.annotate(f"paper {label}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
