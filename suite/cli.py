@@ -427,7 +427,7 @@ def cmd_check(args) -> int:
     from suite.check import report, run_checks, update_baseline
 
     if args.update_baselines:
-        path = update_baseline(args.runs, args.baseline)
+        path = update_baseline(args.runs, args.baseline, policy=args.tolerance)
         print(f"wrote {path}")
         return 0
     text, ok = report(run_checks(args.runs, args.baseline))
@@ -486,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", default="results/runs")
     p.add_argument("--baseline", required=True, help="results/baselines/<name>.json")
     p.add_argument("--update-baselines", action="store_true", help="rewrite the baseline from the runs")
+    p.add_argument("--tolerance", choices=("fixed", "noise"), default="fixed",
+                   help="with --update-baselines: 'fixed' (2 accuracy points; deterministic fixture runs) or "
+                        "'noise' (two binomial standard errors per eval set; runs of models trained here)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("data", help="benchmark data: `fixtures` (small, drawn) or `prepare` (a downloaded copy)")
