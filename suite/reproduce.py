@@ -215,23 +215,31 @@ class Pipeline:
                   "data": None}
         return self._train(f"finetune-{row_name}", inputs, fields)
 
-    def evaluate(self, seed: int, row_name: str, corpus, model_stage, fixed_skip: float | None) -> tuple[Path, dict]:
+    def evaluate(self, seed: int, row_name: str, corpus, model_stage, fixed_skip: float | None,
+                 blind: bool = False) -> tuple[Path, dict]:
+        """One checkpoint through lmms-eval on the held-out sets; `blind`: on their copy with every image blanked
+        (the text-only control: how much of a score needs the image)."""
         from suite.runner import RunSpec, run
 
         p = self.preset
 
         def build(folder: Path) -> dict:
+            data_root = corpus[0] / "eval"
+            if blind:
+                from tasks.scenes import write_blind_copy
+
+                data_root = write_blind_copy(data_root, folder / "blind_eval")
             spec = RunSpec(model=model_stage[1]["model"], tasks=list(TASKS), protocol="llava", batch_size=p.eval_batch,
-                           output=str(folder), run_id="run", data_root=str(corpus[0] / "eval"), fixed_skip=fixed_skip,
+                           output=str(folder), run_id="run", data_root=str(data_root), fixed_skip=fixed_skip,
                            seed=seed)
             outcome = run(spec, progress=False)
             if outcome.status != "ok":
                 raise RuntimeError(f"evaluation of {row_name} failed: {outcome.errors[:1]}")
             return {"run": str(folder / "run" / "run.json")}
 
-        mode = "released" if fixed_skip is None else f"fixed{fixed_skip}"
-        return self._stage(f"eval-{row_name}-{mode}", {"model": model_stage[0].name, "fixed_skip": fixed_skip,
-                                                        "batch": p.eval_batch, "tasks": TASKS}, build)
+        mode = "blind" if blind else "released" if fixed_skip is None else f"fixed{fixed_skip}"
+        inputs = {"model": model_stage[0].name, "fixed_skip": fixed_skip, "batch": p.eval_batch, "tasks": TASKS}
+        return self._stage(f"eval-{row_name}-{mode}", inputs | ({"blind": True} if blind else {}), build)
 
     def speed(self, seed: int, corpus, finetuned: dict[str, tuple[Path, dict]]) -> tuple[Path, dict]:
         p = self.preset
@@ -259,6 +267,7 @@ class Pipeline:
                 evals[(name, "released")] = self.evaluate(seed, name, corpus, stage, None)
                 if ROWS[name].scheme == "gamma":
                     evals[(name, "controlled")] = self.evaluate(seed, name, corpus, stage, ROWS[name].skip)
+            evals[("dense", "blind")] = self.evaluate(seed, "dense", corpus, finetuned["dense"], None, blind=True)
             speed = self.speed(seed, corpus, finetuned)
             seeds.append({
                 "seed": seed, "corpus": corpus[1]["manifest"], "dense": dense[1]["train"], "arank": arank[1],

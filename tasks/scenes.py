@@ -366,3 +366,48 @@ def _write_eval(root: Path, spec: CorpusSpec, held_out, rng: random.Random, popu
     _write(rows, root / "mmbench" / "dev.parquet")
     chance["mmbench_en_dev_local"] = 0.25 ** 4  # circular: all four rotations right
     return chance
+
+
+def write_blind_copy(eval_root: str | Path, out_root: str | Path, colour: tuple[int, int, int] = (122, 116, 104)) -> Path:
+    """The held-out sets with every image replaced by one flat image of the same size (CLIP's mean colour, which
+    normalises to about zero): the same questions, nothing to see. A model's score here is what it gets from the
+    text alone, so its score with the images minus this one is how much it uses them."""
+    import io
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    eval_root, out_root = Path(eval_root), Path(out_root)
+    blanks: dict[tuple[int, int], bytes] = {}
+
+    def blank(data: bytes | None) -> bytes | None:
+        if data is None:
+            return None
+        size = Image.open(io.BytesIO(data)).size
+        if size not in blanks:
+            buffer = io.BytesIO()
+            Image.new("RGB", size, colour).save(buffer, format="PNG")
+            blanks[size] = buffer.getvalue()
+        return blanks[size]
+
+    for source in sorted(eval_root.rglob("*")):
+        target = out_root / source.relative_to(eval_root)
+        if source.is_dir():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.suffix != ".parquet":
+            shutil.copyfile(source, target)
+            continue
+        table = pq.read_table(source)
+        columns = []
+        for name, column in zip(table.column_names, table.columns):
+            if pa.types.is_struct(column.type) and {"bytes", "path"} <= {f.name for f in column.type}:
+                rows = [None if v is None else {**v, "bytes": blank(v["bytes"])} for v in column.to_pylist()]
+                column = pa.array(rows, type=column.type)
+            columns.append(column)
+        tmp = target.with_name(f".{target.name}.tmp")
+        pq.write_table(pa.Table.from_arrays(columns, schema=table.schema), tmp)
+        tmp.replace(target)
+    return out_root

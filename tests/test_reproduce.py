@@ -65,6 +65,47 @@ def test_tables_say_did_not_hold_where_the_numbers_fail_the_claim(tmp_path):
     assert all(v["verdict"] in ("held", "did not hold", "within noise", "not run") for v in verdicts)
 
 
+def test_image_dependence_names_the_benchmarks_a_blind_dense_model_loses():
+    from suite.reproduce_report import Summary, claims, image_dependence, render
+
+    result = _result(gamma_acc=70.0, n=400)
+    seed = result["seeds"][0]
+    blind = _eval(80.0, 1.0, 0.0, 400)
+    blind["acc"] = {c: (40.0 if c == "GQA" else 80.0) for c in BENCHMARKS}  # only GQA needs the image
+    seed["evals"]["dense|blind"] = blind
+    dependence = {c: (d, uses) for c, _, _, d, _, uses in image_dependence(Summary(result))}
+    assert dependence["GQA"] == (pytest.approx(40.0), "yes")
+    assert all(uses == "no" for c, (_, uses) in dependence.items() if c != "GQA")
+    found = {c.claim: c for c in claims(Summary(result))}
+    only = found["the same, only benchmarks that need the image (skip 0.5 controlled)"]
+    assert only.note == "GQA" and only.estimate == pytest.approx(-12.5)
+    markdown, csv_rows, _ = render(result)
+    assert "| dense (images blanked) |" in markdown and "Needs the image: GQA." in markdown
+    assert {r["mode"] for r in csv_rows} == {"released", "controlled", "blind"}
+    assert image_dependence(Summary(_result(gamma_acc=70.0))) == []  # no blind run: no section, no extra claims
+
+
+def test_blind_copy_keeps_the_questions_and_blanks_every_image(tmp_path):
+    import io
+
+    import pandas as pd
+    from PIL import Image
+
+    from tasks.scenes import CorpusSpec, write_blind_copy, write_corpus
+
+    write_corpus(tmp_path / "c", CorpusSpec(seed=1, image_size=32, train_scenes=8, eval_per_task=4))
+    write_blind_copy(tmp_path / "c" / "eval", tmp_path / "blind")
+    for path in (tmp_path / "c" / "eval").rglob("*.parquet"):
+        original = pd.read_parquet(path)
+        copy = pd.read_parquet(tmp_path / "blind" / path.relative_to(tmp_path / "c" / "eval"))
+        assert list(copy.columns) == list(original.columns) and len(copy) == len(original)
+        assert copy.drop(columns="image").equals(original.drop(columns="image")), path
+        for cell, source in zip(copy["image"], original["image"]):
+            image = Image.open(io.BytesIO(cell["bytes"]))
+            assert image.size == Image.open(io.BytesIO(source["bytes"])).size
+            assert image.convert("RGB").getextrema() == ((122, 122), (116, 116), (104, 104))
+
+
 def test_seed_spread_sets_the_noise():
     from suite.reproduce_report import Summary
 
@@ -111,16 +152,18 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
 
     out, work = tmp_path / "out", tmp_path / "work"
     first = reproduce("all", "micro", output=out, work=work, log=lambda *_: None)
-    assert len(first["stages_run"]) == 11  # corpus, dense, arank, 3 fine-tunes, 4 evaluations, speed
+    assert len(first["stages_run"]) == 12  # corpus, dense, arank, 3 fine-tunes, 4 evaluations, the blind one, speed
     table = (out / "reproduction.md").read_text()
-    for row in ("| dense |", "| gamma-0.5 |", "| gamma-0.5 (controlled skip) |", "| pmod-prd |", "| chance |"):
+    for row in ("| dense |", "| gamma-0.5 |", "| gamma-0.5 (controlled skip) |", "| pmod-prd |", "| chance |",
+                "| dense (images blanked) |", "## Does the dense model use the image?"):
         assert row in table
     claims = json.loads((out / "claims.json").read_text())["claims"]
     assert {c["paper"] for c in claims} == {"γ-MoD", "p-MoD"} and len(claims) >= 8
     assert (out / "reproduction_accuracy_vs_tflops.png").exists() and (out / "reproduction.csv").exists()
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert (out / "runs" / "seed0-eval-gamma-0.5-fixed0.5" / "run.json").exists()
-    assert (out / "runs" / "seed0-finetune-pmod-prd" / "train.json").exists() and len(runs) == 8
+    assert (out / "runs" / "seed0-finetune-pmod-prd" / "train.json").exists() and len(runs) == 9
+    assert (out / "runs" / "seed0-eval-dense-blind" / "run.json").exists()
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None)
     assert second["stages_run"] == []
     assert json.loads((out / "claims.json").read_text())["claims"] == claims
