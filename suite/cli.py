@@ -348,6 +348,8 @@ def cmd_run(args) -> int:
         outcome = run(spec)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
+    if os.environ.get("RANK", "0") != "0":  # data parallel: rank 0 reports for all
+        return 0 if outcome.status == "ok" else 1
     if outcome.resumed_samples:
         print(f"resumed: {outcome.resumed_samples} finished sample(s) answered from records.jsonl")
     for task, metrics in outcome.metrics.items():

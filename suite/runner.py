@@ -11,6 +11,11 @@ Ctrl-C: run.json says "interrupted") or failed leaves its finished samples there
 same fingerprint (the spec, the package versions, the checkpoint's and the data's files) answers those from
 their records without running the model, and runs only the rest. A run that finished ok starts over when run
 again (`modbench matrix` skips it instead).
+
+Data parallel (`torchrun --nproc_per_node N -m suite run ...`, one process per GPU, gloo on a CPU): lmms-eval
+shards the requests across the ranks and gathers samples and metrics on rank 0. Each rank appends its records
+to records.jsonl.rank<r> and resumes from it (the shards depend on the world size, which is part of the
+fingerprint); rank 0 decides the attempt, merges the ranks' records into records.jsonl and writes run.json.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def _raise_interrupted(signum, frame) -> None:
     raise RunInterrupted(signum)
 
 
-def fingerprint(spec: RunSpec) -> dict:
+def fingerprint(spec: RunSpec, world: int = 1) -> dict:
     """What a run's per-sample answers depend on: the spec (not where it is written), the packages that compute
     them, and the checkpoint's and benchmark data's files (size and modification time, not contents: cheap)."""
     from importlib.metadata import version
@@ -105,13 +110,24 @@ def fingerprint(spec: RunSpec) -> dict:
     files += [p for task in spec.tasks for p in data_files_under(task, spec.data_root)]
     return {"spec": {k: v for k, v in asdict(spec).items() if k not in ("output", "run_id")},
             "versions": {name: version(name) for name in ("lmms-eval", "torch", "transformers")},
-            "files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()}}
+            "files": {str(p): [p.stat().st_size, p.stat().st_mtime_ns] for p in files if p.exists()},
+            **({"processes": world} if world > 1 else {})}  # the request shards depend on the world size
 
 
-def _start_attempt(spec: RunSpec, run_dir: Path, records: Path) -> bool:
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of processes (torchrun / accelerate launch set RANK, WORLD_SIZE)."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def record_files(records: Path, world: int) -> list[Path]:
+    """Where the plugin appends records: one file per rank when data-parallel (it adds .rank<r>)."""
+    return [records] if world == 1 else [records.with_name(f"{records.name}.rank{r}") for r in range(world)]
+
+
+def _start_attempt(spec: RunSpec, run_dir: Path, records: Path, world: int = 1) -> bool:
     """Decide whether this attempt resumes, clear what it replaces, record its fingerprint. True: resume."""
     attempt_path, run_json = run_dir / "attempt.json", run_dir / "run.json"
-    current = json.loads(json.dumps(fingerprint(spec), default=str))  # as it reads back from the file
+    current = json.loads(json.dumps(fingerprint(spec, world), default=str))  # as it reads back from the file
     previous = None
     if attempt_path.exists():
         try:
@@ -119,11 +135,18 @@ def _start_attempt(spec: RunSpec, run_dir: Path, records: Path) -> bool:
         except (json.JSONDecodeError, TypeError) as exc:
             raise ValueError(f"{attempt_path}: unreadable ({exc}); delete it to start the run over") from None
     finished_ok = run_json.exists() and json.loads(run_json.read_text()).get("status") == "ok"
-    resume = previous is not None and previous.fingerprint == current and not finished_ok and records.exists()
+    files = record_files(records, world)
+    resume = (previous is not None and previous.fingerprint == current and not finished_ok
+              and any(f.exists() for f in files))
     run_json.unlink(missing_ok=True)  # this attempt replaces them: a half-done folder never looks finished
     (run_dir / "samples.jsonl").unlink(missing_ok=True)
-    if not resume:
+    for stale in run_dir.glob("errors.rank*.txt"):
+        stale.unlink()
+    if world > 1:  # the merged file of an earlier attempt; the rank files are what resumes
         records.unlink(missing_ok=True)
+    if not resume:
+        for path in [records, *run_dir.glob(f"{records.name}.rank*")]:
+            path.unlink(missing_ok=True)
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_json_atomic(attempt_path, asdict(Attempt(current, started)))
     return resume
@@ -177,20 +200,29 @@ def _flatten_metrics(results: dict) -> dict:
     return out
 
 
-def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
-    """One attempt at a run. Raises RunInterrupted / KeyboardInterrupt after writing run.json ("interrupted")."""
+def run(spec: RunSpec, progress: bool = True, handle_sigterm: bool = True) -> RunOutcome:
+    """One attempt at a run. Raises RunInterrupted / KeyboardInterrupt after writing run.json ("interrupted").
+    handle_sigterm=False leaves SIGTERM to the caller (a submitit job, whose own handler requeues it)."""
     import models  # noqa: F401  (fail early on a broken install)
 
+    rank, world = rank_and_world()
     run_dir = Path(spec.output) / (spec.run_id or spec.default_run_id())
     run_dir.mkdir(parents=True, exist_ok=True)
     records = run_dir / "records.jsonl"
-    resume = _start_attempt(spec, run_dir, records)
+    if world > 1:
+        dist = _process_group()
+        decision = [_start_attempt(spec, run_dir, records, world) if rank == 0 else None]
+        dist.broadcast_object_list(decision, src=0)  # no rank opens its records before rank 0 has decided
+        resume = decision[0]
+    else:
+        resume = _start_attempt(spec, run_dir, records)
     errors: list[str] = []
     results = None
+    evaluated = False  # simple_evaluate returned (so every rank passed its collectives)
     resumed = 0
     interrupted: KeyboardInterrupt | None = None
     restore = None
-    if threading.current_thread() is threading.main_thread():  # signal handlers can only be set there
+    if handle_sigterm and threading.current_thread() is threading.main_thread():  # handlers: main thread only
         restore = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         from lmms_eval.evaluator import simple_evaluate
@@ -203,15 +235,22 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
         if resume:
             from models.lmms_plugin import resume_records
 
-            resumed = len(resume_records(records))
-            _update_attempt(run_dir, resumed)
-            if progress:
-                print(f"resuming {run_dir}: {resumed} finished sample(s) answered from records.jsonl", flush=True)
+            resumed = len(resume_records(record_files(records, world)[rank]))
+            if world > 1:
+                counts = [0] * world
+                dist.all_gather_object(counts, resumed)
+                resumed = sum(counts)
+            if rank == 0:
+                _update_attempt(run_dir, resumed)
+            if progress and rank == 0:
+                print(f"resuming {run_dir}: {resumed} finished sample(s) answered from records", flush=True)
         results = simple_evaluate(
             model="modbench", model_args=spec.model_args(records, resume), tasks=spec.tasks, limit=spec.limit,
             batch_size=spec.batch_size, task_manager=manager, log_samples=True, random_seed=spec.seed,
             numpy_random_seed=spec.seed, torch_random_seed=spec.seed, verbosity="WARNING" if not progress else "INFO",
+            distributed_executor_backend="torchrun",  # torch.distributed collectives (the plugin has no accelerator)
         )
+        evaluated = True
     except KeyboardInterrupt as exc:  # SIGTERM (RunInterrupted) or Ctrl-C: recorded, then raised again
         interrupted = exc
         if restore is not None:  # a second SIGTERM while run.json is written acts at once
@@ -224,6 +263,9 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
     finally:
         if restore is not None:
             signal.signal(signal.SIGTERM, restore)
+    if rank != 0:
+        return _other_rank_result(run_dir, rank, errors, interrupted, evaluated)
+    errors += [p.read_text() for p in sorted(run_dir.glob("errors.rank*.txt"))]  # what the other ranks hit
     metrics = {}
     samples = []
     if results is not None:
@@ -235,7 +277,10 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
             samples += [{"task": task, **row} for row in rows]
     elif not errors:
         errors.append("lmms-eval returned no results")
-    sample_records = _read_records(records)
+    sample_records = [row for path in record_files(records, world) for row in _read_records(path)]
+    if world > 1:  # one file per run, as a single process writes it (the rank files stay for a resume)
+        sample_records = _unique_records(sample_records)
+        _write_jsonl_atomic(records, sample_records)
     failed_samples = [r for r in sample_records if r.get("status") != "ok"]
     if failed_samples:
         errors.append(f"{len(failed_samples)} sample(s) failed: " + "; ".join(
@@ -268,10 +313,43 @@ def run(spec: RunSpec, progress: bool = True) -> RunOutcome:
         "n_samples": len(samples), "n_records": len(sample_records), "resumed_samples": resumed,
         "files": {"samples": "samples.jsonl", "records": "records.jsonl", "attempt": "attempt.json"},
     }
+    if world > 1:
+        payload["processes"] = world
     write_json_atomic(run_dir / "run.json", results_record("run", asdict(spec), **payload))
     if interrupted is not None:
         raise interrupted
+    if world > 1 and evaluated:  # the other ranks wait for the verdict (their exit status follows it)
+        _process_group().broadcast_object_list([status, errors[:1]], src=0)
     return RunOutcome(status, run_dir, errors, metrics, resumed)
+
+
+def _process_group():
+    """torch.distributed, initialised as lmms-eval would for a plugin that does not (gloo; NCCL for CUDA
+    tensors on a GPU, each rank on its LOCAL_RANK device)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+            dist.init_process_group(backend="cpu:gloo,cuda:nccl")
+        else:
+            dist.init_process_group(backend="gloo")
+    return dist
+
+
+def _other_rank_result(run_dir: Path, rank: int, errors: list[str], interrupted, evaluated: bool) -> RunOutcome:
+    """A rank other than 0: its errors go to a file rank 0 reads into run.json; with none, it takes rank 0's
+    verdict. A failing rank returns at once, so that torchrun stops the others (rank 0 may wait in a collective)."""
+    if errors:
+        write_text_atomic(run_dir / f"errors.rank{rank}.txt", f"rank {rank}: " + "\n".join(errors))
+    if interrupted is not None:
+        raise interrupted
+    if errors or not evaluated:
+        return RunOutcome("failed", run_dir, errors)
+    verdict = [None, None]
+    _process_group().broadcast_object_list(verdict, src=0)
+    return RunOutcome(verdict[0], run_dir, verdict[1] or [])
 
 
 def _update_attempt(run_dir: Path, resumed: int) -> None:
@@ -279,6 +357,17 @@ def _update_attempt(run_dir: Path, resumed: int) -> None:
     attempt = Attempt(**json.loads(path.read_text()))
     attempt.resumed_samples = resumed
     write_json_atomic(path, asdict(attempt))
+
+
+def _unique_records(rows: list[dict]) -> list[dict]:
+    """One record per request key (an ok one where there is one): lmms-eval pads a rank that has fewer requests
+    with a copy of one of its requests, which the plugin records again."""
+    chosen: dict[str, dict] = {}
+    for row in rows:
+        key = row.get("key") or id(row)
+        if key not in chosen or (chosen[key].get("status") != "ok" and row.get("status") == "ok"):
+            chosen[key] = row
+    return list(chosen.values())
 
 
 def _read_records(path: Path) -> list[dict]:
