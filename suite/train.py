@@ -1,9 +1,11 @@
 """`modbench train`: dense, γ-MoD and p-MoD training on LLaVA's instruction data, through accelerate.
 
-One process on a CPU; `accelerate launch` / torchrun for data parallelism on GPUs (DeepSpeed ZeRO through an
-accelerate config file, as the authors train). Stages as the papers run them: `pretrain` trains the connector
-(projector, adapters) only; `finetune` trains connector + LLM (+ routers), the vision towers frozen unless
-`train_vision`. A dense model converted to γ-MoD / p-MoD keeps every weight; only the routers are new.
+One process on a CPU; `accelerate launch` / torchrun for data parallelism (DDP on GPUs, gloo on a CPU; each
+process loads its share of a global batch and the losses are weighted so that the step equals one process's on
+the whole batch); DeepSpeed ZeRO-2 / ZeRO-3 through an accelerate config file (configs/accelerate/), as the
+authors train. Stages as the papers run them: `pretrain` trains the connector (projector, adapters) only;
+`finetune` trains connector + LLM (+ routers), the vision towers frozen unless `train_vision`. A dense model
+converted to γ-MoD / p-MoD keeps every weight; only the routers are new.
 
 Deterministic on a CPU: the same config, seed and data give bitwise-identical weights, and `resume` continues
 an interrupted run to the same weights (data order is a function of (seed, epoch); accelerate saves the
@@ -243,16 +245,41 @@ def cosine_with_warmup(optimizer, warmup: int, total: int):
 
 
 class TrainingForward(torch.nn.Module):
-    """What one micro-step runs (and what DDP wraps): encode images, assemble, decoder, losses."""
+    """What one micro-step runs (and what DDP wraps): encode images, assemble, decoder, losses. The output also
+    counts the tokens each loss averages over (label tokens for the LM loss, real tokens for the routing loss),
+    which data-parallel training needs to weight the ranks' losses."""
 
     def __init__(self, vlm) -> None:
         super().__init__()
         self.vlm = vlm
 
     def forward(self, batch):
+        from models.routing import PAD
+
         assembled = self.vlm.assemble(batch.samples, batch.pixels)
-        return self.vlm.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
-                                       labels=assembled.labels, collect_stats=True)
+        out = self.vlm.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
+                                      labels=assembled.labels, collect_stats=True)
+        out.loss_tokens = torch.stack([(assembled.labels[:, 1:] != -100).sum(),
+                                       (assembled.token_types != PAD).sum()]).double()
+        return out
+
+
+def data_parallel_loss(accelerator, out):
+    """The loss whose gradient, averaged over the ranks (DDP's all-reduce), is the gradient of one process's loss
+    on the whole global batch: each loss is a mean over tokens (LM: label tokens; routing: real tokens), and the
+    ranks hold different numbers of them, so each rank's mean is weighted by its share of the global count.
+    Returns (loss to backpropagate, the global LM loss, the global routing loss) for the log."""
+    world = accelerator.num_processes
+    routing = out.routing_loss if out.routing_loss is not None else out.lm_loss.new_zeros(())
+    local = torch.cat([out.loss_tokens, torch.stack([out.lm_loss.detach(), routing.detach()]).double()
+                       * out.loss_tokens])
+    total = accelerator.reduce(local.to(accelerator.device), reduction="sum")
+    share = (out.loss_tokens.to(total.device) * world / total[:2].clamp(min=1)).to(out.lm_loss.dtype)
+    loss = out.lm_loss * share[0]
+    if out.routing_loss is not None:
+        loss = loss + out.routing_loss * share[1]
+    lm, rl = (total[2:] / total[:2].clamp(min=1)).tolist()
+    return loss, lm, (rl if out.routing_loss is not None else None)
 
 
 def release_kind(model) -> str:
@@ -290,7 +317,7 @@ def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> Path:
 
     root = _checkpoint_dir(output)
     final = root / f"step-{state['step']:08d}"
-    tmp = root / f".{final.name}.tmp-{os.getpid()}"
+    tmp = root / f".{final.name}.tmp"  # one name for every rank: each writes its own RNG state into it
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -367,6 +394,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
     scheduler = cosine_with_warmup(optimizer, int(round(cfg.warmup_ratio * total_steps)), total_steps)
     # The scheduler is stepped by us once per optimizer step (accelerate's wrapper would step it once per
     # process), and checkpointed with the rest of the state.
+    deepspeed = accelerator.state.deepspeed_plugin
+    if deepspeed is not None:  # DeepSpeed reads the micro-batch from a prepared loader; ours is not prepared
+        deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
     forward, optimizer = accelerator.prepare(TrainingForward(model), optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -397,7 +427,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
             state["bad_examples"] = (state["bad_examples"] + [str(b) for b in batch.bad])[:20]
             with accelerator.accumulate(forward):
                 out = forward(batch) if len(batch) else None
-                if out is not None:
+                if out is not None and world > 1:
+                    loss, out.global_lm, out.global_routing = data_parallel_loss(accelerator, out)
+                    accelerator.backward(loss)
+                elif out is not None:
                     accelerator.backward(out.loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
@@ -438,6 +471,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
                                              device=accelerator.device), reduction="sum").tolist()
     save_checkpoint(accelerator, output, state, cfg.keep_checkpoints)
     trained = accelerator.unwrap_model(forward).vlm.eval()
+    if deepspeed is not None and deepspeed.zero_stage == 3:  # the weights are partitioned across the ranks
+        trained = _gathered_zero3_model(accelerator, forward, cfg, choice, main) or trained
     record = None
     if main:
         save_authors_checkpoint(trained, output, release_kind(trained), fmt="safetensors")
@@ -459,6 +494,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
 def _quiet(*_args, **_kwargs) -> None:
     pass
+
+
+def _gathered_zero3_model(accelerator, forward, cfg: TrainConfig, choice: dict, main: bool):
+    """ZeRO-3 holds a shard of each weight per rank: gather them (every rank takes part; the accelerate config
+    must set zero3_save_16bit_model / stage3_gather_16bit_weights_on_model_save) into a model built afresh on
+    the main process, which writes the release. Returns that model on the main process, else None."""
+    state = accelerator.get_state_dict(forward)
+    if not main:
+        return None
+    model, _ = choose_scheme(load_base_model(cfg), cfg, layers=choice["layers"], log=_quiet)
+    model.load_state_dict({k.removeprefix("vlm."): v for k, v in state.items()}, strict=True)
+    return model.eval()
 
 
 def _comparable(cfg: TrainConfig) -> dict:
@@ -491,8 +538,12 @@ class _Window:
         self.started = time.perf_counter()
 
     def add(self, out, tokens: int) -> None:
-        self.last_lm = float(out.lm_loss.detach())
-        self.last_routing = float(out.routing_loss.detach()) if out.routing_loss is not None else 0.0
+        if hasattr(out, "global_lm"):  # data parallel: the whole global batch's losses, as one process logs them
+            self.last_lm = out.global_lm
+            self.last_routing = out.global_routing or 0.0
+        else:
+            self.last_lm = float(out.lm_loss.detach())
+            self.last_routing = float(out.routing_loss.detach()) if out.routing_loss is not None else 0.0
         self.lm.append(self.last_lm)
         self.routing.append(self.last_routing)
         kept, total = out.kept.detach().sum(dim=0).double(), out.total.detach().sum(dim=0).double()
