@@ -363,16 +363,84 @@ def cmd_run(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from tqdm import tqdm
+    from suite.launcher import with_overrides
+    from suite.matrix import expand, finished, load_matrix_file
 
-    from suite.matrix import expand, finished, load_matrix
-    from suite.runner import check_data, run
-
-    slices = load_matrix(args.matrix)
-    if args.slice not in slices:
-        raise ValueError(f"--slice: unknown slice {args.slice!r}; matrix.yaml has {sorted(slices)}")
-    chosen = slices[args.slice]
+    matrix = load_matrix_file(args.matrix)
+    if args.slice not in matrix.slices:
+        raise ValueError(f"--slice: unknown slice {args.slice!r}; matrix.yaml has {sorted(matrix.slices)}")
+    chosen = matrix.slices[args.slice]
+    cfg = with_overrides(matrix.launcher, {
+        "kind": args.launcher, "jobs": args.jobs, "retries": args.retries, "gpus": args.gpus,
+        "processes": args.processes, "cpus": args.cpus, "mem_gb": args.mem_gb, "time_min": args.time_min,
+        "partition": args.partition, "account": args.account, "qos": args.qos, "constraint": args.constraint,
+        "logs": args.logs, "submitit": args.submitit})
+    modes = [f"--{m.replace('_', '-')}" for m in ("detach", "status", "collect", "dry_run") if getattr(args, m)]
+    if len(modes) > 1:
+        raise ValueError(f"choose one of {', '.join(modes)}")
+    if args.detach and cfg.kind != "slurm":
+        raise ValueError("--detach needs --launcher slurm (local cells run while `modbench matrix` runs)")
     root = data_root(args.data_root)
+    # jobs start elsewhere: they get absolute paths (the run folders must be on storage the nodes share)
+    output = str(Path(args.output).resolve()) if cfg.kind == "slurm" else args.output
+    specs = expand(chosen, output, data_root=root)
+    folder = cfg.folder(output, args.slice).resolve()
+    if args.status:
+        return _matrix_status(specs, folder)
+    if args.collect:
+        return _matrix_collect(args, cfg, specs, folder)
+    todo = [s for s in specs if args.rerun or not finished(s)]
+    if args.dry_run:
+        return _matrix_dry_run(args.slice, cfg, todo, folder)
+    _matrix_data(chosen, root)
+    print(f"slice {args.slice}: {len(specs)} runs, {len(specs) - len(todo)} already finished", flush=True)
+    failed: list[str] = []
+    try:
+        if cfg.kind == "slurm" and todo:
+            from suite import slurm
+            from suite.launcher import LaunchState
+
+            previous = LaunchState.load(folder)
+            if previous is not None and slurm.still_running(previous):  # two jobs must not write one run folder
+                raise ValueError(f"jobs of an earlier submission of slice {args.slice} are still running ({folder}): "
+                                 "see --status, wait for them with --collect, or cancel them first")
+            state = LaunchState(args.slice, cfg.submitit, str(folder), output)
+            executor = slurm.make_executor(cfg, args.slice, folder)
+            slurm.submit(executor, todo, cfg.processes_per_cell(), state)
+            jobs = sorted({c.job_id.split("_")[0] for c in state.cells.values()})
+            print(f"submitted {len(todo)} cell(s) as job(s) {', '.join(jobs)} ({cfg.submitit}); logs in {folder}",
+                  flush=True)
+            if args.detach:
+                base = f"modbench matrix --slice {args.slice} --launcher slurm --output {args.output}"
+                print(f"detached: `{base} --status` shows them, `{base} --collect` waits and writes the tables")
+                return 0
+            try:
+                failed += slurm.watch(executor, todo, cfg.processes_per_cell(), state, cfg.retries,
+                                      cfg.poll_seconds if cfg.submitit == "slurm" else 0.5)
+            except KeyboardInterrupt:
+                print(f"stopped watching; the jobs keep running: `modbench matrix --slice {args.slice} --launcher "
+                      "slurm --collect` waits for them and writes the tables", file=sys.stderr)
+                return 130
+        elif cfg.jobs == 1 and cfg.processes_per_cell() == 1:
+            from suite.launcher import run_in_process
+
+            run_in_process(todo, cfg.retries, failed)
+        else:
+            from suite.launcher import run_in_processes
+
+            run_in_processes(todo, cfg, folder, failed)
+        _matrix_tables(args)
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
+    finally:  # listed even when interrupted, or when the tables or plots raise
+        _list_failed(failed, len(todo))
+    return 1 if failed else 0
+
+
+def _matrix_data(chosen, root: str) -> None:
+    """Fixtures are written for a slice of tiny variants without data; real slices need prepared data."""
+    from suite.runner import check_data
+
     try:
         check_data(chosen.tasks, root)
     except FileNotFoundError:
@@ -386,34 +454,94 @@ def cmd_matrix(args) -> int:
 
         print(f"no benchmark data: writing fixtures to {root or DATA_DIR}", flush=True)
         write_all(Path(root or DATA_DIR))
-    specs = expand(chosen, args.output, data_root=root)
-    todo = [s for s in specs if args.rerun or not finished(s)]
-    print(f"slice {args.slice}: {len(specs)} runs, {len(specs) - len(todo)} already finished", flush=True)
-    failed = []
+
+
+def _matrix_tables(args) -> None:
+    from suite.tables import write_tables
+
+    written = write_tables(args.output, args.tables)
+    print(f"tables: {len(written)} files in {args.tables}")
+    if not args.no_plots:
+        from suite.plots import write_plots
+
+        print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
+
+
+def _list_failed(failed: list[str], cells: int) -> None:
+    for line in failed:
+        print(f"FAILED {line}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {cells} cell(s) failed", file=sys.stderr)
+
+
+def _matrix_dry_run(slice_name: str, cfg, todo, folder: Path) -> int:
+    """What would run, and nothing else: the sbatch script of the job array (slurm) and each cell's command."""
+    from suite.launcher import cell_argv
+
+    processes = cfg.processes_per_cell()
+    if cfg.kind == "slurm":
+        from suite.slurm import sbatch_script
+
+        if not todo:
+            print(f"slice {slice_name}: every cell has finished; nothing to submit")
+            return 0
+        print(sbatch_script(cfg, slice_name, folder, len(todo)))
+        print(f"# {len(todo)} cell(s); array task i runs cell i (in the job's process; torchrun when data-parallel),"
+              " the equivalent of:")
+    for i, spec in enumerate(todo):
+        print(f"# {i}: {' '.join(cell_argv(spec, processes))}")
+    return 0
+
+
+def _matrix_status(specs, folder: Path) -> int:
+    from tabulate import tabulate
+
+    from suite.launcher import LaunchState, status_rows
+
+    state = LaunchState.load(folder)
+    job_state = None
+    if state is not None and state.submitit != "debug":
+        from suite.slurm import job_state as scheduler_state
+
+        job_state = lambda job_id: scheduler_state(state, job_id)  # noqa: E731
+    rows = status_rows(specs, state, job_state)
+    print(tabulate(rows, headers="keys"))
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f" of {len(rows)} cell(s)")
+    return 0
+
+
+def _matrix_collect(args, cfg, specs, folder: Path) -> int:
+    """Wait for a detached submission (resubmitting failed cells while they have attempts left), then the tables;
+    without one, the tables of what has run. Non-zero when a cell has not ended ok."""
+    from dataclasses import replace
+
+    from suite.launcher import LaunchState, cell_error, cell_status
+
+    state = LaunchState.load(folder)
+    failed: list[str] = []
+    watched: set[str] = set()
     try:
-        for spec in tqdm(todo, desc=f"matrix {args.slice}", unit="run"):
-            try:  # a failed cell is listed at the end; the others still run
-                outcome = run(spec, progress=False)
-            except Exception as exc:
-                failed.append(f"{spec.run_id}: {type(exc).__name__}: {exc}")
-                continue
-            if outcome.status != "ok":
-                failed.append(f"{spec.run_id}: {outcome.errors[0] if outcome.errors else outcome.status}")
-        from suite.tables import write_tables
+        if state is not None:
+            from suite import slurm
 
-        written = write_tables(args.output, args.tables)
-        print(f"tables: {len(written)} files in {args.tables}")
-        if not args.no_plots:
-            from suite.plots import write_plots
-
-            print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
-    except KeyboardInterrupt as exc:
-        return _interrupted(exc)
-    finally:  # listed even when interrupted, or when the tables or plots raise
-        for line in failed:
-            print(f"FAILED {line}", file=sys.stderr)
-        if failed:
-            print(f"{len(failed)} of {len(todo)} cell(s) failed", file=sys.stderr)
+            cfg = replace(cfg, submitit=state.submitit)
+            mine = [s for s in specs if s.run_id in state.cells]
+            watched = {s.run_id for s in mine}
+            executor = slurm.make_executor(cfg, args.slice, folder)
+            failed += slurm.watch(executor, mine, cfg.processes_per_cell(), state, cfg.retries,
+                                  cfg.poll_seconds if state.submitit == "slurm" else 0.5)
+        for spec in specs:
+            if spec.run_id not in watched and cell_status(spec) != "ok":
+                failed.append(f"{spec.run_id}: {cell_status(spec)}: " + cell_error(spec))
+        _matrix_tables(args)
+    except KeyboardInterrupt:
+        print("stopped watching; the jobs keep running (--collect again waits for them)", file=sys.stderr)
+        return 130
+    finally:
+        _list_failed(failed, len(specs))
     return 1 if failed else 0
 
 
@@ -468,14 +596,47 @@ def build_parser() -> argparse.ArgumentParser:
                    help="per sample: torch counter and fvcore FLOPs of the prefill as it ran (one extra forward)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("matrix", help="run a slice of matrix.yaml (only what is missing), then tables and plots")
+    p = sub.add_parser("matrix", help="run a slice of matrix.yaml (only what is missing), then tables and plots",
+                       description="Runs the missing cells of a slice of matrix.yaml, then writes tables and plots. "
+                                   "Cells run here (one after another, or --jobs N at once) or as a SLURM job array "
+                                   "(--launcher slurm, through submitit). Launcher settings come from the file's "
+                                   "`launcher` section; the flags below override it. A failed or pre-empted cell "
+                                   "runs again up to --retries times and resumes from its finished samples. Exits "
+                                   "non-zero when a cell failed.")
     p.add_argument("--slice", default="bench", help="slice name in matrix.yaml (default: bench)")
     p.add_argument("--matrix", default=str(Path(__file__).resolve().parent.parent / "matrix.yaml"))
-    p.add_argument("--output", default="results/runs")
+    p.add_argument("--output", default="results/runs", help="run folders (on storage the nodes share, for slurm)")
     p.add_argument("--tables", default="results/tables")
     p.add_argument("--data-root", default="")
     p.add_argument("--rerun", action="store_true", help="run finished cells again")
     p.add_argument("--no-plots", action="store_true")
+    launch = p.add_argument_group("launcher (overrides matrix.yaml's launcher section)")
+    launch.add_argument("--launcher", choices=["local", "slurm"], help="local: this machine; slurm: a job array")
+    launch.add_argument("--jobs", type=int, help="local: cells at once, each its own process (default 1: in this "
+                                                 "process)")
+    launch.add_argument("--retries", type=int, help="runs of a failed or pre-empted cell after the first (it resumes)")
+    launch.add_argument("--gpus", type=int, help="GPUs per cell (slurm --gpus-per-node; local: per parallel slot)")
+    launch.add_argument("--processes", type=int, help="processes per cell, data-parallel through torchrun "
+                                                      "(default: one per GPU)")
+    launch.add_argument("--cpus", type=int, help="CPUs per cell (slurm --cpus-per-task)")
+    launch.add_argument("--mem-gb", dest="mem_gb", type=float, help="memory per cell (slurm --mem)")
+    launch.add_argument("--time-min", dest="time_min", type=int, help="time limit per cell in minutes (slurm --time)")
+    launch.add_argument("--partition", help="slurm partition")
+    launch.add_argument("--account", help="slurm account")
+    launch.add_argument("--qos", help="slurm quality of service")
+    launch.add_argument("--constraint", help="slurm node constraint")
+    launch.add_argument("--logs", help="submitit's folder: scripts, logs, state (default <output>/.launcher/<slice>)")
+    launch.add_argument("--submitit", choices=["slurm", "local", "debug"],
+                        help="the executor behind --launcher slurm: slurm (sbatch), or submitit's local / debug "
+                             "executors, which run the same jobs on this machine")
+    mode = p.add_argument_group("modes (one at a time)")
+    mode.add_argument("--dry-run", dest="dry_run", action="store_true",
+                      help="print the sbatch script (slurm) and each cell's command; run nothing")
+    mode.add_argument("--detach", action="store_true", help="slurm: submit and return; see --status, --collect")
+    mode.add_argument("--status", action="store_true", help="each cell's state (run folder, job, attempts)")
+    mode.add_argument("--collect", action="store_true",
+                      help="wait for a detached submission (resubmitting failed cells), then write the tables; "
+                           "non-zero if a cell did not end ok")
     p.set_defaults(func=cmd_matrix)
 
     p = sub.add_parser("table", help="the papers' tables from runs: effects vs the dense host, paper beside ours, "

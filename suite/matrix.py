@@ -1,4 +1,4 @@
-"""The benchmark matrix (matrix.yaml): typed slices, expansion into runs, resumable execution."""
+"""The benchmark matrix (matrix.yaml): typed slices and launcher, expansion into runs, resumable execution."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from models.config import from_dict
+from suite.launcher import LauncherConfig
 from suite.runner import RunSpec
 
 MATRIX_FILE = Path(__file__).resolve().parent.parent / "matrix.yaml"
@@ -27,11 +28,23 @@ class MatrixSlice:
     description: str = ""
 
 
-def load_matrix(path: str | Path = MATRIX_FILE) -> dict[str, MatrixSlice]:
+@dataclass
+class MatrixFile:
+    slices: dict[str, MatrixSlice]
+    launcher: LauncherConfig  # how the cells run (defaults: one after another in this process)
+
+
+def load_matrix_file(path: str | Path = MATRIX_FILE) -> MatrixFile:
     data = yaml.safe_load(Path(path).read_text())
-    if set(data) != {"slices"}:
-        raise ValueError(f"{path}: top level must be exactly 'slices', got {sorted(data)}")
-    return {name: from_dict(MatrixSlice, body, f"slices.{name}") for name, body in data["slices"].items()}
+    if "slices" not in data or not set(data) <= {"slices", "launcher"}:
+        raise ValueError(f"{path}: top level must be 'slices' and optionally 'launcher', got {sorted(data)}")
+    slices = {name: from_dict(MatrixSlice, body, f"slices.{name}") for name, body in data["slices"].items()}
+    launcher = from_dict(LauncherConfig, data.get("launcher") or {}, "launcher").validate()
+    return MatrixFile(slices, launcher)
+
+
+def load_matrix(path: str | Path = MATRIX_FILE) -> dict[str, MatrixSlice]:
+    return load_matrix_file(path).slices
 
 
 def run_id(model: str, tasks: list[str], protocol: str, dtype: str, batch: int, limit: int | None) -> str:

@@ -11,16 +11,17 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
 
 @pytest.mark.parametrize("argv", [
     ["--help"],
+    ["matrix", "--help"],
     ["table", "--runs", "{tmp}/runs", "--out", "{tmp}/tables"],
     ["check", "--runs", "{tmp}/runs", "--baseline", str(ROOT / "results" / "baselines" / "bench.json")],
 ])
-def test_light_commands_import_neither_torch_nor_lmms_eval(argv, tmp_path):
+def test_light_commands_import_neither_torch_nor_lmms_eval_nor_submitit(argv, tmp_path):
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code = (
         "import sys\n"
         "from suite.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
-        "print('HEAVY=' + ','.join(m for m in ('torch', 'lmms_eval', 'transformers', 'timm') if m in sys.modules))\n"
+        "print('HEAVY=' + ','.join(m for m in ('torch', 'lmms_eval', 'transformers', 'timm', 'submitit') if m in sys.modules))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     heavy = [line for line in done.stdout.splitlines() if line.startswith("HEAVY=")]
