@@ -293,7 +293,9 @@ def cmd_train(args) -> int:
 def cmd_reproduce(args) -> int:
     from suite.reproduce import reproduce
 
-    record = reproduce(args.scope, args.preset, args.seeds, args.output or None, args.work or None)
+    record = reproduce(args.scope, args.preset, args.seeds, args.output or None, args.work or None, seed=args.seed)
+    if args.seed is not None:  # one job of an array over seeds: its stages are cached, the report comes later
+        return 0
     claims_path = Path(args.output or f"results/reproduction/{record['spec']['preset']['name']}") / "claims.json"
     for claim in json.loads(claims_path.read_text())["claims"]:
         print(f"{claim['verdict']:>13s}  {claim['paper']:9s} {claim['claim']} (paper {claim['paper_value']}, ours "
@@ -772,6 +774,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="quick: dense, γ-MoD 0.5, p-MoD, 1 seed (~10 min on 2 cores); full: every γ-MoD Table 1 "
                         "row and the p-MoD ablation, 3 seeds; micro: a smoke test")
     p.add_argument("--seeds", type=int, default=None, help="override the preset's number of seeds")
+    p.add_argument("--seed", type=int, default=None,
+                   help="compute only this seed's stages (0-based) into the stage cache and write no report: one "
+                        "job per seed on a cluster, then the same command without --seed writes the report")
     p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>)")
     p.add_argument("--work", default="", help="stage cache: corpus, checkpoints, runs (default .cache/reproduce/<preset>)")
     p.set_defaults(func=cmd_reproduce)

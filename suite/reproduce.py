@@ -253,10 +253,11 @@ class Pipeline:
             "batches": p.speed_batches, "latency": p.latency_samples, "version": 2}, build)
 
     # -- the whole thing -----------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, only_seed: int | None = None) -> dict:
+        """Every seed, or only `only_seed` (its stages are the ones a whole run computes for it: same keys)."""
         p = self.preset
         seeds = []
-        for seed in range(p.seeds):
+        for seed in range(p.seeds) if only_seed is None else [only_seed]:
             self._seed = seed
             corpus = self.corpus(seed)
             dense = self.dense(seed, corpus)
@@ -453,8 +454,10 @@ def preset_for(name: str, scope: str = "all", seeds: int | None = None) -> Prese
 
 
 def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = None, output: str | Path | None = None,
-              work: str | Path | None = None, log=print) -> dict:
-    """Run (or continue) the pipeline; write summary.json, the records of every run, the tables and the plot."""
+              work: str | Path | None = None, log=print, seed: int | None = None) -> dict:
+    """Run (or continue) the pipeline; write summary.json, the records of every run, the tables and the plot.
+    With `seed`, only that seed's stages are computed into the stage cache (one job of an array over seeds) and
+    no report is written: a run without `seed` on the same work folder then finds every stage cached."""
     import shutil
 
     from suite.reproduce_report import write_report
@@ -465,6 +468,15 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     work = Path(work or f".cache/reproduce/{chosen.name}")
     started = time.perf_counter()
     pipeline = Pipeline(chosen, work, log=log)
+    if seed is not None:
+        if not 0 <= seed < chosen.seeds:
+            raise ValueError(f"--seed must be in 0..{chosen.seeds - 1}: the {chosen.name} preset runs {chosen.seeds} "
+                             "seed(s) (--seeds changes that)")
+        pipeline.run(only_seed=seed)
+        log(f"seed {seed}: {len(pipeline.ran)} stage(s) computed, the rest cached in {work}; without --seed, the "
+            "same command writes the report once every seed has run")
+        return {"seed": seed, "stages_run": pipeline.ran, "work": str(work),
+                "wall_seconds": time.perf_counter() - started}
     result = pipeline.run()
     # The run records (run.json of every evaluation, train.json of every training), one folder each, in the
     # layout `modbench check --runs` reads; per-sample logs stay in the stage cache (deterministic to redo).

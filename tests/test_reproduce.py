@@ -167,3 +167,31 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None)
     assert second["stages_run"] == []
     assert json.loads((out / "claims.json").read_text())["claims"] == claims
+
+
+def test_one_seed_computes_only_its_stages_and_writes_no_report(tmp_path, monkeypatch, capsys):
+    """`--seed K` (one job of an array over seeds) runs the pipeline's loop for seed K alone and leaves the report
+    to a run without --seed, which then finds every seed's stages cached."""
+    from suite.cli import main
+    from suite.reproduce import Pipeline
+
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps({"metrics": {}}))
+    visited = []
+
+    def stage(name, result):
+        def method(self, seed, *args, **kwargs):
+            visited.append((name, seed))
+            return tmp_path / f"{name}-{seed}", result
+        return method
+
+    for name, result in (("corpus", {"manifest": {}}), ("dense", {"train": {}}), ("arank", {}),
+                         ("finetune", {"train": {}}), ("evaluate", {"run": str(run_file)}), ("speed", {})):
+        monkeypatch.setattr(Pipeline, name, stage(name, result))
+    argv = ["reproduce", "--preset", "micro", "--seeds", "3", "--output", str(tmp_path / "out"), "--work",
+            str(tmp_path / "work")]
+    assert main(argv + ["--seed", "1"]) == 0
+    assert {seed for _, seed in visited} == {1} and ("corpus", 1) in visited and ("speed", 1) in visited
+    assert not (tmp_path / "out").exists()  # no report from one seed
+    assert "seed 1:" in capsys.readouterr().out
+    assert main(argv + ["--seed", "3"]) == 2 and "--seed must be in 0..2" in capsys.readouterr().err
