@@ -25,7 +25,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-CODE_VERSION = 1  # bump when a stage's meaning changes, so cached stages are redone
+CODE_VERSION = 2  # bump when a stage's meaning changes, so cached stages are redone
 MODEL = "cpu-repro-llava"
 TASKS = ("pope_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local", "mme_local", "mmbench_en_dev_local")
 BENCHMARKS = {  # column -> (task, metric, scale to percent)
@@ -216,19 +216,19 @@ class Pipeline:
         return self._train(f"finetune-{row_name}", inputs, fields)
 
     def evaluate(self, seed: int, row_name: str, corpus, model_stage, fixed_skip: float | None,
-                 blind: bool = False) -> tuple[Path, dict]:
-        """One checkpoint through lmms-eval on the held-out sets; `blind`: on their copy with every image blanked
-        (the text-only control: how much of a score needs the image)."""
+                 swapped: bool = False) -> tuple[Path, dict]:
+        """One checkpoint through lmms-eval on the held-out sets; `swapped`: on their copy where every question
+        shows another scene's image (the control: how much of a score needs the right image)."""
         from suite.runner import RunSpec, run
 
         p = self.preset
 
         def build(folder: Path) -> dict:
             data_root = corpus[0] / "eval"
-            if blind:
-                from tasks.scenes import write_blind_copy
+            if swapped:
+                from tasks.scenes import write_swapped_copy
 
-                data_root = write_blind_copy(data_root, folder / "blind_eval")
+                data_root = write_swapped_copy(data_root, folder / "swapped_eval")
             spec = RunSpec(model=model_stage[1]["model"], tasks=list(TASKS), protocol="llava", batch_size=p.eval_batch,
                            output=str(folder), run_id="run", data_root=str(data_root), fixed_skip=fixed_skip,
                            seed=seed)
@@ -237,9 +237,9 @@ class Pipeline:
                 raise RuntimeError(f"evaluation of {row_name} failed: {outcome.errors[:1]}")
             return {"run": str(folder / "run" / "run.json")}
 
-        mode = "blind" if blind else "released" if fixed_skip is None else f"fixed{fixed_skip}"
+        mode = "swapped" if swapped else "released" if fixed_skip is None else f"fixed{fixed_skip}"
         inputs = {"model": model_stage[0].name, "fixed_skip": fixed_skip, "batch": p.eval_batch, "tasks": TASKS}
-        return self._stage(f"eval-{row_name}-{mode}", inputs | ({"blind": True} if blind else {}), build)
+        return self._stage(f"eval-{row_name}-{mode}", inputs | ({"swapped": True} if swapped else {}), build)
 
     def speed(self, seed: int, corpus, finetuned: dict[str, tuple[Path, dict]]) -> tuple[Path, dict]:
         p = self.preset
@@ -268,7 +268,7 @@ class Pipeline:
                 evals[(name, "released")] = self.evaluate(seed, name, corpus, stage, None)
                 if ROWS[name].scheme == "gamma":
                     evals[(name, "controlled")] = self.evaluate(seed, name, corpus, stage, ROWS[name].skip)
-            evals[("dense", "blind")] = self.evaluate(seed, "dense", corpus, finetuned["dense"], None, blind=True)
+            evals[("dense", "swapped")] = self.evaluate(seed, "dense", corpus, finetuned["dense"], None, swapped=True)
             speed = self.speed(seed, corpus, finetuned)
             seeds.append({
                 "seed": seed, "corpus": corpus[1]["manifest"], "dense": dense[1]["train"], "arank": arank[1],

@@ -269,18 +269,18 @@ def claims(summary: Summary) -> list[Claim]:
 
 
 def image_dependence(summary: Summary) -> list[tuple[str, float, float, float, float, str]]:
-    """Per benchmark: the dense model's accuracy with the images and with them blanked, the difference and its
+    """Per benchmark: the dense model's accuracy with the right images and with swapped ones, the difference and its
     standard error, and whether the score needs the image (the difference clears zero by 1.96 se). Only on those
     benchmarks can skipping image tokens cost accuracy, so only there is an MoD accuracy comparison informative."""
-    if not all(_get(seed, "dense", "blind") for seed in summary.seeds):
+    if not all(_get(seed, "dense", "swapped") for seed in summary.seeds):
         return []
     out = []
     for column in BENCHMARKS:
         with_images, _ = summary.acc("dense", column)
-        blind, _ = summary.acc("dense", column, "blind")
-        d, se = summary.column_delta(column, "dense", "released", "dense", "blind")
+        swapped, _ = summary.acc("dense", column, "swapped")
+        d, se = summary.column_delta(column, "dense", "released", "dense", "swapped")
         uses = verdict(d, se, 0.0, ">=")
-        out.append((column, with_images, blind, d, se, {"held": "yes", "did not hold": "no (worse with images)",
+        out.append((column, with_images, swapped, d, se, {"held": "yes", "did not hold": "no (worse with images)",
                                                         "within noise": "no"}[uses]))
     return out
 
@@ -345,10 +345,10 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
     headers = ["row", *BENCHMARKS, "avg", "Δ avg (rel %)", "TFLOPs ratio", "skip %", "KV share %"]
     table_rows = [["chance", *[_fmt(chance.get(c)) for c in BENCHMARKS], "", "", "", "", ""]]
     for row in rows:
-        for mode in ("released", "controlled", "blind"):
+        for mode in ("released", "controlled", "swapped"):
             if not all(_get(seed, row, mode) for seed in s.seeds):
                 continue
-            label = row + {"released": "", "controlled": " (controlled skip)", "blind": " (images blanked)"}[mode]
+            label = row + {"released": "", "controlled": " (controlled skip)", "swapped": " (images swapped)"}[mode]
             d, _ = s.delta_rel(row, mode) if (row, mode) != ("dense", "released") else (0.0, 0.0)
             ratio, _ = s.ratio(row, "tflops", mode)
             skip, _ = s.value(row, "skip", mode)
@@ -365,11 +365,12 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
     if dependence:
         needed = [c for c, *_, uses in dependence if uses == "yes"]
         parts += ["## Does the dense model use the image?", "",
-                  "The dense continuation evaluated on the same questions with every image replaced by a flat one "
-                  "(text only). Where its score does not drop, the answers come from the question alone, skipping "
-                  "image tokens cannot cost accuracy there, and the MoD rows' accuracy on that benchmark says "
-                  f"nothing about the papers' claims. Needs the image: {', '.join(needed) or 'none'}.", "",
-                  _table(["benchmark", "with images", "images blanked", "difference (points)", "needs the image"],
+                  "The dense continuation evaluated on the same questions, each shown another held-out scene's "
+                  "image. Where its score does not drop, the answers come without looking (the question's priors, "
+                  "chance): skipping image tokens cannot cost accuracy there, and the MoD rows' accuracy on that "
+                  f"benchmark says nothing about the papers' claims. Needs the image: {', '.join(needed) or 'none'}.",
+                  "",
+                  _table(["benchmark", "right images", "swapped images", "difference (points)", "needs the image"],
                          [[c, _fmt(a), _fmt(b), f"{d:+.1f} (se {se:.1f})", uses] for c, a, b, d, se, uses in dependence]),
                   ""]
     t1 = [r for r in TABLE1_ROWS if r.split("|")[0] in rows]

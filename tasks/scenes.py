@@ -159,12 +159,11 @@ def choice_question(scene: Scene, rng: random.Random) -> tuple[str, list[str], i
     """ScienceQA / MMBench style: which colour is the {shape} (a unique shape), or which shape is {colour}."""
     t = rng.choice(scene.things)
     if scene.count(t.shape) == 1 and rng.random() < 0.5:
-        options = [t.colour] + rng.sample([c for c in COLOURS if c != t.colour], 3)
+        options, answer = [t.colour] + rng.sample([c for c in COLOURS if c != t.colour], 3), t.colour
         question = f"Which color is the {t.shape}?"
     else:
-        options = list(SHAPES) + ["star"]
+        options, answer = list(SHAPES) + ["star"], t.shape
         question = f"Which shape is {t.colour}?"
-    answer = options[0]
     rng.shuffle(options)
     return question, options, options.index(answer)
 
@@ -368,30 +367,19 @@ def _write_eval(root: Path, spec: CorpusSpec, held_out, rng: random.Random, popu
     return chance
 
 
-def write_blind_copy(eval_root: str | Path, out_root: str | Path, colour: tuple[int, int, int] = (122, 116, 104)) -> Path:
-    """The held-out sets with every image replaced by one flat image of the same size (CLIP's mean colour, which
-    normalises to about zero): the same questions, nothing to see. A model's score here is what it gets from the
-    text alone, so its score with the images minus this one is how much it uses them."""
-    import io
+def write_swapped_copy(eval_root: str | Path, out_root: str | Path) -> Path:
+    """The held-out sets with every question shown another held-out scene's image: each distinct image of a
+    file is replaced by the next distinct one (cyclically), so questions that share an image (MME's pairs,
+    MMBench's circular copies) still share one. The answer format and the text stay as they are; what the image
+    would tell is gone. A model's score here is what it gets without looking (the text's priors, chance), so its
+    score with the right images minus this one is how much it uses them. (A blank image would be no control: it
+    is unlike any training image, and a small model answers it with anything, or nothing.)"""
     import shutil
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from PIL import Image
 
     eval_root, out_root = Path(eval_root), Path(out_root)
-    blanks: dict[tuple[int, int], bytes] = {}
-
-    def blank(data: bytes | None) -> bytes | None:
-        if data is None:
-            return None
-        size = Image.open(io.BytesIO(data)).size
-        if size not in blanks:
-            buffer = io.BytesIO()
-            Image.new("RGB", size, colour).save(buffer, format="PNG")
-            blanks[size] = buffer.getvalue()
-        return blanks[size]
-
     for source in sorted(eval_root.rglob("*")):
         target = out_root / source.relative_to(eval_root)
         if source.is_dir():
@@ -402,10 +390,13 @@ def write_blind_copy(eval_root: str | Path, out_root: str | Path, colour: tuple[
             continue
         table = pq.read_table(source)
         columns = []
-        for name, column in zip(table.column_names, table.columns):
+        for column in table.columns:
             if pa.types.is_struct(column.type) and {"bytes", "path"} <= {f.name for f in column.type}:
-                rows = [None if v is None else {**v, "bytes": blank(v["bytes"])} for v in column.to_pylist()]
-                column = pa.array(rows, type=column.type)
+                cells = column.to_pylist()
+                distinct = list(dict.fromkeys(c["bytes"] for c in cells if c is not None))
+                following = {b: distinct[(i + 1) % len(distinct)] for i, b in enumerate(distinct)}
+                column = pa.array([None if c is None else {**c, "bytes": following[c["bytes"]]} for c in cells],
+                                  type=column.type)
             columns.append(column)
         tmp = target.with_name(f".{target.name}.tmp")
         pq.write_table(pa.Table.from_arrays(columns, schema=table.schema), tmp)
