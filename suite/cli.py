@@ -653,7 +653,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--update-baselines", action="store_true", help="rewrite the baseline from the runs")
     p.add_argument("--tolerance", choices=("fixed", "noise"), default="fixed",
                    help="with --update-baselines: 'fixed' (2 accuracy points; deterministic fixture runs) or "
-                        "'noise' (two binomial standard errors per eval set; runs of models trained here)")
+                        "'noise' (accuracies only, three standard errors of a retraining's difference per eval set; "
+                        "runs of models trained here)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("data", help="benchmark data: `fixtures` (small, drawn) or `prepare` (a downloaded copy)")
