@@ -279,7 +279,8 @@ def image_dependence(summary: Summary) -> list[tuple[str, float, float, float, f
         with_images, _ = summary.acc("dense", column)
         swapped, _ = summary.acc("dense", column, "swapped")
         d, se = summary.column_delta(column, "dense", "released", "dense", "swapped")
-        uses = verdict(d, se, 0.0, ">=")
+        # Strictly above zero: a difference of 0 with no spread (both at 0 %) is no evidence of looking.
+        uses = verdict(d, se, 0.0, ">=") if d > 0 else "within noise" if d == 0 else verdict(d, se, 0.0, ">=")
         out.append((column, with_images, swapped, d, se, {"held": "yes", "did not hold": "no (worse with images)",
                                                         "within noise": "no"}[uses]))
     return out
