@@ -589,7 +589,7 @@ def save_authors_checkpoint(model, directory: str | os.PathLike, kind: str, fmt:
 
 def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None):
     """Load a checkpoint directory (or a locally cached hub id) into a ModVlm, tokenizer included."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PretrainedConfig
 
     from . import torch_dtype
     from .vlm import ModVlm
@@ -603,7 +603,9 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
     if dtype:
         cfg.dtype = dtype
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+        # The tokenizer's own files name its class; an empty config keeps AutoTokenizer from reading config.json,
+        # whose model_type (mod_llava_llama, ...) transformers does not know and warns about on every load.
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, config=PretrainedConfig())
     except Exception as exc:
         raise CheckpointError(f"{directory}: no usable tokenizer ({type(exc).__name__}: {exc})") from None
     from accelerate import init_empty_weights
