@@ -11,7 +11,7 @@ from .vlm import ModVlm
 
 __all__ = [
     "ConfigError", "LlmConfig", "ModelConfig", "ModSpec", "VisionConfig", "ModCache", "ModForCausalLM",
-    "ModOutput", "ModVlm", "build_model", "config_for", "load", "get_variant", "greedy_generate", "list_variants", "register_variant",
+    "ModOutput", "ModVlm", "build_model", "load", "get_variant", "greedy_generate", "list_variants", "register_variant",
 ]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -21,21 +21,13 @@ def torch_dtype(name: str) -> torch.dtype:
     return _DTYPES[name]
 
 
-def config_for(name: str) -> ModelConfig:
-    """The config of a registered variant, or of a checkpoint directory / cached hub id (weights not built)."""
-    if any(cfg.name == name for cfg in list_variants()):
-        return get_variant(name)
-    from .checkpoints import config_from_checkpoint, read_state_dict, resolve
-
-    directory = resolve(name)
-    return config_from_checkpoint(directory, read_state_dict(directory))[0]
-
-
-def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None) -> ModVlm:
-    """Load a released checkpoint layout (see models/checkpoints.py); never downloads."""
+def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None,
+         config: ModelConfig | None = None) -> ModVlm:
+    """Load a released checkpoint layout (see models/checkpoints.py); never downloads. `config`: as
+    `models.resolver.resolve` gave it (overrides applied), else read from the checkpoint."""
     from .checkpoints import load as _load
 
-    return _load(path_or_hub_id, dtype=dtype, device_map=device_map)
+    return _load(path_or_hub_id, dtype=dtype, device_map=device_map, config=config)
 
 
 def build_model(spec: str | ModelConfig, seed: int | None = None, device: str | torch.device = "cpu",

@@ -201,7 +201,44 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or their index json")
 
 
-def resolve(path_or_hub_id: str) -> Path:
+def _weight_files(directory: Path) -> list[Path]:
+    """The files holding a checkpoint's weights: the shards an index json names, or the single file."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = directory / index_name
+        if index.exists():
+            weight_map = read_json(index).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise CheckpointError(f"{index}: no 'weight_map'")
+            return [directory / shard for shard in sorted(set(weight_map.values()))]
+        if (directory / single).exists():
+            return [directory / single]
+    raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or their index json")
+
+
+def weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
+    """Every weight's name and shape, from the files' headers: a safetensors header, or a .bin's pickle with its
+    storages mapped to the meta device. No tensor data is read (a 13B checkpoint's sizes cost milliseconds)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for path in _weight_files(directory):
+        if not path.exists():
+            raise CheckpointError(f"{path}: weight file not found")
+        try:
+            if path.suffix == ".safetensors":
+                with path.open("rb") as handle:
+                    size = int.from_bytes(handle.read(8), "little")
+                    header = json.loads(handle.read(size))
+                shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
+            else:
+                tensors = torch.load(path, map_location="meta", weights_only=True, mmap=True)
+                shapes.update({k: tuple(v.shape) for k, v in tensors.items()})
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot read the weights' names and shapes "
+                                  f"({type(exc).__name__}: {exc})") from None
+    return shapes
+
+
+def checkpoint_directory(path_or_hub_id: str) -> Path:
     """A local directory, or a hub id found in the local HF cache (never downloads)."""
     path = Path(path_or_hub_id).expanduser()
     if path.is_dir():
@@ -249,19 +286,19 @@ def _clip_dims(name: str, directory: Path) -> dict:
                 intermediate_size=conf["intermediate_size"])
 
 
-def _convnext_from_state(state: dict, prefix: str, stages: str = "stages") -> ConvNextConfig:
+def _convnext_from_shapes(shapes: dict[str, tuple[int, ...]], prefix: str, stages: str = "stages") -> ConvNextConfig:
     depths, dims = [], []
     for stage in range(4):
         head = f"{prefix}{stages}.{stage}.blocks."
-        blocks = {key[len(head):].split(".")[0] for key in state if key.startswith(head)}
+        blocks = {key[len(head):].split(".")[0] for key in shapes if key.startswith(head)}
         if not blocks:
             raise CheckpointError(f"no weights under {head}")
         depths.append(len(blocks))
-        dims.append(state[f"{head}0.conv_dw.weight"].shape[0])
-    head = state.get(f"{prefix}head.pre_logits.fc.weight")
-    classifier = state.get(f"{prefix}head.fc.weight")
-    return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head.shape[0] if head is not None else 0,
-                          num_classes=classifier.shape[0] if classifier is not None else 0, timm_name="")
+        dims.append(shapes[f"{head}0.conv_dw.weight"][0])
+    head = shapes.get(f"{prefix}head.pre_logits.fc.weight")
+    classifier = shapes.get(f"{prefix}head.fc.weight")
+    return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head[0] if head is not None else 0,
+                          num_classes=classifier[0] if classifier is not None else 0, timm_name="")
 
 
 def detect(conf: dict, where: Path) -> str:
@@ -273,7 +310,10 @@ def detect(conf: dict, where: Path) -> str:
     raise CheckpointError(f"{where}: unknown model_type {model_type!r}; supported: {SUPPORTED}")
 
 
-def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[ModelConfig, str]:
+def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] | None = None
+                           ) -> tuple[ModelConfig, str]:
+    """The model config and layout from config.json; the only sizes config.json does not give, LLaVA-HR's and
+    Mini-Gemini's ConvNeXt, from the weights' names and shapes (`shapes`, else read from the files' headers)."""
     where = directory / "config.json"
     conf = read_json(where)
     kind = detect(conf, where)
@@ -301,21 +341,19 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
         # select_best_resolution); ours are [height, width]. Order kept: it decides ties.
         vision.grid_pinpoints = [list(p)[::-1] for p in conf["image_grid_pinpoints"]]
     if kind in ("mgm", "mod_mgm"):
-        if state is None:
-            raise CheckpointError(f"{where}: Mini-Gemini needs the weights to size its ConvNeXt")
+        shapes = weight_shapes(directory) if shapes is None else shapes
         family, vision.kind = "mgm-hd", "mgm-hd"
         vision.input_image_size = int(conf.get("image_size_aux", 1536))
         vision.image_grid = int(conf.get("image_grid", 1))
         vision.image_global = bool(conf.get("image_global", False))
-        vision.convnext = _convnext_from_state(state, "model.vision_tower_aux.", "vision_stages")
+        vision.convnext = _convnext_from_shapes(shapes, "model.vision_tower_aux.", "vision_stages")
     if conf.get("is_multipath_encoder"):
         family = "llava-hr"
-        if state is None:
-            raise CheckpointError(f"{where}: LLaVA-HR needs the weights to size its ConvNeXt")
+        shapes = weight_shapes(directory) if shapes is None else shapes
         vision.kind = "multipath"
         vision.input_image_size = int(conf.get("input_image_size", 1024))
         vision.adapters = not conf.get("freeze_vision", False)
-        vision.convnext = _convnext_from_state(state, "model.vision_tower.slow_vision_tower.vision_tower.")
+        vision.convnext = _convnext_from_shapes(shapes, "model.vision_tower.slow_vision_tower.vision_tower.")
         slow_name = str(conf.get("vision_tower_slow", ""))
         vision.convnext.timm_name = slow_name
         if "xxlarge" in slow_name:  # the authors build convnext_xxlarge with LayerNorm eps 1e-5
@@ -336,9 +374,7 @@ def config_from_checkpoint(directory: Path, state: dict | None = None) -> tuple[
                       shared_router=bool(spec.get("shared_router", True)),
                       masked_tokens=str(spec.get("masked_tokens", "qa")))
     elif kind == "pmod_llava_llama":
-        if state is None:
-            raise CheckpointError(f"{where}: p-MoD needs the weights to find its MoD layers")
-        mod = _pmod_spec(conf, state, llm.num_layers, where)
+        mod = _pmod_spec(conf, llm.num_layers, where)
     try:
         cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod,
                           dtype=declared_dtype(conf))
@@ -365,19 +401,19 @@ PMOD_CONFIG_KEYS = ("mod_target_layers", "mod_target_token_type", "mod_router_fa
 PMOD_EXPLICIT_KEYS = ("mod_layers_idx", "mod_ratios")
 
 
-def _pmod_spec(conf: dict, state: dict, num_layers: int, where: Path) -> ModSpec:
+def _pmod_without_schedule(conf: dict) -> bool:
+    """Written by this suite before it wrote the p-MoD fields: its p-MoD models used the depth-scaled decay."""
+    return not any(key in conf for key in PMOD_CONFIG_KEYS + PMOD_EXPLICIT_KEYS)
+
+
+def _pmod_spec(conf: dict, num_layers: int, where: Path) -> ModSpec:
     """Every p-MoD field of config.json into the typed spec, with the layers and ratios resolved: the explicit
-    keys when present, else what the release builds from the pattern (decay divisor 31). The routers in the
-    weights must sit at exactly those layers."""
+    keys when present, else what the release builds from the pattern (decay divisor 31). Loading checks that
+    the routers in the weights sit at exactly those layers (`_check_pmod_routers`)."""
     from .pmod import authors_schedule, parse_target_layers, parse_weight_norm, prd_schedule
 
-    routers = sorted(int(k.split(".")[2]) for k in state if k.endswith(".router.router.weight"))
-    if not any(key in conf for key in PMOD_CONFIG_KEYS + PMOD_EXPLICIT_KEYS):
-        # Written by this suite before it wrote these fields: its p-MoD models used the depth-scaled decay.
+    if _pmod_without_schedule(conf):
         layers, ratios = prd_schedule(num_layers)
-        if routers != layers:
-            raise CheckpointError(f"{where}: no mod_target_layers / mod_ratios, and the routers (layers {routers}) "
-                                  f"are not the default schedule's ({layers}): their ratios are unknown")
         return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
     missing = [key for key in PMOD_CONFIG_KEYS if key not in conf]
     if missing:
@@ -413,11 +449,20 @@ def _pmod_spec(conf: dict, state: dict, num_layers: int, where: Path) -> ModSpec
             raise CheckpointError(f"{where}: mod_target_layer_indices {indices} differs from the layers that "
                                   f"mod_target_layers {conf['mod_target_layers']!r} gives at {num_layers} layers "
                                   f"({layers})")
-    if routers != sorted(layers):
-        raise CheckpointError(f"{where}: routers at layers {routers} but config.json's schedule has MoD layers "
-                              f"{sorted(layers)}")
     spec.layers, spec.ratios = list(layers), ratios
     return spec
+
+
+def _check_pmod_routers(conf: dict, cfg: ModelConfig, keys, where: Path) -> None:
+    """The p-MoD routers in the weights sit at exactly the MoD layers config.json's schedule gives."""
+    routers = sorted(int(k.split(".")[2]) for k in keys if k.endswith(".router.router.weight"))
+    layers = sorted(cfg.mod.layers)
+    if routers == layers:
+        return
+    if _pmod_without_schedule(conf):
+        raise CheckpointError(f"{where}: no mod_target_layers / mod_ratios, and the routers (layers {routers}) "
+                              f"are not the default schedule's ({layers}): their ratios are unknown")
+    raise CheckpointError(f"{where}: routers at layers {routers} but config.json's schedule has MoD layers {layers}")
 
 
 def _pmod_config(cfg: ModelConfig) -> dict:
@@ -587,19 +632,24 @@ def save_authors_checkpoint(model, directory: str | os.PathLike, kind: str, fmt:
     return directory
 
 
-def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None):
-    """Load a checkpoint directory (or a locally cached hub id) into a ModVlm, tokenizer included."""
+def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None = None,
+         config: ModelConfig | None = None):
+    """Load a checkpoint directory (or a locally cached hub id) into a ModVlm, tokenizer included. `config`: the
+    checkpoint's config as `models.resolver.resolve` gave it (with its overrides), else read here."""
     from transformers import AutoTokenizer, PretrainedConfig
 
     from . import torch_dtype
     from .vlm import ModVlm
 
-    directory = resolve(path_or_hub_id)
+    directory = checkpoint_directory(path_or_hub_id)
     conf = read_json(directory / "config.json")
+    kind = detect(conf, directory / "config.json")
     state = read_state_dict(directory)
     _check_finite(state, directory)
-    detect(conf, directory / "config.json")
-    cfg, kind = config_from_checkpoint(directory, state)
+    cfg = config if config is not None else config_from_checkpoint(
+        directory, {k: tuple(v.shape) for k, v in state.items()})[0]
+    if kind == "pmod_llava_llama":
+        _check_pmod_routers(conf, cfg, state, directory / "config.json")
     if dtype:
         cfg.dtype = dtype
     try:

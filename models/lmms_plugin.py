@@ -4,7 +4,8 @@ Registered through the `lmms_eval.models` entry point (pyproject.toml -> models.
 ModelManifest; lmms-eval 0.7.3 does not consult the `@register_model` decorator of out-of-tree models.
 
 model_args: pretrained, dtype, device, batch_size, attn_implementation, protocol (lmms-eval | llava),
-records (a JSONL path for our per-sample records; default $MODBENCH_RECORDS, else none), seed, measure_flops
+records (a JSONL path for our per-sample records, default $MODBENCH_RECORDS, else none; the model as
+models.resolver resolved it goes beside them, records.jsonl -> records.model.json), seed, measure_flops
 (per sample: torch.utils.flop_counter and fvcore counts of the prefill as it ran, beside the analytic one),
 fixed_skip (γ-MoD: skip this share of the routable prompt tokens by top-k instead of the released threshold),
 resume (answer a request from its ok record in `records` instead of running the model: sample-level resume).
@@ -23,7 +24,6 @@ recomputes everything.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
@@ -35,28 +35,19 @@ from lmms_eval.api.model import lmms
 from .prompt import task_prompt
 from .routing import TOKEN_TYPE_NAMES
 
+# lmms-eval: the task YAML's generation kwargs; llava: the γ-MoD / LLaVA-HR evaluation scripts (greedy, the
+# answer length registered per benchmark in tasks/benchmarks.py).
 PROTOCOLS = ("lmms-eval", "llava")
-# The γ-MoD / LLaVA-HR evaluation scripts: greedy, max_new_tokens by answer kind.
-LLAVA_MAX_NEW_TOKENS = (("scienceqa", 1), ("mmmu", 1), ("mmvet", 64), ("mm_vet", 64), ("mmbench", 1024))
-LLAVA_DEFAULT_MAX_NEW_TOKENS = 6
 
 
 class SampleFailures(RuntimeError):
     """Some samples failed to generate; they are recorded, not scored."""
 
 
-def model_name_error(name: str) -> str | None:
-    """None when `name` is a registered variant or an existing path / hub-id-shaped name, else why not, with
-    the closest variant names (a typo must not read as a missing checkpoint directory)."""
-    import models
-
-    variants = [cfg.name for cfg in models.list_variants()]
-    hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
-    if name in variants or Path(name).expanduser().exists() or hub_id:
-        return None  # a hub id is looked up in the local cache by models.load, which says if it is absent
-    close = difflib.get_close_matches(name, variants, n=3, cutoff=0.6)
-    hint = f"did you mean {', '.join(close)}?" if close else "`modbench models` lists the variants"
-    return f"model {name!r} is neither a registered variant nor a checkpoint directory; {hint}"
+def model_record_path(records: Path) -> Path:
+    """Where the plugin records the resolved model beside its per-sample records (records.jsonl ->
+    records.model.json; one file for all ranks, written by rank 0)."""
+    return records.with_suffix(".model.json")
 
 
 def resume_records(path: Path) -> dict[str, dict]:
@@ -132,6 +123,13 @@ class _NonFiniteProbe:
         return out
 
 
+def _write_json(path: Path, payload: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")  # renamed into place: a reader never sees half a file
+    tmp.write_text(json.dumps(payload, indent=2))
+    os.replace(tmp, path)
+
+
 def _bool(value) -> bool:
     return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
 
@@ -147,41 +145,27 @@ class ModbenchLmms(lmms):
             raise ValueError(f"modbench model_args: unknown key(s) {sorted(unknown)}")
         if protocol not in PROTOCOLS:
             raise ValueError(f"modbench model_args: protocol must be one of {PROTOCOLS}, got {protocol!r}")
-        import models
-
-        problem = model_name_error(str(pretrained))
-        if problem:
-            raise ValueError(problem)
+        from .resolver import build, resolve
 
         self._rank = int(os.environ.get("RANK", 0))
         self._world_size = int(os.environ.get("WORLD_SIZE", 1))
         if not device:
             device = f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu"
-        is_variant = any(cfg.name == pretrained for cfg in models.list_variants())
-        if is_variant:
-            cfg = models.get_variant(pretrained)
-            if dtype:
-                cfg.dtype = dtype
-            if attn_implementation:
-                cfg.attn_implementation = attn_implementation
-            models.config.validate(cfg)
-            self.model = models.build_model(cfg, seed=int(seed), device=device)
-        else:
-            self.model = models.load(pretrained, dtype=dtype or None, device_map=device)
-            if attn_implementation:
-                self.model.cfg.attn_implementation = attn_implementation
-                self.model.language_model.model.hf_config._attn_implementation = attn_implementation
-        if fixed_skip not in ("", None):  # γ-MoD benchmark knob: a controlled skip ratio (ModSpec.fixed_skip)
-            if self.model.cfg.mod.scheme != "gamma":
-                raise ValueError(f"modbench model_args: fixed_skip applies to γ-MoD models, not "
-                                 f"{self.model.cfg.mod.scheme!r}")
-            self.model.cfg.mod.fixed_skip = float(fixed_skip)
-            models.config.validate(self.model.cfg)
+        # fixed_skip: a γ-MoD benchmark knob (a controlled skip ratio instead of the released threshold rule)
+        self.resolved = resolve(str(pretrained), {
+            "dtype": dtype or None, "attn_implementation": attn_implementation or None,
+            "mod.fixed_skip": None if fixed_skip in ("", None) else float(fixed_skip)})
+        scheme = self.resolved.config.mod.scheme
+        if fixed_skip not in ("", None) and scheme != "gamma":
+            raise ValueError(f"modbench model_args: fixed_skip applies to γ-MoD models, not {scheme!r}")
+        self.model = build(self.resolved, seed=int(seed), device=device)
         self.pretrained = pretrained
         self.protocol = protocol
         self.measure_flops = _bool(measure_flops)
         self.batch_size_per_gpu = int(batch_size)
         path = records or os.environ.get("MODBENCH_RECORDS", "")
+        if path and self._rank == 0:  # the suite reads the model from here instead of resolving it again
+            _write_json(model_record_path(Path(path)), self.resolved.to_record())
         if path and self._world_size > 1:
             path = f"{path}.rank{self._rank}"
         self.records_path = Path(path) if path else None
@@ -229,8 +213,10 @@ class ModbenchLmms(lmms):
 
     def _max_new_tokens(self, task: str, gen_kwargs: dict) -> int:
         if self.protocol == "llava":
-            return next((n for prefix, n in LLAVA_MAX_NEW_TOKENS if task.startswith(prefix)),
-                        LLAVA_DEFAULT_MAX_NEW_TOKENS)
+            from tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
+
+            benchmark = benchmark_of_task(task)
+            return SHORT_ANSWER_TOKENS if benchmark is None else benchmark.llava_max_new_tokens
         return int(gen_kwargs.get("max_new_tokens", 32))
 
     def _record(self, rows: list[dict]) -> None:

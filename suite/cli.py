@@ -35,24 +35,11 @@ def _sample_images():
     return samples
 
 
-def _is_variant(name: str) -> bool:
-    import models
-
-    return any(cfg.name == name for cfg in models.list_variants())
-
-
-def _build(name: str, seed: int = 0, device: str = "cpu", cfg=None):
+def _build(name: str, seed: int = 0, device: str = "cpu", overrides: dict | None = None):
     """--model: a registered variant (random weights, seeded) or a checkpoint directory / cached hub id."""
-    import models
+    from models.resolver import build, resolve
 
-    if cfg is not None or _is_variant(name):
-        return models.build_model(cfg if cfg is not None else name, seed=seed, device=device)
-    from models.lmms_plugin import model_name_error
-
-    problem = model_name_error(name)  # a misspelt variant, named as such, with the closest names
-    if problem:
-        raise ValueError(problem)
-    return models.load(name, device_map=device)
+    return build(resolve(name, overrides), seed=seed, device=device)
 
 
 def cmd_models(args) -> int:
@@ -149,10 +136,10 @@ def cmd_arank(args) -> int:
 
 
 def cmd_flops(args) -> int:
-    import models
+    from models.resolver import resolve
     from suite.flops import flops_analytic
 
-    cfg = models.config_for(args.model)
+    cfg = resolve(args.model).config
     if args.full:
         from suite.flops import flops_full_meta
 
@@ -172,7 +159,6 @@ def cmd_latency(args) -> int:
 
     import torch
 
-    import models
     from suite.latency import LatencySpec, measure_latency
     from suite.results import results_record, write_json_atomic
 
@@ -183,15 +169,8 @@ def cmd_latency(args) -> int:
     rows, runs = [], []
     for batch in batch_sizes:
         for name in names:
-            cfg = models.config_for(name)
-            if args.dtype:
-                cfg.dtype = args.dtype
-            if args.attn_implementation:
-                cfg.attn_implementation = args.attn_implementation
-            models.config.validate(cfg)
-            model = _build(name, seed=args.seed, device=args.device, cfg=cfg if _is_variant(name) else None)
-            if not _is_variant(name):
-                model = model.to(dtype=models.torch_dtype(cfg.dtype))
+            model = _build(name, seed=args.seed, device=args.device, overrides={
+                "dtype": args.dtype or None, "attn_implementation": args.attn_implementation or None})
             spec = LatencySpec(image_tokens=args.image_tokens, prompt_tokens=args.prompt_tokens,
                                new_tokens=args.new_tokens, batch_size=batch, warmup=args.warmup,
                                repeats=args.repeats, seed=args.seed)
@@ -660,9 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("data", help="benchmark data: `fixtures` (small, drawn) or `prepare` (a downloaded copy)")
     p.add_argument("action", choices=["fixtures", "prepare"])
     p.add_argument("--root", default="", help="data root (default $MODBENCH_DATA, else tasks/data)")
-    p.add_argument("--only", default="", help="fixtures: comma-separated benchmarks")
-    p.add_argument("--task", default="", help="prepare: benchmark (pope, mme, gqa, scienceqa_img, textvqa, mmmu, "
-                                              "seedbench, vizwiz_vqa, vqav2, mmbench, mmvet)")
+    p.add_argument("--only", default="", help="fixtures: comma-separated benchmarks (default: all registered)")
+    p.add_argument("--task", default="", help="prepare: a benchmark registered in tasks/benchmarks.py (its data "
+                                              "folder: pope, gqa, scienceqa_img, ...)")
     p.add_argument("--from", dest="source", default="", help="prepare: save_to_disk dir, parquet dir or file")
     p.add_argument("--images", default="", help="prepare gqa: the testdev_balanced_images copy to join")
     p.set_defaults(func=cmd_data)

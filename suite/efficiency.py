@@ -25,13 +25,11 @@ def _counts(record: dict, key: str) -> torch.Tensor:
     return out
 
 
-def efficiency_from_records(model_name: str, records: list[dict], per_task: bool = True) -> dict:
+def efficiency_from_records(cfg, records: list[dict], per_task: bool = True) -> dict:
+    """`cfg`: the ModelConfig that produced the records (the plugin's records.model.json)."""
     ok = [r for r in records if r.get("status") == "ok"]
     if not ok:
         return {}
-    import models
-
-    cfg = models.config_for(model_name)
     summary = _summarise(cfg, ok)
     if per_task:
         tasks = sorted({r["task"] for r in ok})

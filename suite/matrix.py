@@ -39,8 +39,28 @@ def load_matrix_file(path: str | Path = MATRIX_FILE) -> MatrixFile:
     if "slices" not in data or not set(data) <= {"slices", "launcher"}:
         raise ValueError(f"{path}: top level must be 'slices' and optionally 'launcher', got {sorted(data)}")
     slices = {name: from_dict(MatrixSlice, body, f"slices.{name}") for name, body in data["slices"].items()}
+    for name, slice_ in slices.items():
+        check_slice(slice_, f"{path}: slices.{name}")
     launcher = from_dict(LauncherConfig, data.get("launcher") or {}, "launcher").validate()
     return MatrixFile(slices, launcher)
+
+
+def check_slice(slice_: MatrixSlice, where: str) -> None:
+    """Every variant and task of a slice is registered (a typo fails when the file loads, not cells later)."""
+    from models.config import DTYPES, ConfigError
+    from models.resolver import model_name_error
+    from tasks.registry import close_task_names, local_tasks
+
+    problems = [problem for model in slice_.variants if (problem := model_name_error(model))]
+    known_tasks = sorted(local_tasks())
+    for task in slice_.tasks:
+        if task not in known_tasks:
+            close = close_task_names(task, known_tasks)
+            problems.append(f"task {task!r} is not a local task" + (f"; did you mean {', '.join(close)}?" if close
+                                                                    else f"; local tasks: {known_tasks}"))
+    problems += [f"dtype {d!r} is not one of {DTYPES}" for d in slice_.dtype if d not in DTYPES]
+    if problems:
+        raise ConfigError(f"{where}: " + "; ".join(problems))
 
 
 def load_matrix(path: str | Path = MATRIX_FILE) -> dict[str, MatrixSlice]:

@@ -20,7 +20,6 @@ fingerprint); rank 0 decides the attempt, merges the ranks' records into records
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import signal
@@ -126,6 +125,8 @@ def record_files(records: Path, world: int) -> list[Path]:
 
 def _start_attempt(spec: RunSpec, run_dir: Path, records: Path, world: int = 1) -> bool:
     """Decide whether this attempt resumes, clear what it replaces, record its fingerprint. True: resume."""
+    from models.lmms_plugin import model_record_path
+
     attempt_path, run_json = run_dir / "attempt.json", run_dir / "run.json"
     current = json.loads(json.dumps(fingerprint(spec, world), default=str))  # as it reads back from the file
     previous = None
@@ -139,6 +140,7 @@ def _start_attempt(spec: RunSpec, run_dir: Path, records: Path, world: int = 1) 
     resume = (previous is not None and previous.fingerprint == current and not finished_ok
               and any(f.exists() for f in files))
     run_json.unlink(missing_ok=True)  # this attempt replaces them: a half-done folder never looks finished
+    model_record_path(records).unlink(missing_ok=True)  # the plugin records the model it resolves anew
     (run_dir / "samples.jsonl").unlink(missing_ok=True)
     for stale in run_dir.glob("errors.rank*.txt"):
         stale.unlink()
@@ -154,7 +156,8 @@ def _start_attempt(spec: RunSpec, run_dir: Path, records: Path, world: int = 1) 
 
 def check_names(spec: RunSpec, manager) -> None:
     """A misspelt model or task is named as such, with the closest names (difflib), before anything runs."""
-    from models.lmms_plugin import model_name_error
+    from models.resolver import model_name_error
+    from tasks.registry import close_task_names
 
     problem = model_name_error(spec.model)
     if problem:
@@ -164,9 +167,8 @@ def check_names(spec: RunSpec, manager) -> None:
     if unknown:
         hints = []
         for task in unknown:
-            close = ([f"{task}_local"] if f"{task}_local" in local else []) + difflib.get_close_matches(
-                task, local, n=3, cutoff=0.6)
-            hints.append(f"{task!r} (did you mean {', '.join(dict.fromkeys(close))}?)" if close else repr(task))
+            close = close_task_names(task, local)
+            hints.append(f"{task!r} (did you mean {', '.join(close)}?)" if close else repr(task))
         raise ValueError(f"unknown task(s) {', '.join(hints)}; local tasks: {local}")
 
 
@@ -289,17 +291,7 @@ def run(spec: RunSpec, progress: bool = True, handle_sigterm: bool = True) -> Ru
     status = "interrupted" if interrupted is not None else "failed" if errors else "ok"
     from suite.efficiency import efficiency_from_records
 
-    resolved = {}
-    try:  # what actually ran, where the spec left the variant's defaults
-        if interrupted is not None:  # a checkpoint's config reads its weights: not in a SIGTERM grace period
-            raise interrupted
-        import models
-
-        cfg = models.config_for(spec.model)
-        resolved = {"dtype": spec.dtype or cfg.dtype, "attn_implementation": spec.attn_implementation or
-                    cfg.attn_implementation, "mod_scheme": cfg.mod.scheme, "mod_layers": list(cfg.mod.layers)}
-    except (Exception, KeyboardInterrupt) as exc:  # the model itself failed: already among the errors
-        resolved = {"error": f"{type(exc).__name__}: {exc}"}
+    resolved, model_config = _resolved_model(records)
     import torch
 
     from suite.latency import peak_memory_bytes
@@ -308,8 +300,8 @@ def run(spec: RunSpec, progress: bool = True, handle_sigterm: bool = True) -> Ru
     payload = {
         "status": status, "errors": errors, "resolved": resolved, "metrics": metrics,
         "peak_memory": peak_memory_bytes(device),
-        "efficiency": efficiency_from_records(spec.model, sample_records) if sample_records and interrupted is None
-        else None,
+        "efficiency": efficiency_from_records(model_config, sample_records)
+        if sample_records and model_config is not None and interrupted is None else None,
         "n_samples": len(samples), "n_records": len(sample_records), "resumed_samples": resumed,
         "files": {"samples": "samples.jsonl", "records": "records.jsonl", "attempt": "attempt.json"},
     }
@@ -321,6 +313,21 @@ def run(spec: RunSpec, progress: bool = True, handle_sigterm: bool = True) -> Ru
     if world > 1 and evaluated:  # the other ranks wait for the verdict (their exit status follows it)
         _process_group().broadcast_object_list([status, errors[:1]], src=0)
     return RunOutcome(status, run_dir, errors, metrics, resumed)
+
+
+def _resolved_model(records: Path) -> tuple[dict, object]:
+    """What actually ran, as the plugin resolved and recorded it (records.model.json): run.json's `resolved`
+    block and the model config, or (why there is none, None) when the model never loaded."""
+    from models.lmms_plugin import model_record_path
+    from models.resolver import ResolvedModel
+
+    path = model_record_path(records)
+    if not path.exists():  # the plugin failed before it resolved the model: that error is among the errors
+        return {"error": f"no {path.name}: the model was not resolved"}, None
+    resolved = ResolvedModel.from_record(json.loads(path.read_text()))
+    cfg = resolved.config
+    return {"dtype": cfg.dtype, "attn_implementation": cfg.attn_implementation, "mod_scheme": cfg.mod.scheme,
+            "mod_layers": list(cfg.mod.layers), "model": resolved.to_record()}, cfg
 
 
 def _process_group():

@@ -111,11 +111,9 @@ class TrainConfig:
 def load_base_model(cfg: TrainConfig):
     """A variant (its random init, seeded) or a checkpoint directory, in float32 (mixed precision is
     accelerate's autocast, not the parameters' dtype)."""
-    import models
+    from models.resolver import build, resolve
 
-    if any(c.name == cfg.model for c in models.list_variants()):
-        return models.build_model(cfg.model, seed=cfg.seed).float()
-    return models.load(cfg.model, dtype="float32")
+    return build(resolve(cfg.model, {"dtype": "float32"}), seed=cfg.seed)
 
 
 def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | None = None, log=print):

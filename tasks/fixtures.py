@@ -271,14 +271,10 @@ def mmvet(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
     return [_write(rows, root / "mmvet" / "test.parquet")]
 
 
-GENERATORS = {"pope": pope, "mme": mme, "gqa": gqa, "scienceqa_img": scienceqa_img, "textvqa": textvqa,
-              "mmmu": mmmu, "seedbench": seedbench, "vizwiz_vqa": vizwiz_vqa, "vqav2": vqav2, "mmbench": mmbench,
-              "mmvet": mmvet}
-
-
 def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list[str]]:
+    """Every registered benchmark's fixture (tasks/benchmarks.py), or those named in `only`."""
+    from tasks.benchmarks import get_benchmark, list_benchmarks
+
     root = Path(root)
-    unknown = sorted(set(only or []) - set(GENERATORS))
-    if unknown:
-        raise ValueError(f"unknown fixture benchmark(s) {unknown}; known: {sorted(GENERATORS)}")
-    return {name: [str(p) for p in GENERATORS[name](root)] for name in (only or GENERATORS)}
+    chosen = [get_benchmark(name) for name in only] if only else list_benchmarks()
+    return {b.name: [str(p) for p in b.fixture(root)] for b in chosen}

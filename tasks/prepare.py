@@ -10,23 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# benchmark -> (our split files: {our split: accepted source split names}, required columns)
-LAYOUTS = {
-    "pope": ({"adversarial": ["adversarial"], "popular": ["popular"], "random": ["random"]},
-             ["question_id", "question", "answer", "image", "category"]),
-    "mme": ({"test": ["test"]}, ["question_id", "question", "answer", "image", "category"]),
-    "gqa": ({"testdev": ["testdev", "test"]}, ["id", "imageId", "question", "answer", "image"]),
-    "scienceqa_img": ({"test": ["test"]}, ["image", "question", "choices", "answer", "hint"]),
-    "textvqa": ({"validation": ["validation", "val"]}, ["question_id", "question", "image", "answers", "ocr_tokens"]),
-    "mmmu": ({"validation": ["validation", "dev"]}, ["id", "question", "options", "answer", "question_type", "image_1"]),
-    "seedbench": ({"test": ["test"]}, ["question_id", "question", "choice_a", "choice_b", "choice_c", "choice_d",
-                                       "answer", "data_type", "image"]),
-    "vizwiz_vqa": ({"val": ["val", "validation"]}, ["question_id", "question", "image", "answers"]),
-    "vqav2": ({"validation": ["validation", "val"]}, ["question_id", "question", "image", "answers"]),
-    "mmbench": ({"dev": ["dev"]}, ["index", "question", "hint", "A", "B", "answer", "image"]),
-    "mmvet": ({"test": ["test"]}, ["question_id", "question", "answer", "image"]),
-}
-
 
 def _load(source: Path):
     import datasets
@@ -45,9 +28,10 @@ def _load(source: Path):
 
 
 def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | Path | None = None) -> list[Path]:
-    if benchmark not in LAYOUTS:
-        raise ValueError(f"--task: unknown benchmark {benchmark!r}; known: {sorted(LAYOUTS)}")
-    splits, columns = LAYOUTS[benchmark]
+    from tasks.benchmarks import get_benchmark
+
+    registered = get_benchmark(benchmark)
+    splits, columns = registered.splits, list(registered.columns)
     data = _load(Path(source))
     if benchmark == "pope" and not any(s in data for s in splits) and "category" in data[next(iter(data))].column_names:
         whole = data[next(iter(data))]
@@ -70,10 +54,8 @@ def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | 
                              + (" (GQA: pass --images with the testdev_balanced_images copy)" if "image" in missing
                                 and benchmark == "gqa" else ""))
         _check_images(split, f"{source} [{name}]")
-        if benchmark == "scienceqa_img":
-            split = split.filter(lambda row: row["image"] is not None)
-        if benchmark == "seedbench":  # the papers report SEED^I: image questions only
-            split = split.filter(lambda row: row["data_type"] == "image")
+        if registered.keep_row is not None:
+            split = split.filter(registered.keep_row)
         out = Path(root) / benchmark / f"{ours}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
         from tasks.fixtures import write_parquet

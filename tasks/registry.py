@@ -34,6 +34,15 @@ def local_tasks() -> dict[str, dict]:
     return out
 
 
+def close_task_names(task: str, known: list[str]) -> list[str]:
+    """The local tasks a misspelt or built-in task name most likely meant (`gqa` -> gqa_local)."""
+    import difflib
+
+    close = ([f"{task}_local"] if f"{task}_local" in known else []) + difflib.get_close_matches(task, known, n=3,
+                                                                                              cutoff=0.6)
+    return list(dict.fromkeys(close))
+
+
 def data_files_for(task: str) -> list[Path]:
     entry = local_tasks().get(task)
     if entry is None:

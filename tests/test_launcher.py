@@ -89,26 +89,29 @@ def test_debug_jobs_resubmit_a_failed_cell_which_resumes_and_a_failing_cell_fail
         tmp_path, data_root, monkeypatch, capsys):
     """submitit's debug executor runs each job in this process: the first attempt of tiny-llava fails on its
     second sample, the resubmitted job answers the two finished samples from their records and runs only the
-    failed one; a misspelt variant fails every attempt, is listed, and the matrix exits non-zero."""
+    failed one; a model whose generation always raises fails every attempt, is listed, and the matrix exits
+    non-zero."""
     from models.vlm import ModVlm
 
     calls = []
     original = ModVlm.generate
 
     def second_call_fails_once(self, prompts, *args, **kwargs):
+        if self.cfg.mod.scheme == "gamma":  # the cell that fails every attempt
+            raise RuntimeError("broken model")
         calls.append(len(prompts))
         if len(calls) == 2:
             raise RuntimeError("node lost")
         return original(self, prompts, *args, **kwargs)
 
     monkeypatch.setattr(ModVlm, "generate", second_call_fails_once)
-    matrix = _matrix(tmp_path, ["tiny-llava", "tiny-lava"], "launcher:\n  kind: slurm\n  submitit: debug\n"
+    matrix = _matrix(tmp_path, ["tiny-llava", "tiny-llava-gmod"], "launcher:\n  kind: slurm\n  submitit: debug\n"
                                                             "  retries: 1\n  gpus: 0\n")
     code = main(_argv(tmp_path, matrix, data_root))
     printed = capsys.readouterr()
     assert code == 1, printed.err[-3000:]
     failed = [line for line in printed.err.splitlines() if line.startswith("FAILED ")]
-    assert len(failed) == 1 and failed[0].startswith("FAILED tiny-lava__") and "did you mean" in failed[0]
+    assert len(failed) == 1 and failed[0].startswith("FAILED tiny-llava-gmod__") and "broken model" in failed[0]
     assert "1 of 2 cell(s) failed" in printed.err and "retry   tiny-llava__" in printed.out
     run = _run_json(tmp_path, "tiny-llava")
     assert run["status"] == "ok" and run["resumed_samples"] == 2 and run["n_samples"] == 3

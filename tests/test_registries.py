@@ -1,0 +1,80 @@
+"""Registries are the only lists: matrix slices, table rows and per-benchmark settings name registered things."""
+
+import pytest
+
+from models.config import ConfigError
+
+
+def _slice(tmp_path, variants: str, tasks: str):
+    path = tmp_path / "matrix.yaml"
+    path.write_text(f"slices:\n  s:\n    variants: [{variants}]\n    tasks: [{tasks}]\n")
+    return path
+
+
+def test_a_matrix_slice_with_an_unknown_variant_or_task_fails_to_load(tmp_path):
+    from suite.matrix import load_matrix
+
+    assert load_matrix(_slice(tmp_path, "tiny-llava, tiny-llava-gmod", "gqa_local, pope_local"))["s"].variants
+    with pytest.raises(ConfigError, match=r"slices\.s: model 'tiny-lava-gmod' is neither a registered variant nor a "
+                                          r"checkpoint directory; did you mean tiny-llava-gmod"):
+        load_matrix(_slice(tmp_path, "tiny-llava, tiny-lava-gmod", "gqa_local"))
+    with pytest.raises(ConfigError, match=r"task 'pope_lcal' is not a local task; did you mean pope_local"):
+        load_matrix(_slice(tmp_path, "tiny-llava", "pope_lcal"))
+    with pytest.raises(ConfigError, match=r"task 'gqa' is not a local task; did you mean gqa_local"):
+        load_matrix(_slice(tmp_path, "tiny-llava", "gqa"))
+
+
+def test_every_local_task_reads_a_registered_benchmark_and_every_benchmark_is_read():
+    from tasks.benchmarks import benchmark_of_task, list_benchmarks
+    from tasks.registry import local_tasks
+
+    read = {benchmark_of_task(task).name for task in local_tasks()}  # raises for an unregistered data folder
+    assert read == {b.name for b in list_benchmarks()}
+
+
+@pytest.mark.parametrize("task, tokens", [
+    ("scienceqa_img_local", 1), ("mmmu_val_local", 1), ("mmvet_local", 64), ("mmbench_en_dev_local", 1024),
+    ("gqa_local", 6), ("pope_local_random", 6), ("textvqa_val_ocr_local", 6),
+    ("mmbench_en_dev", 1024), ("scienceqa_img", 1),  # lmms-eval's built-in tasks of the same benchmarks
+])
+def test_the_llava_protocol_answer_length_is_the_benchmarks(task, tokens):
+    from tasks.benchmarks import benchmark_of_task
+
+    assert benchmark_of_task(task).llava_max_new_tokens == tokens
+
+
+def test_a_task_of_no_benchmark_gets_the_short_answer_length():
+    from models.lmms_plugin import ModbenchLmms
+    from tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
+
+    assert benchmark_of_task("realworldqa") is None
+    plugin = ModbenchLmms.__new__(ModbenchLmms)  # only the protocol matters here
+    plugin.protocol = "llava"
+    assert plugin._max_new_tokens("realworldqa", {"max_new_tokens": 99}) == SHORT_ANSWER_TOKENS
+    assert plugin._max_new_tokens("mmvet_local", {"max_new_tokens": 99}) == 64
+    plugin.protocol = "lmms-eval"
+    assert plugin._max_new_tokens("mmvet_local", {"max_new_tokens": 99}) == 99
+
+
+def test_an_unknown_benchmark_is_named_with_the_closest():
+    from tasks.benchmarks import get_benchmark
+    from tasks.fixtures import write_all
+
+    with pytest.raises(ValueError, match=r"unknown benchmark 'scienceqa'; did you mean scienceqa_img"):
+        get_benchmark("scienceqa")
+    with pytest.raises(ValueError, match=r"unknown benchmark 'popee'"):
+        write_all("/nonexistent", ["popee"])
+
+
+def test_the_tables_rows_name_registered_variants_and_reproduction_rows():
+    """A renamed variant or reproduction row must not turn a table row into "not run" unnoticed."""
+    import models
+    from suite.reproduce import ROWS
+    from suite.tables import TABLES
+
+    variants = {cfg.name for cfg in models.list_variants()}
+    for spec in TABLES:
+        for key, sources in spec.rows.items():
+            for name in (sources.released, sources.tiny):
+                assert not name or name in variants, (spec.name, key, name)
+            assert not sources.trained or sources.trained in ROWS, (spec.name, key, sources.trained)
