@@ -21,7 +21,6 @@ from suite.tables import (
     write_index,
 )
 
-TYPES = ("system", "image", "question", "response")
 PAPER_POINTS = ("gamma_mod_table3", "pmod_table1")  # one point per MoD row (Table 1's ablations in grey)
 OURS_STYLE = {RELEASED: dict(marker="o", color="tab:red", label="ours: released checkpoint"),
               TRAINED: dict(marker="^", color="tab:green", label="ours: trained here (CPU scale)"),
@@ -93,6 +92,9 @@ def accuracy_change_vs_tflops_ratio(runs: dict, out: Path) -> list[Path]:
 
 
 def skip_heatmaps(runs: dict, out: Path) -> list[Path]:
+    from models.routing import TOKEN_TYPE_NAMES
+
+    types = [t for t in TOKEN_TYPE_NAMES if t != "pad"]
     first = [(key.replace("trained:", "trained "), seeds[min(seeds)]) for key, seeds in runs.items()]
     mod_runs = [(name, run) for name, run in first
                 if run.get("resolved", {}).get("mod_scheme") not in (None, "dense") and run.get("efficiency")]
@@ -102,9 +104,9 @@ def skip_heatmaps(runs: dict, out: Path) -> list[Path]:
     for i, (name, run) in enumerate(mod_runs):
         axis = fig.add_subplot(len(mod_runs), 1, i + 1)
         layers = run["efficiency"]["routing_all_tokens"]["per_layer"]
-        grid = [[layer.get(f"skip_{t}", float("nan")) for layer in layers] for t in TYPES]
+        grid = [[layer.get(f"skip_{t}", float("nan")) for layer in layers] for t in types]
         image = axis.imshow(grid, aspect="auto", vmin=0, vmax=1, cmap="viridis")
-        axis.set(yticks=range(len(TYPES)), yticklabels=TYPES, title=f"{name}: skip ratio per layer")
+        axis.set(yticks=range(len(types)), yticklabels=types, title=f"{name}: skip ratio per layer")
         axis.set_xticks(range(len(layers)))
         fig.colorbar(image, ax=axis, fraction=0.03)
     axis.set_xlabel("layer")

@@ -78,3 +78,10 @@ def test_the_tables_rows_name_registered_variants_and_reproduction_rows():
             for name in (sources.released, sources.tiny):
                 assert not name or name in variants, (spec.name, key, name)
             assert not sources.trained or sources.trained in ROWS, (spec.name, key, sources.trained)
+
+
+def test_the_plots_name_registered_tables():
+    from suite.plots import PAPER_POINTS
+    from suite.tables import TABLES
+
+    assert set(PAPER_POINTS) <= {spec.name for spec in TABLES}
