@@ -86,6 +86,26 @@ def test_image_dependence_names_the_benchmarks_the_dense_model_loses_with_swappe
     assert image_dependence(Summary(_result(gamma_acc=70.0))) == []  # no swapped run: no section, no extra claims
 
 
+def test_above_chance_says_where_the_dense_model_clears_chance_and_where_it_does_not():
+    from suite.reproduce_report import Summary, above_chance, render
+
+    chance = {"pope_local": 0.5, "gqa_local": 0.33, "scienceqa_img_local": 0.25, "textvqa_val_local": 0.125,
+              "mme_local": 0.5, "mmbench_en_dev_local": 0.25 ** 4}
+    result = _result(gamma_acc=70.0, n=60)
+    seed = result["seeds"][0]
+    seed["corpus"]["eval"]["chance"] = chance
+    dense = seed["evals"]["dense|released"]["acc"]
+    dense.update({"GQA": 80.0, "SQA-IMG": 26.0, "TextVQA": 2.0, "POPE": 51.0, "MME": 60.0, "MMB": 20.0})
+    seed["evals"]["dense|swapped"] = _eval(30.0, 1.0, 0.0, 60)
+    found = above_chance(Summary(result))
+    assert {c: v[2] for c, v in found.items()} == {"GQA": "yes", "SQA-IMG": "no", "TextVQA": "below",
+                                                    "POPE": "no", "MME": "yes", "MMB": "yes"}
+    assert found["GQA"][0] == pytest.approx(47.0) and found["GQA"][1] == pytest.approx(100 * (0.33 * 0.67 / 60) ** 0.5)
+    assert found["MME"][0] == pytest.approx(60.0 - 37.5)  # MME's chance: accuracy and accuracy+ of a coin
+    markdown, _, _ = render(result)
+    assert "| TextVQA | 12.5 | 2.0 | below (-10.5, se 4.3) |" in markdown
+
+
 def test_swapped_copy_keeps_the_questions_and_gives_each_image_to_other_questions(tmp_path):
     import pandas as pd
 
