@@ -1,13 +1,9 @@
-"""Loading (and, for tests and tiny fixtures, writing) the authors' released checkpoint layouts.
+"""Loading (and, for tests and tiny fixtures, writing) the authors' released checkpoint layouts: the generic IO.
 
-The family is picked from config.json (model_type and keys), never from the directory name:
-- "llava" (haotian-liu layout, LLaVA-1.5) and "llava" + is_multipath_encoder (LLaVA-HR);
-- "mod_llava_llama" with its nested "mod" dict (γ-MoD; LLaVA-HR host when is_multipath_encoder);
-- "pmod_llava_llama" (p-MoD on LLaVA-1.5);
-- any of the authors' layouts with image_aspect_ratio "anyres" (LLaVA-NeXT, p-MoD-LLaVA-NeXT);
-- "mgm" / "mod_mgm" (Mini-Gemini-HD and its γ-MoD models: vision_tower_aux, vlm_uni_* projectors);
-  their ConvNeXt blocks' layer scale is `gamma` (timm's name), LLaVA-HR's is `weight` (the authors' copy);
-- llava-hf "llava" and "llava_next" (nested text_config / vision_config).
+What differs per host (key prefixes, which config.json it is, its vision fields) is declared by each host
+family's module and looked up in models/hosts.py; nothing here names a family. The family is picked from
+config.json (model_type and the fields a family claims, e.g. is_multipath_encoder or image_aspect_ratio
+anyres), never from the directory name; llava-hf's "llava" / "llava_next" (nested text_config) are read too.
 
 Weights: pytorch_model.bin or model.safetensors, single or sharded with an index json. Missing or unexpected
 keys are an error that lists them; γ-MoD's router, repeated per MoD layer, must be identical in every copy.
@@ -18,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
+from functools import cache
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -27,12 +23,12 @@ from .config import (
     DTYPES,
     PMOD_TARGET_TOKENS,
     ConfigError,
-    ConvNextConfig,
     LlmConfig,
     ModelConfig,
     ModSpec,
     VisionConfig,
 )
+from .hosts import CheckpointError, ConfigSource, HostFamily, KeyLayout, host_families, host_family
 
 KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
@@ -40,79 +36,19 @@ KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14": dict(image_size=224, patch_size=14, hidden_size=1024, num_layers=24,
                                           num_heads=16, intermediate_size=4096),
 }
-SUPPORTED = "llava, mod_llava_llama, pmod_llava_llama, llava / llava_next (llava-hf)"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt or does not match the model; the message names file and key."""
+HF_LLAVA_KIND = "hf-llava"  # the layout name of every llava-hf checkpoint (the family comes from its model_type)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# key layouts: (our prefix, their prefix), first match wins, and the ConvNeXt layer-scale name; one place for
-# each layout. tests/fixtures/authors_layouts/ lists the authors' keys, read from their module definitions.
-class KeyLayout(NamedTuple):
-    name: str
-    prefixes: tuple[tuple[str, str], ...]
-    # Name of a ConvNeXt block's layer-scale vector in their keys; ours are timm's, which call it `gamma`.
-    layer_scale: str = "gamma"
-
+# key layouts: each host family's module declares its own (models/hosts.py); renaming here is generic.
 
 # A parameter directly on a ConvNeXt block (conv_dw, norm, mlp are submodules): only the layer scale.
 CONVNEXT_BLOCK_PARAM = re.compile(r"(stages\.\d+\.blocks\.\d+\.)([A-Za-z_]\w*)$")
 
-AUTHORS_LLAVA_PREFIXES = (
-    ("vision.image_newline", "model.image_newline"),  # LLaVA-NeXT (spatial_unpad)
-    ("language_model.model.embed_tokens.", "model.embed_tokens."),
-    ("language_model.model.layers.", "model.layers."),
-    ("language_model.model.norm.", "model.norm."),
-    ("language_model.lm_head.", "lm_head."),
-    ("vision.projector.", "model.mm_projector."),
-    ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
-)
-AUTHORS_LLAVA_HR_PREFIXES = (
-    *AUTHORS_LLAVA_PREFIXES[1:6],
-    ("vision.vision_tower.fast_vision_tower.", "model.vision_tower.fast_vision_tower.vision_tower.vision_model."),
-    ("vision.vision_tower.slow_vision_tower.", "model.vision_tower.slow_vision_tower.vision_tower."),
-    ("vision.vision_tower.align_stages_latent.", "model.vision_tower.align_stages_latent."),
-    ("vision.vision_tower.align_stages.", "model.vision_tower.align_stages."),
-)
-MGM_PREFIXES = (
-    *AUTHORS_LLAVA_PREFIXES[1:6],
-    ("vision.vision_tower_aux.", "model.vision_tower_aux."),
-    ("vision.query_projector.", "model.vlm_uni_query_projector."),
-    ("vision.aux_projector.", "model.vlm_uni_aux_projector."),
-    ("vision.val_projector.", "model.vlm_uni_val_projector."),
-    ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
-)
-# LLaVA-HR's ConvNeXt is the authors' copy of timm's (luogen1996/LLaVA-HR, also in Yaxin9Luo/Gamma-MOD:
-# multimodal_encoder/convnext.py) with the block's layer scale renamed `weight`, as every LLaVA-HR, LLaVA-HR-X
-# and γ-MoD-LLaVA-HR release holds it. Mini-Gemini's is open_clip's timm trunk (dvlab-research/MGM
-# openclip_encoder.py) saved as built, so its releases keep `gamma`.
-AUTHORS_LLAVA = KeyLayout("LLaVA", AUTHORS_LLAVA_PREFIXES)
-AUTHORS_LLAVA_HR = KeyLayout("LLaVA-HR", AUTHORS_LLAVA_HR_PREFIXES, layer_scale="weight")
-MGM = KeyLayout("Mini-Gemini", MGM_PREFIXES, layer_scale="gamma")
-HF_LLAVA_PREFIXES = (  # llava and llava_next
-    ("language_model.model.", "model.language_model."),
-    ("vision.image_newline", "model.image_newline"),
-    ("language_model.lm_head.", "lm_head."),
-    ("vision.vision_tower.", "model.vision_tower."),
-    ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
-    ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
-)
-# llava-hf checkpoints as saved on the hub (and by save_pretrained, for compatibility) use these; read only.
-HF_LLAVA = KeyLayout("llava-hf", HF_LLAVA_PREFIXES)
-HF_LLAVA_LEGACY = (
-    ("model.language_model.", "language_model.model."),
-    ("lm_head.", "language_model.lm_head."),
-    ("model.image_newline", "image_newline"),
-    ("model.vision_tower.", "vision_tower."),
-    ("model.multi_modal_projector.", "multi_modal_projector."),
-)
-
 
 def to_hf_llava_state_dict(state: dict) -> dict:
     """Our LLaVA-1.5 state dict in transformers' LlavaForConditionalGeneration names (parity tests)."""
-    out, unmatched = _rename(state, HF_LLAVA)
+    out, unmatched = _rename(state, host_family("llava").hf.layout)
     if unmatched:
         raise KeyError(f"no transformers LLaVA key for {unmatched[:5]}")
     return out
@@ -286,28 +222,43 @@ def _clip_dims(name: str, directory: Path) -> dict:
                 intermediate_size=conf["intermediate_size"])
 
 
-def _convnext_from_shapes(shapes: dict[str, tuple[int, ...]], prefix: str, stages: str = "stages") -> ConvNextConfig:
-    depths, dims = [], []
-    for stage in range(4):
-        head = f"{prefix}{stages}.{stage}.blocks."
-        blocks = {key[len(head):].split(".")[0] for key in shapes if key.startswith(head)}
-        if not blocks:
-            raise CheckpointError(f"no weights under {head}")
-        depths.append(len(blocks))
-        dims.append(shapes[f"{head}0.conv_dw.weight"][0])
-    head = shapes.get(f"{prefix}head.pre_logits.fc.weight")
-    classifier = shapes.get(f"{prefix}head.fc.weight")
-    return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head[0] if head is not None else 0,
-                          num_classes=classifier[0] if classifier is not None else 0, timm_name="")
+def _supported() -> str:
+    families = host_families().values()
+    authors = sorted({release.model_type for family in families for release in family.releases.values()})
+    hf = sorted({family.hf.model_type for family in families if family.hf is not None})
+    return f"{', '.join(authors)}, {' / '.join(hf)} (llava-hf)"
 
 
 def detect(conf: dict, where: Path) -> str:
+    """The layout: the authors' model_type, or HF_LLAVA_KIND for transformers' nested configs."""
     model_type = conf.get("model_type")
-    if model_type in ("llava", "llava_next") and "text_config" in conf:
-        return "hf-llava"
-    if model_type in ("llava", "mod_llava_llama", "pmod_llava_llama", "mgm", "mod_mgm"):
+    families = host_families().values()
+    if "text_config" in conf and any(f.hf is not None and f.hf.model_type == model_type for f in families):
+        return HF_LLAVA_KIND
+    if any(release.model_type == model_type for f in families for release in f.releases.values()):
         return model_type
-    raise CheckpointError(f"{where}: unknown model_type {model_type!r}; supported: {SUPPORTED}")
+    raise CheckpointError(f"{where}: unknown model_type {model_type!r}; supported: {_supported()}")
+
+
+def release_of(conf: dict, kind: str, where: Path) -> tuple[HostFamily, str]:
+    """(host family, routing scheme) of a config.json in layout `kind`. Of the families released under its
+    model_type, the one that claims it (from fields such as is_multipath_encoder), else the one claiming none."""
+    families = host_families().values()
+    if kind == HF_LLAVA_KIND:
+        return next(f for f in families if f.hf is not None and f.hf.model_type == conf["model_type"]), "dense"
+    candidates = [(family, scheme) for family in families for scheme, release in family.releases.items()
+                  if release.model_type == kind]
+    claimed = [c for c in candidates if c[0].claims is not None and c[0].claims(conf)]
+    if len(claimed) > 1:
+        raise CheckpointError(f"{where}: config.json fits the {' and the '.join(f.name for f, _ in claimed)} "
+                              "layouts at once")
+    fallback = [c for c in candidates if c[0].claims is None]
+    return (claimed or fallback)[0]
+
+
+def release_layout(cfg: ModelConfig) -> str:
+    """The layout (model_type) a model is written in: its host family's release of its scheme."""
+    return host_family(cfg.family).release(cfg.mod.scheme).model_type
 
 
 def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] | None = None
@@ -317,49 +268,23 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
     where = directory / "config.json"
     conf = read_json(where)
     kind = detect(conf, where)
-    if kind == "hf-llava":
+    family, scheme = release_of(conf, kind, where)
+    if kind == HF_LLAVA_KIND:
         text, vis = conf["text_config"], conf["vision_config"]
-        vision = VisionConfig(kind="clip", select_layer=conf.get("vision_feature_layer", -2),
+        vision = VisionConfig(kind=family.vision_kind, select_layer=conf.get("vision_feature_layer", -2),
                               image_size=vis["image_size"], patch_size=vis["patch_size"],
                               hidden_size=vis["hidden_size"], num_layers=vis["num_hidden_layers"],
                               num_heads=vis["num_attention_heads"], intermediate_size=vis["intermediate_size"])
-        family = "llava"
-        if conf["model_type"] == "llava_next":
-            family, vision.kind = "llava-next", "anyres"
-            vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]
-        return ModelConfig(name=directory.name, family=family, llm=_llm_from(text, where), vision=vision,
+        family.hf.read_vision(vision, conf)
+        return ModelConfig(name=directory.name, family=family.name, llm=_llm_from(text, where), vision=vision,
                            dtype=declared_dtype(conf)), kind
     llm = _llm_from(conf, where)
     dims = _clip_dims(conf.get("mm_vision_tower") or conf.get("vision_tower", ""), directory)
-    vision = VisionConfig(kind="clip", select_layer=conf.get("mm_vision_select_layer", -2), **dims)
-    family = "llava"
-    if str(conf.get("image_aspect_ratio", "")).startswith("anyres"):
-        if "image_grid_pinpoints" not in conf:
-            raise CheckpointError(f"{where}: image_aspect_ratio anyres without image_grid_pinpoints")
-        family, vision.kind = "llava-next", "anyres"
-        # The authors' code reads each entry as (width, height) (haotian-liu/LLaVA mm_utils.py
-        # select_best_resolution); ours are [height, width]. Order kept: it decides ties.
-        vision.grid_pinpoints = [list(p)[::-1] for p in conf["image_grid_pinpoints"]]
-    if kind in ("mgm", "mod_mgm"):
-        shapes = weight_shapes(directory) if shapes is None else shapes
-        family, vision.kind = "mgm-hd", "mgm-hd"
-        vision.input_image_size = int(conf.get("image_size_aux", 1536))
-        vision.image_grid = int(conf.get("image_grid", 1))
-        vision.image_global = bool(conf.get("image_global", False))
-        vision.convnext = _convnext_from_shapes(shapes, "model.vision_tower_aux.", "vision_stages")
-    if conf.get("is_multipath_encoder"):
-        family = "llava-hr"
-        shapes = weight_shapes(directory) if shapes is None else shapes
-        vision.kind = "multipath"
-        vision.input_image_size = int(conf.get("input_image_size", 1024))
-        vision.adapters = not conf.get("freeze_vision", False)
-        vision.convnext = _convnext_from_shapes(shapes, "model.vision_tower.slow_vision_tower.vision_tower.")
-        slow_name = str(conf.get("vision_tower_slow", ""))
-        vision.convnext.timm_name = slow_name
-        if "xxlarge" in slow_name:  # the authors build convnext_xxlarge with LayerNorm eps 1e-5
-            vision.convnext.norm_eps = 1e-5
+    vision = VisionConfig(kind=family.vision_kind, select_layer=conf.get("mm_vision_select_layer", -2), **dims)
+    read_shapes = cache(lambda: weight_shapes(directory) if shapes is None else shapes)
+    family.read_vision(vision, ConfigSource(conf, directory, read_shapes))
     mod = ModSpec()
-    if kind in ("mod_llava_llama", "mod_mgm"):
+    if scheme == "gamma":
         spec = conf.get("mod")
         if not isinstance(spec, dict) or "mod_layers_idx" not in spec:
             raise CheckpointError(f"{where}: {kind} without a 'mod' dict holding mod_layers_idx")
@@ -373,10 +298,10 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
                       decode_threshold=float(spec.get("decode_threshold", 0.5)),
                       shared_router=bool(spec.get("shared_router", True)),
                       masked_tokens=str(spec.get("masked_tokens", "qa")))
-    elif kind == "pmod_llava_llama":
+    elif scheme == "pmod":
         mod = _pmod_spec(conf, llm.num_layers, where)
     try:
-        cfg = ModelConfig(name=directory.name, family=family, llm=llm, vision=vision, mod=mod,
+        cfg = ModelConfig(name=directory.name, family=family.name, llm=llm, vision=vision, mod=mod,
                           dtype=declared_dtype(conf))
     except ConfigError as exc:
         raise CheckpointError(f"{where}: {exc}") from None
@@ -487,11 +412,8 @@ def _pmod_config(cfg: ModelConfig) -> dict:
 
 
 def _layout(cfg: ModelConfig, kind: str) -> KeyLayout:
-    if kind == "hf-llava":
-        return HF_LLAVA
-    if cfg.family == "mgm-hd":
-        return MGM
-    return AUTHORS_LLAVA_HR if cfg.family == "llava-hr" else AUTHORS_LLAVA
+    family = host_family(cfg.family)
+    return family.hf.layout if kind == HF_LLAVA_KIND else family.layout
 
 
 # Buffers that older transformers saved with the weights (Llama's rotary inv_freq, CLIP's position_ids); both
@@ -526,8 +448,9 @@ def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) ->
             routing[f"language_model.model.routing.routers.{layer}.router.{key.rsplit('.', 1)[1]}"] = state.pop(key)
         for key in [k for k in state if ".decoder_layer." in k]:
             state[key.replace(".decoder_layer.", ".")] = state.pop(key)
-    if kind == "hf-llava":
-        state = {next((new + k[len(old):] for new, old in HF_LLAVA_LEGACY if k.startswith(old)), k): v
+    if kind == HF_LLAVA_KIND:
+        legacy = host_family(cfg.family).hf.legacy_prefixes
+        state = {next((new + k[len(old):] for new, old in legacy if k.startswith(old)), k): v
                  for k, v in state.items()}
     layout = _layout(cfg, kind)
     _check_layer_scale(state, layout, where)
@@ -565,10 +488,12 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
     """config.json as the authors write it (the fields our loader and their builders read)."""
     cfg = model.cfg
     llm = cfg.llm
+    family = host_family(cfg.family)
+    release = family.release(cfg.mod.scheme)
+    if kind != release.model_type:
+        raise ValueError(f"{cfg.mod.scheme} on {family.name} is released as {release.model_type!r}, not {kind!r}")
     base = {
-        "architectures": [{"llava": "LlavaLlamaForCausalLM", "mod_llava_llama": "MoDLLaVALlamaForCausalLM",
-                           "pmod_llava_llama": "PmodLlavaLlamaForCausalLM", "mgm": "MGMLlamaForCausalLM",
-                           "mod_mgm": "MoDMGMLlamaForCausalLM"}[kind]],
+        "architectures": [release.architecture],
         "model_type": kind, "hidden_size": llm.hidden_size, "intermediate_size": llm.intermediate_size,
         "num_hidden_layers": llm.num_layers, "num_attention_heads": llm.num_heads,
         "num_key_value_heads": llm.num_kv_heads, "vocab_size": llm.vocab_size, "rms_norm_eps": llm.rms_norm_eps,
@@ -578,25 +503,14 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         "mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": "patch",
         "mm_hidden_size": cfg.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
     }
-    if cfg.family == "llava-next":  # the authors' pinpoints are (width, height)
-        base.update(image_aspect_ratio="anyres", image_grid_pinpoints=[p[::-1] for p in cfg.vision.grid_pinpoints],
-                    mm_patch_merge_type="spatial_unpad")
-    if cfg.family == "llava-hr":
-        base.update(is_multipath_encoder=True, input_image_size=cfg.vision.input_image_size,
-                    vision_tower_slow=cfg.vision.convnext.timm_name or "convnext_large_mlp.clip_laion2b_ft_320",
-                    freeze_vision=not cfg.vision.adapters)
-    if cfg.family == "mgm-hd":
-        vision = cfg.vision
-        base.update(mm_vision_tower_aux=vision.convnext.timm_name or "openclip-convnext-large-d-320",
-                    image_size_aux=vision.input_image_size, image_grid=vision.image_grid,
-                    image_global=vision.image_global, mm_hidden_size_aux=sum(vision.convnext.dims))
-    if kind in ("mod_llava_llama", "mod_mgm"):
+    base.update(family.write_vision(cfg))
+    if cfg.mod.scheme == "gamma":
         base["mod"] = {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(cfg.mod.layers),
                        "capacity_factor": cfg.mod.train_skip_fraction,
                        "router_aux_loss_coef": cfg.mod.router_loss_coef,
                        "prefill_threshold": cfg.mod.prefill_threshold, "decode_threshold": cfg.mod.decode_threshold,
                        "shared_router": cfg.mod.shared_router, "masked_tokens": cfg.mod.masked_tokens}
-    if kind == "pmod_llava_llama":
+    if cfg.mod.scheme == "pmod":
         base.update(_pmod_config(cfg))
     return base
 
@@ -648,7 +562,7 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
     _check_finite(state, directory)
     cfg = config if config is not None else config_from_checkpoint(
         directory, {k: tuple(v.shape) for k, v in state.items()})[0]
-    if kind == "pmod_llava_llama":
+    if cfg.mod.scheme == "pmod":
         _check_pmod_routers(conf, cfg, state, directory / "config.json")
     if dtype:
         cfg.dtype = dtype

@@ -220,6 +220,12 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
         if vision.kind not in VISION_KINDS:
             raise ConfigError(f"vision.kind must be one of {VISION_KINDS}, got {vision.kind!r}")
+        from .hosts import host_family  # here: the host modules import this one
+
+        expected = host_family(cfg.family).vision_kind
+        if vision.kind != expected:  # `family` names the host; vision.kind must be the one its front-end reads
+            raise ConfigError(f"vision.kind {vision.kind!r} does not match family {cfg.family!r}, whose front-end "
+                              f"reads {expected!r}")
         if vision.kind == "anyres":
             if not vision.grid_pinpoints:
                 raise ConfigError("vision.grid_pinpoints is required for kind 'anyres'")

@@ -15,7 +15,7 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from .config import ModelConfig, VisionConfig
-from .vlm import register_frontend
+from .hosts import HfLayout, HostFamily, KeyLayout, Release
 
 
 def clip_vision_config(vision: VisionConfig) -> CLIPVisionConfig:
@@ -76,7 +76,6 @@ def normalise(image: Image.Image, vision: VisionConfig) -> torch.Tensor:
     return torch.from_numpy((arr - mean) / std).permute(2, 0, 1)
 
 
-@register_frontend("llava")
 class LlavaVision(nn.Module):
     """CLIPVisionModel + projector; `encode` returns [num_images, num_image_tokens, llm_hidden]."""
 
@@ -106,3 +105,47 @@ class LlavaVision(nn.Module):
         features = stage("vision_encoder", lambda: self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
                          .hidden_states[self.vision_cfg.select_layer][:, 1:])
         return stage("projector", lambda: self.projector(features))
+
+
+# The authors' layout (haotian-liu/LLaVA llava_arch.py, clip_encoder.py, projector builder); LLaVA-NeXT's
+# image_newline and the hosts that extend this layout (LLaVA-HR, Mini-Gemini) reuse its entries.
+AUTHORS_LLAVA_PREFIXES = (
+    ("vision.image_newline", "model.image_newline"),  # LLaVA-NeXT (spatial_unpad)
+    ("language_model.model.embed_tokens.", "model.embed_tokens."),
+    ("language_model.model.layers.", "model.layers."),
+    ("language_model.model.norm.", "model.norm."),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision.projector.", "model.mm_projector."),
+    ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+)
+AUTHORS_LLAVA = KeyLayout("LLaVA", AUTHORS_LLAVA_PREFIXES)
+# The LLM's and the projector's keys, shared by every authors' layout.
+AUTHORS_LLM_AND_PROJECTOR = AUTHORS_LLAVA_PREFIXES[1:6]
+# The model_types the authors' LLaVA code bases release under: LLaVA, γ-MoD (Yaxin9Luo/Gamma-MOD), p-MoD
+# (MCG-NJU/p-MoD); LLaVA-HR and LLaVA-NeXT say which host they are with other config.json fields.
+LLAVA_RELEASES = {"dense": Release("llava", "LlavaLlamaForCausalLM"),
+                  "gamma": Release("mod_llava_llama", "MoDLLaVALlamaForCausalLM"),
+                  "pmod": Release("pmod_llava_llama", "PmodLlavaLlamaForCausalLM")}
+
+# transformers' LlavaForConditionalGeneration / LlavaNextForConditionalGeneration names (llava-hf).
+HF_LLAVA = KeyLayout("llava-hf", (
+    ("language_model.model.", "model.language_model."),
+    ("vision.image_newline", "model.image_newline"),
+    ("language_model.lm_head.", "lm_head."),
+    ("vision.vision_tower.", "model.vision_tower."),
+    ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
+    ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
+))
+# llava-hf checkpoints as saved on the hub (and by save_pretrained, for compatibility) use these: (new, old).
+HF_LLAVA_LEGACY = (
+    ("model.language_model.", "language_model.model."),
+    ("lm_head.", "language_model.lm_head."),
+    ("model.image_newline", "image_newline"),
+    ("model.vision_tower.", "vision_tower."),
+    ("model.multi_modal_projector.", "multi_modal_projector."),
+)
+
+HOST_FAMILY = HostFamily(
+    name="llava", vision_kind="clip", frontend=LlavaVision, layout=AUTHORS_LLAVA, releases=LLAVA_RELEASES,
+    hf=HfLayout("llava", HF_LLAVA, HF_LLAVA_LEGACY, read_vision=lambda vision, conf: None),
+)

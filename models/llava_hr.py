@@ -24,9 +24,16 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .config import ModelConfig
-from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
-from .vlm import register_frontend
+from .config import ConvNextConfig, ModelConfig, VisionConfig
+from .hosts import CheckpointError, ConfigSource, HostFamily, KeyLayout
+from .llava import (
+    AUTHORS_LLM_AND_PROJECTOR,
+    LLAVA_RELEASES,
+    clip_vision_config,
+    mlp2x_gelu,
+    pad_resize_normalise,
+    run_stage,
+)
 
 
 def resample_position_embeddings(pos: torch.Tensor, grid: int) -> torch.Tensor:
@@ -144,7 +151,6 @@ class MultiPathVisionTower(nn.Module):
         return self.align_stages[0](fast, slow)
 
 
-@register_frontend("llava-hr")
 class LlavaHrVision(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -168,3 +174,61 @@ class LlavaHrVision(nn.Module):
         # vision_encoder: CLIP, ConvNeXt, the resolution adapters and the fusion
         features = stage("vision_encoder", lambda: self.vision_tower(pixel_values))
         return stage("projector", lambda: self.projector(features))
+
+
+# --- checkpoint layout and config.json ------------------------------------------------------------------------
+# LLaVA-HR's ConvNeXt is the authors' copy of timm's (luogen1996/LLaVA-HR, also in Yaxin9Luo/Gamma-MOD:
+# multimodal_encoder/convnext.py) with the block's layer scale renamed `weight`, as every LLaVA-HR, LLaVA-HR-X
+# and γ-MoD-LLaVA-HR release holds it.
+AUTHORS_LLAVA_HR = KeyLayout("LLaVA-HR", (
+    *AUTHORS_LLM_AND_PROJECTOR,
+    ("vision.vision_tower.fast_vision_tower.", "model.vision_tower.fast_vision_tower.vision_tower.vision_model."),
+    ("vision.vision_tower.slow_vision_tower.", "model.vision_tower.slow_vision_tower.vision_tower."),
+    ("vision.vision_tower.align_stages_latent.", "model.vision_tower.align_stages_latent."),
+    ("vision.vision_tower.align_stages.", "model.vision_tower.align_stages."),
+), layer_scale="weight")
+
+
+def convnext_from_shapes(shapes: dict[str, tuple[int, ...]], prefix: str, stages: str = "stages") -> ConvNextConfig:
+    """A timm ConvNeXt's sizes from its weights' names and shapes (config.json does not give them)."""
+    depths, dims = [], []
+    for stage in range(4):
+        head = f"{prefix}{stages}.{stage}.blocks."
+        blocks = {key[len(head):].split(".")[0] for key in shapes if key.startswith(head)}
+        if not blocks:
+            raise CheckpointError(f"no weights under {head}")
+        depths.append(len(blocks))
+        dims.append(shapes[f"{head}0.conv_dw.weight"][0])
+    head = shapes.get(f"{prefix}head.pre_logits.fc.weight")
+    classifier = shapes.get(f"{prefix}head.fc.weight")
+    return ConvNextConfig(depths=depths, dims=dims, head_hidden_size=head[0] if head is not None else 0,
+                          num_classes=classifier[0] if classifier is not None else 0, timm_name="")
+
+
+def claims(conf: dict) -> bool:
+    """LLaVA-HR releases are "llava" (or γ-MoD's "mod_llava_llama") layouts with is_multipath_encoder."""
+    return bool(conf.get("is_multipath_encoder"))
+
+
+def read_vision(vision: VisionConfig, source: ConfigSource) -> None:
+    conf = source.conf
+    vision.input_image_size = int(conf.get("input_image_size", 1024))
+    vision.adapters = not conf.get("freeze_vision", False)
+    vision.convnext = convnext_from_shapes(source.shapes(), "model.vision_tower.slow_vision_tower.vision_tower.")
+    slow_name = str(conf.get("vision_tower_slow", ""))
+    vision.convnext.timm_name = slow_name
+    if "xxlarge" in slow_name:  # the authors build convnext_xxlarge with LayerNorm eps 1e-5
+        vision.convnext.norm_eps = 1e-5
+
+
+def write_vision(cfg: ModelConfig) -> dict:
+    vision = cfg.vision
+    return {"is_multipath_encoder": True, "input_image_size": vision.input_image_size,
+            "vision_tower_slow": vision.convnext.timm_name or "convnext_large_mlp.clip_laion2b_ft_320",
+            "freeze_vision": not vision.adapters}
+
+
+HOST_FAMILY = HostFamily(
+    name="llava-hr", vision_kind="multipath", frontend=LlavaHrVision, layout=AUTHORS_LLAVA_HR,
+    releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
+)

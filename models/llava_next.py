@@ -13,7 +13,7 @@ through CLIP (layer -2, CLS dropped) and the projector; the tile features stitch
 padding cut away by the authors' unpad_image (int() truncation), an image_newline vector ending every row,
 the base view's tokens first. The token count depends on the image.
 Pinpoints are [height, width] here (VisionConfig); the authors' config.json lists them as (width, height),
-which models/checkpoints.py turns around on reading and writing.
+which this module's config.json reader and writer turn around.
 """
 
 from __future__ import annotations
@@ -26,9 +26,18 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .config import ModelConfig
-from .llava import clip_vision_config, mlp2x_gelu, normalise, run_stage
-from .vlm import register_frontend
+from .config import ModelConfig, VisionConfig
+from .hosts import CheckpointError, ConfigSource, HfLayout, HostFamily
+from .llava import (
+    AUTHORS_LLAVA,
+    HF_LLAVA,
+    HF_LLAVA_LEGACY,
+    LLAVA_RELEASES,
+    clip_vision_config,
+    mlp2x_gelu,
+    normalise,
+    run_stage,
+)
 
 
 @dataclass
@@ -75,7 +84,6 @@ def unpad(features: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return features[:, :, pad:cur_w - pad]
 
 
-@register_frontend("llava-next")
 class LlavaNextVision(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -145,3 +153,33 @@ class LlavaNextVision(nn.Module):
             grid = torch.cat([grid, newline], dim=-1).flatten(1, 2).transpose(0, 1)
             packed.append(torch.cat([base, grid]))
         return packed
+
+
+# --- config.json ------------------------------------------------------------------------------------------
+def claims(conf: dict) -> bool:
+    """The authors' LLaVA-NeXT layouts (LLaVA-NeXT, p-MoD-LLaVA-NeXT) are "llava" ones with anyres."""
+    return str(conf.get("image_aspect_ratio", "")).startswith("anyres")
+
+
+def read_vision(vision: VisionConfig, source: ConfigSource) -> None:
+    if "image_grid_pinpoints" not in source.conf:
+        raise CheckpointError(f"{source.where}: image_aspect_ratio anyres without image_grid_pinpoints")
+    # The authors' code reads each entry as (width, height) (haotian-liu/LLaVA mm_utils.py
+    # select_best_resolution); ours are [height, width]. Order kept: it decides ties.
+    vision.grid_pinpoints = [list(p)[::-1] for p in source.conf["image_grid_pinpoints"]]
+
+
+def write_vision(cfg: ModelConfig) -> dict:
+    return {"image_aspect_ratio": "anyres", "image_grid_pinpoints": [p[::-1] for p in cfg.vision.grid_pinpoints],
+            "mm_patch_merge_type": "spatial_unpad"}
+
+
+def read_hf_vision(vision: VisionConfig, conf: dict) -> None:
+    vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]  # llava-hf: [height, width]
+
+
+HOST_FAMILY = HostFamily(
+    name="llava-next", vision_kind="anyres", frontend=LlavaNextVision, layout=AUTHORS_LLAVA,
+    releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
+    hf=HfLayout("llava_next", HF_LLAVA, HF_LLAVA_LEGACY, read_vision=read_hf_vision),
+)

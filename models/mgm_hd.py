@@ -25,9 +25,10 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .config import ModelConfig
-from .llava import clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
-from .vlm import register_frontend
+from .config import ModelConfig, VisionConfig
+from .hosts import ConfigSource, HostFamily, KeyLayout, Release
+from .llava import AUTHORS_LLM_AND_PROJECTOR, clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
+from .llava_hr import convnext_from_shapes
 
 
 @dataclass
@@ -66,7 +67,6 @@ def layer_norm_linear(in_dim: int, out_dim: int) -> nn.Sequential:
     return nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, out_dim))
 
 
-@register_frontend("mgm-hd")
 class MgmHdVision(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -139,3 +139,39 @@ class MgmHdVision(nn.Module):
             tokens.insert(0, glob)
             mined_all.insert(0, stage("patch_info_mining", lambda: self.mine(glob, low_high.to(dtype))))
         return stage("projector", lambda: self.projector(torch.cat(tokens, dim=1) + torch.cat(mined_all, dim=1)))
+
+
+# --- checkpoint layout and config.json ------------------------------------------------------------------------
+# dvlab-research/MGM mgm_arch.py; its ConvNeXt is open_clip's timm trunk (openclip_encoder.py) saved as built,
+# so its releases keep timm's layer-scale name `gamma`.
+MGM = KeyLayout("Mini-Gemini", (
+    *AUTHORS_LLM_AND_PROJECTOR,
+    ("vision.vision_tower_aux.", "model.vision_tower_aux."),
+    ("vision.query_projector.", "model.vlm_uni_query_projector."),
+    ("vision.aux_projector.", "model.vlm_uni_aux_projector."),
+    ("vision.val_projector.", "model.vlm_uni_val_projector."),
+    ("vision.vision_tower.", "model.vision_tower.vision_tower.vision_model."),
+), layer_scale="gamma")
+MGM_RELEASES = {"dense": Release("mgm", "MGMLlamaForCausalLM"),
+                "gamma": Release("mod_mgm", "MoDMGMLlamaForCausalLM")}  # Yaxin9Luo/Gamma-MOD gamma_mod/MGM/
+
+
+def read_vision(vision: VisionConfig, source: ConfigSource) -> None:
+    conf = source.conf
+    vision.input_image_size = int(conf.get("image_size_aux", 1536))
+    vision.image_grid = int(conf.get("image_grid", 1))
+    vision.image_global = bool(conf.get("image_global", False))
+    vision.convnext = convnext_from_shapes(source.shapes(), "model.vision_tower_aux.", "vision_stages")
+
+
+def write_vision(cfg: ModelConfig) -> dict:
+    vision = cfg.vision
+    return {"mm_vision_tower_aux": vision.convnext.timm_name or "openclip-convnext-large-d-320",
+            "image_size_aux": vision.input_image_size, "image_grid": vision.image_grid,
+            "image_global": vision.image_global, "mm_hidden_size_aux": sum(vision.convnext.dims)}
+
+
+HOST_FAMILY = HostFamily(
+    name="mgm-hd", vision_kind="mgm-hd", frontend=MgmHdVision, layout=MGM, releases=MGM_RELEASES,
+    read_vision=read_vision, write_vision=write_vision,
+)

@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from PIL import Image
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ModelConfig
 from .core import ModForCausalLM, ModOutput, greedy_generate
 from .prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_prompt
 from .routing import IMAGE, PAD, RESPONSE
 
-_FRONTENDS: dict[str, Callable[[ModelConfig], nn.Module]] = {}
-
-
-def register_frontend(family: str):
-    def wrap(cls):
-        _FRONTENDS[family] = cls
-        return cls
-
-    return wrap
-
 
 def build_frontend(cfg: ModelConfig) -> nn.Module | None:
-    from . import llava, llava_hr, llava_next, mgm_hd  # noqa: F401  (host families register themselves on import)
+    """The host family's vision front-end (models/hosts.py), or None for a text-only model."""
+    from .hosts import host_family
 
     if cfg.vision is None:
         return None
-    if cfg.family not in _FRONTENDS:
-        raise ConfigError(f"family: unknown host family {cfg.family!r}; known: {sorted(_FRONTENDS)}")
-    return _FRONTENDS[cfg.family](cfg)
+    return host_family(cfg.family).frontend(cfg)
 
 
 @dataclass

@@ -281,15 +281,10 @@ def data_parallel_loss(accelerator, out):
 
 
 def release_kind(model) -> str:
-    """The released checkpoint layout this model is written in (family and scheme decide)."""
-    scheme = model.cfg.mod.scheme
-    if model.cfg.family == "mgm-hd":
-        return {"dense": "mgm", "gamma": "mod_mgm"}.get(scheme) or _no_layout(model)
-    return {"dense": "llava", "gamma": "mod_llava_llama", "pmod": "pmod_llava_llama"}[scheme]
+    """The released checkpoint layout this model is written in (its host family's release of its scheme)."""
+    from models.checkpoints import release_layout
 
-
-def _no_layout(model):
-    raise ValueError(f"no released layout for {model.cfg.mod.scheme} on {model.cfg.family}")
+    return release_layout(model.cfg)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,136 @@
+"""Host families: what each front-end module declares about itself, and the registry the generic code reads.
+
+A host family is one module (models/llava.py, llava_next.py, llava_hr.py, mgm_hd.py) holding a `HOST_FAMILY`:
+its vision front-end, the `VisionConfig.kind` it reads, the authors' key layout, the config.json `model_type`
+each routing scheme is released under on it, and its config.json vision fields both ways. models/vlm.py
+(building), models/checkpoints.py (reading and writing) and the config's validation look families up here
+and name none of them.
+
+Adding a host family: a new module with a `HOST_FAMILY`, listed in BUILTIN_MODULES, or registered from
+elsewhere with `register_host_family` (as tests/test_host_families.py does). Importing a front-end module
+registers nothing: the registry reads BUILTIN_MODULES when asked.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, NamedTuple
+
+from .config import ConfigError, ModelConfig, VisionConfig
+
+BUILTIN_MODULES = ("models.llava", "models.llava_next", "models.llava_hr", "models.mgm_hd")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt or does not match the model; the message names file and key."""
+
+
+class KeyLayout(NamedTuple):
+    """(our prefix, their prefix) pairs, first match wins, and the ConvNeXt layer-scale name in their keys (ours
+    are timm's, which call it `gamma`). tests/fixtures/authors_layouts/ lists the authors' keys."""
+
+    name: str
+    prefixes: tuple[tuple[str, str], ...]
+    layer_scale: str = "gamma"
+
+
+@dataclass(frozen=True)
+class Release:
+    """How the authors released one routing scheme on one host: config.json's model_type and architectures."""
+
+    model_type: str
+    architecture: str
+
+
+@dataclass(frozen=True)
+class ConfigSource:
+    """What a family's config.json reader may look at. `shapes()` reads the weights' names and shapes (file
+    headers, never a tensor) on first use: only the ConvNeXt hosts need it."""
+
+    conf: dict
+    directory: Path
+    shapes: Callable[[], dict[str, tuple[int, ...]]]
+
+    @property
+    def where(self) -> Path:
+        return self.directory / "config.json"
+
+
+@dataclass(frozen=True)
+class HfLayout:
+    """transformers' llava-hf layout of a host (read; written only for parity tests)."""
+
+    model_type: str
+    layout: KeyLayout
+    legacy_prefixes: tuple[tuple[str, str], ...]  # (new, old): the hub's older names, renamed on reading
+    read_vision: Callable[[VisionConfig, dict], None]  # the top-level config.json into `vision`, in place
+
+
+def _nothing(*_args) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class HostFamily:
+    name: str  # ModelConfig.family
+    vision_kind: str  # the VisionConfig.kind its front-end reads; a config naming another is refused
+    frontend: Callable[[ModelConfig], object]  # the nn.Module ModVlm holds as `vision`
+    layout: KeyLayout  # the authors' key names
+    releases: Mapping[str, Release]  # scheme -> release; a scheme not listed has no released layout here
+    # config.json's vision fields: into a VisionConfig (CLIP dims and kind already set; in place), and back
+    read_vision: Callable[[VisionConfig, ConfigSource], None] = _nothing
+    write_vision: Callable[[ModelConfig], dict] = lambda cfg: {}
+    # Among families released under the same model_type, the one whose `claims` accepts config.json; the one
+    # without `claims` is the fallback (LLaVA-1.5 under "llava").
+    claims: Callable[[dict], bool] | None = None
+    hf: HfLayout | None = None
+
+    def release(self, scheme: str) -> Release:
+        if scheme not in self.releases:
+            raise ValueError(f"no released layout for {scheme} on {self.name} (released: {sorted(self.releases)})")
+        return self.releases[scheme]
+
+
+_REGISTERED: dict[str, HostFamily] = {}
+
+
+def host_families() -> dict[str, HostFamily]:
+    """Every family: the built-in modules' (imported on first use) and the registered ones."""
+    families = {}
+    for module in BUILTIN_MODULES:
+        family = importlib.import_module(module).HOST_FAMILY
+        families[family.name] = family
+    families.update(_REGISTERED)
+    return families
+
+
+def host_family(name: str) -> HostFamily:
+    families = host_families()
+    if name not in families:
+        raise ConfigError(f"family: unknown host family {name!r}; known: {sorted(families)}")
+    return families[name]
+
+
+def register_host_family(family: HostFamily) -> HostFamily:
+    """Add a family defined outside BUILTIN_MODULES (a name no other family has)."""
+    if family.name in host_families():
+        raise ValueError(f"host family {family.name!r} is already registered")
+    _REGISTERED[family.name] = family
+    return family
+
+
+def unregister_host_family(name: str) -> None:
+    del _REGISTERED[name]
+
+
+@contextmanager
+def registered(family: HostFamily) -> Iterator[HostFamily]:
+    """The family registered for the duration of a `with` block (tests: nothing outlives them)."""
+    register_host_family(family)
+    try:
+        yield family
+    finally:
+        unregister_host_family(family.name)

@@ -1,0 +1,84 @@
+"""Adding a host family is one module plus a registration: a toy family, declared here and registered for one
+test, is built, written and loaded back by the generic code; `family` and `vision.kind` must agree."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import models
+from models.checkpoints import CheckpointError, save_authors_checkpoint
+from models.config import ConfigError
+from models.hosts import HostFamily, KeyLayout, Release, host_families, registered
+from models.llava import LlavaVision
+
+# A copy of LLaVA-1.5 under another name, other key prefixes, its own model_types and one config.json field
+# of its own: everything models/checkpoints.py needs to know about a host, declared outside it.
+TOY_LAYOUT = KeyLayout("Toy", (
+    ("language_model.model.embed_tokens.", "toy.embed."),
+    ("language_model.model.layers.", "model.layers."),  # where the schemes put their routers
+    ("language_model.model.norm.", "toy.norm."),
+    ("language_model.lm_head.", "toy.head."),
+    ("vision.projector.", "toy.bridge."),
+    ("vision.vision_tower.", "toy.eye."),
+))
+
+
+def _read(vision, source):
+    assert source.conf["toy_marker"] == 7  # the family's own config.json field reaches its reader
+
+
+TOY = HostFamily(
+    name="toy-llava", vision_kind="clip", frontend=LlavaVision, layout=TOY_LAYOUT,
+    releases={"dense": Release("toy_llava", "ToyLlavaForCausalLM"),
+              "gamma": Release("mod_toy_llava", "ToyMoDLlavaForCausalLM")},
+    read_vision=_read, write_vision=lambda cfg: {"toy_marker": 7},
+)
+
+
+def toy_config(variant: str):
+    return dataclasses.replace(models.get_variant(variant), name=f"{variant}-toy", family="toy-llava")
+
+
+@pytest.mark.parametrize("variant, model_type", [("tiny-llava", "toy_llava"), ("tiny-llava-gmod", "mod_toy_llava")])
+def test_a_family_registered_from_a_test_module_saves_and_loads(variant, model_type, tmp_path, prompts, images):
+    with registered(TOY):
+        model = models.build_model(toy_config(variant))
+        directory = save_authors_checkpoint(model, tmp_path / "ckpt", model_type)
+        conf = json.loads((directory / "config.json").read_text())
+        assert conf["model_type"] == model_type and conf["toy_marker"] == 7
+        keys = torch.load(directory / "pytorch_model.bin", weights_only=True)
+        assert any(k.startswith("toy.eye.") for k in keys) and not any(k.startswith("vision.") for k in keys)
+        loaded = models.load(str(directory))
+        assert (loaded.cfg.family, loaded.cfg.mod.scheme) == ("toy-llava", model.cfg.mod.scheme)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(prompts, images).logits, model(prompts, images).logits)
+    assert "toy-llava" not in host_families()  # nothing outlives the registration
+    with pytest.raises(CheckpointError, match=f"unknown model_type '{model_type}'"):
+        models.load(str(tmp_path / "ckpt"))
+
+
+def test_a_scheme_the_family_has_no_release_for_is_refused(tmp_path):
+    with registered(TOY):
+        model = models.build_model(toy_config("tiny-llava-pmod"))
+        with pytest.raises(ValueError, match="no released layout for pmod on toy-llava"):
+            save_authors_checkpoint(model, tmp_path / "ckpt", "pmod_llava_llama")
+
+
+def test_family_and_vision_kind_must_agree():
+    llava = models.get_variant("tiny-llava")
+    with pytest.raises(ConfigError, match="vision.kind 'anyres' does not match family 'llava'"):
+        dataclasses.replace(llava, vision=dataclasses.replace(llava.vision, kind="anyres", grid_pinpoints=[[32, 32]]))
+    with pytest.raises(ConfigError, match="vision.kind 'clip' does not match family 'llava-next'"):
+        dataclasses.replace(llava, family="llava-next")
+    with pytest.raises(ConfigError, match="unknown host family 'toy-llava'"):
+        toy_config("tiny-llava")
+
+
+def test_config_json_two_families_claim_is_an_error(tmp_path):
+    directory = save_authors_checkpoint(models.build_model("tiny-llava-next"), tmp_path / "ckpt", "llava")
+    conf = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**conf, "is_multipath_encoder": True}))
+    with pytest.raises(CheckpointError, match="fits the llava-next and the llava-hr layouts"):
+        models.load(str(directory))
