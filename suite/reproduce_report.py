@@ -287,8 +287,8 @@ def image_dependence(summary: Summary) -> list[tuple[str, float, float, float, f
 
 
 def above_chance(summary: Summary) -> dict[str, tuple[float, float, str]]:
-    """Per benchmark: the dense model's accuracy minus chance (points), its standard error (the seed spread, else
-    binomial sampling noise at chance), and whether it clears chance by 1.96 se. The reproduction's precondition:
+    """Per benchmark: the dense model's accuracy minus chance (points), its standard error (the seed spread, at
+    least the binomial sampling noise at chance), and whether it clears chance by 1.96 se. The reproduction's precondition:
     where the dense model is at chance, no MoD row can lose anything."""
     chance = summary.chance()
     out = {}
@@ -304,6 +304,8 @@ def above_chance(summary: Summary) -> dict[str, tuple[float, float, str]]:
             sampling.append(100 * math.sqrt(max(level / 100 * (1 - level / 100), 1e-4) / max(n, 1)))
         if values:
             d, se = _estimate(values, sampling)
+            # Seeds that agree exactly (all at 0 %) have no spread; the sampling noise still bounds what they show.
+            se = max(se, statistics.fmean(sampling) / math.sqrt(len(sampling)))
             out[column] = (d, se, {"held": "yes", "did not hold": "below", "within noise": "no"}[
                 verdict(d, se, 0.0, ">=") if d != 0 else "within noise"])
     return out

@@ -104,6 +104,10 @@ def test_above_chance_says_where_the_dense_model_clears_chance_and_where_it_does
     assert found["MME"][0] == pytest.approx(60.0 - 37.5)  # MME's chance: accuracy and accuracy+ of a coin
     markdown, _, _ = render(result)
     assert "| TextVQA | 12.5 | 2.0 | below (-10.5, se 4.3) |" in markdown
+    for seed in (result["seeds"][0], {**result["seeds"][0], "seed": 1}):  # two seeds at exactly 0 %: no spread
+        seed["evals"]["dense|released"]["acc"]["MMB"] = 0.0
+    result["seeds"].append({**result["seeds"][0], "seed": 1})
+    assert above_chance(Summary(result))["MMB"][2] == "no"  # 0 of 15 is what chance (0.4 %) gives
 
 
 def test_swapped_copy_keeps_the_questions_and_gives_each_image_to_other_questions(tmp_path):
