@@ -273,7 +273,8 @@ class Pipeline:
             seeds.append({
                 "seed": seed, "corpus": corpus[1]["manifest"], "dense": dense[1]["train"], "arank": arank[1],
                 "rows": {name: stage[1]["train"] for name, stage in finetuned.items()},
-                "evals": {f"{name}|{mode}": _eval_summary(json.loads(Path(stage[1]["run"]).read_text()))
+                "evals": {f"{name}|{mode}": _eval_summary(json.loads(Path(stage[1]["run"]).read_text()),
+                                                          Path(stage[1]["run"]).parent / "samples.jsonl")
                           for (name, mode), stage in evals.items()},
                 "speed": speed[1],
             })
@@ -290,9 +291,10 @@ def arank_samples(corpus: Path, n: int) -> list[tuple[str, object]]:
     return [(vicuna_v1(r["question"]), Image.open(corpus / "train" / r["image"]).convert("RGB")) for r in records]
 
 
-def _eval_summary(run: dict) -> dict:
-    """Accuracies in percent, efficiency from the per-sample records, sample counts (for binomial noise)."""
-    out = {"acc": {}, "n": {}}
+def _eval_summary(run: dict, samples: Path | None = None) -> dict:
+    """Accuracies in percent, efficiency from the per-sample records, sample counts (for binomial noise), and
+    from lmms-eval's per-sample log the answers right per question kind."""
+    out = {"acc": {}, "n": {}, "kinds": kind_tally(samples) if samples is not None and samples.exists() else {}}
     for column, (task, metric, scale) in BENCHMARKS.items():
         value = run["metrics"].get(task, {}).get(metric, {}).get("value")
         out["acc"][column] = None if value is None else value * scale
@@ -309,6 +311,38 @@ def _eval_summary(run: dict) -> dict:
                prompt_tokens=eff.get("avg_prompt_tokens"), image_tokens=eff.get("avg_image_tokens"),
                skip_by_type=_skip_by_type(eff))
     return out
+
+
+def sample_score(record: dict) -> float | None:
+    """One sample's score as its task's metric counts it (1 right, 0 wrong), from lmms-eval's per-sample log;
+    MMBench: this rotation alone (the circular score needs all four)."""
+    task = record["task"]
+    if task.startswith("pope"):
+        return float(record["pope_accuracy"]["score"])
+    if task.startswith("mme"):
+        return float(record["mme_perception_score"]["score"])
+    if task.startswith("mmbench"):
+        return float(record["mmbench_acc"]["pred"] == record["mmbench_acc"]["answer"])
+    value = record.get("exact_match")
+    return None if value is None else float(value)
+
+
+def kind_tally(samples: Path) -> dict[str, list[int]]:
+    """kind -> [right, asked] over one evaluation's samples (tasks.scenes.question_kind)."""
+    from tasks.scenes import question_kind
+
+    tally: dict[str, list[int]] = {}
+    with open(samples) as lines:
+        for line in lines:
+            record = json.loads(line)
+            kind = question_kind(record["task"], record["doc"]["question"])
+            score = sample_score(record)
+            if kind is None or score is None:
+                continue
+            entry = tally.setdefault(kind, [0, 0])
+            entry[0] += int(score >= 1.0)  # MME scores 1 per right answer; TextVQA's exact match is 0 or 1
+            entry[1] += 1
+    return tally
 
 
 def _skip_by_type(eff: dict) -> dict:

@@ -311,6 +311,33 @@ def above_chance(summary: Summary) -> dict[str, tuple[float, float, str]]:
     return out
 
 
+def by_question_kind(summary: Summary) -> list[list[str]]:
+    """The dense model's answers per question kind (tasks.scenes.question_kind), pooled over seeds, with the right
+    images and with swapped ones, beside chance: which perception it has learnt (e.g. counting but not naming a
+    shape), so a benchmark at chance can be traced to the skill its questions need."""
+    from tasks.scenes import kind_chance
+
+    pooled: dict[str, dict[str, list[int]]] = {}
+    for mode in ("released", "swapped"):
+        for seed in summary.seeds:
+            for kind, (right, asked) in ((_get(seed, "dense", mode) or {}).get("kinds") or {}).items():
+                entry = pooled.setdefault(kind, {}).setdefault(mode, [0, 0])
+                entry[0] += right
+                entry[1] += asked
+    rows = []
+    for kind in sorted(pooled):
+        right, asked = pooled[kind].get("released", [0, 0])
+        if not asked:
+            continue
+        chance = kind_chance(kind)
+        z = (right / asked - chance) / math.sqrt(chance * (1 - chance) / asked)
+        swapped = pooled[kind].get("swapped")
+        rows.append([kind, str(asked), _fmt(100 * chance), _fmt(100 * right / asked),
+                     "yes" if z > 1.96 else "below" if z < -1.96 else "no",
+                     _fmt(100 * swapped[0] / swapped[1]) if swapped and swapped[1] else ""])
+    return rows
+
+
 def _above(entry: tuple[float, float, str] | None) -> str:
     return "" if entry is None else f"{entry[2]} ({entry[0]:+.1f}, se {entry[1]:.1f})"
 
@@ -406,6 +433,14 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
                           "difference (points)", "needs the image"],
                          [[c, _fmt(chance.get(c)), _fmt(a), _above(above.get(c)), _fmt(b), f"{d:+.1f} (se {se:.1f})",
                            uses] for c, a, b, d, se, uses in dependence]),
+                  ""]
+    kinds = by_question_kind(s)
+    if kinds:
+        parts += ["## What the dense model has learnt to see, by question kind", "",
+                  "Every held-out question of every benchmark by the skill it needs and its answer format, pooled "
+                  "over seeds; above chance: by 1.96 binomial standard errors. Counting needs only that something is "
+                  "there; naming a shape, or a colour by its shape, needs the outline.", "",
+                  _table(["question kind", "asked", "chance", "right images", "above chance", "swapped images"], kinds),
                   ""]
     t1 = [r for r in TABLE1_ROWS if r.split("|")[0] in rows]
     if len(t1) > 4:

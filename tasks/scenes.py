@@ -168,6 +168,43 @@ def choice_question(scene: Scene, rng: random.Random) -> tuple[str, list[str], i
     return question, options, options.index(answer)
 
 
+# What each held-out question asks the model to see. Read together, the kinds tell which perception a model has
+# learnt: counting needs only "something is there", naming a shape needs its outline. Open answers' chance levels.
+SKILL_CHANCE = {"count": 1 / 3, "colour of a named shape": 1 / len(COLOURS), "side of a named shape": 1 / 2,
+                "shape of a named colour": 1 / len(SHAPES), "exists (colour + shape)": 1 / 2,
+                "reading": 1 / len(WORDS)}
+
+
+def question_kind(task: str, question: str) -> str | None:
+    """'<skill>, <answer format>' of a held-out question of this corpus, from its task and text (None: not one of
+    this corpus's questions). Formats: open (GQA, TextVQA), yes/no (POPE, MME), letter (ScienceQA, MMBench)."""
+    form = "yes/no" if task.startswith(("pope", "mme")) else "letter" if task.startswith(("scienceqa", "mmbench")) \
+        else "open"
+    words = question.split()
+    if question.startswith(("How many", "Are there")):
+        skill = "count"
+    elif question.startswith(("What color is the", "Which color is the")) or (
+            form == "yes/no" and words[:2] == ["Is", "the"] and len(words) > 3 and words[3].rstrip("?") in COLOURS):
+        skill = "colour of a named shape"
+    elif question.startswith(("What shape is", "Which shape is")):
+        skill = "shape of a named colour"
+    elif words[:2] == ["Is", "the"] and (" left" in question or " right" in question):
+        skill = "side of a named shape"
+    elif question.startswith("Is there a"):
+        skill = "exists (colour + shape)"
+    elif question.startswith("What word"):
+        skill = "reading"
+    else:
+        return None
+    return f"{skill}, {form}"
+
+
+def kind_chance(kind: str) -> float:
+    """A uniform guess's accuracy on a question kind: 1/2 for yes/no, 1/4 for the four letters, else the skill's."""
+    skill, form = kind.rsplit(", ", 1)
+    return {"yes/no": 0.5, "letter": 0.25}.get(form, SKILL_CHANCE[skill])
+
+
 def letters(options: list[str]) -> str:
     return "".join(f"\n{'ABCD'[i]}. {o}" for i, o in enumerate(options))
 

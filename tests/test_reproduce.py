@@ -110,6 +110,37 @@ def test_above_chance_says_where_the_dense_model_clears_chance_and_where_it_does
     assert above_chance(Summary(result))["MMB"][2] == "no"  # 0 of 15 is what chance (0.4 %) gives
 
 
+def test_every_held_out_question_has_a_kind_and_the_report_tallies_them(tmp_path):
+    import pandas as pd
+
+    from suite.reproduce_report import Summary, by_question_kind, render
+    from tasks.scenes import CorpusSpec, kind_chance, question_kind, write_corpus
+
+    write_corpus(tmp_path / "c", CorpusSpec(seed=2, image_size=32, train_scenes=8, eval_per_task=24))
+    kinds = set()
+    for task, path in (("pope_local_random", "pope/random"), ("gqa_local", "gqa/testdev"),
+                       ("scienceqa_img_local", "scienceqa_img/test"), ("textvqa_val_local", "textvqa/validation"),
+                       ("mme_local", "mme/test"), ("mmbench_en_dev_local", "mmbench/dev")):
+        for question in pd.read_parquet(tmp_path / "c" / "eval" / f"{path}.parquet")["question"]:
+            kind = question_kind(task, question)
+            assert kind is not None, (task, question)
+            kinds.add(kind)
+            assert 0 < kind_chance(kind) <= 0.5
+    assert {"count, open", "shape of a named colour, open", "exists (colour + shape), yes/no", "reading, open",
+            "colour of a named shape, letter"} <= kinds
+    assert question_kind("gqa_local", "Is there a red circle in the image?") == "exists (colour + shape), open"
+    assert question_kind("mme_local", "Is the square red? Please answer yes or no.") == "colour of a named shape, yes/no"
+
+    result = _result(gamma_acc=70.0)
+    seed = result["seeds"][0]
+    seed["evals"]["dense|released"]["kinds"] = {"count, open": [30, 30], "shape of a named colour, open": [10, 30]}
+    seed["evals"]["dense|swapped"] = {**_eval(30.0, 1.0, 0.0), "kinds": {"count, open": [10, 30]}}
+    rows = {r[0]: r for r in by_question_kind(Summary(result))}
+    assert rows["count, open"][2:] == ["33.3", "100.0", "yes", "33.3"]
+    assert rows["shape of a named colour, open"][2:] == ["33.3", "33.3", "no", ""]
+    assert "| count, open | 30 | 33.3 | 100.0 | yes | 33.3 |" in render(result)[0]
+
+
 def test_swapped_copy_keeps_the_questions_and_gives_each_image_to_other_questions(tmp_path):
     import pandas as pd
 
@@ -206,8 +237,13 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     assert len(first["stages_run"]) == 12  # corpus, dense, arank, 3 fine-tunes, 4 evaluations, the swapped one, speed
     table = (out / "reproduction.md").read_text()
     for row in ("| dense |", "| gamma-0.5 |", "| gamma-0.5 (controlled skip) |", "| pmod-prd |", "| chance |",
-                "| dense (images swapped) |", "## Does the dense model use the image?"):
+                "| dense (images swapped) |", "## Does the dense model use the image?",
+                "## What the dense model has learnt to see, by question kind"):
         assert row in table
+    summary = json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["evals"]
+    kinds = summary["dense|released"]["kinds"]  # tallied from lmms-eval's own per-sample log
+    assert sum(asked for _, asked in kinds.values()) == 4 * (3 + 1 + 1 + 1 + 2 + 4)  # every sample, MME twice, MMB x4
+    assert all(0 <= right <= asked for right, asked in kinds.values())
     claims = json.loads((out / "claims.json").read_text())["claims"]
     assert {c["paper"] for c in claims} == {"γ-MoD", "p-MoD"} and len(claims) >= 8
     assert (out / "reproduction_accuracy_vs_tflops.png").exists() and (out / "reproduction.csv").exists()
