@@ -21,14 +21,13 @@ import torch
 
 from .config import (
     DTYPES,
-    PMOD_TARGET_TOKENS,
     ConfigError,
     LlmConfig,
     ModelConfig,
-    ModSpec,
     VisionConfig,
 )
 from .hosts import CheckpointError, ConfigSource, HostFamily, KeyLayout, host_families, host_family
+from .routing import scheme_class
 
 KNOWN_CLIP_TOWERS = {
     "openai/clip-vit-large-patch14-336": dict(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
@@ -283,23 +282,7 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
     vision = VisionConfig(kind=family.vision_kind, select_layer=conf.get("mm_vision_select_layer", -2), **dims)
     read_shapes = cache(lambda: weight_shapes(directory) if shapes is None else shapes)
     family.read_vision(vision, ConfigSource(conf, directory, read_shapes))
-    mod = ModSpec()
-    if scheme == "gamma":
-        spec = conf.get("mod")
-        if not isinstance(spec, dict) or "mod_layers_idx" not in spec:
-            raise CheckpointError(f"{where}: {kind} without a 'mod' dict holding mod_layers_idx")
-        # prefill / decode thresholds: not in the released configs (their code hard-codes 0.005 / 0.5); our
-        # writer adds them so that checkpoints of other settings (the tiny twins) round-trip.
-        # shared_router / masked_tokens: likewise ours (the released models share one router, mask Q + A).
-        mod = ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
-                      train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
-                      router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)),
-                      prefill_threshold=float(spec.get("prefill_threshold", 0.005)),
-                      decode_threshold=float(spec.get("decode_threshold", 0.5)),
-                      shared_router=bool(spec.get("shared_router", True)),
-                      masked_tokens=str(spec.get("masked_tokens", "qa")))
-    elif scheme == "pmod":
-        mod = _pmod_spec(conf, llm.num_layers, where)
+    mod = scheme_class(scheme).spec_from_config_json(conf, llm.num_layers, where)
     try:
         cfg = ModelConfig(name=directory.name, family=family.name, llm=llm, vision=vision, mod=mod,
                           dtype=declared_dtype(conf))
@@ -318,95 +301,6 @@ def declared_dtype(conf: dict) -> str:
     return "float32"
 
 
-# p-MoD's config.json fields, as initialize_mod_modules writes them (MCG-NJU/p-MoD pmod_llava_llama.py); its
-# build_mod_layers adds mod_target_layer_indices. mod_layers_idx / mod_ratios are ours: an explicit schedule
-# that these fields cannot express (a decay at another divisor than the release's 31, custom ratios).
-PMOD_CONFIG_KEYS = ("mod_target_layers", "mod_target_token_type", "mod_router_factor", "mod_weight_norm",
-                    "mod_bias_enabled", "mod_special_init")
-PMOD_EXPLICIT_KEYS = ("mod_layers_idx", "mod_ratios")
-
-
-def _pmod_without_schedule(conf: dict) -> bool:
-    """Written by this suite before it wrote the p-MoD fields: its p-MoD models used the depth-scaled decay."""
-    return not any(key in conf for key in PMOD_CONFIG_KEYS + PMOD_EXPLICIT_KEYS)
-
-
-def _pmod_spec(conf: dict, num_layers: int, where: Path) -> ModSpec:
-    """Every p-MoD field of config.json into the typed spec, with the layers and ratios resolved: the explicit
-    keys when present, else what the release builds from the pattern (decay divisor 31). Loading checks that
-    the routers in the weights sit at exactly those layers (`_check_pmod_routers`)."""
-    from .pmod import authors_schedule, parse_target_layers, parse_weight_norm, prd_schedule
-
-    if _pmod_without_schedule(conf):
-        layers, ratios = prd_schedule(num_layers)
-        return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
-    missing = [key for key in PMOD_CONFIG_KEYS if key not in conf]
-    if missing:
-        raise CheckpointError(f"{where}: pmod_llava_llama config without {missing}")
-    try:
-        fields = {**parse_target_layers(conf["mod_target_layers"]), **parse_weight_norm(conf["mod_weight_norm"])}
-    except ConfigError as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-    token_type = conf["mod_target_token_type"]
-    if token_type not in PMOD_TARGET_TOKENS:
-        raise CheckpointError(f"{where}: mod_target_token_type: unsupported value {token_type!r}; supported: "
-                              f"{PMOD_TARGET_TOKENS}")
-    factor = conf["mod_router_factor"]
-    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
-        raise CheckpointError(f"{where}: mod_router_factor must be a number, got {factor!r}")
-    for key in ("mod_bias_enabled", "mod_special_init"):
-        if not isinstance(conf[key], bool):
-            raise CheckpointError(f"{where}: {key} must be true or false, got {conf[key]!r}")
-    spec = ModSpec(scheme="pmod", pmod_router_factor=float(factor), pmod_target_tokens=token_type,
-                   pmod_router_bias=conf["mod_bias_enabled"], pmod_router_zero_init=conf["mod_special_init"], **fields)
-    if any(key in conf for key in PMOD_EXPLICIT_KEYS):
-        layers, ratios = conf.get("mod_layers_idx"), conf.get("mod_ratios")
-        if not (isinstance(layers, list) and isinstance(ratios, list) and len(layers) == len(ratios)
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in layers)
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios)):
-            raise CheckpointError(f"{where}: mod_layers_idx / mod_ratios must be lists of layer indices and kept "
-                                  f"ratios of the same length, got {layers!r} / {ratios!r}")
-        ratios = [float(v) for v in ratios]
-    else:
-        layers, ratios = authors_schedule(spec, num_layers)
-        indices = conf.get("mod_target_layer_indices")
-        if indices is not None and list(indices) != layers:
-            raise CheckpointError(f"{where}: mod_target_layer_indices {indices} differs from the layers that "
-                                  f"mod_target_layers {conf['mod_target_layers']!r} gives at {num_layers} layers "
-                                  f"({layers})")
-    spec.layers, spec.ratios = list(layers), ratios
-    return spec
-
-
-def _check_pmod_routers(conf: dict, cfg: ModelConfig, keys, where: Path) -> None:
-    """The p-MoD routers in the weights sit at exactly the MoD layers config.json's schedule gives."""
-    routers = sorted(int(k.split(".")[2]) for k in keys if k.endswith(".router.router.weight"))
-    layers = sorted(cfg.mod.layers)
-    if routers == layers:
-        return
-    if _pmod_without_schedule(conf):
-        raise CheckpointError(f"{where}: no mod_target_layers / mod_ratios, and the routers (layers {routers}) "
-                              f"are not the default schedule's ({layers}): their ratios are unknown")
-    raise CheckpointError(f"{where}: routers at layers {routers} but config.json's schedule has MoD layers {layers}")
-
-
-def _pmod_config(cfg: ModelConfig) -> dict:
-    """config.json's p-MoD fields as the release writes them; the explicit schedule too when those fields
-    (read as the release reads them) would not rebuild this model's layers and ratios."""
-    from .pmod import authors_schedule, format_target_layers, format_weight_norm, pmod_layers_and_ratios
-
-    spec = cfg.mod
-    layers, ratios = pmod_layers_and_ratios(spec, cfg.llm.num_layers)
-    out = {"mod_target_layers": format_target_layers(spec), "mod_target_token_type": spec.pmod_target_tokens,
-           "mod_router_factor": spec.pmod_router_factor, "mod_weight_norm": format_weight_norm(spec),
-           "mod_bias_enabled": spec.pmod_router_bias, "mod_special_init": spec.pmod_router_zero_init}
-    if (layers, ratios) == authors_schedule(spec, cfg.llm.num_layers):
-        out["mod_target_layer_indices"] = layers
-    else:
-        out["mod_layers_idx"], out["mod_ratios"] = layers, ratios
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------
 # state-dict mapping
 
@@ -423,31 +317,7 @@ DERIVED_BUFFER_SUFFIXES = (".rotary_emb.inv_freq", ".embeddings.position_ids")
 
 def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) -> dict:
     state = {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}
-    routing = {}
-    if cfg.mod.scheme == "gamma":
-        copies = {k: state.pop(k) for k in [k for k in state if k.endswith(".router.weight")
-                                            and k.startswith("model.layers.")]}
-        if not copies:
-            raise CheckpointError(f"{where}: γ-MoD checkpoint without model.layers.*.router.weight")
-        layers = sorted(int(k.split(".")[2]) for k in copies)
-        if layers != sorted(cfg.mod.layers):
-            raise CheckpointError(f"{where}: routers at layers {layers} but mod_layers_idx is {cfg.mod.layers}")
-        if cfg.mod.shared_router:
-            first_key, first = next(iter(copies.items()))
-            for key, value in copies.items():
-                if value.shape != first.shape or not torch.equal(value, first):
-                    raise CheckpointError(f"{where}: γ-MoD router copies differ: {key} != {first_key} (one shared "
-                                          "router; a model with one router per layer says mod.shared_router false)")
-            routing["language_model.model.routing.router.weight"] = first
-        else:
-            for key, value in copies.items():
-                routing[f"language_model.model.routing.routers.{key.split('.')[2]}.weight"] = value
-    elif cfg.mod.scheme == "pmod":
-        for key in [k for k in state if ".router.router." in k]:
-            layer = key.split(".")[2]
-            routing[f"language_model.model.routing.routers.{layer}.router.{key.rsplit('.', 1)[1]}"] = state.pop(key)
-        for key in [k for k in state if ".decoder_layer." in k]:
-            state[key.replace(".decoder_layer.", ".")] = state.pop(key)
+    routing = scheme_class(cfg.mod.scheme).routers_from_authors(state, cfg, where)
     if kind == HF_LLAVA_KIND:
         legacy = host_family(cfg.family).hf.legacy_prefixes
         state = {next((new + k[len(old):] for new, old in legacy if k.startswith(old)), k): v
@@ -463,24 +333,13 @@ def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) ->
 
 
 def to_authors_state(model, kind: str) -> dict:
-    """Our state dict in the authors' key names (γ-MoD routers repeated per layer, p-MoD prefixes)."""
+    """Our state dict in the authors' key names: the host family's layout, the scheme's routers."""
     cfg = model.cfg
     state = {k: v for k, v in model.state_dict().items() if ".routing." not in k}
     theirs, unmatched = _rename(state, _layout(cfg, kind))
     if unmatched:
         raise KeyError(f"no {kind} key for {unmatched[:5]}")
-    routing = model.language_model.model.routing
-    if cfg.mod.scheme == "gamma":
-        for layer in cfg.mod.layers:
-            theirs[f"model.layers.{layer}.router.weight"] = routing.router_for(layer).weight.detach().clone()
-    elif cfg.mod.scheme == "pmod":
-        for layer in routing.mod_layers:
-            for key in [k for k in theirs if k.startswith(f"model.layers.{layer}.")]:
-                theirs[key.replace(f"model.layers.{layer}.", f"model.layers.{layer}.decoder_layer.")] = theirs.pop(key)
-            router = routing.routers[str(layer)].router
-            theirs[f"model.layers.{layer}.router.router.weight"] = router.weight.detach().clone()
-            if router.bias is not None:  # mod_bias_enabled
-                theirs[f"model.layers.{layer}.router.router.bias"] = router.bias.detach().clone()
+    scheme_class(cfg.mod.scheme).routers_to_authors(theirs, model)
     return theirs
 
 
@@ -504,14 +363,7 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         "mm_hidden_size": cfg.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
     }
     base.update(family.write_vision(cfg))
-    if cfg.mod.scheme == "gamma":
-        base["mod"] = {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(cfg.mod.layers),
-                       "capacity_factor": cfg.mod.train_skip_fraction,
-                       "router_aux_loss_coef": cfg.mod.router_loss_coef,
-                       "prefill_threshold": cfg.mod.prefill_threshold, "decode_threshold": cfg.mod.decode_threshold,
-                       "shared_router": cfg.mod.shared_router, "masked_tokens": cfg.mod.masked_tokens}
-    if cfg.mod.scheme == "pmod":
-        base.update(_pmod_config(cfg))
+    base.update(scheme_class(cfg.mod.scheme).config_json_fields(cfg))
     return base
 
 
@@ -562,8 +414,7 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
     _check_finite(state, directory)
     cfg = config if config is not None else config_from_checkpoint(
         directory, {k: tuple(v.shape) for k, v in state.items()})[0]
-    if cfg.mod.scheme == "pmod":
-        _check_pmod_routers(conf, cfg, state, directory / "config.json")
+    scheme_class(cfg.mod.scheme).check_checkpoint(conf, cfg, state, directory / "config.json")
     if dtype:
         cfg.dtype = dtype
     try:

@@ -20,11 +20,14 @@ uncached recomputation of the same tokens route identically, and batches of any 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, ModSpec
+from .hosts import CheckpointError
 from .routing import (
     IMAGE,
     RESPONSE,
@@ -34,6 +37,7 @@ from .routing import (
     RoutingScheme,
     rank_within_rows,
     register_scheme,
+    uniform_skip_tokens,
 )
 
 
@@ -64,6 +68,68 @@ class GammaModRouting(RoutingScheme):
                 f"mod.layers includes {bad}: γ-MoD keeps layer 0 and the last layer ({num_layers - 1}) dense "
                 "when generating with a KV cache"
             )
+
+    # --- configuration-level questions (no module built) -----------------------------------------------------
+    routes_decode_tokens = True  # every decode token asks the router (FLOPs count it)
+
+    @staticmethod
+    def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
+                         image_tokens: int | None = None) -> list[float]:
+        if skip is None:
+            raise ValueError(f"--skip is required for a {cfg.mod.scheme} model (its skip ratio is measured, not fixed)")
+        return uniform_skip_tokens(cfg.llm.num_layers, set(cfg.mod.layers), seq_len, skip)
+
+    # --- the authors' checkpoint layout (Yaxin9Luo/Gamma-MOD llava_llama_mod.py) -------------------------------
+    @staticmethod
+    def spec_from_config_json(conf: dict, num_layers: int, where: Path) -> ModSpec:
+        spec = conf.get("mod")
+        if not isinstance(spec, dict) or "mod_layers_idx" not in spec:
+            raise CheckpointError(f"{where}: {conf.get('model_type')} without a 'mod' dict holding mod_layers_idx")
+        # prefill / decode thresholds: not in the released configs (their code hard-codes 0.005 / 0.5); our
+        # writer adds them so that checkpoints of other settings (the tiny twins) round-trip.
+        # shared_router / masked_tokens: likewise ours (the released models share one router, mask Q + A).
+        return ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
+                       train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
+                       router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)),
+                       prefill_threshold=float(spec.get("prefill_threshold", 0.005)),
+                       decode_threshold=float(spec.get("decode_threshold", 0.5)),
+                       shared_router=bool(spec.get("shared_router", True)),
+                       masked_tokens=str(spec.get("masked_tokens", "qa")))
+
+    @staticmethod
+    def config_json_fields(cfg: ModelConfig) -> dict:
+        mod = cfg.mod
+        return {"mod": {"mod_enable": True, "mod_mode": "arank_mod", "mod_layers_idx": list(mod.layers),
+                        "capacity_factor": mod.train_skip_fraction, "router_aux_loss_coef": mod.router_loss_coef,
+                        "prefill_threshold": mod.prefill_threshold, "decode_threshold": mod.decode_threshold,
+                        "shared_router": mod.shared_router, "masked_tokens": mod.masked_tokens}}
+
+    @staticmethod
+    def routers_from_authors(state: dict, cfg: ModelConfig, where: Path) -> dict:
+        """The router, repeated as model.layers.{i}.router.weight (identical in every copy when shared), taken
+        out of `state` and returned under our names."""
+        copies = {k: state.pop(k) for k in [k for k in state if k.endswith(".router.weight")
+                                            and k.startswith("model.layers.")]}
+        if not copies:
+            raise CheckpointError(f"{where}: γ-MoD checkpoint without model.layers.*.router.weight")
+        layers = sorted(int(k.split(".")[2]) for k in copies)
+        if layers != sorted(cfg.mod.layers):
+            raise CheckpointError(f"{where}: routers at layers {layers} but mod_layers_idx is {cfg.mod.layers}")
+        if not cfg.mod.shared_router:
+            return {f"language_model.model.routing.routers.{key.split('.')[2]}.weight": value
+                    for key, value in copies.items()}
+        first_key, first = next(iter(copies.items()))
+        for key, value in copies.items():
+            if value.shape != first.shape or not torch.equal(value, first):
+                raise CheckpointError(f"{where}: γ-MoD router copies differ: {key} != {first_key} (one shared "
+                                      "router; a model with one router per layer says mod.shared_router false)")
+        return {"language_model.model.routing.router.weight": first}
+
+    @staticmethod
+    def routers_to_authors(theirs: dict, model) -> None:
+        routing = model.language_model.model.routing
+        for layer in model.cfg.mod.layers:
+            theirs[f"model.layers.{layer}.router.weight"] = routing.router_for(layer).weight.detach().clone()
 
     def keep_probability(self, normed: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.router_for(layer_idx)(normed).float()

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,12 +32,22 @@ from torch import nn
 from .config import (
     PMOD_DECAYS,
     PMOD_PATTERNS,
+    PMOD_TARGET_TOKENS,
     PMOD_WEIGHT_NORMS,
     ConfigError,
     ModelConfig,
     ModSpec,
 )
-from .routing import IMAGE, Route, RoutingContext, RoutingScheme, rank_within_rows, register_scheme
+from .hosts import CheckpointError
+from .routing import (
+    IMAGE,
+    Route,
+    RoutingContext,
+    RoutingScheme,
+    rank_within_rows,
+    register_scheme,
+    uniform_skip_tokens,
+)
 
 # The released decay functions divide by 31 whatever the depth (a 32-layer LLM's last index).
 AUTHORS_DECAY_DIVISOR = 31
@@ -155,6 +166,92 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else _decimal(x)
 
 
+# --- config.json <-> ModSpec, as the release reads and writes it ----------------------------------------------
+# p-MoD's config.json fields, as initialize_mod_modules writes them (pmod_llava_llama.py); its build_mod_layers
+# adds mod_target_layer_indices. mod_layers_idx / mod_ratios are ours: an explicit schedule that these fields
+# cannot express (a decay at another divisor than the release's 31, custom ratios).
+PMOD_CONFIG_KEYS = ("mod_target_layers", "mod_target_token_type", "mod_router_factor", "mod_weight_norm",
+                    "mod_bias_enabled", "mod_special_init")
+PMOD_EXPLICIT_KEYS = ("mod_layers_idx", "mod_ratios")
+
+
+def _without_schedule(conf: dict) -> bool:
+    """Written by this suite before it wrote the p-MoD fields: its p-MoD models used the depth-scaled decay."""
+    return not any(key in conf for key in PMOD_CONFIG_KEYS + PMOD_EXPLICIT_KEYS)
+
+
+def spec_from_config_json(conf: dict, num_layers: int, where: Path) -> ModSpec:
+    """Every p-MoD field of config.json into the typed spec, with the layers and ratios resolved: the explicit
+    keys when present, else what the release builds from the pattern (decay divisor 31). Loading checks that
+    the routers in the weights sit at exactly those layers (`check_routers`)."""
+    if _without_schedule(conf):
+        layers, ratios = prd_schedule(num_layers)
+        return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
+    missing = [key for key in PMOD_CONFIG_KEYS if key not in conf]
+    if missing:
+        raise CheckpointError(f"{where}: pmod_llava_llama config without {missing}")
+    try:
+        fields = {**parse_target_layers(conf["mod_target_layers"]), **parse_weight_norm(conf["mod_weight_norm"])}
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
+    token_type = conf["mod_target_token_type"]
+    if token_type not in PMOD_TARGET_TOKENS:
+        raise CheckpointError(f"{where}: mod_target_token_type: unsupported value {token_type!r}; supported: "
+                              f"{PMOD_TARGET_TOKENS}")
+    factor = conf["mod_router_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)):
+        raise CheckpointError(f"{where}: mod_router_factor must be a number, got {factor!r}")
+    for key in ("mod_bias_enabled", "mod_special_init"):
+        if not isinstance(conf[key], bool):
+            raise CheckpointError(f"{where}: {key} must be true or false, got {conf[key]!r}")
+    spec = ModSpec(scheme="pmod", pmod_router_factor=float(factor), pmod_target_tokens=token_type,
+                   pmod_router_bias=conf["mod_bias_enabled"], pmod_router_zero_init=conf["mod_special_init"], **fields)
+    if any(key in conf for key in PMOD_EXPLICIT_KEYS):
+        layers, ratios = conf.get("mod_layers_idx"), conf.get("mod_ratios")
+        if not (isinstance(layers, list) and isinstance(ratios, list) and len(layers) == len(ratios)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in layers)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in ratios)):
+            raise CheckpointError(f"{where}: mod_layers_idx / mod_ratios must be lists of layer indices and kept "
+                                  f"ratios of the same length, got {layers!r} / {ratios!r}")
+        ratios = [float(v) for v in ratios]
+    else:
+        layers, ratios = authors_schedule(spec, num_layers)
+        indices = conf.get("mod_target_layer_indices")
+        if indices is not None and list(indices) != layers:
+            raise CheckpointError(f"{where}: mod_target_layer_indices {indices} differs from the layers that "
+                                  f"mod_target_layers {conf['mod_target_layers']!r} gives at {num_layers} layers "
+                                  f"({layers})")
+    spec.layers, spec.ratios = list(layers), ratios
+    return spec
+
+
+def check_routers(conf: dict, cfg: ModelConfig, keys, where: Path) -> None:
+    """The p-MoD routers in the weights sit at exactly the MoD layers config.json's schedule gives."""
+    routers = sorted(int(k.split(".")[2]) for k in keys if k.endswith(".router.router.weight"))
+    layers = sorted(cfg.mod.layers)
+    if routers == layers:
+        return
+    if _without_schedule(conf):
+        raise CheckpointError(f"{where}: no mod_target_layers / mod_ratios, and the routers (layers {routers}) "
+                              f"are not the default schedule's ({layers}): their ratios are unknown")
+    raise CheckpointError(f"{where}: routers at layers {routers} but config.json's schedule has MoD layers {layers}")
+
+
+def config_json_fields(cfg: ModelConfig) -> dict:
+    """config.json's p-MoD fields as the release writes them; the explicit schedule too when those fields
+    (read as the release reads them) would not rebuild this model's layers and ratios."""
+    spec = cfg.mod
+    layers, ratios = pmod_layers_and_ratios(spec, cfg.llm.num_layers)
+    out = {"mod_target_layers": format_target_layers(spec), "mod_target_token_type": spec.pmod_target_tokens,
+           "mod_router_factor": spec.pmod_router_factor, "mod_weight_norm": format_weight_norm(spec),
+           "mod_bias_enabled": spec.pmod_router_bias, "mod_special_init": spec.pmod_router_zero_init}
+    if (layers, ratios) == authors_schedule(spec, cfg.llm.num_layers):
+        out["mod_target_layer_indices"] = layers
+    else:
+        out["mod_layers_idx"], out["mod_ratios"] = layers, ratios
+    return out
+
+
 # --- the routing scheme --------------------------------------------------------------------------------------
 class PmodRouter(nn.Module):
     """TokenRouter: Linear(hidden, 1, bias), zero-initialised when mod_special_init (as released)."""
@@ -188,6 +285,59 @@ class PmodRouting(RoutingScheme):
         self.routers = nn.ModuleDict({
             str(layer): PmodRouter(cfg.llm.hidden_size, spec.pmod_router_bias, spec.pmod_router_zero_init)
             for layer in layers})
+
+    def router_for(self, layer_idx: int) -> PmodRouter:
+        return self.routers[str(layer_idx)]
+
+    # --- configuration-level questions (no module built) -----------------------------------------------------
+    @staticmethod
+    def mod_layers_of(spec: ModSpec, num_layers: int) -> list[int]:
+        return pmod_layers_and_ratios(spec, num_layers)[0]
+
+    @staticmethod
+    def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
+                         image_tokens: int | None = None) -> list[float]:
+        """The text tokens plus trunc(n_vision * ratio_l) of the vision tokens in MoD layer l (float32, as the
+        release computes it); `skip` instead skips that share of every token in the MoD layers."""
+        num_layers = cfg.llm.num_layers
+        layers, ratios = pmod_layers_and_ratios(cfg.mod, num_layers)
+        if skip is not None:
+            return uniform_skip_tokens(num_layers, set(layers), seq_len, skip)
+        n_vision = image_tokens if image_tokens is not None else cfg.vision.num_image_tokens
+        if n_vision > seq_len:
+            raise ValueError(f"seq_len {seq_len:g} is shorter than the {n_vision} image tokens (give a longer "
+                             "sequence, or the image tokens it holds)")
+        kept = dict(zip(layers, ratios))
+        return [seq_len - n_vision + kept_count(n_vision, kept[i]) if i in kept else float(seq_len)
+                for i in range(num_layers)]
+
+    # --- the authors' checkpoint layout (MCG-NJU/p-MoD pmod_llava_llama.py) ------------------------------------
+    spec_from_config_json = staticmethod(spec_from_config_json)
+    config_json_fields = staticmethod(config_json_fields)
+    check_checkpoint = staticmethod(check_routers)
+
+    @staticmethod
+    def routers_from_authors(state: dict, cfg: ModelConfig, where: Path) -> dict:
+        """The routers (model.layers.{i}.router.router.*) taken out of `state` and returned under our names; an
+        MoD layer's own keys (model.layers.{i}.decoder_layer.*) renamed in place to a plain layer's."""
+        routing = {}
+        for key in [k for k in state if ".router.router." in k]:
+            layer = key.split(".")[2]
+            routing[f"language_model.model.routing.routers.{layer}.router.{key.rsplit('.', 1)[1]}"] = state.pop(key)
+        for key in [k for k in state if ".decoder_layer." in k]:
+            state[key.replace(".decoder_layer.", ".")] = state.pop(key)
+        return routing
+
+    @staticmethod
+    def routers_to_authors(theirs: dict, model) -> None:
+        routing = model.language_model.model.routing
+        for layer in routing.mod_layers:
+            for key in [k for k in theirs if k.startswith(f"model.layers.{layer}.")]:
+                theirs[key.replace(f"model.layers.{layer}.", f"model.layers.{layer}.decoder_layer.")] = theirs.pop(key)
+            router = routing.routers[str(layer)].router
+            theirs[f"model.layers.{layer}.router.router.weight"] = router.weight.detach().clone()
+            if router.bias is not None:  # mod_bias_enabled
+                theirs[f"model.layers.{layer}.router.router.bias"] = router.bias.detach().clone()
 
     def targets(self, ctx: RoutingContext) -> torch.Tensor:
         target = ctx.token_types == IMAGE

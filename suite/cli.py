@@ -45,6 +45,7 @@ def _build(name: str, seed: int = 0, device: str = "cpu", overrides: dict | None
 def cmd_models(args) -> int:
     from models import list_variants
     from models.params import count_parameters
+    from models.routing import scheme_class
 
     rows = []
     for cfg in list_variants():
@@ -52,8 +53,8 @@ def cmd_models(args) -> int:
             continue
         rows.append({
             "name": cfg.name, "family": cfg.family, "scheme": cfg.mod.scheme,
-            "layers": cfg.llm.num_layers, "mod_layers": len(cfg.mod.layers) if cfg.mod.layers else
-            ("prd" if cfg.mod.scheme == "pmod" else 0),
+            "layers": cfg.llm.num_layers,
+            "mod_layers": len(scheme_class(cfg.mod.scheme).mod_layers_of(cfg.mod, cfg.llm.num_layers)),
             "params": count_parameters(cfg), "hub_id": cfg.hub_id or "-",
         })
     if args.json:

@@ -21,7 +21,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.config import ModelConfig
-from models.pmod import kept_count, pmod_layers_and_ratios
+from models.routing import scheme_class
 
 CONVENTION = "2 FLOPs per multiply-add; LLM decoder prefill only (8sh^2 + 4s^2h + 6shI per layer)"
 TORCH_CONVENTION = "torch.utils.flop_counter: 2 FLOPs per multiply-add"
@@ -39,26 +39,9 @@ def kv_hidden(cfg: ModelConfig) -> int:
 
 def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
                      image_tokens: int | None = None) -> list[float]:
-    """Tokens each layer runs. `skip` (share of tokens an MoD layer skips) overrides the scheme's own rule."""
-    num_layers = cfg.llm.num_layers
-    mod = cfg.mod
-    if mod.scheme == "dense":
-        return [float(seq_len)] * num_layers
-    if mod.scheme == "pmod" and skip is None:
-        layers, ratios = pmod_layers_and_ratios(mod, num_layers)
-        n_vision = image_tokens if image_tokens is not None else cfg.vision.num_image_tokens
-        if n_vision > seq_len:
-            raise ValueError(f"seq_len {seq_len:g} is shorter than the {n_vision} image tokens (give a longer "
-                             "sequence, or the image tokens it holds)")
-        kept = dict(zip(layers, ratios))
-        return [seq_len - n_vision + kept_count(n_vision, kept[i]) if i in kept else float(seq_len)
-                for i in range(num_layers)]
-    if skip is None:
-        raise ValueError(f"--skip is required for a {mod.scheme} model (its skip ratio is measured, not fixed)")
-    if not 0.0 <= skip < 1.0:
-        raise ValueError(f"skip = {skip} is outside [0, 1)")
-    mod_layers = set(mod.layers) if mod.scheme == "gamma" else set(pmod_layers_and_ratios(mod, num_layers)[0])
-    return [seq_len * (1 - skip) if i in mod_layers else float(seq_len) for i in range(num_layers)]
+    """Tokens each layer runs, by the model's routing scheme. `skip` (share of tokens an MoD layer skips)
+    overrides the scheme's own rule."""
+    return scheme_class(cfg.mod.scheme).tokens_per_layer(cfg, seq_len, skip, image_tokens)
 
 
 def flops_analytic(cfg: ModelConfig, seq_len: float, skip: float | None = None,
@@ -165,12 +148,10 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     mod_layers = list(routing.mod_layers)
     if mod_layers:
         x = torch.empty(1, seq_len, hidden, **meta)
-        if cfg.mod.scheme == "gamma":  # γ-MoD also routes each decode token (p-MoD decodes densely)
+        components["router"] = count(lambda: [routing.router_for(i)(x) for i in mod_layers])
+        if routing.routes_decode_tokens:  # γ-MoD also routes each decode token (p-MoD decodes densely)
             x1 = torch.empty(1, 1, hidden, **meta)
-            components["router"] = count(lambda: [routing.router_for(i)(x) for i in mod_layers]) + count(
-                lambda: [routing.router_for(i)(x1) for i in mod_layers]) * new_tokens
-        else:
-            components["router"] = count(lambda: [routing.routers[str(i)](x) for i in mod_layers])
+            components["router"] += count(lambda: [routing.router_for(i)(x1) for i in mod_layers]) * new_tokens
     head_in = torch.empty(1, 1, hidden, **meta)
     # one token's logits after the prefill and after each decode step
     components["lm_head"] = count(lambda: model.language_model.lm_head(head_in)) * (1 + new_tokens)

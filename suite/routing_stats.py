@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from models.routing import PAD, TOKEN_TYPE_NAMES
+from models.routing import PAD, TOKEN_TYPE_NAMES, scheme_class
 
 
 def routing_summary(kept: torch.Tensor, total: torch.Tensor, cfg) -> dict:
@@ -32,8 +32,4 @@ def routing_summary(kept: torch.Tensor, total: torch.Tensor, cfg) -> dict:
 
 
 def _mod_layers(cfg, num_layers: int) -> list[int]:
-    from models.pmod import pmod_layers_and_ratios
-
-    if cfg.mod.scheme == "pmod":
-        return pmod_layers_and_ratios(cfg.mod, num_layers)[0]
-    return sorted(cfg.mod.layers)
+    return scheme_class(cfg.mod.scheme).mod_layers_of(cfg.mod, num_layers)

@@ -82,3 +82,22 @@ def test_config_json_two_families_claim_is_an_error(tmp_path):
     (directory / "config.json").write_text(json.dumps({**conf, "is_multipath_encoder": True}))
     with pytest.raises(CheckpointError, match="fits the llava-next and the llava-hr layouts"):
         models.load(str(directory))
+
+
+def test_the_generic_code_branches_on_no_family_and_no_scheme():
+    """checkpoints.py, flops.py and routing_stats.py ask the registries; none compares a family, scheme or
+    model_type name (the branches issue 16 moved into the front-end and scheme modules)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    families = host_families().values()
+    names = ({f.name for f in families} | {"dense", "gamma", "pmod"}
+             | {r.model_type for f in families for r in f.releases.values()})
+    for path in ("models/checkpoints.py", "suite/flops.py", "suite/routing_stats.py"):
+        for node in ast.walk(ast.parse((root / path).read_text())):
+            if isinstance(node, ast.Compare):
+                for operand in [node.left, *node.comparators]:
+                    for const in ast.walk(operand):
+                        assert not (isinstance(const, ast.Constant) and const.value in names), \
+                            f"{path}:{node.lineno} compares with {const.value!r}"
