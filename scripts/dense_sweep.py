@@ -1,0 +1,113 @@
+"""One dense configuration of the reproduction, trained and evaluated alone: the probe behind the dense sweep in
+results/reproduction/dense_sweep.md (what it takes for the dense model to clear chance on every held-out set).
+
+    python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
+
+trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides on the quick preset's
+corpus (seed 0, or the corpus the overrides call for), evaluates the dense model through lmms-eval on the
+held-out sets with the right images and with swapped ones, and prints the accuracies and the answers by question
+kind. Stages are cached under /tmp/exp-NAME (--work), as the pipeline caches them."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("name")
+    parser.add_argument("--llm", default="{}", help='LlmConfig overrides, e.g. {"hidden_size": 128}')
+    parser.add_argument("--vision", default="{}", help='VisionConfig overrides, e.g. {"num_layers": 4}')
+    parser.add_argument("--preset-fields", default="{}", help='Preset overrides, e.g. {"turns": 8}')
+    parser.add_argument("--work", default="")
+    parser.add_argument("--teacher-forced", type=int, default=0, metavar="N",
+                        help="also: answers right per training-turn kind, teacher-forced, on N held-out scenes and on "
+                             "N training scenes (is the model overfitting its training scenes?)")
+    args = parser.parse_args()
+
+    import models
+    from models import variants
+    from suite.reproduce import PRESETS, Pipeline, _eval_summary
+    from suite.reproduce_report import avg_acc
+    from tasks.scenes import kind_chance
+
+    base = models.get_variant("cpu-repro-llava")
+    cfg = dataclasses.replace(base, name=f"exp-{args.name}",
+                              llm=dataclasses.replace(base.llm, **json.loads(args.llm)),
+                              vision=dataclasses.replace(base.vision, **json.loads(args.vision)))
+    variants.register_variant(cfg)
+    preset = dataclasses.replace(PRESETS["quick"], model=cfg.name, rows=("dense",), **json.loads(args.preset_fields))
+    pipe = Pipeline(preset, args.work or f"/tmp/exp-{args.name}", log=lambda *a: None)
+    started = time.time()
+    corpus = pipe.corpus(0)
+    dense = pipe.dense(0, corpus)
+    print(f"{args.name}: dense trained ({dense[1]['train']['steps']} steps, final loss "
+          f"{dense[1]['train']['final']['lm_loss']:.3f}) in {time.time() - started:.0f} s", flush=True)
+    for mode, swapped in (("right images", False), ("swapped images", True)):
+        stage = pipe.evaluate(0, "dense", corpus, dense, None, swapped=swapped)
+        run = Path(stage[1]["run"])
+        ev = _eval_summary(json.loads(run.read_text()), run.parent / "samples.jsonl")
+        print(f"{args.name} {mode}: " + ", ".join(f"{k} {v:.1f}" for k, v in ev["acc"].items())
+              + f"; avg {avg_acc(ev):.1f}")
+        for kind, (right, asked) in sorted(ev["kinds"].items()):
+            print(f"    {kind:40s} {100 * right / asked:5.1f} of {asked:3d} (chance {100 * kind_chance(kind):.1f})")
+    if args.teacher_forced:
+        for which in ("held-out", "training"):
+            tally = teacher_forced(dense[1]["model"], preset, args.teacher_forced, which == "training")
+            print(f"{args.name} teacher-forced on {args.teacher_forced} {which} scenes: " + ", ".join(
+                f"{kind} {100 * right / asked:.0f} % of {asked}" for kind, (right, asked) in tally.items()))
+
+
+def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool) -> dict[str, list[int]]:
+    """Per turn kind of the training format (the caption: its tokens, and whole captions), the share of answers
+    whose every token is the model's argmax given the gold prefix, on fresh turns about n scenes: held-out ones
+    (a stream of their own) or the corpus's first training scenes (the same draws write_corpus makes)."""
+    import random
+
+    import torch
+
+    import models
+    from models.prompt import tokenize_conversation
+    from tasks.scenes import draw, sample_scene, training_turns
+
+    model = models.load(model_dir).eval()
+    rng = random.Random("teacher-forced")
+    scene_rng = random.Random(f"train-{0}")
+    tally: dict[str, list[int]] = {}
+    for _ in range(n):
+        scene = sample_scene(scene_rng if training_scenes else rng)
+        turns = training_turns(scene, rng, preset.turns)
+        conversation = []
+        for k, (question, answer) in enumerate(turns):
+            conversation += [("human", ("<image>\n" if k == 0 else "") + question), ("gpt", answer)]
+        sample = tokenize_conversation(model.tokenizer, conversation, True)
+        batch = model.assemble([sample], model.vision.preprocess([draw(scene, preset.image_size)]))
+        with torch.no_grad():
+            logits = model.language_model(inputs_embeds=batch.inputs_embeds, token_types=batch.token_types).logits
+        right = (logits[0, :-1].argmax(-1) == batch.labels[0, 1:]).tolist()
+        labelled = (batch.labels[0, 1:] != -100).nonzero().flatten().tolist()
+        answers, run = [], [labelled[0]]  # each turn's answer tokens: consecutive labelled positions
+        for position in labelled[1:]:
+            if position != run[-1] + 1:
+                answers.append(run)
+                run = []
+            run.append(position)
+        answers.append(run)
+        for (question, _), positions in zip(turns, answers):
+            kind = "caption" if question.startswith("Describe") else " ".join(question.split()[:3])
+            entry = tally.setdefault(kind, [0, 0])
+            entry[0] += all(right[p] for p in positions)
+            entry[1] += 1
+            if kind == "caption":
+                tokens = tally.setdefault("caption tokens", [0, 0])
+                tokens[0] += sum(right[p] for p in positions)
+                tokens[1] += len(positions)
+    return dict(sorted(tally.items(), key=lambda kv: -kv[1][1]))
+
+
+if __name__ == "__main__":
+    main()
