@@ -116,6 +116,21 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
 
 def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     """Single or sharded .safetensors / .bin, whichever the directory holds (safetensors first)."""
+    files, weight_map = _weight_files(directory)
+    state = {}
+    for path in files:
+        tensors = _load_file(path)
+        if weight_map is not None:
+            missing = [k for k, shard in weight_map.items() if directory / shard == path and k not in tensors]
+            if missing:
+                raise CheckpointError(f"{path}: keys listed in the index json are absent: {missing[:5]}")
+        state.update(tensors)
+    return state
+
+
+def _weight_files(directory: Path) -> tuple[list[Path], dict[str, str] | None]:
+    """The files holding a checkpoint's weights, safetensors first: the shards an index json names (and its
+    weight_map, key -> shard), or the single file (and None)."""
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = directory / index_name
@@ -123,31 +138,9 @@ def read_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             weight_map = read_json(index).get("weight_map")
             if not isinstance(weight_map, dict):
                 raise CheckpointError(f"{index}: no 'weight_map'")
-            state = {}
-            for shard in sorted(set(weight_map.values())):
-                tensors = _load_file(directory / shard)
-                missing = [k for k, s in weight_map.items() if s == shard and k not in tensors]
-                if missing:
-                    raise CheckpointError(f"{directory / shard}: keys listed in {index_name} are absent: {missing[:5]}")
-                state.update(tensors)
-            return state
+            return [directory / shard for shard in sorted(set(weight_map.values()))], weight_map
         if (directory / single).exists():
-            return _load_file(directory / single)
-    raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or their index json")
-
-
-def _weight_files(directory: Path) -> list[Path]:
-    """The files holding a checkpoint's weights: the shards an index json names, or the single file."""
-    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
-                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
-        index = directory / index_name
-        if index.exists():
-            weight_map = read_json(index).get("weight_map")
-            if not isinstance(weight_map, dict):
-                raise CheckpointError(f"{index}: no 'weight_map'")
-            return [directory / shard for shard in sorted(set(weight_map.values()))]
-        if (directory / single).exists():
-            return [directory / single]
+            return [directory / single], None
     raise CheckpointError(f"{directory}: no model.safetensors, pytorch_model.bin or their index json")
 
 
@@ -155,7 +148,7 @@ def weight_shapes(directory: Path) -> dict[str, tuple[int, ...]]:
     """Every weight's name and shape, from the files' headers: a safetensors header, or a .bin's pickle with its
     storages mapped to the meta device. No tensor data is read (a 13B checkpoint's sizes cost milliseconds)."""
     shapes: dict[str, tuple[int, ...]] = {}
-    for path in _weight_files(directory):
+    for path in _weight_files(directory)[0]:
         if not path.exists():
             raise CheckpointError(f"{path}: weight file not found")
         try:
