@@ -245,6 +245,9 @@ def release_of(conf: dict, kind: str, where: Path) -> tuple[HostFamily, str]:
         raise CheckpointError(f"{where}: config.json fits the {' and the '.join(f.name for f, _ in claimed)} "
                               "layouts at once")
     fallback = [c for c in candidates if c[0].claims is None]
+    if not claimed and not fallback:
+        raise CheckpointError(f"{where}: no host family claims this {kind} config.json "
+                              f"(families released as {kind}: {sorted({f.name for f, _ in candidates})})")
     return (claimed or fallback)[0]
 
 

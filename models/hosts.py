@@ -116,8 +116,15 @@ def host_family(name: str) -> HostFamily:
 
 def register_host_family(family: HostFamily) -> HostFamily:
     """Add a family defined outside BUILTIN_MODULES (a name no other family has)."""
-    if family.name in host_families():
+    families = host_families()
+    if family.name in families:
         raise ValueError(f"host family {family.name!r} is already registered")
+    if family.claims is None:  # one fallback per model_type, else which family a config.json is would be arbitrary
+        for other in families.values():
+            shared = {r.model_type for r in other.releases.values()} & {r.model_type for r in family.releases.values()}
+            if other.claims is None and shared:
+                raise ValueError(f"host family {family.name!r}: {other.name!r} is already the fallback for "
+                                 f"{sorted(shared)}; give {family.name!r} a `claims` test")
     _REGISTERED[family.name] = family
     return family
 

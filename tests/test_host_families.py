@@ -84,6 +84,22 @@ def test_config_json_two_families_claim_is_an_error(tmp_path):
         models.load(str(directory))
 
 
+def test_a_second_fallback_for_a_model_type_is_refused_and_an_unclaimed_config_is_an_error(tmp_path):
+    """Families sharing a model_type are told apart by their `claims`; one without is the fallback, and a second
+    fallback would make a config.json's family arbitrary. A config.json no family takes is a CheckpointError."""
+    from models.hosts import register_host_family
+
+    twin = dataclasses.replace(TOY, name="toy-twin")
+    with registered(TOY):
+        with pytest.raises(ValueError, match="'toy-llava' is already the fallback for \\['mod_toy_llava', 'toy_llava'\\]"):
+            register_host_family(twin)
+        directory = save_authors_checkpoint(models.build_model(toy_config("tiny-llava")), tmp_path / "ckpt", "toy_llava")
+    picky = dataclasses.replace(TOY, claims=lambda conf: conf.get("toy_marker") == 8)
+    with registered(picky):
+        with pytest.raises(CheckpointError, match="no host family claims this toy_llava config.json"):
+            models.load(str(directory))
+
+
 def test_the_generic_code_branches_on_no_family_and_no_scheme():
     """checkpoints.py, flops.py and routing_stats.py ask the registries; none compares a family, scheme or
     model_type name (the branches issue 16 moved into the front-end and scheme modules)."""
