@@ -205,6 +205,23 @@ def _flatten_metrics(results: dict) -> dict:
 def run(spec: RunSpec, progress: bool = True, handle_sigterm: bool = True) -> RunOutcome:
     """One attempt at a run. Raises RunInterrupted / KeyboardInterrupt after writing run.json ("interrupted").
     handle_sigterm=False leaves SIGTERM to the caller (a submitit job, whose own handler requeues it)."""
+    try:
+        return _run(spec, progress, handle_sigterm)
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Under torchrun, each rank tears its process group down before the interpreter exits: left to exit, the
+    gloo threads can outlive it and abort the process ("terminate called without an active exception") after a
+    run that finished ok."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
     import models  # noqa: F401  (fail early on a broken install)
 
     rank, world = rank_and_world()
