@@ -76,7 +76,7 @@ def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool) -> dic
 
     model = models.load(model_dir).eval()
     rng = random.Random("teacher-forced")
-    scene_rng = random.Random(f"train-{0}")
+    scene_rng = random.Random("train-0")  # write_corpus's training stream for seed 0
     tally: dict[str, list[int]] = {}
     for _ in range(n):
         scene = sample_scene(scene_rng if training_scenes else rng)
