@@ -242,28 +242,58 @@ def describe(scene: Scene) -> str:
 
 def training_turns(scene: Scene, rng: random.Random, turns: int) -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
-    the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format)."""
-    out = []
-    for _ in range(turns):
+    the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
+    is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
+    read off the image."""
+    out, asked = [], set()
+    for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
+        if len(out) == turns:
+            break
         kind = rng.choice(("exists", "short", "short", "choice", "mme") + (("word", "word") if scene.word else ()))
         if kind == "exists":
             name, answer = q_exists(scene, rng, rng.choice(("random", "adversarial")))
-            out.append((f"Is there a {name} in the image?{SHORT}", answer.capitalize()))
+            question, answer = f"Is there a {name} in the image?{SHORT}", answer.capitalize()
         elif kind == "short":
             question, answer, _ = short_question(scene, rng)
-            out.append((question + SHORT, answer))
+            question += SHORT
         elif kind == "choice":
-            question, options, index = choice_question(scene, rng)
-            out.append((f"{question}{letters(options)}{LETTER}", "ABCD"[index]))
+            stem, options, index = choice_question(scene, rng)
+            question, answer = f"{stem}{letters(options)}{LETTER}", "ABCD"[index]
         elif kind == "mme":
             _, (yes, no) = mme_pair(scene, rng)
             question, answer = (yes, "Yes") if rng.random() < 0.5 else (no, "No")
-            out.append((question + SHORT, answer))
+            question += SHORT
         else:
-            out.append(("What word is written on the sign?" + SHORT, scene.word.lower()))
+            question, answer = "What word is written on the sign?" + SHORT, scene.word.lower()
+        asks = question_asks(question)
+        if asks not in asked:
+            asked.add(asks)
+            out.append((question, answer))
     out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
     # The caption comes last, so that no answer can be read off it instead of the image.
     return out + [("Describe the image.", describe(scene))]
+
+
+def question_asks(question: str) -> tuple[str, ...]:
+    """What a training question asks about the scene, whatever its format: "What color is the circle?", "Which
+    color is the circle? A. ..." and "Is the circle red?" all ask the circle's colour, and one answer gives the
+    others away."""
+    words = question.split("\n")[0].rstrip("?").split()
+    shapes = [w for w in words if w in SHAPES]
+    colours = [w for w in words if w in COLOURS]
+    if words[:2] in (["How", "many"], ["Are", "there"]):
+        return ("count",)
+    if words[:2] == ["What", "word"]:
+        return ("reading",)
+    if "left" in words or "right" in words:
+        return ("side", *shapes)
+    if words[:2] == ["Is", "there"]:
+        return ("exists", *colours, *shapes)
+    if "shape" in words:
+        return ("shape", *colours)
+    if "color" in words or words[:2] == ["Is", "the"]:
+        return ("colour", *shapes)
+    raise ValueError(f"not a question of this corpus: {question!r}")
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -216,6 +216,27 @@ def test_choice_questions_answer_with_the_asked_objects_attribute():
     assert set(positions) == {0, 1, 2, 3} and min(positions.values()) > 100
 
 
+def test_no_training_conversation_asks_one_thing_twice():
+    """A repeated question (in any format: "What color is the circle?", "Is the circle red?") could be answered by
+    copying the earlier turn's answer instead of looking; a probe that counted such turns once read a word 60 % of
+    the time while the first turn read at chance."""
+    import random
+
+    from tasks.scenes import question_asks, sample_scene, training_turns
+
+    assert question_asks("What color is the circle?\nAnswer the question using a single word or phrase.") == \
+        question_asks("Is the circle red?") == question_asks("Which color is the circle?\nA. red\nB. blue") \
+        == ("colour", "circle")
+    assert question_asks("Is there a red circle in the image?") == question_asks("Is there a red circle?")
+    rng = random.Random(0)
+    for _ in range(300):
+        scene = sample_scene(rng)
+        turns = training_turns(scene, rng, 8)
+        asks = [question_asks(question) for question, _ in turns[:-1]]
+        assert len(asks) == len(set(asks)) and len(asks) >= 6
+        assert turns[-1][0] == "Describe the image."
+
+
 def test_held_out_scenes_never_coincide_with_training_scenes(tmp_path):
     import random
 
