@@ -42,7 +42,7 @@ def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Im
 
 
 def run_stage(component: str, fn):
-    """How a front-end's encode() runs each of its parts; suite/flops.py passes one that counts each part's
+    """How a front-end's encode() runs each of its parts; models/flops.py passes one that counts each part's
     FLOPs under its component name (vision_encoder, projector, ...), so every front-end owns its accounting."""
     return fn()
 

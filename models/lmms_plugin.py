@@ -306,7 +306,7 @@ class ModbenchLmms(lmms):
             })
             self.cache_hook.add_partial("generate_until", (a[0], a[1]), text)
             if self.measure_flops:  # one more prefill per sample, alone, under the counters
-                from suite.flops import measure_sample_flops
+                from .flops import measure_sample_flops
 
                 rows[-1]["flops"] = measure_sample_flops(self.model, prompts[j], images[j], fvcore=True)
         self._record(rows)

@@ -3,7 +3,7 @@
 A scheme (dense, gamma, pmod) is an nn.Module holding its router parameters; `route()` returns None for a
 layer where every real token runs (a dense layer) or a `Route` naming the tokens that run. Its static methods
 answer what the rest of the code asks about a scheme without building it: its MoD layers and per-layer token
-counts (suite/flops.py, suite/routing_stats.py) and how the authors' checkpoints hold it (models/checkpoints.py).
+counts (models/flops.py, suite/routing_stats.py) and how the authors' checkpoints hold it (models/checkpoints.py).
 """
 
 from __future__ import annotations

@@ -137,12 +137,12 @@ def cmd_arank(args) -> int:
 
 
 def cmd_flops(args) -> int:
+    from models.flops import flops_analytic
     from models.resolver import resolve
-    from suite.flops import flops_analytic
 
     cfg = resolve(args.model).config
     if args.full:
-        from suite.flops import flops_full_meta
+        from models.flops import flops_full_meta
 
         record = flops_full_meta(cfg, int(args.seq_len), args.skip, args.new_tokens, args.image_tokens)
     else:

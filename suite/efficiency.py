@@ -10,8 +10,8 @@ import statistics
 
 import torch
 
+from models.flops import flops_for_tokens
 from models.routing import TOKEN_TYPE_NAMES
-from suite.flops import flops_for_tokens
 from suite.routing_stats import routing_summary
 
 

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from models.flops import flops_for_tokens
 from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, TOKEN_TYPE_NAMES
-from suite.flops import flops_for_tokens
 from suite.routing_stats import routing_summary
 
 SYSTEM_TOKENS = 35  # the vicuna_v1 system prompt of the LLaVA-HR scripts, before the image

@@ -354,7 +354,7 @@ def _at_paper_skip(summary: Summary, row: str, skip: float = 0.577) -> float:
     """The analytic TFLOPs change if our MoD layers skipped the paper's share of the prompt: how much of the gap
     is the depth and layout of a small model rather than the router."""
     import models
-    from suite.flops import flops_for_tokens
+    from models.flops import flops_for_tokens
 
     cfg = models.get_variant(summary.result["preset"]["model"])
     seed = summary.seeds[0]

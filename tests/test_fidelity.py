@@ -15,6 +15,7 @@ from PIL import Image
 import models
 from models.checkpoints import CheckpointError, save_authors_checkpoint
 from models.config import ConfigError, ModelConfig, ModSpec
+from models.flops import flops_full_meta, tokens_per_layer, torch_flop_counter
 from models.pmod import (
     PmodRouting,
     authors_schedule,
@@ -28,7 +29,6 @@ from models.pmod import (
 from models.prompt import vicuna_v1
 from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
 from models.variants import with_mod
-from suite.flops import flops_full_meta, tokens_per_layer, torch_flop_counter
 
 
 def noise_image(width, height, seed=0) -> Image.Image:

@@ -110,10 +110,24 @@ def test_the_generic_code_branches_on_no_family_and_no_scheme():
     families = host_families().values()
     names = ({f.name for f in families} | {"dense", "gamma", "pmod"}
              | {r.model_type for f in families for r in f.releases.values()})
-    for path in ("models/checkpoints.py", "suite/flops.py", "suite/routing_stats.py"):
+    for path in ("models/checkpoints.py", "models/flops.py", "suite/routing_stats.py"):
         for node in ast.walk(ast.parse((root / path).read_text())):
             if isinstance(node, ast.Compare):
                 for operand in [node.left, *node.comparators]:
                     for const in ast.walk(operand):
                         assert not (isinstance(const, ast.Constant) and const.value in names), \
                             f"{path}:{node.lineno} compares with {const.value!r}"
+
+
+def test_models_import_nothing_from_the_suite():
+    """models/ is the model library (loaders, core, FLOPs, the lmms-eval plugin); the suite builds on it, never the
+    other way round, so that the plugin and the loaders work without the suite's CLI, runner or tables."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for path in sorted((root / "models").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            assert not [n for n in names if n == "suite" or n.startswith("suite.")], f"{path.name}:{node.lineno}"

@@ -10,10 +10,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import models
 from models.config import ModSpec
-from models.pmod import mean_kept_ratio, pmod_layers_and_ratios
-from models.variants import with_mod
-from suite.cli import main as cli_main
-from suite.flops import (
+from models.flops import (
     flops_analytic,
     flops_for_tokens,
     flops_full_meta,
@@ -21,6 +18,9 @@ from suite.flops import (
     llm_layer_flops,
     torch_flop_counter,
 )
+from models.pmod import mean_kept_ratio, pmod_layers_and_ratios
+from models.variants import with_mod
+from suite.cli import main as cli_main
 from suite.latency import LatencySpec, measure_latency, quantiles
 
 
@@ -61,7 +61,7 @@ def test_torch_counter_agrees_with_analytic_on_the_routed_path(spec, prompts, im
 
 
 def test_measure_sample_flops_record(prompts, images):
-    from suite.flops import measure_sample_flops
+    from models.flops import measure_sample_flops
 
     record = measure_sample_flops(models.build_model(gmod_skipping()), prompts[0], images[0])
     assert record["tflops_llm_measured"] == pytest.approx(record["tflops_llm_analytic"], rel=0.02)

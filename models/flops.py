@@ -20,8 +20,8 @@ import re
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.config import ModelConfig
-from models.routing import scheme_class
+from .config import ModelConfig
+from .routing import scheme_class
 
 CONVENTION = "2 FLOPs per multiply-add; LLM decoder prefill only (8sh^2 + 4s^2h + 6shI per layer)"
 TORCH_CONVENTION = "torch.utils.flop_counter: 2 FLOPs per multiply-add"
@@ -109,7 +109,7 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     tokens are the encoded image's unless `image_tokens` says otherwise."""
     from transformers import DynamicCache
 
-    from models.params import build_on_meta
+    from .params import build_on_meta
 
     model = build_on_meta(cfg)
     decoder = model.language_model.model
