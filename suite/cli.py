@@ -745,7 +745,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("reproduce", help="the papers' claims at CPU scale: train, ARank, fine-tune, evaluate, verdicts",
-                       description="Trains a small LLaVA on drawn scenes, picks γ-MoD layers by ARank, fine-tunes "
+                       description="Pretrains a small vision tower on drawn scenes (the stand-in for CLIP; frozen "
+                                   "afterwards, as in LLaVA), trains a small LLaVA on them, picks γ-MoD layers by "
+                                   "ARank, fine-tunes "
                                    "γ-MoD and p-MoD beside a dense continuation, evaluates every model through "
                                    "lmms-eval on held-out sets in the benchmarks' schemas, measures speed, and writes "
                                    "the papers' tables with computed verdicts. Every stage is cached under a hash of "

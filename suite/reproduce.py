@@ -3,15 +3,18 @@
 The pipeline, per seed (every stage cached under a content hash of its inputs, so an interrupted run continues
 where it stopped and a rerun with the same spec redoes nothing):
 1. corpus     drawn scenes (tasks/scenes.py): training JSON in LLaVA's format, held-out sets in benchmark schemas;
-2. dense      a LLaVA-1.5-shaped model (cpu-repro-llava) trained from scratch, all parameters, one stage (at this
-              scale there is no pretrained CLIP or Vicuna to align, so LLaVA's stage 1 has nothing to do);
-3. arank      ARank of the dense model over ScienceQA-style prompts (as the paper) -> the γ-MoD layers;
-4. finetune   from the dense checkpoint, the same steps and data for every row: a dense continuation (the fair
+2. vision     (presets with vision_steps) the CLIP-like tower pretrained on the training scenes, each patch token
+              predicting what covers it (suite/vision_pretrain.py): the stand-in for CLIP's pretraining. It then
+              stays frozen, as LLaVA keeps CLIP frozen; without this stage it learns from scratch with the LLM;
+3. dense      a LLaVA-1.5-shaped model (cpu-repro-llava): its LLM and connector trained from scratch, one stage
+              (at this scale there is no pretrained Vicuna to align, so LLaVA's stage 1 has nothing to do);
+4. arank      ARank of the dense model over ScienceQA-style prompts (as the paper) -> the γ-MoD layers;
+5. finetune   from the dense checkpoint, the same steps and data for every row: a dense continuation (the fair
               baseline), γ-MoD (ARank layers, shared router, masked routing learning) at routing ratios, the
               ablations of γ-MoD Table 1, p-MoD with progressive ratio decay and with a constant ratio;
-5. evaluate   each checkpoint through lmms-eval on the held-out sets, γ-MoD both with the released inference
+6. evaluate   each checkpoint through lmms-eval on the held-out sets, γ-MoD both with the released inference
               rule (keep p > 0.005) and at a controlled skip ratio (the training one);
-6. speed      training step time and inference samples/s of the main models, side by side in one process.
+7. speed      training step time and inference samples/s of the main models, side by side in one process.
 Then the tables (Markdown and CSV) beside the papers' values and a verdict per claim, and one plot.
 """
 
@@ -89,6 +92,10 @@ class Preset:
     turns: int = 8  # question-answer turns per training image (none asked twice), then a caption
     eval_per_task: int = 60
     dense_steps: int = 750
+    # > 0: the tower is first pretrained on the training scenes (suite/vision_pretrain.py, the stand-in for CLIP)
+    # and stays frozen in dense training and fine-tuning, as in LLaVA; 0: it learns from scratch with the LLM
+    # (the dense sweep's setting: results/reproduction/dense_sweep.md)
+    vision_steps: int = 600
     finetune_steps: int = 80
     batch_size: int = 16
     dense_lr: float = 2e-3
@@ -104,10 +111,10 @@ class Preset:
 QUICK_ROWS = ("dense", "gamma-0.5", "pmod-prd")
 PRESETS = {
     "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=32, train_scenes=48, turns=2, eval_per_task=4,
-                    dense_steps=4, finetune_steps=2, batch_size=8, arank_samples=4, speed_batches=1,
+                    vision_steps=3, dense_steps=4, finetune_steps=2, batch_size=8, arank_samples=4, speed_batches=1,
                     latency_samples=2, model="cpu-repro-llava-micro"),
-    # quick fits ~10 min on 2 cores; its dense model is short of the full preset's (1,800 steps: the dense sweep's
-    # recipe that clears chance on five held-out sets of six), which fits 90 min with its seeds in parallel.
+    # quick fits ~10 min on 2 cores (600 tower steps, 750 dense steps); full trains the dense model 1,800 steps
+    # and fits 90 min with its seeds in parallel.
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1800),
 }
@@ -124,7 +131,8 @@ class Pipeline:
 
     def __init__(self, preset: Preset, output: str | Path, log=print) -> None:
         self.preset = preset
-        self.output = Path(output)
+        # absolute: stage records name their files by path, and a cache must read the same from any directory
+        self.output = Path(output).resolve()
         self.stages = self.output / "stages"
         self.log = log
         self.ran: list[str] = []  # stages computed by this invocation (the rest came from the cache)
@@ -172,12 +180,37 @@ class Pipeline:
 
         return self._stage(name, inputs, build)
 
-    def dense(self, seed: int, corpus: tuple[Path, dict]) -> tuple[Path, dict]:
+    def vision(self, seed: int, corpus: tuple[Path, dict]) -> tuple[Path, dict] | None:
+        """The tower pretrained on the corpus's training scenes (None when the preset trains it from scratch)."""
+        p = self.preset
+        if not p.vision_steps:
+            return None
+        from suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
+        from tasks.scenes import CorpusSpec, training_scenes
+
+        spec = CorpusSpec(**corpus[1]["manifest"]["spec"])
+
+        def build(folder: Path) -> dict:
+            cfg = VisionPretrainConfig(model=p.model, images=str(corpus[0] / "train" / "images"),
+                                       output=str(folder / "model"), steps=p.vision_steps, seed=seed)
+            record = pretrain_vision(cfg, training_scenes(spec)[0], spec.image_size, log=self.log)
+            return {"model": cfg.output, "vision": {k: record[k] for k in (
+                "steps", "wall_seconds", "final_loss", "held_out_patch_accuracy", "probe_scenes")}}
+
+        return self._stage("vision", {"corpus": corpus[0].name, "model": p.model, "steps": p.vision_steps,
+                                      "seed": seed}, build)
+
+    def dense(self, seed: int, corpus: tuple[Path, dict], vision: tuple[Path, dict] | None = None
+              ) -> tuple[Path, dict]:
         p = self.preset
         folder, _ = corpus
-        fields = dict(model=p.model, data=str(folder / "train" / "scenes.json"), steps=p.dense_steps,
-                      batch_size=p.batch_size, lr=p.dense_lr, train_vision=True, seed=seed)
-        return self._train("dense", {"corpus": folder.name, **fields, "data": None}, fields)
+        fields = dict(model=vision[1]["model"] if vision else p.model, data=str(folder / "train" / "scenes.json"),
+                      steps=p.dense_steps, batch_size=p.batch_size, lr=p.dense_lr, train_vision=vision is None,
+                      seed=seed)
+        inputs = {"corpus": folder.name, **fields, "data": None}
+        if vision:
+            inputs |= {"model": None, "vision": vision[0].name}
+        return self._train("dense", inputs, fields)
 
     def arank(self, seed: int, corpus, dense) -> tuple[Path, dict]:
         p = self.preset
@@ -200,7 +233,8 @@ class Pipeline:
         p = self.preset
         row = ROWS[row_name]
         fields = dict(model=dense[1]["model"], data=str(corpus[0] / "train" / "scenes.json"),
-                      steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr, train_vision=True,
+                      steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
+                      train_vision=not p.vision_steps,
                       seed=seed, **row.train_overrides())
         if row.scheme == "gamma" and row.layers == "arank":
             fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
@@ -262,7 +296,8 @@ class Pipeline:
         for seed in range(p.seeds) if only_seed is None else [only_seed]:
             self._seed = seed
             corpus = self.corpus(seed)
-            dense = self.dense(seed, corpus)
+            vision = self.vision(seed, corpus)
+            dense = self.dense(seed, corpus, vision)
             arank = self.arank(seed, corpus, dense)
             finetuned = {name: self.finetune(seed, name, corpus, dense, arank) for name in p.rows}
             evals = {}
@@ -273,7 +308,8 @@ class Pipeline:
             evals[("dense", "swapped")] = self.evaluate(seed, "dense", corpus, finetuned["dense"], None, swapped=True)
             speed = self.speed(seed, corpus, finetuned)
             seeds.append({
-                "seed": seed, "corpus": corpus[1]["manifest"], "dense": dense[1]["train"], "arank": arank[1],
+                "seed": seed, "corpus": corpus[1]["manifest"], "vision": vision[1]["vision"] if vision else None,
+                "dense": dense[1]["train"], "arank": arank[1],
                 "rows": {name: stage[1]["train"] for name, stage in finetuned.items()},
                 "evals": {f"{name}|{mode}": _eval_summary(json.loads(Path(stage[1]["run"]).read_text()),
                                                           Path(stage[1]["run"]).parent / "samples.jsonl")

@@ -395,6 +395,16 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
              "in the benchmarks' schemas; relative to the dense model fine-tuned the same steps (mean ± sd over seeds). "
              "Verdicts are computed: held / did not hold beyond 1.96 standard errors (seed spread, or sampling noise "
              "with one seed), else within noise.", ""]
+    towers = [seed["vision"] for seed in result["seeds"] if seed.get("vision")]
+    if towers:
+        accuracy = [100 * t["held_out_patch_accuracy"]["objects"] for t in towers]
+        signs = [100 * t["held_out_patch_accuracy"]["signs"] for t in towers]
+        parts += [f"The vision tower was first pretrained on the training scenes ({towers[0]['steps']} steps, each "
+                  "patch token predicting what covers it: the stand-in for CLIP) and kept frozen afterwards, as "
+                  f"LLaVA keeps CLIP frozen. On fresh scenes it names the object under a patch {min(accuracy):.1f}–"
+                  f"{max(accuracy):.1f} % of the time and the sign's word {min(signs):.1f}–{max(signs):.1f} %.", ""]
+    else:
+        parts += ["The vision tower was trained from scratch together with the LLM (no pretraining stage).", ""]
     parts += ["## Claims", "", _table(
         ["paper", "claim", "paper value", "ours", "verdict", "note"],
         [[c.paper, c.claim, c.paper_value, _fmt(c.estimate, None, 1, f" {c.unit}".rstrip()) +

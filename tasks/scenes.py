@@ -91,11 +91,32 @@ def draw(scene: Scene, size: int) -> Image.Image:
         x, y = speckles.randrange(size), speckles.randrange(size)
         tone = tuple(max(0, c - speckles.randint(8, 30)) for c in scene.background)
         pen.point((x, y), fill=tone)
+    _paint(pen, scene, size, thing_fill=lambda t: COLOURS[t.colour], sign_fill=(255, 255, 255), text=True)
+    return image
+
+
+# What covers each patch: the labels a vision tower is pretrained on (`suite.vision_pretrain`, the scale's
+# stand-in for CLIP's pretraining), one class per colour-shape pair and per sign word.
+PATCH_CLASSES = ("background", *(f"{c} {s}" for c in COLOURS for s in SHAPES), *(f"sign {w}" for w in WORDS))
+
+
+def patch_labels(scene: Scene, size: int, patch: int) -> list[int]:
+    """The PATCH_CLASSES index of what covers each patch's centre, row-major over the (size // patch)^2 grid of
+    the image `draw(scene, size)` draws (the same shapes, painted with class indices)."""
+    image = Image.new("L", (size, size), 0)
+    index = {name: i for i, name in enumerate(PATCH_CLASSES)}
+    _paint(ImageDraw.Draw(image), scene, size, thing_fill=lambda t: index[t.name],
+           sign_fill=index[f"sign {scene.word}"] if scene.word else 0, text=False)
+    centre = patch // 2
+    return [image.getpixel((x, y)) for y in range(centre, size, patch) for x in range(centre, size, patch)]
+
+
+def _paint(pen: ImageDraw.ImageDraw, scene: Scene, size: int, thing_fill, sign_fill, text: bool) -> None:
     for thing in scene.things:
         half = SIZES[thing.size] * size / 2
         cx, cy = thing.x * size, thing.y * size
         box = (cx - half, cy - half, cx + half, cy + half)
-        fill = COLOURS[thing.colour]
+        fill = thing_fill(thing)
         if thing.shape == "circle":
             pen.ellipse(box, fill=fill)
         elif thing.shape == "square":
@@ -110,10 +131,10 @@ def draw(scene: Scene, size: int) -> Image.Image:
         width, height = right - left + 0.08 * size, bottom - top + 0.08 * size
         cx = min(max(scene.sign_at[0] * size, width / 2), size - width / 2)  # the whole sign inside the image
         cy = min(max(scene.sign_at[1] * size, height / 2), size - height / 2)
-        pen.rectangle((cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2), fill=(255, 255, 255),
-                      outline=(30, 30, 30))
-        pen.text((cx - (right + left) / 2, cy - (bottom + top) / 2), scene.word, fill=(0, 0, 0), font=font)
-    return image
+        pen.rectangle((cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2), fill=sign_fill,
+                      outline=(30, 30, 30) if text else sign_fill)
+        if text:
+            pen.text((cx - (right + left) / 2, cy - (bottom + top) / 2), scene.word, fill=(0, 0, 0), font=font)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,17 +330,20 @@ class CorpusSpec:
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
+def training_scenes(spec: CorpusSpec) -> tuple[list[Scene], random.Random]:
+    """The corpus's training scenes, in the order of its training JSON, and its training stream after them (from
+    which write_corpus draws the questions)."""
+    rng = random.Random(f"train-{spec.seed}")
+    return [sample_scene(rng) for _ in range(spec.train_scenes)], rng
+
+
 def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     """Training JSON + images under root/train, held-out sets (a data root of their own) under root/eval.
     Returns a manifest with per-set sizes and chance levels (also written to root/manifest.json)."""
     root = Path(root)
-    train_rng, eval_rng = random.Random(f"train-{spec.seed}"), random.Random(f"eval-{spec.seed}")
-    train_scenes, seen = [], set()
-    while len(train_scenes) < spec.train_scenes:
-        scene = sample_scene(train_rng)
-        train_scenes.append(scene)
-        seen.add(scene.key())
-
+    train_scenes, train_rng = training_scenes(spec)
+    eval_rng = random.Random(f"eval-{spec.seed}")
+    seen = {scene.key() for scene in train_scenes}
     train_keys = set(seen)
     eval_keys: list[str] = []
 

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from suite.reproduce import BENCHMARKS, Claim, verdict
 
@@ -250,13 +251,64 @@ def test_held_out_scenes_never_coincide_with_training_scenes(tmp_path):
     assert any(sample_scene(rng).key() in train_keys for _ in range(300))
 
 
-def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path):
+def test_patch_labels_name_what_the_drawn_image_shows_at_each_patch_centre():
+    """The tower's pretraining targets: where a patch is labelled a colour-shape pair, the drawn pixel at its centre
+    has that colour; background patches show the background's tones; sign patches are the card, its text or
+    its outline (all grey)."""
+    import random
+
+    from tasks.scenes import COLOURS, PATCH_CLASSES, draw, patch_labels, sample_scene
+
+    rng = random.Random(3)
+    seen = set()
+    for _ in range(40):
+        scene = sample_scene(rng)
+        image, labels = draw(scene, 80), patch_labels(scene, 80, 8)
+        assert len(labels) == 100
+        centres = [(x, y) for y in range(4, 80, 8) for x in range(4, 80, 8)]
+        for (x, y), label in zip(centres, labels):
+            name, pixel = PATCH_CLASSES[label], image.getpixel((x, y))
+            seen.add(name.split()[0])
+            if name == "background":
+                assert all(b - 31 <= c <= b for c, b in zip(pixel, scene.background))
+            elif name.startswith("sign "):
+                assert name == f"sign {scene.word}" and pixel[0] == pixel[1] == pixel[2]  # card, text, outline
+            else:
+                assert pixel == COLOURS[name.split()[0]], (name, pixel)
+    assert {"background", "sign"} <= seen and seen & set(COLOURS)
+
+
+def test_training_scenes_are_the_corpus_training_images(tmp_path):
+    from PIL import Image, ImageChops
+
+    from tasks.scenes import CorpusSpec, draw, training_scenes, write_corpus
+
+    spec = CorpusSpec(seed=2, image_size=32, train_scenes=12, turns=2, eval_per_task=2)
+    write_corpus(tmp_path, spec)
+    scenes, _ = training_scenes(spec)
+    records = json.loads((tmp_path / "train" / "scenes.json").read_text())
+    assert len(scenes) == len(records) == 12
+    for scene, record in zip(scenes, records):
+        saved = Image.open(tmp_path / "train" / record["image"]).convert("RGB")
+        assert ImageChops.difference(saved, draw(scene, 32)).getbbox() is None
+
+
+def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     from suite.reproduce import reproduce
 
     out, work = tmp_path / "out", tmp_path / "work"
-    first = reproduce("all", "micro", output=out, work=work, log=lambda *_: None)
-    assert len(first["stages_run"]) == 12  # corpus, dense, arank, 3 fine-tunes, 4 evaluations, the swapped one, speed
+    monkeypatch.chdir(tmp_path)  # a relative work folder: the rerun below reads its cache from another directory
+    first = reproduce("all", "micro", output=out, work="work", log=lambda *_: None)
+    # corpus, vision, dense, arank, 3 fine-tunes, 4 evaluations, the swapped one, speed
+    assert len(first["stages_run"]) == 13
+    import models
+
+    stages = {p.name.split("-")[0]: p for p in (work / "stages").iterdir()}
+    pretrained, dense = (models.load(stages[name] / "model").vision.vision_tower.state_dict()
+                         for name in ("vision", "dense"))
+    assert all(torch.equal(pretrained[k], dense[k]) for k in pretrained)  # the pretrained tower stays frozen
     table = (out / "reproduction.md").read_text()
+    assert "The vision tower was first pretrained" in (out / "reproduction.md").read_text()
     for row in ("| dense |", "| gamma-0.5 |", "| gamma-0.5 (controlled skip) |", "| pmod-prd |", "| chance |",
                 "| dense (images swapped) |", "## Does the dense model use the image?",
                 "## What the dense model has learnt to see, by question kind"):
@@ -270,8 +322,11 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     assert (out / "reproduction_accuracy_vs_tflops.png").exists() and (out / "reproduction.csv").exists()
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert (out / "runs" / "seed0-eval-gamma-0.5-fixed0.5" / "run.json").exists()
-    assert (out / "runs" / "seed0-finetune-pmod-prd" / "train.json").exists() and len(runs) == 9
+    assert (out / "runs" / "seed0-finetune-pmod-prd" / "train.json").exists() and len(runs) == 10
+    assert json.loads((out / "runs" / "seed0-vision" / "train.json").read_text())["kind"] == "vision-pretrain"
     assert (out / "runs" / "seed0-eval-dense-swapped" / "run.json").exists()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None)
     assert second["stages_run"] == []
     assert json.loads((out / "claims.json").read_text())["claims"] == claims
@@ -293,8 +348,9 @@ def test_one_seed_computes_only_its_stages_and_writes_no_report(tmp_path, monkey
             return tmp_path / f"{name}-{seed}", result
         return method
 
-    for name, result in (("corpus", {"manifest": {}}), ("dense", {"train": {}}), ("arank", {}),
-                         ("finetune", {"train": {}}), ("evaluate", {"run": str(run_file)}), ("speed", {})):
+    for name, result in (("corpus", {"manifest": {}}), ("vision", {"model": "m", "vision": {}}),
+                         ("dense", {"train": {}}), ("arank", {}), ("finetune", {"train": {}}),
+                         ("evaluate", {"run": str(run_file)}), ("speed", {})):
         monkeypatch.setattr(Pipeline, name, stage(name, result))
     argv = ["reproduce", "--preset", "micro", "--seeds", "3", "--output", str(tmp_path / "out"), "--work",
             str(tmp_path / "work")]

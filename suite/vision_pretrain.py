@@ -1,0 +1,100 @@
+"""The vision tower's pretraining on drawn scenes: the CPU scale's stand-in for CLIP's pretraining.
+
+LLaVA, LLaVA-HR, γ-MoD and p-MoD start from a pretrained vision encoder and keep it frozen while the connector and
+the LLM learn (both stages). At CPU scale there is no pretrained encoder to start from, and a tower trained from
+scratch through the LLM's loss learns to see slowly (results/reproduction/dense_sweep.md). So the reproduction
+first pretrains its tower on the training scenes alone: every patch token predicts what covers that patch
+(background, one of the colour-shape pairs, or the sign of one word: `tasks.scenes.patch_labels`), through a
+linear head on the features the projector reads (the tower's `select_layer`). The head is dropped; the whole
+model (the LLM at its seeded random init) is saved in the released layout, from which dense training starts.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+
+@dataclass(frozen=True)
+class VisionPretrainConfig:
+    model: str  # a variant with a CLIP-like tower (trained from its seeded random init)
+    images: str  # the corpus's training images, named as its training JSON names them (images/000000.png, ...)
+    output: str
+    steps: int = 800
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup: int = 30
+    seed: int = 0
+    probe_scenes: int = 256  # fresh scenes (a stream of their own) the held-out patch accuracy is measured on
+
+
+def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=print) -> dict:
+    """Pretrain `cfg.model`'s tower on `scenes` (drawn as cfg.images holds them); returns the record."""
+    from PIL import Image
+    from tqdm import tqdm
+
+    import models
+    from models.checkpoints import release_layout, save_authors_checkpoint
+    from suite.results import results_record, write_json_atomic
+    from tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
+
+    torch.manual_seed(cfg.seed)
+    model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
+    front = model.vision
+    vision = front.vision_cfg
+    if vision.kind != "clip":
+        raise ValueError(f"{cfg.model}: pretraining is written for a CLIP-like tower, not {vision.kind!r}")
+    tower = front.vision_tower
+    folder = Path(cfg.images)
+    pixels = front.preprocess([Image.open(folder / f"{i:06d}.png") for i in range(len(scenes))])
+    labels = torch.tensor([patch_labels(s, image_size, vision.patch_size) for s in scenes])
+    probe_rng = random.Random(f"vision-probe-{cfg.seed}")
+    probe = [sample_scene(probe_rng) for _ in range(cfg.probe_scenes)]
+    probe_pixels = front.preprocess([draw(s, image_size) for s in probe])
+    probe_labels = torch.tensor([patch_labels(s, image_size, vision.patch_size) for s in probe])
+
+    head = torch.nn.Linear(vision.hidden_size, len(PATCH_CLASSES))
+    params = [*tower.parameters(), *head.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / cfg.warmup)
+                                                 * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
+
+    def logits(x: torch.Tensor) -> torch.Tensor:  # [B, patches, classes], from the features the projector reads
+        return head(tower(x, output_hidden_states=True).hidden_states[vision.select_layer][:, 1:])
+
+    order = torch.Generator().manual_seed(cfg.seed)
+    tower.train()
+    started = time.perf_counter()
+    losses = []
+    for _ in tqdm(range(cfg.steps), desc="pretrain vision", unit="step", dynamic_ncols=True):
+        batch = torch.randint(0, len(scenes), (cfg.batch_size,), generator=order)
+        loss = torch.nn.functional.cross_entropy(logits(pixels[batch]).flatten(0, 1), labels[batch].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+    seconds = time.perf_counter() - started
+    tower.eval()
+    with torch.no_grad():
+        predicted = logits(probe_pixels).argmax(-1)
+    accuracy = {"all": predicted.eq(probe_labels).float().mean().item()}
+    first_sign = next(i for i, name in enumerate(PATCH_CLASSES) if name.startswith("sign "))
+    for name, mask in (("objects", (probe_labels > 0) & (probe_labels < first_sign)),
+                       ("signs", probe_labels >= first_sign)):
+        accuracy[name] = predicted[mask].eq(probe_labels[mask]).float().mean().item()
+    log(f"vision tower: held-out patch accuracy {accuracy['all']:.3f} (objects {accuracy['objects']:.3f}, signs "
+        f"{accuracy['signs']:.3f}) after {cfg.steps} steps, {seconds:.0f} s")
+    save_authors_checkpoint(model, cfg.output, kind=release_layout(model.cfg), fmt="safetensors")
+    record = results_record("vision-pretrain", asdict(cfg), status="ok", model=cfg.model, steps=cfg.steps,
+                            scenes=len(scenes), wall_seconds=seconds, final_loss=sum(losses[-10:]) / len(losses[-10:]),
+                            held_out_patch_accuracy=accuracy, probe_scenes=cfg.probe_scenes,
+                            classes=list(PATCH_CLASSES), files={"model": "."})
+    write_json_atomic(Path(cfg.output) / "train.json", record)  # named as a training's: the run records copy it
+    return record
