@@ -3,7 +3,8 @@ results/reproduction/dense_sweep.md (what it takes for the dense model to clear 
 
     python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
 
-trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides on the quick preset's
+trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
+with the LLM, unless `"vision_steps"` pretrains it first, as the presets do) on the quick preset's
 corpus (seed 0, or the corpus the overrides call for), evaluates the dense model through lmms-eval on the
 held-out sets with the right images and with swapped ones, and prints the accuracies and the answers by question
 kind. Stages are cached under /tmp/exp-NAME (--work), as the pipeline caches them."""
@@ -40,11 +41,13 @@ def main() -> None:
                               llm=dataclasses.replace(base.llm, **json.loads(args.llm)),
                               vision=dataclasses.replace(base.vision, **json.loads(args.vision)))
     variants.register_variant(cfg)
-    preset = dataclasses.replace(PRESETS["quick"], model=cfg.name, rows=("dense",), **json.loads(args.preset_fields))
+    # vision_steps 0 unless asked: the sweep's rows trained the tower from scratch with the LLM
+    fields = {"vision_steps": 0, **json.loads(args.preset_fields)}
+    preset = dataclasses.replace(PRESETS["quick"], model=cfg.name, rows=("dense",), **fields)
     pipe = Pipeline(preset, args.work or f"/tmp/exp-{args.name}", log=lambda *a: None)
     started = time.time()
     corpus = pipe.corpus(0)
-    dense = pipe.dense(0, corpus)
+    dense = pipe.dense(0, corpus, pipe.vision(0, corpus))  # vision: a pretrained, frozen tower (vision_steps > 0)
     print(f"{args.name}: dense trained ({dense[1]['train']['steps']} steps, final loss "
           f"{dense[1]['train']['final']['lm_loss']:.3f}) in {time.time() - started:.0f} s", flush=True)
     for mode, swapped in (("right images", False), ("swapped images", True)):

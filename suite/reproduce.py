@@ -286,7 +286,8 @@ class Pipeline:
             return measure_speed({n: finetuned[n][1]["model"] for n in names}, corpus[0], p, seed, controlled)
 
         return self._stage("speed", {n: finetuned[n][0].name for n in names} | {
-            "batches": p.speed_batches, "latency": p.latency_samples, "version": 2}, build)
+            "batches": p.speed_batches, "latency": p.latency_samples, "version": 3,
+            "train_vision": not p.vision_steps}, build)
 
     # -- the whole thing -----------------------------------------------------------------------------------
     def run(self, only_seed: int | None = None) -> dict:
@@ -401,9 +402,12 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     import torch
 
     import models
+    from suite.train import set_trainable
     from suite.train_data import Collate, EpochBatches, InstructionDataset
 
     loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
+    for model in loaded.values():  # the parameters fine-tuning trains: a pretrained tower stays frozen
+        set_trainable(model, "finetune", train_vision=not preset.vision_steps)
     first = next(iter(loaded.values()))
     dataset = InstructionDataset(corpus / "train" / "scenes.json", None, first.tokenizer,
                                  first.cfg.vision.num_image_tokens, first.cfg.llm.max_position_embeddings)
@@ -411,7 +415,8 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     collate = Collate(first.vision.preprocess, skip_bad=False)
     parts = {name: {k: [] for k in ("data", "vision", "llm_forward", "backward", "optimizer", "step")}
              for name in loaded}
-    optimizers = {name: torch.optim.AdamW(m.parameters(), lr=1e-5) for name, m in loaded.items()}
+    optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+                  for name, m in loaded.items()}
     for m in loaded.values():
         m.train()
     for step in range(preset.speed_batches + 1):
