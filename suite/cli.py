@@ -421,7 +421,7 @@ def cmd_matrix(args) -> int:
 
 def _matrix_data(chosen, root: str) -> None:
     """Fixtures are written for a slice of tiny variants without data; real slices need prepared data."""
-    from suite.runner import check_data
+    from tasks.registry import check_data
 
     try:
         check_data(chosen.tasks, root)

@@ -7,9 +7,7 @@ The output length is forced (no early EOS), so an MoD model cannot look faster b
 
 from __future__ import annotations
 
-import resource
 import statistics
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -18,6 +16,7 @@ import torch
 
 from models.flops import flops_for_tokens
 from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, TOKEN_TYPE_NAMES
+from suite.results import peak_memory_bytes
 from suite.routing_stats import routing_summary
 
 SYSTEM_TOKENS = 35  # the vicuna_v1 system prompt of the LLaVA-HR scripts, before the image
@@ -69,13 +68,6 @@ class Clock:
             out.append(time.perf_counter() - start)
 
 
-def peak_memory_bytes(device: torch.device) -> dict:
-    if device.type == "cuda":
-        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return {"kind": "process_peak_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
-
-
 def synthetic_batch(model, spec: LatencySpec):
     """Embeddings and token types of the LLaVA-HR layout: system text, image, question; random but seeded."""
     hidden = model.cfg.llm.hidden_size
@@ -109,8 +101,7 @@ def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: st
     from lmms_eval.tasks import get_task_dict
 
     from models.prompt import task_prompt
-    from suite.runner import check_data
-    from tasks.registry import task_manager
+    from tasks.registry import check_data, task_manager
 
     check_data([task], data_root)
     task_dict = get_task_dict([task], task_manager(data_root))

@@ -31,8 +31,7 @@ def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
     from lmms_eval.evaluator import simple_evaluate
 
     from models.lmms_plugin import ModbenchLmms
-    from suite.runner import check_data
-    from tasks.registry import task_manager
+    from tasks.registry import check_data, task_manager
 
     if spec.limit < 2:
         raise ValueError("--limit must be at least 2 (the slope needs two sample counts)")

@@ -100,6 +100,18 @@ def environment() -> dict:
     }
 
 
+def peak_memory_bytes(device) -> dict:
+    """The peak memory so far: allocated by torch on a GPU, else the process's peak RSS."""
+    import resource
+
+    import torch
+
+    if device.type == "cuda":
+        return {"kind": "cuda_max_memory_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"kind": "process_peak_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+
+
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

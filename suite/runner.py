@@ -30,7 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from suite.results import results_record, write_json_atomic, write_text_atomic
-from tasks.registry import DATA_DIR, TASKS_DIR  # noqa: F401  (re-exported: where the YAMLs read by default)
+from tasks.registry import check_data
 
 
 @dataclass
@@ -172,20 +172,6 @@ def check_names(spec: RunSpec, manager) -> None:
         raise ValueError(f"unknown task(s) {', '.join(hints)}; local tasks: {local}")
 
 
-def check_data(tasks: list[str], data_root: str | Path | None = None) -> None:
-    """A clear error before lmms-eval turns a missing parquet into a hub lookup."""
-    from tasks.registry import data_files_under
-
-    root = Path(data_root) if data_root else DATA_DIR
-    if not root.exists():
-        raise FileNotFoundError(
-            f"no benchmark data at {root}: run `modbench data fixtures` (or `modbench data prepare`)"
-            + (f" with --root {root}" if data_root else ""))
-    missing = [str(p) for task in tasks for p in data_files_under(task, data_root) if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"benchmark data missing: {missing[:5]} (run `modbench data fixtures`)")
-
-
 def _flatten_metrics(results: dict) -> dict:
     out = {}
     for task, values in results.items():
@@ -311,7 +297,7 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
     resolved, model_config = _resolved_model(records)
     import torch
 
-    from suite.latency import peak_memory_bytes
+    from suite.results import peak_memory_bytes
 
     device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     payload = {

@@ -546,7 +546,7 @@ class _Window:
 
     def record(self, state: dict, lr: float, device) -> dict:
         from models.routing import TOKEN_TYPE_NAMES
-        from suite.latency import peak_memory_bytes
+        from suite.results import peak_memory_bytes
 
         seconds = time.perf_counter() - self.started
         row = {"step": state["step"], "epoch": state["epoch"], "lr": lr,

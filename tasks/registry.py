@@ -101,3 +101,15 @@ def data_files_under(task: str, root: str | Path | None) -> list[Path]:
     if not root:
         return files
     return [relocate(p, TASKS_DIR, Path(root).resolve()) for p in files]
+
+
+def check_data(tasks: list[str], data_root: str | Path | None = None) -> None:
+    """A clear error before lmms-eval turns a missing parquet into a hub lookup."""
+    root = Path(data_root) if data_root else DATA_DIR
+    if not root.exists():
+        raise FileNotFoundError(
+            f"no benchmark data at {root}: run `modbench data fixtures` (or `modbench data prepare`)"
+            + (f" with --root {root}" if data_root else ""))
+    missing = [str(p) for task in tasks for p in data_files_under(task, data_root) if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"benchmark data missing: {missing[:5]} (run `modbench data fixtures`)")

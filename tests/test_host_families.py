@@ -119,15 +119,34 @@ def test_the_generic_code_branches_on_no_family_and_no_scheme():
                             f"{path}:{node.lineno} compares with {const.value!r}"
 
 
+def _imports(path) -> list[tuple[str, int]]:
+    """Every absolute import of a module file, at any depth (function-level imports included), with its line."""
+    import ast
+
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+        out += [(name, node.lineno) for name in names]
+    return out
+
+
 def test_models_import_nothing_from_the_suite():
     """models/ is the model library (loaders, core, FLOPs, the lmms-eval plugin); the suite builds on it, never the
     other way round, so that the plugin and the loaders work without the suite's CLI, runner or tables."""
-    import ast
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
     for path in sorted((root / "models").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
-            assert not [n for n in names if n == "suite" or n.startswith("suite.")], f"{path.name}:{node.lineno}"
+        for name, line in _imports(path):
+            assert not (name == "suite" or name.startswith("suite.")), f"{path.name}:{line}"
+
+
+def test_the_profilers_and_the_runner_do_not_import_each_other():
+    """The latency profiler and the lmms-eval runner share their helpers through tasks.registry (check_data) and
+    suite.results (peak_memory_bytes), not through each other."""
+    from pathlib import Path
+
+    suite = Path(__file__).resolve().parent.parent / "suite"
+    assert not [line for name, line in _imports(suite / "latency.py") if name == "suite.runner"]
+    assert not [line for name, line in _imports(suite / "runner.py") if name in ("suite.latency", "suite.overhead")]

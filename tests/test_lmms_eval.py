@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from suite.runner import DATA_DIR, RunSpec, run
-from tasks.registry import local_tasks
+from suite.runner import RunSpec, run
+from tasks.registry import DATA_DIR, local_tasks
 
 LOCAL_TASKS = ["pope_local", "mme_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local",
                "textvqa_val_ocr_local", "mmmu_val_local", "seedbench_local", "vizwiz_vqa_val_local",
@@ -89,7 +89,7 @@ def test_missing_data_fails_with_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tasks.registry, "data_files_for", lambda task: [tmp_path / "absent.parquet"])
     outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], output=str(tmp_path)), progress=False)
     assert outcome.status == "failed" and "benchmark data missing" in outcome.errors[0]
-    monkeypatch.setattr("suite.runner.DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(tasks.registry, "DATA_DIR", tmp_path / "nowhere")
     outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], output=str(tmp_path)), progress=False)
     assert "modbench data fixtures" in outcome.errors[0]
 

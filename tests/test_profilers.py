@@ -155,8 +155,8 @@ def test_dtype_override_is_validated():
 
 def test_latency_on_task_samples(tmp_path):
     from suite.latency import task_inputs
-    from suite.runner import DATA_DIR, check_data
     from tasks.fixtures import write_all
+    from tasks.registry import DATA_DIR, check_data
 
     try:
         check_data(["gqa_local"])

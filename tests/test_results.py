@@ -17,8 +17,8 @@ FOUR = ["gqa_local", "scienceqa_img_local", "mmmu_val_local", "textvqa_val_ocr_l
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
-    from suite.runner import DATA_DIR, check_data
     from tasks.fixtures import write_all
+    from tasks.registry import DATA_DIR, check_data
 
     try:
         check_data(FOUR)
