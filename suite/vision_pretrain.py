@@ -51,7 +51,12 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
         raise ValueError(f"{cfg.model}: pretraining is written for a CLIP-like tower, not {vision.kind!r}")
     tower = front.vision_tower
     folder = Path(cfg.images)
-    pixels = front.preprocess([Image.open(folder / f"{i:06d}.png") for i in range(len(scenes))])
+    def read(i: int) -> Image.Image:  # loaded and closed one by one: thousands of open files hit the fd limit
+        with Image.open(folder / f"{i:06d}.png") as image:
+            return image.convert("RGB")
+
+    pixels = torch.cat([front.preprocess([read(i) for i in range(start, min(start + 256, len(scenes)))])
+                        for start in range(0, len(scenes), 256)])
     labels = torch.tensor([patch_labels(s, image_size, vision.patch_size) for s in scenes])
     probe_rng = random.Random(f"vision-probe-{cfg.seed}")
     probe = [sample_scene(probe_rng) for _ in range(cfg.probe_scenes)]
