@@ -73,6 +73,14 @@ class GammaModRouting(RoutingScheme):
     routes_decode_tokens = True  # every decode token asks the router (FLOPs count it)
 
     @staticmethod
+    def training_spec(layers: list[int], skip_fraction: float, shared_router: bool, masked: str,
+                      ratios: list[float]) -> ModSpec:
+        if not layers:
+            raise ConfigError("converting to γ-MoD needs its MoD layers (mod_layers, arank_keep or mod_pattern)")
+        return ModSpec(scheme="gamma", layers=layers, train_skip_fraction=skip_fraction,
+                       shared_router=shared_router, masked_tokens=masked)
+
+    @staticmethod
     def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
                          image_tokens: int | None = None) -> list[float]:
         if skip is None:

@@ -294,6 +294,17 @@ class PmodRouting(RoutingScheme):
     def mod_layers_of(spec: ModSpec, num_layers: int) -> list[int]:
         return pmod_layers_and_ratios(spec, num_layers)[0]
 
+    own_schedule = "progressive ratio decay"  # unless layers (and their kept ratios) are given
+
+    @staticmethod
+    def training_spec(layers: list[int], skip_fraction: float, shared_router: bool, masked: str,
+                      ratios: list[float]) -> ModSpec:
+        if len(ratios) == 1:
+            ratios = ratios * len(layers)
+        if ratios and len(ratios) != len(layers):
+            raise ConfigError(f"{len(ratios)} kept ratios for {len(layers)} MoD layers")
+        return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
+
     @staticmethod
     def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
                          image_tokens: int | None = None) -> list[float]:

@@ -74,6 +74,17 @@ class RoutingScheme(nn.Module):
         the share of tokens an MoD layer skips, replaces the scheme's own rule (a dense model has none to skip)."""
         return [float(seq_len)] * cfg.llm.num_layers
 
+    # --- training a dense model into this scheme (`modbench train --scheme`) --------------------------------
+    own_schedule: str | None = None  # how it picks its MoD layers when converting a model none are given for
+
+    @staticmethod
+    def training_spec(layers: list[int], skip_fraction: float, shared_router: bool, masked: str,
+                      ratios: list[float]) -> ModSpec:
+        """The ModSpec a dense model is converted to, from the training options this scheme reads."""
+        from .config import ConfigError
+
+        raise ConfigError("a model is not converted to dense: train the dense model itself")
+
     # --- the authors' checkpoint layout ---------------------------------------------------------------------
     @staticmethod
     def spec_from_config_json(conf: dict, num_layers: int, where: Path) -> ModSpec:

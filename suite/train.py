@@ -122,6 +122,7 @@ def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | Non
     (model, how the MoD layers were chosen)."""
     from models.config import ConfigError
     from models.convert import convert_to_mod, mod_layers_by_pattern, parse_layers
+    from models.routing import scheme_class
 
     scheme = cfg.scheme or model.cfg.mod.scheme
     num_layers = model.cfg.llm.num_layers
@@ -154,29 +155,28 @@ def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | Non
         choice = {"how": f"ARank ({cfg.arank_keep} highest of layers 1..L-2 stay dense, and 0, L-1)",
                   "layers": layers, "arank": result.to_dict()}
         log(f"ARank per layer {[round(v, 2) for v in result.per_layer]} -> MoD layers {layers}")
-    elif scheme == "pmod":
+    elif scheme_class(scheme).own_schedule:
         layers = []
-        choice = {"how": "progressive ratio decay"}
+        choice = {"how": scheme_class(scheme).own_schedule}
     else:
-        raise ConfigError("train config: converting to γ-MoD needs mod_layers, arank_keep or mod_pattern")
+        layers = []  # the scheme says what it needs
+        choice = {"how": "none given"}
     model = convert_to_mod(model, mod_spec(cfg, scheme, layers), seed=cfg.seed)
     choice["layers"] = list(model.language_model.model.routing.mod_layers)
     return model, choice
 
 
 def mod_spec(cfg: TrainConfig, scheme: str, layers: list[int]):
-    from models.config import ConfigError, ModSpec
+    """The ModSpec `scheme` makes of the training options (each scheme reads those it has)."""
+    from models.config import ConfigError
+    from models.routing import scheme_class
 
-    if scheme == "gamma":
-        return ModSpec(scheme="gamma", layers=layers, train_skip_fraction=cfg.skip_fraction,
-                       shared_router=cfg.router == "shared", masked_tokens=cfg.masked)
-    ratios: list[float] = []
-    if cfg.ratios:
-        values = [float(v) for v in cfg.ratios.split(",")]
-        ratios = values * len(layers) if len(values) == 1 else values
-        if len(ratios) != len(layers):
-            raise ConfigError(f"train config: {len(values)} ratios for {len(layers)} MoD layers")
-    return ModSpec(scheme="pmod", layers=layers, ratios=ratios)
+    try:
+        return scheme_class(scheme).training_spec(
+            layers, skip_fraction=cfg.skip_fraction, shared_router=cfg.router == "shared", masked=cfg.masked,
+            ratios=[float(v) for v in cfg.ratios.split(",")] if cfg.ratios else [])
+    except ConfigError as error:
+        raise ConfigError(f"train config: {error}") from None
 
 
 def arank_samples(dataset, n: int) -> list[tuple[str, object]]:

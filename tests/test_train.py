@@ -306,3 +306,23 @@ def test_train_cli(data, tmp_path, capsys):
                  "--no-progress", "--device", "cpu"])
     assert code == 0 and "pmod model, MoD layers [2, 3, 4, 5]" in capsys.readouterr().out
     assert main(["train", "--model", "tiny-llava", "--data", str(data), "--output", str(tmp_path / "d")]) == 2
+
+
+def test_each_scheme_makes_its_own_training_spec():
+    """`--scheme` reaches the scheme's class (models/routing.py registry): γ-MoD needs its layers, p-MoD has a
+    schedule of its own and checks its kept ratios against the layers; a dense model is not converted to."""
+    from models.config import ConfigError
+    from suite.train import TrainConfig, mod_spec
+
+    cfg = TrainConfig(model="m", data="d", output="o", steps=1, skip_fraction=0.3, router="per-layer", masked="q")
+    spec = mod_spec(cfg, "gamma", [1, 2])
+    assert (spec.scheme, spec.layers, spec.train_skip_fraction, spec.shared_router, spec.masked_tokens) == \
+        ("gamma", [1, 2], 0.3, False, "q")
+    with pytest.raises(ConfigError, match="train config: converting to γ-MoD needs its MoD layers"):
+        mod_spec(cfg, "gamma", [])
+    assert mod_spec(TrainConfig(ratios="0.4"), "pmod", [2, 3]).ratios == [0.4, 0.4]
+    assert mod_spec(TrainConfig(), "pmod", []).layers == []  # progressive ratio decay picks them
+    with pytest.raises(ConfigError, match="3 kept ratios for 2 MoD layers"):
+        mod_spec(TrainConfig(ratios="0.4,0.3,0.2"), "pmod", [2, 3])
+    with pytest.raises(ConfigError, match="not converted to dense"):
+        mod_spec(cfg, "dense", [])
