@@ -43,7 +43,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     from suite.results import results_record, write_json_atomic
     from tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the head's init
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
     front = model.vision
     vision = front.vision_cfg
@@ -51,6 +51,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
         raise ValueError(f"{cfg.model}: pretraining is written for a CLIP-like tower, not {vision.kind!r}")
     tower = front.vision_tower
     folder = Path(cfg.images)
+
     def read(i: int) -> Image.Image:  # loaded and closed one by one: thousands of open files hit the fd limit
         with Image.open(folder / f"{i:06d}.png") as image:
             return image.convert("RGB")
