@@ -8,7 +8,9 @@ carries no answer, as in natural images, so image tokens are genuinely redundant
 - held-out evaluation sets in the real column schemas of the local benchmarks, evaluated by the same lmms-eval
   tasks, prompts and metrics as the real benchmarks, from a data root of their own: POPE (random / popular /
   adversarial), GQA-style short answers, ScienceQA-IMG-style multiple choice, TextVQA-style reading, MME-style
-  yes/no pairs and MMBench-style options (circular copies).
+  yes/no pairs and MMBench-style options (circular copies);
+- per-patch labels of the training images (what covers each patch), on which the reproduction pretrains its
+  vision tower (suite/vision_pretrain.py).
 Training and evaluation scenes are drawn from separate random streams and checked never to coincide.
 Everything is generated from a seed in seconds; nothing is committed as a binary.
 """
