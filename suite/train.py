@@ -155,12 +155,9 @@ def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | Non
         choice = {"how": f"ARank ({cfg.arank_keep} highest of layers 1..L-2 stay dense, and 0, L-1)",
                   "layers": layers, "arank": result.to_dict()}
         log(f"ARank per layer {[round(v, 2) for v in result.per_layer]} -> MoD layers {layers}")
-    elif scheme_class(scheme).own_schedule:
+    else:  # none given: the scheme's own schedule, or its training_spec says what it needs
         layers = []
-        choice = {"how": scheme_class(scheme).own_schedule}
-    else:
-        layers = []  # the scheme says what it needs
-        choice = {"how": "none given"}
+        choice = {"how": scheme_class(scheme).own_schedule or "none given"}
     model = convert_to_mod(model, mod_spec(cfg, scheme, layers), seed=cfg.seed)
     choice["layers"] = list(model.language_model.model.routing.mod_layers)
     return model, choice
@@ -176,7 +173,7 @@ def mod_spec(cfg: TrainConfig, scheme: str, layers: list[int]):
             layers, skip_fraction=cfg.skip_fraction, shared_router=cfg.router == "shared", masked=cfg.masked,
             ratios=[float(v) for v in cfg.ratios.split(",")] if cfg.ratios else [])
     except ConfigError as error:
-        raise ConfigError(f"train config: {error}") from None
+        raise ConfigError(f"train config: {error}") from error
 
 
 def arank_samples(dataset, n: int) -> list[tuple[str, object]]:
