@@ -107,6 +107,11 @@ class Preset:
     latency_samples: int = 24
     model: str = MODEL
 
+    @property
+    def train_tower(self) -> bool:
+        """Whether training steps update the vision tower: only when no pretraining stage made it."""
+        return not self.vision_steps
+
 
 QUICK_ROWS = ("dense", "gamma-0.5", "pmod-prd")
 PRESETS = {
@@ -235,7 +240,7 @@ class Pipeline:
         row = ROWS[row_name]
         fields = dict(model=dense[1]["model"], data=str(corpus[0] / "train" / "scenes.json"),
                       steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
-                      train_vision=not p.vision_steps,
+                      train_vision=p.train_tower,
                       seed=seed, **row.train_overrides())
         if row.scheme == "gamma" and row.layers == "arank":
             fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
@@ -288,7 +293,7 @@ class Pipeline:
 
         return self._stage("speed", {n: finetuned[n][0].name for n in names} | {
             "batches": p.speed_batches, "latency": p.latency_samples, "version": 3,
-            "train_vision": not p.vision_steps}, build)
+            "train_vision": p.train_tower}, build)
 
     # -- the whole thing -----------------------------------------------------------------------------------
     def run(self, only_seed: int | None = None) -> dict:
@@ -408,7 +413,7 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
 
     loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
     for model in loaded.values():  # the parameters fine-tuning trains: a pretrained tower stays frozen
-        set_trainable(model, "finetune", train_vision=not preset.vision_steps)
+        set_trainable(model, "finetune", train_vision=preset.train_tower)
     first = next(iter(loaded.values()))
     dataset = InstructionDataset(corpus / "train" / "scenes.json", None, first.tokenizer,
                                  first.cfg.vision.num_image_tokens, first.cfg.llm.max_position_embeddings)
