@@ -196,9 +196,10 @@ def report(findings: list[Finding]) -> tuple[str, bool]:
 
 def recompute_metrics(run_dir: str | Path) -> dict:
     """Re-aggregate every task's metrics from samples.jsonl with the task's own aggregation functions."""
-    from lmms_eval.tasks import get_task_dict
+    from tasks.registry import defer_unused_lmms_eval_imports, task_manager
 
-    from tasks.registry import task_manager
+    defer_unused_lmms_eval_imports()
+    from lmms_eval.tasks import get_task_dict
 
     samples: dict[str, list[dict]] = {}
     for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():

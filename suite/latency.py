@@ -98,10 +98,12 @@ class TimedInput:
 
 def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: str = "") -> list[TimedInput]:
     """The first `limit` samples of a local task, prompted as the plugin prompts them, in batches."""
+    from tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
+
+    defer_unused_lmms_eval_imports()
     from lmms_eval.tasks import get_task_dict
 
     from models.prompt import task_prompt
-    from tasks.registry import check_data, task_manager
 
     check_data([task], data_root)
     task_dict = get_task_dict([task], task_manager(data_root))

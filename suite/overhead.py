@@ -28,10 +28,12 @@ class OverheadSpec:
 
 
 def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
+    from tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
+
+    defer_unused_lmms_eval_imports()
     from lmms_eval.evaluator import simple_evaluate
 
     from models.lmms_plugin import ModbenchLmms
-    from tasks.registry import check_data, task_manager
 
     if spec.limit < 2:
         raise ValueError("--limit must be at least 2 (the slope needs two sample counts)")

@@ -230,9 +230,10 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
     if handle_sigterm and threading.current_thread() is threading.main_thread():  # handlers: main thread only
         restore = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        from lmms_eval.evaluator import simple_evaluate
+        from tasks.registry import defer_unused_lmms_eval_imports, task_manager
 
-        from tasks.registry import task_manager
+        defer_unused_lmms_eval_imports()
+        from lmms_eval.evaluator import simple_evaluate
 
         manager = task_manager(spec.data_root)
         check_names(spec, manager)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib
+import importlib.util
 import os
+import sys
+import types
 from pathlib import Path
 
 import yaml
@@ -54,6 +58,43 @@ def data_files_for(task: str) -> list[Path]:
 
 DATA_DIR = TASKS_DIR / "data"
 
+# Imported by lmms-eval at module level but used only on paths our tasks never take: `evaluate` (HF's metric
+# hub: lmms_eval.api.registry calls `evaluate.load` only for a task naming an `hf_evaluate` metric). It costs
+# ~2 s of every process's start-up (it pulls transformers' pipelines and scipy.stats).
+UNUSED_LMMS_EVAL_IMPORTS = ("evaluate",)
+
+
+class DeferredModule(types.ModuleType):
+    """Stands in sys.modules for a module not imported yet; the first attribute it lacks imports the real
+    module, which then replaces it there (and whose namespace it takes, for references already bound to it).
+    `__file__` and `__spec__` are set, so `inspect.getmodule`'s scan of sys.modules does not load it."""
+
+    def __getattr__(self, attr: str):
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        real = importlib.import_module(name)
+        self.__dict__.update(real.__dict__)
+        return getattr(real, attr)
+
+
+def defer_unused_lmms_eval_imports(names: tuple[str, ...] = UNUSED_LMMS_EVAL_IMPORTS) -> list[str]:
+    """Before lmms-eval is first imported in this process: its unused module-level imports become deferred
+    (DeferredModule), loaded at their first use. Called where a command is about to import lmms-eval (a run,
+    the profilers, a check), never on import; behaviour is unchanged. Returns the names deferred."""
+    deferred = []
+    for name in names:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None:
+            continue  # not installed: lmms-eval's own import error, not ours
+        module = DeferredModule(name)
+        module.__file__, module.__spec__ = spec.origin, spec
+        sys.modules[name] = module
+        deferred.append(name)
+    return deferred
+
 
 def task_manager(data_root: str | Path | None = None, verbosity: str = "ERROR"):
     """lmms-eval's TaskManager over our local tasks only, reading benchmark data from `data_root`.
@@ -63,6 +104,7 @@ def task_manager(data_root: str | Path | None = None, verbosity: str = "ERROR"):
     `data_root` those paths are rewritten to `<data_root>/<benchmark>/<split>.parquet` as each config is read,
     so runs on different roots never touch the checkout (the unmodified lmms-eval CLI keeps reading tasks/data).
     """
+    defer_unused_lmms_eval_imports()
     from lmms_eval.tasks import TaskManager
 
     root = Path(data_root).resolve() if data_root else None

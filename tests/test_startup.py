@@ -80,3 +80,37 @@ def test_overhead_benchmark_reports_its_parts(tmp_path):
     # the model calls inside the suite are part of its wall time, and the bare replay runs the same calls
     assert all(inside <= wall for inside, wall in zip(seconds["model_inside_suite"][2], seconds["suite"][2]))
     assert result["samples_replayed_bare"] == {1: 1, 2: 2}  # the bare replay ran exactly the suite's samples
+
+
+def test_a_deferred_module_loads_once_at_its_first_use(tmp_path, monkeypatch):
+    """lmms-eval's unused imports (`evaluate`) are deferred, not removed: the first attribute the stand-in lacks
+    imports the real module once, which then replaces it in sys.modules; references bound earlier still work."""
+    import inspect
+    import sys
+
+    from tasks.registry import DeferredModule, defer_unused_lmms_eval_imports
+
+    (tmp_path / "deferred_probe.py").write_text("import os\nLOADS = int(os.environ.get('PROBE_LOADS', 0)) + 1\n"
+                                               "os.environ['PROBE_LOADS'] = str(LOADS)\ndef answer():\n"
+                                               "    return 42\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv("PROBE_LOADS", raising=False)
+    monkeypatch.delitem(sys.modules, "deferred_probe", raising=False)
+    assert defer_unused_lmms_eval_imports(("deferred_probe", "no_such_module_here")) == ["deferred_probe"]
+    import deferred_probe as bound  # what `import evaluate as hf_evaluate` binds in lmms_eval.api.registry
+
+    assert isinstance(bound, DeferredModule) and "PROBE_LOADS" not in __import__("os").environ
+    inspect.getmodule(test_a_deferred_module_loads_once_at_its_first_use)  # scans sys.modules: must not load it
+    assert "PROBE_LOADS" not in __import__("os").environ
+    assert bound.answer() == 42 and bound.LOADS == 1
+    real = sys.modules["deferred_probe"]
+    assert not isinstance(real, DeferredModule) and real.LOADS == 1 and bound.answer is real.answer
+    assert defer_unused_lmms_eval_imports(("deferred_probe",)) == []  # already imported: left alone
+    assert __import__("os").environ["PROBE_LOADS"] == "1"
+
+
+def test_lmms_eval_starts_without_importing_its_unused_modules():
+    code = ("import sys\nfrom tasks.registry import task_manager\ntask_manager()\n"
+            "import lmms_eval.evaluator\nprint('EVALUATE=' + type(sys.modules['evaluate']).__name__)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "EVALUATE=DeferredModule" in done.stdout.splitlines(), done.stdout[-2000:] + done.stderr[-2000:]
