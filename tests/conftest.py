@@ -5,11 +5,29 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
+# Under pytest-xdist (tox runs `pytest -n auto`) each worker, and each subprocess a test starts, computes on one
+# thread: two workers of two threads each on two cores run several times slower (oversubscription).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+def pytest_configure(config):
+    """The fixture benchmarks in tasks/data, written once before any test (by the xdist controller, before its
+    workers start), so that no two workers write them at once and no test sees them change."""
+    if hasattr(config, "workerinput"):
+        return
+    from tasks.fixtures import write_all
+    from tasks.registry import DATA_DIR, local_tasks
+
+    files = [p for entry in local_tasks().values() for p in entry["data_files"]]
+    if not all(p.exists() for p in files):
+        write_all(DATA_DIR)
 
 
 def draw_image(colour=(200, 30, 30), shape="circle", size=(48, 40)) -> Image.Image:

@@ -190,7 +190,7 @@ def test_a_failed_sample_is_recorded_and_never_scored(tmp_path, monkeypatch):
 def test_torchrun_data_parallel_on_cpu(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "MODBENCH_RECORDS": str(tmp_path / "r.jsonl")}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "lmms_eval",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "lmms_eval",
            "--model", "modbench", "--model_args", "pretrained=tiny-llava-gmod,protocol=llava",
            "--tasks", "pope_local_random", "--include_path", str(DATA_DIR.parent), "--limit", "4",
            "--output_path", str(tmp_path / "out")]
@@ -297,3 +297,4 @@ def test_runs_measure_flops_per_sample(tmp_path):
         assert 0 < 2 * flops["tflops_llm_fvcore"] < flops["tflops_llm_measured"]
     eff = json.loads((outcome.run_dir / "run.json").read_text())["efficiency"]
     assert eff["tflops_llm_measured_mean"] == pytest.approx(eff["tflops_llm_analytic_mean"], rel=0.02)
+
