@@ -273,7 +273,8 @@ def cmd_train(args) -> int:
 def cmd_reproduce(args) -> int:
     from suite.reproduce import reproduce
 
-    record = reproduce(args.scope, args.preset, args.seeds, args.output or None, args.work or None, seed=args.seed)
+    record = reproduce(args.scope, args.preset, args.seeds, args.output or None, args.work or None, seed=args.seed,
+                       cpu_isa=args.cpu_isa)
     if args.seed is not None:  # one job of an array over seeds: its stages are cached, the report comes later
         return 0
     claims_path = Path(args.output or f"results/reproduction/{record['spec']['preset']['name']}") / "claims.json"
@@ -762,6 +763,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "job per seed on a cluster, then the same command without --seed writes the report")
     p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>)")
     p.add_argument("--work", default="", help="stage cache: corpus, checkpoints, runs (default .cache/reproduce/<preset>)")
+    p.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"],
+                   help="CPU code paths of torch, MKL and oneDNN: avx2 (default) gives the same numbers on every "
+                        "x86-64 machine with AVX2 (the committed results); native: the machine's own, faster on "
+                        "AVX-512, numbers differ")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("overhead", help="the suite's own cost per sample: lmms-eval loop + plugin vs the bare model")

@@ -131,12 +131,47 @@ def stage_key(name: str, inputs: dict) -> str:
     return f"{name}-{digest.hexdigest()[:12]}"
 
 
+# Training at this scale is chaotic: the last bit of a float, which differs between torch's AVX2 and AVX-512
+# kernels (and MKL's and oneDNN's), grows over hundreds of steps into a different model (measured: the quick
+# preset's dense MME 40.8 on one machine, 55.5 on another, same code and packages). So the reproduction pins
+# the code paths to AVX2, which every x86-64 machine of the last decade runs: torch's kernels
+# (ATEN_CPU_CAPABILITY), MKL's conditional numerical reproducibility mode (MKL_CBWR) and oneDNN's
+# (ONEDNN_MAX_CPU_ISA). They are read when torch first computes, so they are set before that. On an AVX-512
+# machine the pin costs ~12 % of a training step. 'native' leaves each machine its own kernels.
+CPU_ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+            "native": {}}
+
+
+def pin_cpu_isa(isa: str) -> str:
+    """Pin this process's CPU code paths (CPU_ISAS); returns torch's capability in effect, which joins the stage
+    keys. An error when the pin cannot hold: torch already computed before it, or the CPU lacks the ISA."""
+    import os
+
+    if isa not in CPU_ISAS:
+        raise ValueError(f"--cpu-isa must be one of {sorted(CPU_ISAS)}, got {isa!r}")
+    before = {name: os.environ.get(name) for name in CPU_ISAS[isa]}
+    os.environ.update(CPU_ISAS[isa])
+    import torch
+
+    capability = torch.backends.cpu.get_cpu_capability()
+    wanted = CPU_ISAS[isa].get("ATEN_CPU_CAPABILITY", "").upper()
+    if wanted and capability != wanted:
+        for name, value in before.items():  # a pin that did not hold is not left behind
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
+        raise RuntimeError(
+            f"--cpu-isa {isa}: torch runs its {capability} kernels, not {wanted}: either torch computed in this "
+            "process before the pin (run `modbench reproduce` in a fresh process) or this CPU lacks the ISA "
+            "(--cpu-isa native uses the machine's own kernels; its numbers then differ from the committed ones)")
+    return capability
+
+
 class Pipeline:
     """Stages as cached folders under output/stages; `done.json` is written last, so a folder without it is
     redone (a training stage resumes from its last checkpoint)."""
 
-    def __init__(self, preset: Preset, output: str | Path, log=print) -> None:
+    def __init__(self, preset: Preset, output: str | Path, log=print, cpu: str = "") -> None:
         self.preset = preset
+        self.cpu = cpu  # the CPU code paths (pin_cpu_isa): part of every stage key, so no cache mixes them
         # absolute: stage records name their files by path, and a cache must read the same from any directory
         self.output = Path(output).resolve()
         self.stages = self.output / "stages"
@@ -147,7 +182,7 @@ class Pipeline:
 
     # -- caching -------------------------------------------------------------------------------------------
     def _stage(self, name: str, inputs: dict, build) -> tuple[Path, dict]:
-        key = stage_key(name, inputs)
+        key = stage_key(name, inputs | ({"cpu": self.cpu} if self.cpu else {}))
         folder = self.stages / key
         self.used.setdefault(self._seed, []).append(key)
         done = folder / "done.json"
@@ -537,10 +572,11 @@ def preset_for(name: str, scope: str = "all", seeds: int | None = None) -> Prese
 
 
 def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = None, output: str | Path | None = None,
-              work: str | Path | None = None, log=print, seed: int | None = None) -> dict:
+              work: str | Path | None = None, log=print, seed: int | None = None, cpu_isa: str = "avx2") -> dict:
     """Run (or continue) the pipeline; write summary.json, the records of every run, the tables and the plot.
     With `seed`, only that seed's stages are computed into the stage cache (one job of an array over seeds) and
-    no report is written: a run without `seed` on the same work folder then finds every stage cached."""
+    no report is written: a run without `seed` on the same work folder then finds every stage cached.
+    `cpu_isa`: the CPU code paths (CPU_ISAS), pinned before torch computes anything in this process."""
     import shutil
 
     from suite.reproduce_report import write_report
@@ -549,8 +585,9 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     chosen = preset_for(preset, scope, seeds)
     output = Path(output or f"results/reproduction/{chosen.name}")
     work = Path(work or f".cache/reproduce/{chosen.name}")
+    capability = pin_cpu_isa(cpu_isa)
     started = time.perf_counter()
-    pipeline = Pipeline(chosen, work, log=log)
+    pipeline = Pipeline(chosen, work, log=log, cpu=f"{cpu_isa}/{capability}")
     if seed is not None:
         if not 0 <= seed < chosen.seeds:
             raise ValueError(f"--seed must be in 0..{chosen.seeds - 1}: the {chosen.name} preset runs {chosen.seeds} "
@@ -574,7 +611,8 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
                 shutil.copyfile(done["run"], _mkdir(target) / "run.json")
             if done.get("model"):
                 shutil.copyfile(Path(done["model"]) / "train.json", _mkdir(target) / "train.json")
-    record = results_record("reproduction", {"scope": scope, "preset": asdict(chosen), "work": str(work)},
+    record = results_record("reproduction", {"scope": scope, "preset": asdict(chosen), "work": str(work),
+                                             "cpu_isa": cpu_isa},
                             status="ok", result=result, stages_run=pipeline.ran,
                             wall_seconds=time.perf_counter() - started)
     record["environment"] = environment()

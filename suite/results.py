@@ -79,6 +79,11 @@ def git_state(root: Path = REPO_ROOT) -> dict:
     return {"sha": sha, "dirty": dirty}
 
 
+# The variables that pin the CPU code paths of torch's own kernels, MKL (its conditional numerical reproducibility
+# mode) and oneDNN; suite.reproduce sets them (`modbench reproduce --cpu-isa`).
+CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
+
+
 def environment() -> dict:
     """What a result depends on besides the run spec."""
     import torch
@@ -95,6 +100,9 @@ def environment() -> dict:
         "lmms_eval": _version("lmms-eval"),
         "modbench": _version("modbench"),
         "num_threads": torch.get_num_threads(),
+        # which CPU kernels computed it: float results differ between AVX2 and AVX-512 code paths
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_isa_pins": {k: os.environ[k] for k in CPU_ISA_VARIABLES if k in os.environ},
         "argv": sys.argv,
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

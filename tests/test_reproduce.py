@@ -298,7 +298,8 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
 
     out, work = tmp_path / "out", tmp_path / "work"
     monkeypatch.chdir(tmp_path)  # a relative work folder: the rerun below reads its cache from another directory
-    first = reproduce("all", "micro", output=out, work="work", log=lambda *_: None)
+    # torch has computed in this process already, so the AVX2 pin cannot hold here (a test below checks it)
+    first = reproduce("all", "micro", output=out, work="work", log=lambda *_: None, cpu_isa="native")
     # corpus, vision, dense, arank, 3 fine-tunes, 4 evaluations, the swapped one, speed
     assert len(first["stages_run"]) == 13
     import models
@@ -327,7 +328,7 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     assert (out / "runs" / "seed0-eval-dense-swapped" / "run.json").exists()
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None)
+    second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None, cpu_isa="native")
     assert second["stages_run"] == []
     assert json.loads((out / "claims.json").read_text())["claims"] == claims
 
@@ -353,9 +354,39 @@ def test_one_seed_computes_only_its_stages_and_writes_no_report(tmp_path, monkey
                          ("evaluate", {"run": str(run_file)}), ("speed", {})):
         monkeypatch.setattr(Pipeline, name, stage(name, result))
     argv = ["reproduce", "--preset", "micro", "--seeds", "3", "--output", str(tmp_path / "out"), "--work",
-            str(tmp_path / "work")]
+            str(tmp_path / "work"), "--cpu-isa", "native"]
     assert main(argv + ["--seed", "1"]) == 0
     assert {seed for _, seed in visited} == {1} and ("corpus", 1) in visited and ("speed", 1) in visited
     assert not (tmp_path / "out").exists()  # no report from one seed
     assert "seed 1:" in capsys.readouterr().out
     assert main(argv + ["--seed", "3"]) == 2 and "--seed must be in 0..2" in capsys.readouterr().err
+
+
+def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_computed():
+    """The reproduction pins torch's, MKL's and oneDNN's code paths to AVX2 (the same numbers on any x86-64 machine
+    with AVX2); the capability joins the stage keys and the pins the results' environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    from suite.reproduce import CPU_ISAS, pin_cpu_isa
+
+    if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
+        pytest.skip("not an x86-64 CPU with AVX2")
+    code = ("from suite.reproduce import pin_cpu_isa\nfrom suite.results import environment\n"
+            "print('CAP=' + pin_cpu_isa('avx2'))\nenv = environment()\n"
+            "print('ENV=' + env['cpu_capability'] + ' ' + ','.join(sorted(env['cpu_isa_pins'])))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert "CAP=AVX2" in done.stdout.splitlines(), done.stderr[-2000:]
+    assert f"ENV=AVX2 {','.join(sorted(CPU_ISAS['avx2']))}" in done.stdout.splitlines()
+    if torch.backends.cpu.get_cpu_capability() == "AVX512":  # this process has computed on its AVX-512 kernels
+        before = {k: os.environ.get(k) for k in CPU_ISAS["avx2"]}
+        with pytest.raises(RuntimeError, match="fresh process"):
+            pin_cpu_isa("avx2")
+        assert {k: os.environ.get(k) for k in CPU_ISAS["avx2"]} == before  # nothing left behind
+    with pytest.raises(ValueError, match="--cpu-isa must be one of"):
+        pin_cpu_isa("avx1024")
