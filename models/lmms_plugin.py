@@ -8,6 +8,7 @@ records (a JSONL path for our per-sample records, default $MODBENCH_RECORDS, els
 models.resolver resolved it goes beside them, records.jsonl -> records.model.json), seed, measure_flops
 (per sample: torch.utils.flop_counter and fvcore counts of the prefill as it ran, beside the analytic one),
 fixed_skip (γ-MoD: skip this share of the routable prompt tokens by top-k instead of the released threshold),
+max_new_tokens (a cap on every task's new tokens: for smoke tests of untrained models, which never stop early),
 resume (answer a request from its ok record in `records` instead of running the model: sample-level resume).
 
 A sample whose generation raises, or whose logits or router probabilities hold NaN / inf, is recorded as failed
@@ -139,7 +140,7 @@ class ModbenchLmms(lmms):
 
     def __init__(self, pretrained: str = "tiny-llava", dtype: str = "", device: str = "", batch_size=1,
                  attn_implementation: str = "", protocol: str = "lmms-eval", records: str = "", seed=0,
-                 measure_flops=False, fixed_skip="", resume=False, **unknown) -> None:
+                 measure_flops=False, fixed_skip="", max_new_tokens="", resume=False, **unknown) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"modbench model_args: unknown key(s) {sorted(unknown)}")
@@ -162,6 +163,9 @@ class ModbenchLmms(lmms):
         self.pretrained = pretrained
         self.protocol = protocol
         self.measure_flops = _bool(measure_flops)
+        self.max_new_tokens_cap = None if max_new_tokens in ("", None) else int(max_new_tokens)
+        if self.max_new_tokens_cap is not None and self.max_new_tokens_cap < 1:
+            raise ValueError(f"modbench model_args: max_new_tokens must be at least 1, got {max_new_tokens!r}")
         self.batch_size_per_gpu = int(batch_size)
         path = records or os.environ.get("MODBENCH_RECORDS", "")
         if path and self._rank == 0:  # the suite reads the model from here instead of resolving it again
@@ -175,7 +179,7 @@ class ModbenchLmms(lmms):
         # What a record's answer depends on besides the request: a record of another model never matches.
         cfg = self.model.cfg
         self._identity = json.dumps([pretrained, protocol, cfg.dtype, cfg.attn_implementation, int(seed),
-                                     cfg.mod.fixed_skip, str(self.model.device)])
+                                     cfg.mod.fixed_skip, str(self.model.device), self.max_new_tokens_cap])
 
     # lmms-eval reads these
     @property
@@ -216,8 +220,10 @@ class ModbenchLmms(lmms):
             from tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
 
             benchmark = benchmark_of_task(task)
-            return SHORT_ANSWER_TOKENS if benchmark is None else benchmark.llava_max_new_tokens
-        return int(gen_kwargs.get("max_new_tokens", 32))
+            wanted = SHORT_ANSWER_TOKENS if benchmark is None else benchmark.llava_max_new_tokens
+        else:
+            wanted = int(gen_kwargs.get("max_new_tokens", 32))
+        return wanted if self.max_new_tokens_cap is None else min(wanted, self.max_new_tokens_cap)
 
     def _record(self, rows: list[dict]) -> None:
         if self.records_path is None:

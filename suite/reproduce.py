@@ -106,6 +106,9 @@ class Preset:
     speed_batches: int = 6  # training steps timed per model (interleaved), after one warm-up
     latency_samples: int = 24
     model: str = MODEL
+    # a cap on the evaluations' new tokens (None: each benchmark's own, e.g. MMBench's 1024 as in the authors'
+    # script): micro's barely trained models never stop early, and would run every question to the cap
+    max_new_tokens: int | None = None
 
     @property
     def train_tower(self) -> bool:
@@ -117,7 +120,7 @@ QUICK_ROWS = ("dense", "gamma-0.5", "pmod-prd")
 PRESETS = {
     "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=32, train_scenes=48, turns=2, eval_per_task=4,
                     vision_steps=3, dense_steps=4, finetune_steps=2, batch_size=8, arank_samples=4, speed_batches=1,
-                    latency_samples=2, model="cpu-repro-llava-micro"),
+                    latency_samples=2, model="cpu-repro-llava-micro", max_new_tokens=8),
     # quick takes ~11 min on 2 cores. Its 750 dense steps learn whether a named object is there from an
     # 800-step tower (two probes of two) but not from a 600-step one (one of one: results/reproduction/
     # dense_sweep.md); full's 1,800 dense steps do with 600, and full fits 90 min with its seeds in parallel.
@@ -308,7 +311,7 @@ class Pipeline:
                 data_root = write_swapped_copy(data_root, folder / "swapped_eval")
             spec = RunSpec(model=model_stage[1]["model"], tasks=list(TASKS), protocol="llava", batch_size=p.eval_batch,
                            output=str(folder), run_id="run", data_root=str(data_root), fixed_skip=fixed_skip,
-                           seed=seed)
+                           seed=seed, max_new_tokens=p.max_new_tokens)
             outcome = run(spec, progress=False)
             if outcome.status != "ok":
                 raise RuntimeError(f"evaluation of {row_name} failed: {outcome.errors[:1]}")
@@ -316,6 +319,8 @@ class Pipeline:
 
         mode = "swapped" if swapped else "released" if fixed_skip is None else f"fixed{fixed_skip}"
         inputs = {"model": model_stage[0].name, "fixed_skip": fixed_skip, "batch": p.eval_batch, "tasks": TASKS}
+        if p.max_new_tokens is not None:  # (absent when unset: the quick and full presets' keys stay as they were)
+            inputs["max_new_tokens"] = p.max_new_tokens
         return self._stage(f"eval-{row_name}-{mode}", inputs | ({"swapped": True} if swapped else {}), build)
 
     def speed(self, seed: int, corpus, finetuned: dict[str, tuple[Path, dict]]) -> tuple[Path, dict]:

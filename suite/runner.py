@@ -49,6 +49,7 @@ class RunSpec:
     measure_flops: bool = False
     data_root: str = ""  # benchmark data (default: tasks/data); a root elsewhere leaves the checkout untouched
     fixed_skip: float | None = None  # γ-MoD: a controlled skip ratio instead of the released threshold rule
+    max_new_tokens: int | None = None  # a cap on every task's new tokens (smoke tests of untrained models)
 
     def model_args(self, records: Path, resume: bool = False) -> str:
         args = {"pretrained": self.model, "protocol": self.protocol,
@@ -56,6 +57,7 @@ class RunSpec:
                 "attn_implementation": self.attn_implementation,
                 "measure_flops": "true" if self.measure_flops else "",
                 "fixed_skip": "" if self.fixed_skip is None else self.fixed_skip,
+                "max_new_tokens": "" if self.max_new_tokens is None else self.max_new_tokens,
                 "resume": "true" if resume else ""}
         return ",".join(f"{k}={v}" for k, v in args.items() if v not in ("", None))
 

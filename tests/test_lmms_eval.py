@@ -298,3 +298,17 @@ def test_runs_measure_flops_per_sample(tmp_path):
     eff = json.loads((outcome.run_dir / "run.json").read_text())["efficiency"]
     assert eff["tflops_llm_measured_mean"] == pytest.approx(eff["tflops_llm_analytic_mean"], rel=0.02)
 
+
+def test_max_new_tokens_caps_every_task_and_joins_the_record_identity():
+    from models.lmms_plugin import ModbenchLmms
+
+    plain = ModbenchLmms(pretrained="tiny-llava", protocol="llava")
+    capped = ModbenchLmms(pretrained="tiny-llava", protocol="llava", max_new_tokens="8")
+    assert plain._max_new_tokens("mmbench_en_dev_local", {}) == 1024  # the authors' MMBench script
+    assert capped._max_new_tokens("mmbench_en_dev_local", {}) == 8
+    assert capped._max_new_tokens("scienceqa_img_local", {}) == 1  # a cap never raises a benchmark's own
+    assert ModbenchLmms(pretrained="tiny-llava", max_new_tokens=4)._max_new_tokens("pope_local_random",
+                                                                                 {"max_new_tokens": 128}) == 4
+    assert plain._identity != capped._identity  # a capped record never answers an uncapped run's request
+    with pytest.raises(ValueError, match="max_new_tokens must be at least 1"):
+        ModbenchLmms(pretrained="tiny-llava", max_new_tokens=0)

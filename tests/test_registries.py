@@ -48,8 +48,8 @@ def test_a_task_of_no_benchmark_gets_the_short_answer_length():
     from tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
 
     assert benchmark_of_task("realworldqa") is None
-    plugin = ModbenchLmms.__new__(ModbenchLmms)  # only the protocol matters here
-    plugin.protocol = "llava"
+    plugin = ModbenchLmms.__new__(ModbenchLmms)  # only the protocol and the cap matter here
+    plugin.protocol, plugin.max_new_tokens_cap = "llava", None
     assert plugin._max_new_tokens("realworldqa", {"max_new_tokens": 99}) == SHORT_ANSWER_TOKENS
     assert plugin._max_new_tokens("mmvet_local", {"max_new_tokens": 99}) == 64
     plugin.protocol = "lmms-eval"
