@@ -312,6 +312,9 @@ def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp))
+    # save_state returns on each rank once its own files are written: without this barrier the main process
+    # could rename the folder while another rank still writes its RNG state (seen under load: that file missing)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / "trainer_state.json", state)
         shutil.rmtree(final, ignore_errors=True)
