@@ -2,12 +2,16 @@
 results/reproduction/dense_sweep.md (what it takes for the dense model to clear chance on every held-out set).
 
     python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
+                                       [--cpu-isa avx2|native]
 
 trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
 with the LLM, unless `"vision_steps"` pretrains it first, as the presets do) on the quick preset's
 corpus (seed 0, or the corpus the overrides call for), evaluates the dense model through lmms-eval on the
 held-out sets with the right images and with swapped ones, and prints the accuracies and the answers by question
-kind. Stages are cached under /tmp/exp-NAME (--work), as the pipeline caches them."""
+kind. Stages are cached under /tmp/exp-NAME (--work), as the pipeline caches them. The CPU code paths are pinned
+as `modbench reproduce` pins them (AVX2 by default); with no --llm / --vision overrides the model keeps the
+presets' name, so the corpus and vision stages of a `modbench reproduce` work folder (copied into --work) are
+reused."""
 
 from __future__ import annotations
 
@@ -25,11 +29,15 @@ def main() -> None:
     parser.add_argument("--vision", default="{}", help='VisionConfig overrides, e.g. {"num_layers": 4}')
     parser.add_argument("--preset-fields", default="{}", help='Preset overrides, e.g. {"turns": 8}')
     parser.add_argument("--work", default="")
+    parser.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"])
     parser.add_argument("--teacher-forced", type=int, default=0, metavar="N",
                         help="also: answers right per training-turn kind, teacher-forced, on N held-out scenes and on "
                              "N training scenes (is the model overfitting its training scenes?)")
     args = parser.parse_args()
 
+    from suite.reproduce import pin_cpu_isa
+
+    cpu = f"{args.cpu_isa}/{pin_cpu_isa(args.cpu_isa)}"  # before torch computes anything
     import models
     from models import variants
     from suite.reproduce import PRESETS, Pipeline, _eval_summary
@@ -37,14 +45,16 @@ def main() -> None:
     from tasks.scenes import kind_chance
 
     base = models.get_variant("cpu-repro-llava")
-    cfg = dataclasses.replace(base, name=f"exp-{args.name}",
-                              llm=dataclasses.replace(base.llm, **json.loads(args.llm)),
-                              vision=dataclasses.replace(base.vision, **json.loads(args.vision)))
-    variants.register_variant(cfg)
+    cfg = base
+    if json.loads(args.llm) or json.loads(args.vision):
+        cfg = dataclasses.replace(base, name=f"exp-{args.name}",
+                                  llm=dataclasses.replace(base.llm, **json.loads(args.llm)),
+                                  vision=dataclasses.replace(base.vision, **json.loads(args.vision)))
+        variants.register_variant(cfg)
     # vision_steps 0 unless asked: the sweep's rows trained the tower from scratch with the LLM
     fields = {"vision_steps": 0, **json.loads(args.preset_fields)}
     preset = dataclasses.replace(PRESETS["quick"], model=cfg.name, rows=("dense",), **fields)
-    pipe = Pipeline(preset, args.work or f"/tmp/exp-{args.name}", log=lambda *a: None)
+    pipe = Pipeline(preset, args.work or f"/tmp/exp-{args.name}", log=lambda *a: None, cpu=cpu)
     started = time.time()
     corpus = pipe.corpus(0)
     dense = pipe.dense(0, corpus, pipe.vision(0, corpus))  # vision: a pretrained, frozen tower (vision_steps > 0)
