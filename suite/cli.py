@@ -326,7 +326,8 @@ def cmd_run(args) -> int:
     spec = RunSpec(model=args.model, tasks=[t for t in args.tasks.split(",") if t], limit=args.limit,
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
-                   run_id=args.run_id, measure_flops=args.measure_flops, data_root=data_root(args.data_root))
+                   run_id=args.run_id, measure_flops=args.measure_flops, data_root=data_root(args.data_root),
+                   max_new_tokens=args.max_new_tokens)
     try:
         outcome = run(spec)
     except KeyboardInterrupt as exc:
@@ -577,6 +578,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                     "read in place, the checkout is not touched")
     p.add_argument("--measure-flops", action="store_true",
                    help="per sample: torch counter and fvcore FLOPs of the prefill as it ran (one extra forward)")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="cap every task's new tokens (a smoke test of an untrained model, which never stops early)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("matrix", help="run a slice of matrix.yaml (only what is missing), then tables and plots",
