@@ -38,6 +38,9 @@ def main() -> None:
     from suite.reproduce import pin_cpu_isa
 
     cpu = f"{args.cpu_isa}/{pin_cpu_isa(args.cpu_isa)}"  # before torch computes anything
+    import torch
+
+    cpu += f"/{torch.get_num_threads()}t"  # as `modbench reproduce` keys its stages
     import models
     from models import variants
     from suite.reproduce import PRESETS, Pipeline, _eval_summary

@@ -121,10 +121,11 @@ PRESETS = {
     "micro": Preset("micro", seeds=1, rows=QUICK_ROWS, image_size=32, train_scenes=48, turns=2, eval_per_task=4,
                     vision_steps=3, dense_steps=4, finetune_steps=2, batch_size=8, arank_samples=4, speed_batches=1,
                     latency_samples=2, model="cpu-repro-llava-micro", max_new_tokens=8),
-    # quick: an 800-step tower (a 600-step one did not teach 750 dense steps whether a named object is there) and
-    # a dense learning rate of 4e-3: with the AVX2 pin, 2e-3 and 3e-3 did not learn existence in 750 steps and
-    # 4e-3 did (results/reproduction/dense_sweep.md); full's 1,800 dense steps learnt it at 2e-3 with a 600-step
-    # tower, and full fits 90 min with its seeds in parallel.
+    # quick: an 800-step tower and a dense learning rate of 4e-3. Its 750 dense steps end near the abrupt
+    # transition to "is there a <colour> <shape>?": whether existence is learnt depends on float rounding alone
+    # (ISA, thread count; results/reproduction/dense_sweep.md). Under the AVX2 pin on 2 threads, 4e-3 clears
+    # chance on four sets of six, 2e-3 on three. Full's 1,800 dense steps learnt it at 2e-3 with a 600-step
+    # tower in every seed, and full fits 90 min with its seeds in parallel.
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1800),
 }
@@ -592,8 +593,12 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     output = Path(output or f"results/reproduction/{chosen.name}")
     work = Path(work or f".cache/reproduce/{chosen.name}")
     capability = pin_cpu_isa(cpu_isa)
+    import torch
+
+    # The thread count changes the rounding too (the same dense stage on 1 and on 2 threads: POPE 82.8 vs
+    # 48.9), so it joins the stage keys: a cache is reused only by a process computing the same numbers.
     started = time.perf_counter()
-    pipeline = Pipeline(chosen, work, log=log, cpu=f"{cpu_isa}/{capability}")
+    pipeline = Pipeline(chosen, work, log=log, cpu=f"{cpu_isa}/{capability}/{torch.get_num_threads()}t")
     if seed is not None:
         if not 0 <= seed < chosen.seeds:
             raise ValueError(f"--seed must be in 0..{chosen.seeds - 1}: the {chosen.name} preset runs {chosen.seeds} "
