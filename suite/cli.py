@@ -768,8 +768,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", default="", help="stage cache: corpus, checkpoints, runs (default .cache/reproduce/<preset>)")
     p.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"],
                    help="CPU code paths of torch, MKL and oneDNN: avx2 (default) gives the same numbers on every "
-                        "x86-64 machine with AVX2 (the committed results); native: the machine's own, faster on "
-                        "AVX-512, numbers differ")
+                        "x86-64 machine with AVX2 at the same thread count (the committed results: 2 threads); "
+                        "native: the machine's own, faster on AVX-512, numbers differ")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("overhead", help="the suite's own cost per sample: lmms-eval loop + plugin vs the bare model")
