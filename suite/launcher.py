@@ -92,7 +92,8 @@ def cell_argv(spec, processes: int = 1, python: str = sys.executable) -> list[st
             "--protocol", spec.protocol, "--batch-size", str(spec.batch_size), "--seed", str(spec.seed),
             "--output", str(spec.output), "--run-id", spec.run_id]
     for flag, value in (("--limit", spec.limit), ("--dtype", spec.dtype), ("--device", spec.device),
-                        ("--attn-implementation", spec.attn_implementation), ("--data-root", spec.data_root)):
+                        ("--attn-implementation", spec.attn_implementation), ("--data-root", spec.data_root),
+                        ("--max-new-tokens", spec.max_new_tokens)):
         if value not in (None, ""):
             argv += [flag, str(value)]
     if spec.measure_flops:

@@ -64,7 +64,8 @@ class RunSpec:
     def default_run_id(self) -> str:
         name = Path(self.model).name if os.sep in self.model else self.model
         return f"{name}__{'+'.join(self.tasks)}__{self.protocol}__b{self.batch_size}" + (
-            f"__l{self.limit}" if self.limit else "")
+            f"__l{self.limit}" if self.limit else "") + (
+            f"__m{self.max_new_tokens}" if self.max_new_tokens is not None else "")  # capped answers: another run
 
 
 @dataclass

@@ -65,9 +65,9 @@ UNUSED_LMMS_EVAL_IMPORTS = ("evaluate",)
 
 
 class DeferredModule(types.ModuleType):
-    """Stands in sys.modules for a module not imported yet; the first attribute it lacks imports the real
-    module, which then replaces it there (and whose namespace it takes, for references already bound to it).
-    `__file__` and `__spec__` are set, so `inspect.getmodule`'s scan of sys.modules does not load it."""
+    """Bound in place of a module not imported yet; the first attribute it lacks imports the real module (and
+    takes its namespace). `__file__` and `__spec__` are set, so `inspect.getmodule`'s scan of sys.modules does
+    not load it."""
 
     def __getattr__(self, attr: str):
         name = self.__name__
@@ -78,11 +78,16 @@ class DeferredModule(types.ModuleType):
         return getattr(real, attr)
 
 
-def defer_unused_lmms_eval_imports(names: tuple[str, ...] = UNUSED_LMMS_EVAL_IMPORTS) -> list[str]:
-    """Before lmms-eval is first imported in this process: its unused module-level imports become deferred
-    (DeferredModule), loaded at their first use. Called where a command is about to import lmms-eval (a run,
-    the profilers, a check), never on import; behaviour is unchanged. Returns the names deferred."""
-    deferred = []
+def defer_unused_lmms_eval_imports(names: tuple[str, ...] = UNUSED_LMMS_EVAL_IMPORTS,
+                                   importer: str = "lmms_eval.api.registry") -> list[str]:
+    """Import `importer` (lmms-eval's module that imports them) with `names` deferred: each is bound there to a
+    DeferredModule that loads the real module at its first use. The stand-ins leave sys.modules again once
+    `importer` is imported, so any later `import evaluate` (or of a submodule) is an ordinary import. Called
+    where a command is about to import lmms-eval (a run, the profilers, a check), never on import; behaviour
+    is unchanged. Returns the names deferred (none once `importer` is imported)."""
+    if importer in sys.modules:
+        return []
+    standing = {}
     for name in names:
         if name in sys.modules:
             continue
@@ -91,9 +96,14 @@ def defer_unused_lmms_eval_imports(names: tuple[str, ...] = UNUSED_LMMS_EVAL_IMP
             continue  # not installed: lmms-eval's own import error, not ours
         module = DeferredModule(name)
         module.__file__, module.__spec__ = spec.origin, spec
-        sys.modules[name] = module
-        deferred.append(name)
-    return deferred
+        sys.modules[name] = standing[name] = module
+    try:
+        importlib.import_module(importer)
+    finally:
+        for name, module in standing.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+    return list(standing)
 
 
 def task_manager(data_root: str | Path | None = None, verbosity: str = "ERROR"):

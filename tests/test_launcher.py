@@ -220,3 +220,16 @@ def test_local_cells_run_in_parallel_up_to_jobs_and_failed_ones_run_again(tmp_pa
     threads = {line.split()[3] for line in trace.read_text().splitlines() if line.startswith("start")}
     assert threads == {os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // 2)))}
     assert any(line.startswith("retry   flaky1") for line in printed)
+
+
+def test_a_cell_carries_its_answer_cap_and_a_capped_run_is_another_run():
+    from suite.launcher import cell_argv
+    from suite.runner import RunSpec
+
+    spec = RunSpec(model="tiny-llava", tasks=["pope_local"], limit=2, max_new_tokens=8)
+    assert spec.default_run_id().endswith("__l2__m8")
+    assert RunSpec(model="tiny-llava", tasks=["pope_local"], limit=2).default_run_id().endswith("__l2")
+    spec.run_id = spec.default_run_id()
+    argv = cell_argv(spec)
+    assert argv[argv.index("--max-new-tokens") + 1] == "8"
+    assert "--max-new-tokens" not in cell_argv(RunSpec(model="tiny-llava", tasks=["pope_local"], run_id="r"))

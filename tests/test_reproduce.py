@@ -326,6 +326,8 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     assert (out / "runs" / "seed0-finetune-pmod-prd" / "train.json").exists() and len(runs) == 10
     assert json.loads((out / "runs" / "seed0-vision" / "train.json").read_text())["kind"] == "vision-pretrain"
     assert (out / "runs" / "seed0-eval-dense-swapped" / "run.json").exists()
+    spec = json.loads((out / "runs" / "seed0-eval-dense-swapped" / "run.json").read_text())["spec"]
+    assert spec["max_new_tokens"] == 8  # micro's cap reaches the run's spec
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None, cpu_isa="native")

@@ -83,34 +83,47 @@ def test_overhead_benchmark_reports_its_parts(tmp_path):
 
 
 def test_a_deferred_module_loads_once_at_its_first_use(tmp_path, monkeypatch):
-    """lmms-eval's unused imports (`evaluate`) are deferred, not removed: the first attribute the stand-in lacks
-    imports the real module once, which then replaces it in sys.modules; references bound earlier still work."""
+    """lmms-eval's unused imports (`evaluate`) are deferred, not removed: the module that imports them binds a
+    stand-in, whose first missing attribute imports the real module once; the stand-in is out of sys.modules
+    again at once, so a later import (of the module or a submodule) is an ordinary one."""
     import inspect
+    import os
     import sys
 
     from tasks.registry import DeferredModule, defer_unused_lmms_eval_imports
 
-    (tmp_path / "deferred_probe.py").write_text("import os\nLOADS = int(os.environ.get('PROBE_LOADS', 0)) + 1\n"
-                                               "os.environ['PROBE_LOADS'] = str(LOADS)\ndef answer():\n"
-                                               "    return 42\n")
+    (tmp_path / "deferred_probe").mkdir()
+    (tmp_path / "deferred_probe" / "__init__.py").write_text(
+        "import os\nLOADS = int(os.environ.get('PROBE_LOADS', 0)) + 1\nos.environ['PROBE_LOADS'] = str(LOADS)\n"
+        "from . import part\ndef answer():\n    return 42\n")
+    (tmp_path / "deferred_probe" / "part.py").write_text(
+        "import os\nos.environ['PROBE_PART_LOADS'] = str(int(os.environ.get('PROBE_PART_LOADS', 0)) + 1)\n")
+    (tmp_path / "probe_user.py").write_text("import deferred_probe as bound\n")  # as lmms_eval.api.registry does
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delenv("PROBE_LOADS", raising=False)
-    monkeypatch.delitem(sys.modules, "deferred_probe", raising=False)
-    assert defer_unused_lmms_eval_imports(("deferred_probe", "no_such_module_here")) == ["deferred_probe"]
-    import deferred_probe as bound  # what `import evaluate as hf_evaluate` binds in lmms_eval.api.registry
-
-    assert isinstance(bound, DeferredModule) and "PROBE_LOADS" not in __import__("os").environ
-    inspect.getmodule(test_a_deferred_module_loads_once_at_its_first_use)  # scans sys.modules: must not load it
-    assert "PROBE_LOADS" not in __import__("os").environ
+    for name in ("PROBE_LOADS", "PROBE_PART_LOADS"):  # set first, so that monkeypatch restores their absence
+        monkeypatch.setenv(name, "0")
+        monkeypatch.delenv(name)
+    for name in ("deferred_probe", "deferred_probe.part", "probe_user"):
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
+    assert defer_unused_lmms_eval_imports(("deferred_probe", "no_such_module_here"), "probe_user") == [
+        "deferred_probe"]
+    bound = sys.modules["probe_user"].bound
+    assert isinstance(bound, DeferredModule) and "deferred_probe" not in sys.modules
+    inspect.getmodule(test_a_deferred_module_loads_once_at_its_first_use)  # scans sys.modules
+    assert "PROBE_LOADS" not in os.environ
     assert bound.answer() == 42 and bound.LOADS == 1
     real = sys.modules["deferred_probe"]
-    assert not isinstance(real, DeferredModule) and real.LOADS == 1 and bound.answer is real.answer
-    assert defer_unused_lmms_eval_imports(("deferred_probe",)) == []  # already imported: left alone
-    assert __import__("os").environ["PROBE_LOADS"] == "1"
+    assert not isinstance(real, DeferredModule) and bound.answer is real.answer
+    import deferred_probe.part  # noqa: F401  (a submodule after the real load: executed once)
+
+    assert (os.environ["PROBE_LOADS"], os.environ["PROBE_PART_LOADS"]) == ("1", "1")
+    assert defer_unused_lmms_eval_imports(("deferred_probe",), "probe_user") == []  # importer already imported
 
 
 def test_lmms_eval_starts_without_importing_its_unused_modules():
     code = ("import sys\nfrom tasks.registry import task_manager\ntask_manager()\n"
-            "import lmms_eval.evaluator\nprint('EVALUATE=' + type(sys.modules['evaluate']).__name__)\n")
+            "import lmms_eval.evaluator, lmms_eval.api.registry as r\n"
+            "print('EVALUATE=' + str('evaluate' in sys.modules) + ' ' + type(r.hf_evaluate).__name__)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert "EVALUATE=DeferredModule" in done.stdout.splitlines(), done.stdout[-2000:] + done.stderr[-2000:]
+    assert "EVALUATE=False DeferredModule" in done.stdout.splitlines(), done.stdout[-2000:] + done.stderr[-2000:]
