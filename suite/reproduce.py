@@ -199,8 +199,8 @@ class Pipeline:
         result = build(folder)
         from suite.results import write_json_atomic
 
-        write_json_atomic(done, {"stage": name, "inputs": inputs, "seconds": time.perf_counter() - started,
-                                 **result})
+        write_json_atomic(done, {"stage": name, "inputs": inputs, "cpu": self.cpu,  # the code paths it ran on
+                                 "seconds": time.perf_counter() - started, **result})
         self.ran.append(key)
         return folder, json.loads(done.read_text())
 
