@@ -35,12 +35,9 @@ def main() -> None:
                              "N training scenes (is the model overfitting its training scenes?)")
     args = parser.parse_args()
 
-    from suite.reproduce import pin_cpu_isa
+    from suite.reproduce import pinned_code_paths
 
-    cpu = f"{args.cpu_isa}/{pin_cpu_isa(args.cpu_isa)}"  # before torch computes anything
-    import torch
-
-    cpu += f"/{torch.get_num_threads()}t"  # as `modbench reproduce` keys its stages
+    cpu = pinned_code_paths(args.cpu_isa)  # before torch computes anything; keyed as `modbench reproduce` keys
     import models
     from models import variants
     from suite.reproduce import PRESETS, Pipeline, _eval_summary

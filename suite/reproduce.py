@@ -170,6 +170,16 @@ def pin_cpu_isa(isa: str) -> str:
     return capability
 
 
+def pinned_code_paths(isa: str) -> str:
+    """Pin the CPU code paths (pin_cpu_isa) and name what computes the stages: ISA, capability, thread count.
+    The thread count changes the rounding too (the same dense stage on 1 and on 2 threads: POPE 82.8 vs 48.9),
+    so it joins the stage keys as well: a cache is reused only by a process computing the same numbers."""
+    capability = pin_cpu_isa(isa)
+    import torch
+
+    return f"{isa}/{capability}/{torch.get_num_threads()}t"
+
+
 class Pipeline:
     """Stages as cached folders under output/stages; `done.json` is written last, so a folder without it is
     redone (a training stage resumes from its last checkpoint)."""
@@ -592,13 +602,9 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     chosen = preset_for(preset, scope, seeds)
     output = Path(output or f"results/reproduction/{chosen.name}")
     work = Path(work or f".cache/reproduce/{chosen.name}")
-    capability = pin_cpu_isa(cpu_isa)
-    import torch
-
-    # The thread count changes the rounding too (the same dense stage on 1 and on 2 threads: POPE 82.8 vs
-    # 48.9), so it joins the stage keys: a cache is reused only by a process computing the same numbers.
+    cpu = pinned_code_paths(cpu_isa)
     started = time.perf_counter()
-    pipeline = Pipeline(chosen, work, log=log, cpu=f"{cpu_isa}/{capability}/{torch.get_num_threads()}t")
+    pipeline = Pipeline(chosen, work, log=log, cpu=cpu)
     if seed is not None:
         if not 0 <= seed < chosen.seeds:
             raise ValueError(f"--seed must be in 0..{chosen.seeds - 1}: the {chosen.name} preset runs {chosen.seeds} "
