@@ -117,10 +117,15 @@ class ModDecoder(nn.Module):
         batch, k = valid.shape
         full = valid if old_valid is None else torch.cat([old_valid, valid], dim=1)
         old = full.shape[1] - k
-        trivial = bool(full.all()) and (old == 0 or k == 1)
+        # No mask is needed when causality alone hides every invalid slot from every real query: nothing is
+        # invalid and there is no cache (prefill) or one query (a decode step attends to all), or, without a
+        # cache, each row's valid slots come first (a right-padded training batch, a packed MoD layer): a real
+        # query's predecessors are then all real, and the padded queries after them are discarded.
+        trivial = bool(full.all()) and (old == 0 or k == 1) or (
+            old == 0 and not bool((valid[:, 1:] & ~valid[:, :-1]).any()))
         impl = self.hf_config._attn_implementation
         if trivial and impl != "eager":
-            return None  # plain causal (prefill) or attend-all (one decode token): let the kernel do it
+            return None  # let the kernel apply causality (its fused causal path; flash-attention's too)
         if impl == "flash_attention_2":
             raise NotImplementedError(
                 "attn_implementation='flash_attention_2' takes no padding mask in this loop: run batch size 1 "
@@ -227,7 +232,10 @@ class ModForCausalLM(nn.Module):
 
     def forward(self, inputs_embeds=None, token_types=None, input_ids=None, labels=None,
                 cache: ModCache | None = None, collect_stats=False, return_attentions=False,
-                logits_to_keep: int = 0) -> ModOutput:
+                logits_to_keep: int = 0, logits_at_labels: bool = False) -> ModOutput:
+        """logits_at_labels (training): the head runs only where a next-token label is set, and `logits` is then
+        [labelled positions, vocab] in row-major order; the loss is the same, at a fraction of the head's and the
+        softmax's cost (answers are a small share of an image-heavy sequence)."""
         if inputs_embeds is None:
             inputs_embeds = self.model.embed_tokens(input_ids)
         if token_types is None:  # a text-only call: every token is a prompt token
@@ -237,14 +245,20 @@ class ModForCausalLM(nn.Module):
         )
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
-        logits = self.lm_head(hidden)
+        if logits_at_labels and labels is not None:
+            targets = labels[:, 1:]
+            at = targets != -100
+            logits = self.lm_head(hidden[:, :-1][at])
+            loss_args = (logits.float(), targets[at])
+        else:
+            logits = self.lm_head(hidden)
+            if labels is not None:
+                loss_args = (logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
         out = ModOutput(logits=logits, routing_loss=routing_loss, attentions=attentions)
         if stats is not None:
             out.kept, out.total = stats
         if labels is not None:
-            out.lm_loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+            out.lm_loss = F.cross_entropy(*loss_args, ignore_index=-100)
             out.loss = out.lm_loss if routing_loss is None else out.lm_loss + routing_loss
         return out
 

@@ -25,7 +25,7 @@ def build_frontend(cfg: ModelConfig) -> nn.Module | None:
 
 @dataclass
 class Batch:
-    """A left-padded batch ready for the decoder."""
+    """A padded batch ready for the decoder (left-padded for generation; training may pad right)."""
 
     inputs_embeds: torch.Tensor  # [B, S, H]
     token_types: torch.Tensor  # [B, S]
@@ -85,9 +85,13 @@ class ModVlm(nn.Module):
         return self.vision.encode(pixels.to(self.device))
 
     def assemble(self, samples: list[TokenizedSample], pixels=None, with_labels: bool = True,
-                 features=None) -> Batch:
+                 features=None, pad_side: str = "left") -> Batch:
         """Embed tokenised samples, splice the encoded images (one per sample with `image_at`, in order: from
-        `pixels`, or `features` already encoded) and left-pad into one batch."""
+        `pixels`, or `features` already encoded) and pad into one batch: left for generation (every row's last
+        token is its newest), right for training, where causality alone then hides the padding and attention
+        runs without a mask (ModDecoder._mask)."""
+        if pad_side not in ("left", "right"):
+            raise ValueError(f"pad_side: 'left' or 'right', not {pad_side!r}")
         with_image = [i for i, sample in enumerate(samples) if sample.image_at is not None]
         if with_image and features is None:
             if pixels is None:
@@ -110,9 +114,10 @@ class ModVlm(nn.Module):
         label_t = torch.full((len(rows), width), -100, dtype=torch.long, device=self.device)
         for b, (emb, types, labels) in enumerate(rows):
             n = len(types)
-            embeds[b, width - n:] = emb
-            token_types[b, width - n:] = torch.tensor(types, device=self.device)
-            label_t[b, width - n:] = torch.tensor(labels, device=self.device)
+            span = slice(width - n, width) if pad_side == "left" else slice(0, n)
+            embeds[b, span] = emb
+            token_types[b, span] = torch.tensor(types, device=self.device)
+            label_t[b, span] = torch.tensor(labels, device=self.device)
         prompt_lengths = [sum(t != RESPONSE for t in r[1]) for r in rows]
         return Batch(embeds, token_types, label_t if with_labels else None, prompt_lengths,
                      [r[1].count(IMAGE) for r in rows])

@@ -722,6 +722,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratios", help="p-MoD with --mod-layers: kept ratio, one for all or one per layer")
     p.add_argument("--data", help="LLaVA instruction JSON")
     p.add_argument("--images", help="image folder (default: the JSON's folder)")
+    p.add_argument("--tower-features", dest="tower_features",
+                   help="the frozen tower's output per training image (a vision pretraining's "
+                        "tower_features.safetensors): training runs the projector on it instead of the tower")
     p.add_argument("--stage", choices=["pretrain", "finetune"],
                    help="pretrain: connector only; finetune (default): connector + LLM + routers")
     steps = p.add_mutually_exclusive_group()

@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-CODE_VERSION = 3  # bump when a stage's meaning changes, so cached stages are redone
+CODE_VERSION = 5  # bump when a stage's meaning changes, so cached stages are redone
 MODEL = "cpu-repro-llava"
 TASKS = ("pope_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local", "mme_local", "mmbench_en_dev_local")
 BENCHMARKS = {  # column -> (task, metric, scale to percent)
@@ -90,6 +90,7 @@ class Preset:
     image_size: int = 80
     train_scenes: int = 6000
     turns: int = 8  # question-answer turns per training image (none asked twice), then a caption
+    exists_weight: int = 1  # shares of existence questions among those turns (tasks.scenes.training_turns)
     eval_per_task: int = 60
     dense_steps: int = 750
     # > 0: the tower is first pretrained on the training scenes (suite/vision_pretrain.py, the stand-in for CLIP)
@@ -220,7 +221,7 @@ class Pipeline:
 
         p = self.preset
         spec = CorpusSpec(seed=seed, image_size=p.image_size, train_scenes=p.train_scenes, turns=p.turns,
-                          eval_per_task=p.eval_per_task)
+                          exists_weight=p.exists_weight, eval_per_task=p.eval_per_task)
         return self._stage("corpus", asdict(spec), lambda folder: {"manifest": write_corpus(folder, spec)})
 
     def _train(self, name: str, inputs: dict, cfg_fields: dict) -> tuple[Path, dict]:
@@ -250,11 +251,15 @@ class Pipeline:
             cfg = VisionPretrainConfig(model=p.model, images=str(corpus[0] / "train" / "images"),
                                        output=str(folder / "model"), steps=p.vision_steps, seed=seed)
             record = pretrain_vision(cfg, training_scenes(spec)[0], spec.image_size, log=self.log)
-            return {"model": cfg.output, "vision": {k: record[k] for k in (
+            return {"model": cfg.output, "tower_features": str(Path(cfg.output) / record["files"]["tower_features"]),
+                    "vision": {k: record[k] for k in (
                 "steps", "wall_seconds", "final_loss", "held_out_patch_accuracy", "probe_scenes")}}
 
-        return self._stage("vision", {"corpus": corpus[0].name, "model": p.model, "steps": p.vision_steps,
-                                      "seed": seed}, build)
+        # keyed by what draws the images, not by the whole corpus: corpora that differ only in their questions
+        # share one tower
+        images = {"seed": spec.seed, "image_size": spec.image_size, "train_scenes": spec.train_scenes}
+        return self._stage("vision", {"images": images, "model": p.model, "steps": p.vision_steps, "seed": seed},
+                           build)
 
     def dense(self, seed: int, corpus: tuple[Path, dict], vision: tuple[Path, dict] | None = None
               ) -> tuple[Path, dict]:
@@ -265,7 +270,8 @@ class Pipeline:
                       seed=seed)
         inputs = {"corpus": folder.name, **fields, "data": None}
         if vision:
-            inputs |= {"model": None, "vision": vision[0].name}
+            fields["tower_features"] = vision[1]["tower_features"]  # the frozen tower's output, computed once
+            inputs |= {"model": None, "vision": vision[0].name, "tower_features": True}
         return self._train("dense", inputs, fields)
 
     def arank(self, seed: int, corpus, dense) -> tuple[Path, dict]:
@@ -285,7 +291,7 @@ class Pipeline:
         return self._stage("arank", {"dense": dense[0].name, "keep": p.arank_keep, "samples": p.arank_samples,
                                      "seed": seed}, build)
 
-    def finetune(self, seed: int, row_name: str, corpus, dense, arank) -> tuple[Path, dict]:
+    def finetune(self, seed: int, row_name: str, corpus, dense, arank, vision=None) -> tuple[Path, dict]:
         p = self.preset
         row = ROWS[row_name]
         fields = dict(model=dense[1]["model"], data=str(corpus[0] / "train" / "scenes.json"),
@@ -303,8 +309,12 @@ class Pipeline:
             layers, ratios = pmod_layers_and_ratios(ModSpec(scheme="pmod"), num_layers)
             fields["mod_layers"] = ",".join(map(str, layers))
             fields["ratios"] = f"{statistics.fmean(ratios):.6f}"
+        if vision and not p.train_tower:
+            fields["tower_features"] = vision[1]["tower_features"]
         inputs = {"row": row_name, "dense": dense[0].name, "arank": arank[0].name, **fields, "model": None,
                   "data": None}
+        if "tower_features" in fields:  # keyed by the tower (the dense stage's key names it), not the file's path
+            inputs["tower_features"] = True
         return self._train(f"finetune-{row_name}", inputs, fields)
 
     def evaluate(self, seed: int, row_name: str, corpus, model_stage, fixed_skip: float | None,
@@ -358,7 +368,7 @@ class Pipeline:
             vision = self.vision(seed, corpus)
             dense = self.dense(seed, corpus, vision)
             arank = self.arank(seed, corpus, dense)
-            finetuned = {name: self.finetune(seed, name, corpus, dense, arank) for name in p.rows}
+            finetuned = {name: self.finetune(seed, name, corpus, dense, arank, vision) for name in p.rows}
             evals = {}
             for name, stage in finetuned.items():
                 evals[(name, "released")] = self.evaluate(seed, name, corpus, stage, None)
@@ -486,9 +496,9 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
             t1 = time.perf_counter()
             features = model.encode_images(batch.pixels)
             t2 = time.perf_counter()
-            assembled = model.assemble(batch.samples, features=features)
+            assembled = model.assemble(batch.samples, features=features, pad_side="right")  # as train.py does
             out = model.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
-                                       labels=assembled.labels)
+                                       labels=assembled.labels, logits_at_labels=True)
             t3 = time.perf_counter()
             out.loss.backward()
             t4 = time.perf_counter()

@@ -41,6 +41,9 @@ class TrainConfig:
     data: str = ""  # LLaVA instruction JSON
     output: str = ""  # the trained model in the released layout, plus train.json, train_log.jsonl, checkpoints/
     images: str = ""  # image folder (default: the JSON's folder)
+    # a file of the frozen tower's output per training image (suite.train_data.TowerFeatures, as the
+    # reproduction's vision pretraining writes it): the tower is then not run in training, only the projector
+    tower_features: str = ""
     scheme: str = ""  # dense | gamma | pmod; "" keeps the model's own; a dense model is converted
     mod_layers: str = ""  # explicit MoD layers, e.g. "3-30" or "1,2,4"
     arank_keep: int = 0  # γ-MoD: every layer but the k highest-ARank ones of the dense model
@@ -89,6 +92,8 @@ class TrainConfig:
              "choose at most one of mod_layers, arank_keep, mod_pattern"),
             (0.0 <= self.skip_fraction < 1.0, "skip_fraction must be in [0, 1)"),
             (0.0 <= self.warmup_ratio < 1.0, "warmup_ratio must be in [0, 1)"),
+            (not (self.tower_features and self.train_vision),
+             "tower_features are a frozen tower's output: not with train_vision"),
         ]
         for ok, message in checks:
             if not ok:
@@ -251,12 +256,31 @@ class TrainingForward(torch.nn.Module):
     def forward(self, batch):
         from models.routing import PAD
 
-        assembled = self.vlm.assemble(batch.samples, batch.pixels)
+        features = None
+        if batch.tower_features is not None:  # the frozen tower's cached output: run the front-end's projector
+            features = self.vlm.vision.encode(None, stage=_TowerStage(batch.tower_features))
+        assembled = self.vlm.assemble(batch.samples, batch.pixels, features=features, pad_side="right")
         out = self.vlm.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
-                                      labels=assembled.labels, collect_stats=True)
+                                      labels=assembled.labels, collect_stats=True, logits_at_labels=True)
         out.loss_tokens = torch.stack([(assembled.labels[:, 1:] != -100).sum(),
                                        (assembled.token_types != PAD).sum()]).double()
         return out
+
+
+class _TowerStage:
+    """A front-end's `stage` hook (models.llava.run_stage) that hands back cached tower output for its
+    vision_encoder part and runs the rest; a front-end without that one part cannot use cached features."""
+
+    def __init__(self, features: torch.Tensor) -> None:
+        self.features = features
+
+    def __call__(self, component: str, fn):
+        if component == "vision_encoder":
+            return self.features
+        if component == "projector":
+            return fn()
+        raise ValueError(f"tower_features: this front-end's encode has a {component!r} part besides one vision "
+                         "encoder and its projector; train it from images")
 
 
 def data_parallel_loss(accelerator, out):
@@ -339,7 +363,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     from models.checkpoints import save_authors_checkpoint
     from suite.results import results_record, write_json_atomic
-    from suite.train_data import Collate, EpochBatches, InstructionDataset
+    from suite.train_data import Collate, EpochBatches, InstructionDataset, TowerFeatures
 
     cfg.validate()
     output = Path(cfg.output)
@@ -367,7 +391,8 @@ def train(cfg: TrainConfig, log=print) -> dict:
     model = load_base_model(cfg)
     vision = model.cfg.vision
     dataset = InstructionDataset(cfg.data, cfg.images or None, model.tokenizer,
-                                 vision.num_image_tokens if vision else 0, model.cfg.llm.max_position_embeddings)
+                                 vision.num_image_tokens if vision else 0, model.cfg.llm.max_position_embeddings,
+                                 TowerFeatures(cfg.tower_features) if cfg.tower_features else None)
     model, choice = choose_scheme(model, cfg, dataset, layers=saved["mod_choice"]["layers"] if saved else None,
                                   log=log if main else _quiet)
     if saved:

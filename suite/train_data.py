@@ -46,9 +46,41 @@ class TrainBatch:
     samples: list[TokenizedSample]
     pixels: object  # the front-end's preprocess output for the samples with an image, in order (or None)
     bad: list[BadSample] = field(default_factory=list)
+    tower_features: torch.Tensor | None = None  # instead of pixels: the frozen tower's output per image
 
     def __len__(self) -> int:
         return len(self.samples)
+
+
+class TowerFeatures:
+    """A frozen vision tower's output (what the projector reads) for each image of a training folder, keyed by
+    file name: training then runs the projector on these instead of decoding, preprocessing and encoding each
+    image at every step. Valid only for the tower that wrote them, kept frozen (the reproduction's vision stage
+    writes them beside its checkpoint)."""
+
+    FILE = "tower_features.safetensors"
+
+    def __init__(self, path: str | Path) -> None:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            self.names = {name: i for i, name in enumerate(json.loads(f.metadata()["images"]))}
+            self.features = f.get_tensor("features")
+        self.path = Path(path)
+
+    @staticmethod
+    def write(path: str | Path, names: list[str], features: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        if len(names) != len(features):
+            raise ValueError(f"{len(names)} image names for {len(features)} feature rows")
+        save_file({"features": features.contiguous()}, str(path), metadata={"images": json.dumps(names)})
+
+    def __getitem__(self, image: Path) -> torch.Tensor:
+        try:
+            return self.features[self.names[image.name]]
+        except KeyError:
+            raise SampleError(f"image {image} has no row in {self.path}") from None
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -68,13 +100,14 @@ class InstructionDataset(torch.utils.data.Dataset):
     """Item i: (sample id, TokenizedSample, PIL image or None), or a BadSample."""
 
     def __init__(self, path: str | Path, image_folder: str | Path | None, tokenizer, image_tokens: int,
-                 max_length: int) -> None:
+                 max_length: int, tower_features: TowerFeatures | None = None) -> None:
         self.path = Path(path)
         self.records = read_records(self.path)
         self.image_folder = Path(image_folder) if image_folder else self.path.parent
         self.tokenizer = tokenizer
         self.image_tokens = image_tokens  # the most image tokens the front-end gives one image
         self.max_length = max_length
+        self.tower_features = tower_features  # given: an image item is its feature row, not a PIL image
 
     def __len__(self) -> int:
         return len(self.records)
@@ -117,8 +150,10 @@ class InstructionDataset(torch.utils.data.Dataset):
             raise SampleError(f"{length} tokens (image included) exceed the model's context of {self.max_length}")
         return sample_id, sample, image
 
-    def _image(self, relative: str) -> Image.Image:
+    def _image(self, relative: str) -> Image.Image | torch.Tensor:
         path = self.image_folder / relative
+        if self.tower_features is not None:
+            return self.tower_features[path]
         if not path.is_file():
             raise SampleError(f"image file {path} not found")
         try:
@@ -141,8 +176,11 @@ class Collate:
             raise SampleError(f"{bad[0]} (--skip-bad-samples leaves such samples out and counts them)")
         good = [item for item in items if not isinstance(item, BadSample)]
         images = [image for _, _, image in good if image is not None]
+        ids, samples = [i for i, _, _ in good], [s for _, s, _ in good]
+        if images and isinstance(images[0], torch.Tensor):  # TowerFeatures rows
+            return TrainBatch(ids, samples, None, bad, tower_features=torch.stack(images))
         pixels = self.preprocess(images) if images else None
-        return TrainBatch([i for i, _, _ in good], [s for _, s, _ in good], pixels, bad)
+        return TrainBatch(ids, samples, pixels, bad)
 
 
 class EpochBatches(torch.utils.data.Sampler):

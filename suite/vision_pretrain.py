@@ -98,9 +98,17 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     log(f"vision tower: held-out patch accuracy {accuracy['all']:.3f} (objects {accuracy['objects']:.3f}, signs "
         f"{accuracy['signs']:.3f}) after {cfg.steps} steps, {seconds:.0f} s")
     save_authors_checkpoint(model, cfg.output, kind=release_layout(model.cfg), fmt="safetensors")
+    # The tower stays frozen from here on, so what it hands the projector for each training image is computed
+    # once, here, and training reads it instead of running the tower (suite.train_data.TowerFeatures).
+    with torch.no_grad():
+        features = torch.cat([tower(pixels[i:i + 256], output_hidden_states=True).hidden_states[vision.select_layer][:, 1:]
+                              for i in range(0, len(pixels), 256)])
+    from suite.train_data import TowerFeatures
+
+    TowerFeatures.write(Path(cfg.output) / TowerFeatures.FILE, [f"{i:06d}.png" for i in range(len(scenes))], features)
     record = results_record("vision-pretrain", asdict(cfg), status="ok", model=cfg.model, steps=cfg.steps,
                             scenes=len(scenes), wall_seconds=seconds, final_loss=sum(losses[-10:]) / len(losses[-10:]),
                             held_out_patch_accuracy=accuracy, probe_scenes=cfg.probe_scenes,
-                            classes=list(PATCH_CLASSES), files={"model": "."})
+                            classes=list(PATCH_CLASSES), files={"model": ".", "tower_features": TowerFeatures.FILE})
     write_json_atomic(Path(cfg.output) / "train.json", record)  # named as a training's: the run records copy it
     return record

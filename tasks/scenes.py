@@ -263,16 +263,18 @@ def describe(scene: Scene) -> str:
     return ", ".join(parts)
 
 
-def training_turns(scene: Scene, rng: random.Random, turns: int) -> list[tuple[str, str]]:
+def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1) -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
     the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
     is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
-    read off the image."""
+    read off the image. exists_weight: how many shares of the turns ask existence ("Is there a red circle?"),
+    against one share of multiple choice and MME-style yes/no, two of short answers and two of reading."""
     out, asked = [], set()
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
             break
-        kind = rng.choice(("exists", "short", "short", "choice", "mme") + (("word", "word") if scene.word else ()))
+        kind = rng.choice(("exists",) * exists_weight + ("short", "short", "choice", "mme")
+                          + (("word", "word") if scene.word else ()))
         if kind == "exists":
             name, answer = q_exists(scene, rng, rng.choice(("random", "adversarial")))
             question, answer = f"Is there a {name} in the image?{SHORT}", answer.capitalize()
@@ -329,6 +331,7 @@ class CorpusSpec:
     image_size: int = 96
     train_scenes: int = 2000
     turns: int = 3
+    exists_weight: int = 1  # shares of existence questions among the training turns (training_turns)
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
@@ -362,7 +365,7 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     records = []
     for i, scene in enumerate(train_scenes):
         draw(scene, spec.image_size).save(images / f"{i:06d}.png")
-        turns = training_turns(scene, train_rng, spec.turns)
+        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},

@@ -206,3 +206,42 @@ def test_rope_positions_compacted_in_gamma_original_in_pmod(prompts, images, mon
                 assert torch.equal(pos, torch.arange(len(pos)))
             else:
                 assert pos[-1] == n_real - 1 and not torch.equal(pos, torch.arange(len(pos)))
+
+
+@pytest.mark.parametrize("name", ["tiny-llava", "tiny-llava-gmod", "tiny-llava-pmod"])
+def test_right_padded_training_runs_without_a_mask_and_gives_the_left_padded_loss_and_gradients(
+        prompts, images, name, monkeypatch):
+    """Training pads right and computes logits only at the labels: causality alone then hides the padding (no
+    attention mask, the kernels' fused causal path), dense and packed MoD layers alike. Same loss and gradients
+    as a left-padded, masked batch with logits everywhere."""
+    from models.core import ModDecoder
+    from models.prompt import tokenize_prompt
+
+    model = build(name).train()
+    samples = [tokenize_prompt(model.tokenizer, p, True, a) for p, a in zip(prompts, ["Yes", "red", "2"])]
+    pixels = model.vision.preprocess(images)
+    masks, real_mask = [], ModDecoder._mask
+    monkeypatch.setattr(ModDecoder, "_mask", lambda self, *args: masks.append(real_mask(self, *args)) or masks[-1])
+
+    def loss_and_grads(pad_side, at_labels):
+        model.zero_grad(set_to_none=True)
+        batch = model.assemble(samples, pixels, pad_side=pad_side)
+        out = model.language_model(inputs_embeds=batch.inputs_embeds, token_types=batch.token_types,
+                                   labels=batch.labels, logits_at_labels=at_labels)
+        out.loss.backward()
+        return out.loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    reference, reference_grads = loss_and_grads("left", False)
+    # rows of different lengths: the left-padded dense layers need a mask (packed MoD layers never do)
+    assert any(m is not None for m in masks)
+    masks.clear()
+    loss, grads = loss_and_grads("right", True)
+    assert masks and all(m is None for m in masks)
+    torch.testing.assert_close(loss, reference, rtol=1e-5, atol=1e-6)
+    assert grads.keys() == reference_grads.keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, reference_grads[key], rtol=1e-4, atol=1e-6, msg=key)
+    # ...and the comparison can fail: left padding without its mask lets real tokens see the padding.
+    monkeypatch.setattr(ModDecoder, "_mask", lambda self, *args: None)
+    unmasked, _ = loss_and_grads("left", False)
+    assert not torch.allclose(unmasked, reference, atol=1e-4)

@@ -293,6 +293,29 @@ def test_training_scenes_are_the_corpus_training_images(tmp_path):
         assert ImageChops.difference(saved, draw(scene, 32)).getbbox() is None
 
 
+def test_corpora_that_differ_only_in_their_questions_share_one_vision_tower(tmp_path):
+    """The tower is pretrained on the training images alone: a corpus that asks more existence questions about
+    the same images (Preset.exists_weight) reuses it, and does ask more of them."""
+    import dataclasses
+
+    from suite.reproduce import PRESETS, Pipeline
+
+    def existence_share(corpus_dir):
+        turns = [t["value"] for r in json.loads((corpus_dir / "train" / "scenes.json").read_text())
+                 for t in r["conversations"][0::2]]
+        return sum("Is there a" in t for t in turns) / len(turns)
+
+    shares, visions = [], []
+    for weight in (1, 4):
+        pipe = Pipeline(dataclasses.replace(PRESETS["micro"], exists_weight=weight), tmp_path, log=lambda *_: None)
+        corpus = pipe.corpus(0)
+        visions.append(pipe.vision(0, corpus)[0])
+        shares.append(existence_share(corpus[0]))
+        ran = [key.split("-")[0] for key in pipe.ran]
+    assert ran == ["corpus"] and visions[0] == visions[1]
+    assert shares[1] > shares[0] + 0.1
+
+
 def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
     from suite.reproduce import reproduce
 

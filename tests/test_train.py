@@ -267,6 +267,42 @@ def test_routing_loss_gradient_reaches_the_router_and_only_what_feeds_it(prompts
     assert "language_model.lm_head.weight" not in touched and "language_model.model.layers.3.mlp.up_proj.weight" not in touched
 
 
+def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
+    """The reproduction computes its frozen tower's output once (TowerFeatures) and trains from it: a batch read
+    that way gives the loss the images give; a run trains from it and leaves the tower as it was; a tower being
+    trained cannot use it."""
+    from models.config import ConfigError
+    from suite.train import TrainingForward
+    from suite.train_data import TowerFeatures
+
+    model = models.build_model("tiny-llava", seed=0).train()
+    front = model.vision
+    names = sorted(p.name for p in data.parent.glob("img*.png"))
+    with torch.no_grad():
+        pixels = front.preprocess([Image.open(data.parent / name).convert("RGB") for name in names])
+        tower_out = front.vision_tower(pixels, output_hidden_states=True).hidden_states[front.vision_cfg.select_layer]
+    TowerFeatures.write(tmp_path / "tower.safetensors", names, tower_out[:, 1:])
+    losses = []
+    for features in (None, TowerFeatures(tmp_path / "tower.safetensors")):
+        dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512, features)
+        batch = Collate(front.preprocess, skip_bad=False)([dataset[i] for i in (0, 3, 16, 5)])  # 16: text only
+        assert (batch.pixels is None) == (features is not None)
+        losses.append(TrainingForward(model)(batch).loss)
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
+    # ...and the comparison can fail: another image's features move the loss
+    swapped = TowerFeatures(tmp_path / "tower.safetensors")
+    swapped.names = {name: (i + 1) % len(names) for name, i in swapped.names.items()}
+    dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512, swapped)
+    moved = TrainingForward(model)(Collate(front.preprocess, skip_bad=False)([dataset[i] for i in (0, 3, 16, 5)])).loss
+    assert not torch.allclose(moved, losses[0], atol=1e-4)
+
+    train(config(data, tmp_path / "run", tower_features=str(tmp_path / "tower.safetensors")))
+    tower, before = models.load(tmp_path / "run").vision.vision_tower.state_dict(), front.vision_tower.state_dict()
+    assert tower.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in tower.items())
+    with pytest.raises(ConfigError, match="not with train_vision"):
+        train(config(data, tmp_path / "bad", tower_features=str(tmp_path / "tower.safetensors"), train_vision=True))
+
+
 def test_gradient_checkpointing_and_bf16_and_workers_train(data, tmp_path):
     plain = train(config(data, tmp_path / "plain", steps=2))
     checkpointed = train(config(data, tmp_path / "ckpt", steps=2, gradient_checkpointing=True, scheme="gamma",
