@@ -2,7 +2,7 @@
 results/reproduction/dense_sweep.md (what it takes for the dense model to clear chance on every held-out set).
 
     python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
-                                       [--cpu-isa avx2|native]
+                                       [--probe-every K] [--cpu-isa avx2|native]
 
 trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
 with the LLM, unless `"vision_steps"` pretrains it first, as the presets do) on the quick preset's
@@ -30,6 +30,10 @@ def main() -> None:
     parser.add_argument("--preset-fields", default="{}", help='Preset overrides, e.g. {"turns": 8}')
     parser.add_argument("--work", default="")
     parser.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"])
+    parser.add_argument("--probe-every", type=int, default=0, metavar="K",
+                        help="also: every K dense steps, held-out yes/no accuracy (existence, MME-style) and the "
+                             "share of 'Yes' answers, from the Yes/No logits of 240 fresh scenes: when, if at all, "
+                             "the dense model learns to check what a question claims")
     parser.add_argument("--teacher-forced", type=int, default=0, metavar="N",
                         help="also: answers right per training-turn kind, teacher-forced, on N held-out scenes and on "
                              "N training scenes (is the model overfitting its training scenes?)")
@@ -57,7 +61,10 @@ def main() -> None:
     pipe = Pipeline(preset, args.work or f"/tmp/exp-{args.name}", log=lambda *a: None, cpu=cpu)
     started = time.time()
     corpus = pipe.corpus(0)
-    dense = pipe.dense(0, corpus, pipe.vision(0, corpus))  # vision: a pretrained, frozen tower (vision_steps > 0)
+    vision = pipe.vision(0, corpus)  # a pretrained, frozen tower (vision_steps > 0)
+    if args.probe_every:
+        probe_during_training(args.name, args.probe_every, preset.image_size)
+    dense = pipe.dense(0, corpus, vision)
     print(f"{args.name}: dense trained ({dense[1]['train']['steps']} steps, final loss "
           f"{dense[1]['train']['final']['lm_loss']:.3f}) in {time.time() - started:.0f} s", flush=True)
     for mode, swapped in (("right images", False), ("swapped images", True)):
@@ -73,6 +80,63 @@ def main() -> None:
             tally = teacher_forced(dense[1]["model"], preset, args.teacher_forced, which == "training")
             print(f"{args.name} teacher-forced on {args.teacher_forced} {which} scenes: " + ", ".join(
                 f"{kind} {100 * right / asked:.0f} % of {asked}" for kind, (right, asked) in tally.items()))
+
+
+def probe_during_training(name: str, every: int, image_size: int) -> None:
+    """Make suite.train checkpoint every `every` steps and, at each checkpoint, print the yes/no probe (the
+    training itself is unchanged: the dense stage's cache key does not hold save_every)."""
+    import random
+
+    import torch
+
+    import suite.train as training
+    from models.prompt import tokenize_prompt, vicuna_v1
+    from tasks.scenes import SHORT, draw, mme_pair, q_exists, sample_scene
+
+    rng = random.Random("yes-no-probe")
+    probe = []
+    for i in range(240):  # two thirds existence (random and adversarial negatives), one third MME-style
+        scene = sample_scene(rng)
+        if i % 3 == 2:
+            _, (yes, no) = mme_pair(scene, rng)
+            question, answer = (yes, "Yes") if rng.random() < 0.5 else (no, "No")
+            probe.append(("mme", scene, question + SHORT, answer))
+        else:
+            obj, answer = q_exists(scene, rng, ("random", "adversarial")[i % 3])
+            probe.append(("exists", scene, f"Is there a {obj} in the image?{SHORT}", answer.capitalize()))
+    images = [draw(scene, image_size) for _, scene, _, _ in probe]
+
+    def measure(vlm, step: int) -> None:
+        def first_answer_token(answer: str) -> int:
+            sample = tokenize_prompt(vlm.tokenizer, vicuna_v1("Is there a red circle?"), True, answer)
+            return next(label for label in sample.labels if label != -100)
+
+        yes, no = first_answer_token("Yes"), first_answer_token("No")
+        was_training = vlm.training
+        vlm.eval()
+        right, says_yes = {"exists": [0, 0], "mme": [0, 0]}, 0
+        with torch.no_grad():
+            for start in range(0, len(probe), 48):
+                part = probe[start:start + 48]
+                batch = vlm.build_batch([vicuna_v1(q) for _, _, q, _ in part], images[start:start + 48])
+                logits = vlm.language_model(inputs_embeds=batch.inputs_embeds, token_types=batch.token_types,
+                                            logits_to_keep=1).logits[:, -1]
+                for (kind, _, _, answer), says in zip(part, (logits[:, yes] > logits[:, no]).tolist()):
+                    right[kind][0] += (answer == "Yes") == says
+                    right[kind][1] += 1
+                    says_yes += says
+        vlm.train(was_training)
+        print(f"{name} step {step}: " + ", ".join(f"{k} {100 * r / n:.1f} %" for k, (r, n) in right.items())
+              + f", says Yes {100 * says_yes / len(probe):.1f} %", flush=True)
+
+    save, train = training.save_checkpoint, training.train
+
+    def save_and_probe(accelerator, output, state, keep):
+        measure(accelerator.unwrap_model(accelerator._models[0]).vlm, state["step"])
+        return save(accelerator, output, state, keep)
+
+    training.save_checkpoint = save_and_probe
+    training.train = lambda cfg, log=print: train(dataclasses.replace(cfg, save_every=every), log=log)
 
 
 def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool) -> dict[str, list[int]]:
