@@ -761,7 +761,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "its inputs: an interrupted run continues, a rerun redoes nothing.")
     p.add_argument("scope", nargs="?", default="all", choices=["gamma-mod", "pmod", "all"])
     p.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
-                   help="quick: dense, γ-MoD 0.5, p-MoD, 1 seed (~14 min on 2 cores); full: every γ-MoD Table 1 "
+                   help="quick: dense, γ-MoD 0.5, p-MoD, 1 seed (~10 min on 2 cores); full: every γ-MoD Table 1 "
                         "row and the p-MoD ablation, 3 seeds; micro: a smoke test")
     p.add_argument("--seeds", type=int, default=None, help="override the preset's number of seeds")
     p.add_argument("--seed", type=int, default=None,
