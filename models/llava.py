@@ -79,6 +79,10 @@ def normalise(image: Image.Image, vision: VisionConfig) -> torch.Tensor:
 class LlavaVision(nn.Module):
     """CLIPVisionModel + projector; `encode` returns [num_images, num_image_tokens, llm_hidden]."""
 
+    # One frozen tower then the projector: training may read the tower's output computed once
+    # (suite.train_data.TowerFeatures) and run only the projector.
+    tower_output_cacheable = True
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         vision = cfg.vision

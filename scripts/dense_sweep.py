@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"])
     parser.add_argument("--probe-every", type=int, default=0, metavar="K",
                         help="also: every K dense steps, held-out yes/no accuracy (existence, MME-style) and the "
-                             "share of 'Yes' answers, from the Yes/No logits of 240 fresh scenes: when, if at all, "
+                             "share of 'Yes' answers, from the Yes/No logits about 240 held-out scenes: when, if at all, "
                              "the dense model learns to check what a question claims")
     parser.add_argument("--teacher-forced", type=int, default=0, metavar="N",
                         help="also: answers right per training-turn kind, teacher-forced, on N held-out scenes and on "
@@ -63,8 +63,10 @@ def main() -> None:
     corpus = pipe.corpus(0)
     vision = pipe.vision(0, corpus)  # a pretrained, frozen tower (vision_steps > 0)
     if args.probe_every:
-        probe_during_training(args.name, args.probe_every, preset.image_size)
+        probes = probe_during_training(args.name, args.probe_every, preset.image_size, train_keys(corpus[0]))
     dense = pipe.dense(0, corpus, vision)
+    if args.probe_every and not probes:
+        print(f"{args.name}: the dense stage was cached, so nothing was probed (another --work trains it anew)")
     print(f"{args.name}: dense trained ({dense[1]['train']['steps']} steps, final loss "
           f"{dense[1]['train']['final']['lm_loss']:.3f}) in {time.time() - started:.0f} s", flush=True)
     for mode, swapped in (("right images", False), ("swapped images", True)):
@@ -77,14 +79,22 @@ def main() -> None:
             print(f"    {kind:40s} {100 * right / asked:5.1f} of {asked:3d} (chance {100 * kind_chance(kind):.1f})")
     if args.teacher_forced:
         for which in ("held-out", "training"):
-            tally = teacher_forced(dense[1]["model"], preset, args.teacher_forced, which == "training")
+            tally = teacher_forced(dense[1]["model"], preset, args.teacher_forced, which == "training",
+                                   train_keys(corpus[0]))
             print(f"{args.name} teacher-forced on {args.teacher_forced} {which} scenes: " + ", ".join(
                 f"{kind} {100 * right / asked:.0f} % of {asked}" for kind, (right, asked) in tally.items()))
 
 
-def probe_during_training(name: str, every: int, image_size: int) -> None:
-    """Make suite.train checkpoint every `every` steps and, at each checkpoint, print the yes/no probe (the
-    training itself is unchanged: the dense stage's cache key does not hold save_every)."""
+def train_keys(corpus_dir: Path) -> set[str]:
+    """The corpus's training scene keys: a probe's held-out scenes must avoid them, as write_corpus's do (one-object
+    scenes are few, and a fresh stream repeats many of them)."""
+    return set(json.loads((corpus_dir / "train" / "scene_keys.json").read_text()))
+
+
+def probe_during_training(name: str, every: int, image_size: int, avoid: set[str]) -> list[int]:
+    """Make suite.train checkpoint every `every` steps and, at each checkpoint, print the yes/no probe on
+    held-out scenes (none in `avoid`); the training itself is unchanged (the dense stage's cache key does not
+    hold save_every). Returns the list of probed steps, filled as training runs."""
     import random
 
     import torch
@@ -97,6 +107,8 @@ def probe_during_training(name: str, every: int, image_size: int) -> None:
     probe = []
     for i in range(240):  # two thirds existence (random and adversarial negatives), one third MME-style
         scene = sample_scene(rng)
+        while scene.key() in avoid:
+            scene = sample_scene(rng)
         if i % 3 == 2:
             _, (yes, no) = mme_pair(scene, rng)
             question, answer = (yes, "Yes") if rng.random() < 0.5 else (no, "No")
@@ -106,7 +118,10 @@ def probe_during_training(name: str, every: int, image_size: int) -> None:
             probe.append(("exists", scene, f"Is there a {obj} in the image?{SHORT}", answer.capitalize()))
     images = [draw(scene, image_size) for _, scene, _, _ in probe]
 
+    probed: list[int] = []
+
     def measure(vlm, step: int) -> None:
+        probed.append(step)
         def first_answer_token(answer: str) -> int:
             sample = tokenize_prompt(vlm.tokenizer, vicuna_v1("Is there a red circle?"), True, answer)
             return next(label for label in sample.labels if label != -100)
@@ -137,9 +152,10 @@ def probe_during_training(name: str, every: int, image_size: int) -> None:
 
     training.save_checkpoint = save_and_probe
     training.train = lambda cfg, log=print: train(dataclasses.replace(cfg, save_every=every), log=log)
+    return probed
 
 
-def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool) -> dict[str, list[int]]:
+def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool, avoid: set[str]) -> dict[str, list[int]]:
     """Per turn kind of the training format (the caption: its tokens, and whole captions), the share of answers
     whose every token is the model's argmax given the gold prefix, on fresh turns about n scenes: held-out ones
     (a stream of their own) or the corpus's first training scenes (the same draws write_corpus makes)."""
@@ -157,7 +173,9 @@ def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool) -> dic
     tally: dict[str, list[int]] = {}
     for _ in range(n):
         scene = sample_scene(scene_rng if training_scenes else rng)
-        turns = training_turns(scene, rng, preset.turns)
+        while not training_scenes and scene.key() in avoid:  # held out: never a training scene
+            scene = sample_scene(rng)
+        turns = training_turns(scene, rng, preset.turns, preset.exists_weight)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [("human", ("<image>\n" if k == 0 else "") + question), ("gpt", answer)]

@@ -191,8 +191,8 @@ def arank_samples(dataset, n: int) -> list[tuple[str, object]]:
             break
         if not isinstance(record, dict) or not record.get("image"):
             continue
-        try:
-            image = dataset._image(record["image"])
+        try:  # the image itself, even where training reads the tower's cached output instead
+            image = dataset.read_image(record["image"])
         except ValueError:
             continue
         out.append((vicuna_v1(record["conversations"][0]["value"]), image))
@@ -258,7 +258,7 @@ class TrainingForward(torch.nn.Module):
 
         features = None
         if batch.tower_features is not None:  # the frozen tower's cached output: run the front-end's projector
-            features = self.vlm.vision.encode(None, stage=_TowerStage(batch.tower_features))
+            features = self.vlm.vision.encode(None, stage=_TowerStage(batch.tower_features.to(self.vlm.device)))
         assembled = self.vlm.assemble(batch.samples, batch.pixels, features=features, pad_side="right")
         out = self.vlm.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
                                       labels=assembled.labels, collect_stats=True, logits_at_labels=True)
@@ -390,9 +390,18 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     model = load_base_model(cfg)
     vision = model.cfg.vision
+    tower_features = None
+    if cfg.tower_features:
+        from models.config import ConfigError
+
+        if not getattr(model.vision, "tower_output_cacheable", False):
+            raise ConfigError(f"train config: tower_features: {model.cfg.name}'s front-end is not one tower and a "
+                              "projector (only LLaVA-1.5's is); train it from images")
+        tower_features = TowerFeatures(cfg.tower_features)
+        tower_features.check(model.vision.vision_tower, vision.num_image_tokens, vision.hidden_size)
     dataset = InstructionDataset(cfg.data, cfg.images or None, model.tokenizer,
                                  vision.num_image_tokens if vision else 0, model.cfg.llm.max_position_embeddings,
-                                 TowerFeatures(cfg.tower_features) if cfg.tower_features else None)
+                                 tower_features)
     model, choice = choose_scheme(model, cfg, dataset, layers=saved["mod_choice"]["layers"] if saved else None,
                                   log=log if main else _quiet)
     if saved:

@@ -53,10 +53,10 @@ class TrainBatch:
 
 
 class TowerFeatures:
-    """A frozen vision tower's output (what the projector reads) for each image of a training folder, keyed by
-    file name: training then runs the projector on these instead of decoding, preprocessing and encoding each
-    image at every step. Valid only for the tower that wrote them, kept frozen (the reproduction's vision stage
-    writes them beside its checkpoint)."""
+    """A frozen vision tower's output (what the projector reads) for each training image, keyed by the image
+    path as the training JSON writes it: training then runs the projector on these instead of decoding,
+    preprocessing and encoding each image at every step. The file names the tower it came from (a digest of its
+    weights), which training checks (the reproduction's vision stage writes it beside its checkpoint)."""
 
     FILE = "tower_features.safetensors"
 
@@ -64,23 +64,45 @@ class TowerFeatures:
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            self.names = {name: i for i, name in enumerate(json.loads(f.metadata()["images"]))}
+            metadata = f.metadata()
+            self.names = {name: i for i, name in enumerate(json.loads(metadata["images"]))}
             self.features = f.get_tensor("features")
+        self.tower_digest = metadata["tower_digest"]
         self.path = Path(path)
 
     @staticmethod
-    def write(path: str | Path, names: list[str], features: torch.Tensor) -> None:
+    def digest(tower: torch.nn.Module) -> str:
+        """sha1 over the tower's weights: which tower a features file belongs to."""
+        import hashlib
+
+        sha = hashlib.sha1()
+        for name, tensor in sorted(tower.state_dict().items()):
+            sha.update(name.encode())
+            sha.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return sha.hexdigest()
+
+    @staticmethod
+    def write(path: str | Path, names: list[str], features: torch.Tensor, tower: torch.nn.Module) -> None:
         from safetensors.torch import save_file
 
         if len(names) != len(features):
             raise ValueError(f"{len(names)} image names for {len(features)} feature rows")
-        save_file({"features": features.contiguous()}, str(path), metadata={"images": json.dumps(names)})
+        save_file({"features": features.contiguous()}, str(path),
+                  metadata={"images": json.dumps(names), "tower_digest": TowerFeatures.digest(tower)})
 
-    def __getitem__(self, image: Path) -> torch.Tensor:
+    def check(self, tower: torch.nn.Module, tokens: int, hidden: int) -> None:
+        """An error unless these rows came from `tower` (as it is now) and fit its front-end's shape."""
+        if tuple(self.features.shape[1:]) != (tokens, hidden):
+            raise ValueError(f"{self.path}: rows of {tuple(self.features.shape[1:])}, the tower gives "
+                             f"{(tokens, hidden)}")
+        if self.digest(tower) != self.tower_digest:
+            raise ValueError(f"{self.path} was computed by another tower than the model's (its weights differ)")
+
+    def __getitem__(self, relative: str) -> torch.Tensor:
         try:
-            return self.features[self.names[image.name]]
+            return self.features[self.names[relative]]
         except KeyError:
-            raise SampleError(f"image {image} has no row in {self.path}") from None
+            raise SampleError(f"image {relative} has no row in {self.path}") from None
 
 
 def read_records(path: str | Path) -> list[dict]:
@@ -151,9 +173,12 @@ class InstructionDataset(torch.utils.data.Dataset):
         return sample_id, sample, image
 
     def _image(self, relative: str) -> Image.Image | torch.Tensor:
-        path = self.image_folder / relative
         if self.tower_features is not None:
-            return self.tower_features[path]
+            return self.tower_features[relative]
+        return self.read_image(relative)
+
+    def read_image(self, relative: str) -> Image.Image:
+        path = self.image_folder / relative
         if not path.is_file():
             raise SampleError(f"image file {path} not found")
         try:

@@ -105,7 +105,9 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
                               for i in range(0, len(pixels), 256)])
     from suite.train_data import TowerFeatures
 
-    TowerFeatures.write(Path(cfg.output) / TowerFeatures.FILE, [f"{i:06d}.png" for i in range(len(scenes))], features)
+    # named as the training JSON names the images (tasks.scenes.write_corpus: images/000000.png, ...)
+    TowerFeatures.write(Path(cfg.output) / TowerFeatures.FILE, [f"{folder.name}/{i:06d}.png" for i in range(len(scenes))],
+                        features, tower)
     record = results_record("vision-pretrain", asdict(cfg), status="ok", model=cfg.model, steps=cfg.steps,
                             scenes=len(scenes), wall_seconds=seconds, final_loss=sum(losses[-10:]) / len(losses[-10:]),
                             held_out_patch_accuracy=accuracy, probe_scenes=cfg.probe_scenes,

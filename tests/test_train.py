@@ -281,7 +281,7 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
     with torch.no_grad():
         pixels = front.preprocess([Image.open(data.parent / name).convert("RGB") for name in names])
         tower_out = front.vision_tower(pixels, output_hidden_states=True).hidden_states[front.vision_cfg.select_layer]
-    TowerFeatures.write(tmp_path / "tower.safetensors", names, tower_out[:, 1:])
+    TowerFeatures.write(tmp_path / "tower.safetensors", names, tower_out[:, 1:], front.vision_tower)
     losses = []
     for features in (None, TowerFeatures(tmp_path / "tower.safetensors")):
         dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512, features)
@@ -301,6 +301,17 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
     assert tower.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in tower.items())
     with pytest.raises(ConfigError, match="not with train_vision"):
         train(config(data, tmp_path / "bad", tower_features=str(tmp_path / "tower.safetensors"), train_vision=True))
+    with pytest.raises(ValueError, match="another tower"):  # another seed's tower: its features do not apply
+        train(config(data, tmp_path / "bad2", tower_features=str(tmp_path / "tower.safetensors"), seed=1))
+    with pytest.raises(ConfigError, match="not one tower and a projector"):
+        train(config(data, tmp_path / "bad3", tower_features=str(tmp_path / "tower.safetensors"),
+                     model="tiny-llava-hr"))
+    # ARank reads the images themselves where training reads the cached output
+    from suite.train import arank_samples
+
+    dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512,
+                                 TowerFeatures(tmp_path / "tower.safetensors"))
+    assert all(isinstance(image, Image.Image) for _, image in arank_samples(dataset, 3))
 
 
 def test_gradient_checkpointing_and_bf16_and_workers_train(data, tmp_path):
