@@ -350,7 +350,7 @@ def cmd_matrix(args) -> int:
     from suite.launcher import with_overrides
     from suite.matrix import expand, finished, load_matrix_file
 
-    matrix = load_matrix_file(args.matrix)
+    matrix = load_matrix_file(args.matrix) if args.matrix else load_matrix_file()
     if args.slice not in matrix.slices:
         raise ValueError(f"--slice: unknown slice {args.slice!r}; matrix.yaml has {sorted(matrix.slices)}")
     chosen = matrix.slices[args.slice]
@@ -590,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runs again up to --retries times and resumes from its finished samples. Exits "
                                    "non-zero when a cell failed.")
     p.add_argument("--slice", default="bench", help="slice name in matrix.yaml (default: bench)")
-    p.add_argument("--matrix", default=str(Path(__file__).resolve().parent.parent / "matrix.yaml"))
+    p.add_argument("--matrix", default=None, help="matrix file (default: the checkout's matrix.yaml)")
     p.add_argument("--output", default="results/runs", help="run folders (on storage the nodes share, for slurm)")
     p.add_argument("--tables", default="results/tables")
     p.add_argument("--data-root", default="")

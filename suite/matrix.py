@@ -12,9 +12,8 @@ import yaml
 
 from models.config import from_dict
 from suite.launcher import LauncherConfig
+from suite.project import MATRIX_FILE
 from suite.runner import RunSpec
-
-MATRIX_FILE = Path(__file__).resolve().parent.parent / "matrix.yaml"
 
 
 @dataclass

@@ -14,11 +14,11 @@ import math
 import statistics
 from pathlib import Path
 
-from suite.reproduce import BENCHMARKS, ROWS, Claim, accuracy_se, mean_sd, verdict
-
 # The papers' numbers, read from results/paper/*.csv (the one place they are kept): LLaVA-HR-7B for γ-MoD,
 # LLaVA-1.5-7B (and NeXT) for p-MoD.
-PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+from suite.project import PAPER_DIR
+from suite.reproduce import BENCHMARKS, ROWS, Claim, accuracy_se, mean_sd, verdict
+
 TABLE1_ROWS = {  # our row -> (our section label, the CSV's section, setting)
     "gamma-all": ("deployment (routing 34 %)", "mod_layer", "all layers"),
     "gamma-1of2": ("deployment (routing 34 %)", "mod_layer", "1 MoD per 2 layers"),

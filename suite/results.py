@@ -12,6 +12,8 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
+from suite.project import PROJECT_ROOT
+
 SCHEMA_VERSION = "1.0"  # major.minor; a loader refuses another major (results/SCHEMA.md)
 ENVIRONMENT_KEYS = ("git", "python", "torch", "cuda", "device_name", "transformers", "lmms_eval", "timestamp")
 REQUIRED = {
@@ -57,7 +59,6 @@ def load_results(path: str | os.PathLike) -> dict:
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path}: corrupt JSON ({exc})") from None
     return validate_results(data, str(path))
-REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _version(dist: str) -> str | None:
@@ -67,7 +68,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def git_state(root: Path = REPO_ROOT) -> dict:
+def git_state(root: Path = PROJECT_ROOT) -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 

@@ -21,7 +21,8 @@ from typing import Callable
 
 import pandas as pd
 
-PAPER_DIR = Path(__file__).resolve().parent.parent / "results" / "paper"
+from suite.project import PAPER_DIR
+
 NOT_RUN = "not run"
 HEADLINE_WIDTH = 120
 RELEASED, TRAINED, STAND_IN = "released", "trained", "stand-in"
