@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-CODE_VERSION = 5  # bump when a stage's meaning changes, so cached stages are redone
+CODE_VERSION = 6  # bump when a stage's meaning changes, so cached stages are redone
 MODEL = "cpu-repro-llava"
 TASKS = ("pope_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local", "mme_local", "mmbench_en_dev_local")
 BENCHMARKS = {  # column -> (task, metric, scale to percent)
