@@ -104,10 +104,14 @@ class LlavaVision(nn.Module):
         size = self.vision_cfg.image_size
         return torch.empty(1, 3, size, size, device="meta")
 
-    def encode(self, pixel_values: torch.Tensor, stage=run_stage) -> torch.Tensor:
+    def tower_output(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the projector reads: the tower's select_layer hidden states without the CLS token."""
         dtype = self.projector[0].weight.dtype
-        features = stage("vision_encoder", lambda: self.vision_tower(pixel_values.to(dtype), output_hidden_states=True)
-                         .hidden_states[self.vision_cfg.select_layer][:, 1:])
+        return self.vision_tower(pixel_values.to(dtype), output_hidden_states=True).hidden_states[
+            self.vision_cfg.select_layer][:, 1:]
+
+    def encode(self, pixel_values: torch.Tensor, stage=run_stage) -> torch.Tensor:
+        features = stage("vision_encoder", lambda: self.tower_output(pixel_values))
         return stage("projector", lambda: self.projector(features))
 
 

@@ -71,7 +71,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
                                                  * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
 
     def logits(x: torch.Tensor) -> torch.Tensor:  # [B, patches, classes], from the features the projector reads
-        return head(tower(x, output_hidden_states=True).hidden_states[vision.select_layer][:, 1:])
+        return head(front.tower_output(x))
 
     order = torch.Generator().manual_seed(cfg.seed)
     tower.train()
@@ -101,8 +101,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     # The tower stays frozen from here on, so what it hands the projector for each training image is computed
     # once, here, and training reads it instead of running the tower (suite.train_data.TowerFeatures).
     with torch.no_grad():
-        features = torch.cat([tower(pixels[i:i + 256], output_hidden_states=True).hidden_states[vision.select_layer][:, 1:]
-                              for i in range(0, len(pixels), 256)])
+        features = torch.cat([front.tower_output(pixels[i:i + 256]) for i in range(0, len(pixels), 256)])
     from suite.train_data import TowerFeatures
 
     # named as the training JSON names the images (tasks.scenes.write_corpus: images/000000.png, ...)

@@ -280,8 +280,8 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
     names = sorted(p.name for p in data.parent.glob("img*.png"))
     with torch.no_grad():
         pixels = front.preprocess([Image.open(data.parent / name).convert("RGB") for name in names])
-        tower_out = front.vision_tower(pixels, output_hidden_states=True).hidden_states[front.vision_cfg.select_layer]
-    TowerFeatures.write(tmp_path / "tower.safetensors", names, tower_out[:, 1:], front.vision_tower)
+        tower_out = front.tower_output(pixels)
+    TowerFeatures.write(tmp_path / "tower.safetensors", names, tower_out, front.vision_tower)
     losses = []
     for features in (None, TowerFeatures(tmp_path / "tower.safetensors")):
         dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512, features)
