@@ -91,6 +91,7 @@ class Preset:
     train_scenes: int = 6000
     turns: int = 8  # question-answer turns per training image (none asked twice), then a caption
     exists_weight: int = 1  # shares of existence questions among those turns (tasks.scenes.training_turns)
+    caption: bool = True  # the turns end with a dense caption of the scene
     eval_per_task: int = 60
     dense_steps: int = 750
     # > 0: the tower is first pretrained on the training scenes (suite/vision_pretrain.py, the stand-in for CLIP)
@@ -221,7 +222,7 @@ class Pipeline:
 
         p = self.preset
         spec = CorpusSpec(seed=seed, image_size=p.image_size, train_scenes=p.train_scenes, turns=p.turns,
-                          exists_weight=p.exists_weight, eval_per_task=p.eval_per_task)
+                          exists_weight=p.exists_weight, caption=p.caption, eval_per_task=p.eval_per_task)
         return self._stage("corpus", asdict(spec), lambda folder: {"manifest": write_corpus(folder, spec)})
 
     def _train(self, name: str, inputs: dict, cfg_fields: dict) -> tuple[Path, dict]:

@@ -263,12 +263,14 @@ def describe(scene: Scene) -> str:
     return ", ".join(parts)
 
 
-def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1) -> list[tuple[str, str]]:
+def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1,
+                   caption: bool = True) -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
     the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
     is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
     read off the image. exists_weight: how many shares of the turns ask existence ("Is there a red circle?"),
-    against one share of multiple choice and MME-style yes/no, two of short answers and two of reading."""
+    against one share of multiple choice and MME-style yes/no, two of short answers and two of reading.
+    caption: end with a dense caption of the scene (its many tokens weigh in the per-token loss)."""
     out, asked = [], set()
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
@@ -296,7 +298,7 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
             out.append((question, answer))
     out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
     # The caption comes last, so that no answer can be read off it instead of the image.
-    return out + [("Describe the image.", describe(scene))]
+    return out + ([("Describe the image.", describe(scene))] if caption else [])
 
 
 def question_asks(question: str) -> tuple[str, ...]:
@@ -332,6 +334,7 @@ class CorpusSpec:
     train_scenes: int = 2000
     turns: int = 3
     exists_weight: int = 1  # shares of existence questions among the training turns (training_turns)
+    caption: bool = True  # each training conversation ends with a dense caption (training_turns)
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
@@ -365,7 +368,7 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     records = []
     for i, scene in enumerate(train_scenes):
         draw(scene, spec.image_size).save(images / f"{i:06d}.png")
-        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight)
+        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},
