@@ -21,7 +21,8 @@ from typing import Callable, Iterator, Mapping, NamedTuple
 
 from .config import ConfigError, ModelConfig, VisionConfig
 
-BUILTIN_MODULES = ("models.llava", "models.llava_next", "models.llava_hr", "models.mgm_hd")
+BUILTIN_MODULES = ("modbench.models.llava", "modbench.models.llava_next", "modbench.models.llava_hr",
+                   "modbench.models.mgm_hd")
 
 
 class CheckpointError(ValueError):

@@ -5,4 +5,4 @@ lmms-eval's own registry is being built (a module-level ModelManifest would be a
 def manifest():
     from lmms_eval.models.registry_v2 import ModelManifest
 
-    return ModelManifest(model_id="modbench", simple_class_path="models.lmms_plugin.ModbenchLmms")
+    return ModelManifest(model_id="modbench", simple_class_path="modbench.models.lmms_plugin.ModbenchLmms")

@@ -217,7 +217,7 @@ class ModbenchLmms(lmms):
 
     def _max_new_tokens(self, task: str, gen_kwargs: dict) -> int:
         if self.protocol == "llava":
-            from tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
+            from modbench.tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
 
             benchmark = benchmark_of_task(task)
             wanted = SHORT_ANSWER_TOKENS if benchmark is None else benchmark.llava_max_new_tokens

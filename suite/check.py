@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from suite.results import SCHEMA_VERSION, environment, load_results, write_json_atomic
+from modbench.suite.results import SCHEMA_VERSION, environment, load_results, write_json_atomic
 
 ACCURACY_TOLERANCE = 0.02  # absolute, on a 0..1 scale: fixtures are tiny, a sample is worth a few percent
 SKIP_TOLERANCE = 0.01
@@ -196,7 +196,7 @@ def report(findings: list[Finding]) -> tuple[str, bool]:
 
 def recompute_metrics(run_dir: str | Path) -> dict:
     """Re-aggregate every task's metrics from samples.jsonl with the task's own aggregation functions."""
-    from tasks.registry import defer_unused_lmms_eval_imports, task_manager
+    from modbench.tasks.registry import defer_unused_lmms_eval_imports, task_manager
 
     defer_unused_lmms_eval_imports()
     from lmms_eval.tasks import get_task_dict

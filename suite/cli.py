@@ -1,4 +1,4 @@
-"""The `modbench` command line (also `python -m suite`)."""
+"""The `modbench` command line (also `python -m modbench`)."""
 
 from __future__ import annotations
 
@@ -37,15 +37,15 @@ def _sample_images():
 
 def _build(name: str, seed: int = 0, device: str = "cpu", overrides: dict | None = None):
     """--model: a registered variant (random weights, seeded) or a checkpoint directory / cached hub id."""
-    from models.resolver import build, resolve
+    from modbench.models.resolver import build, resolve
 
     return build(resolve(name, overrides), seed=seed, device=device)
 
 
 def cmd_models(args) -> int:
-    from models import list_variants
-    from models.params import count_parameters
-    from models.routing import scheme_class
+    from modbench.models import list_variants
+    from modbench.models.params import count_parameters
+    from modbench.models.routing import scheme_class
 
     rows = []
     for cfg in list_variants():
@@ -72,10 +72,10 @@ def cmd_models(args) -> int:
 def cmd_smoke(args) -> int:
     """Forward + greedy generate on every tiny variant; writes one results file; non-zero if any failed."""
     import torch
+    from modbench.models.prompt import vicuna_v1
+    from modbench.suite.results import results_record, write_json_atomic
 
-    import models
-    from models.prompt import vicuna_v1
-    from suite.results import results_record, write_json_atomic
+    from modbench import models
 
     names = args.models.split(",") if args.models else [c.name for c in models.list_variants() if c.tiny]
     samples = _sample_images()
@@ -120,8 +120,8 @@ def cmd_smoke(args) -> int:
 
 
 def cmd_arank(args) -> int:
-    from models.arank import compute_arank
-    from models.prompt import vicuna_v1
+    from modbench.models.arank import compute_arank
+    from modbench.models.prompt import vicuna_v1
 
     model = _build(args.model, seed=args.seed)
     samples = [(vicuna_v1(q), image) for q, image in _sample_images()]
@@ -137,12 +137,12 @@ def cmd_arank(args) -> int:
 
 
 def cmd_flops(args) -> int:
-    from models.flops import flops_analytic
-    from models.resolver import resolve
+    from modbench.models.flops import flops_analytic
+    from modbench.models.resolver import resolve
 
     cfg = resolve(args.model).config
     if args.full:
-        from models.flops import flops_full_meta
+        from modbench.models.flops import flops_full_meta
 
         record = flops_full_meta(cfg, int(args.seq_len), args.skip, args.new_tokens, args.image_tokens)
     else:
@@ -159,9 +159,8 @@ def cmd_flops(args) -> int:
 def cmd_latency(args) -> int:
 
     import torch
-
-    from suite.latency import LatencySpec, measure_latency
-    from suite.results import results_record, write_json_atomic
+    from modbench.suite.latency import LatencySpec, measure_latency
+    from modbench.suite.results import results_record, write_json_atomic
 
     names = [args.model] + ([args.compare] if args.compare else [])
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,7 +176,7 @@ def cmd_latency(args) -> int:
                                repeats=args.repeats, seed=args.seed)
             inputs = None
             if args.task:
-                from suite.latency import task_inputs
+                from modbench.suite.latency import task_inputs
 
                 inputs = task_inputs(model, args.task, args.limit, batch, data_root(args.data_root))
             result = measure_latency(model, spec, image=image, inputs=inputs)
@@ -232,8 +231,8 @@ def cmd_latency(args) -> int:
 
 
 def cmd_overhead(args) -> int:
-    from suite.overhead import OverheadSpec, measure_overhead
-    from suite.results import results_record, write_json_atomic
+    from modbench.suite.overhead import OverheadSpec, measure_overhead
+    from modbench.suite.results import results_record, write_json_atomic
 
     spec = OverheadSpec(model=args.model, task=args.task, limit=args.limit, batch_size=args.batch_size,
                         repeats=args.repeats, protocol=args.protocol, data_root=data_root(args.data_root))
@@ -254,8 +253,8 @@ def cmd_overhead(args) -> int:
 def cmd_train(args) -> int:
     import dataclasses
 
-    from models.config import from_dict
-    from suite.train import TrainConfig, train
+    from modbench.models.config import from_dict
+    from modbench.suite.train import TrainConfig, train
 
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
              if getattr(args, f.name, None) is not None}
@@ -271,7 +270,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from suite.reproduce import reproduce
+    from modbench.suite.reproduce import reproduce
 
     record = reproduce(args.scope, args.preset, args.seeds, args.output or None, args.work or None, seed=args.seed,
                        cpu_isa=args.cpu_isa)
@@ -292,11 +291,11 @@ def data_root(arg: str) -> str:
 
 
 def cmd_data(args) -> int:
-    from tasks.registry import DATA_DIR
+    from modbench.tasks.registry import DATA_DIR
 
     root = Path(data_root(args.root) or DATA_DIR)
     if args.action == "fixtures":
-        from tasks.fixtures import write_all
+        from modbench.tasks.fixtures import write_all
 
         written = write_all(root, args.only.split(",") if args.only else None)
         for name, paths in written.items():
@@ -304,7 +303,7 @@ def cmd_data(args) -> int:
         return 0
     if not args.task or not args.source:
         raise ValueError("data prepare needs --task and --from")
-    from tasks.prepare import prepare
+    from modbench.tasks.prepare import prepare
 
     for path in prepare(args.task, args.source, root, args.images or None):
         print(f"wrote {path}")
@@ -321,7 +320,7 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 
 
 def cmd_run(args) -> int:
-    from suite.runner import RunSpec, run
+    from modbench.suite.runner import RunSpec, run
 
     spec = RunSpec(model=args.model, tasks=[t for t in args.tasks.split(",") if t], limit=args.limit,
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
@@ -347,8 +346,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from suite.launcher import with_overrides
-    from suite.matrix import expand, finished, load_matrix_file
+    from modbench.suite.launcher import with_overrides
+    from modbench.suite.matrix import expand, finished, load_matrix_file
 
     matrix = load_matrix_file(args.matrix) if args.matrix else load_matrix_file()
     if args.slice not in matrix.slices:
@@ -381,8 +380,8 @@ def cmd_matrix(args) -> int:
     failed: list[str] = []
     try:
         if cfg.kind == "slurm" and todo:
-            from suite import slurm
-            from suite.launcher import LaunchState
+            from modbench.suite import slurm
+            from modbench.suite.launcher import LaunchState
 
             previous = LaunchState.load(folder)
             if previous is not None and slurm.still_running(previous):  # two jobs must not write one run folder
@@ -406,11 +405,11 @@ def cmd_matrix(args) -> int:
                       "slurm --collect` waits for them and writes the tables", file=sys.stderr)
                 return 130
         elif cfg.jobs == 1 and cfg.processes_per_cell() == 1:
-            from suite.launcher import run_in_process
+            from modbench.suite.launcher import run_in_process
 
             run_in_process(todo, cfg.retries, failed)
         else:
-            from suite.launcher import run_in_processes
+            from modbench.suite.launcher import run_in_processes
 
             run_in_processes(todo, cfg, folder, failed)
         _matrix_tables(args)
@@ -423,30 +422,30 @@ def cmd_matrix(args) -> int:
 
 def _matrix_data(chosen, root: str) -> None:
     """Fixtures are written for a slice of tiny variants without data; real slices need prepared data."""
-    from tasks.registry import check_data
+    from modbench.tasks.registry import check_data
 
     try:
         check_data(chosen.tasks, root)
     except FileNotFoundError:
-        import models
+        from modbench import models
 
         if not all(models.get_variant(v).tiny for v in chosen.variants if v in
                    {c.name for c in models.list_variants()}):
             raise
-        from tasks.fixtures import write_all
-        from tasks.registry import DATA_DIR
+        from modbench.tasks.fixtures import write_all
+        from modbench.tasks.registry import DATA_DIR
 
         print(f"no benchmark data: writing fixtures to {root or DATA_DIR}", flush=True)
         write_all(Path(root or DATA_DIR))
 
 
 def _matrix_tables(args) -> None:
-    from suite.tables import write_tables
+    from modbench.suite.tables import write_tables
 
     written = write_tables(args.output, args.tables)
     print(f"tables: {len(written)} files in {args.tables}")
     if not args.no_plots:
-        from suite.plots import write_plots
+        from modbench.suite.plots import write_plots
 
         print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
 
@@ -460,11 +459,11 @@ def _list_failed(failed: list[str], cells: int) -> None:
 
 def _matrix_dry_run(slice_name: str, cfg, todo, folder: Path) -> int:
     """What would run, and nothing else: the sbatch script of the job array (slurm) and each cell's command."""
-    from suite.launcher import cell_argv
+    from modbench.suite.launcher import cell_argv
 
     processes = cfg.processes_per_cell()
     if cfg.kind == "slurm":
-        from suite.slurm import sbatch_script
+        from modbench.suite.slurm import sbatch_script
 
         if not todo:
             print(f"slice {slice_name}: every cell has finished; nothing to submit")
@@ -478,14 +477,13 @@ def _matrix_dry_run(slice_name: str, cfg, todo, folder: Path) -> int:
 
 
 def _matrix_status(specs, folder: Path) -> int:
+    from modbench.suite.launcher import LaunchState, status_rows
     from tabulate import tabulate
-
-    from suite.launcher import LaunchState, status_rows
 
     state = LaunchState.load(folder)
     job_state = None
     if state is not None and state.submitit != "debug":
-        from suite.slurm import job_state as scheduler_state
+        from modbench.suite.slurm import job_state as scheduler_state
 
         job_state = lambda job_id: scheduler_state(state, job_id)  # noqa: E731
     rows = status_rows(specs, state, job_state)
@@ -502,14 +500,14 @@ def _matrix_collect(args, cfg, specs, folder: Path) -> int:
     without one, the tables of what has run. Non-zero when a cell has not ended ok."""
     from dataclasses import replace
 
-    from suite.launcher import LaunchState, cell_error, cell_status
+    from modbench.suite.launcher import LaunchState, cell_error, cell_status
 
     state = LaunchState.load(folder)
     failed: list[str] = []
     watched: set[str] = set()
     try:
         if state is not None:
-            from suite import slurm
+            from modbench.suite import slurm
 
             cfg = replace(cfg, submitit=state.submitit)
             mine = [s for s in specs if s.run_id in state.cells]
@@ -530,7 +528,7 @@ def _matrix_collect(args, cfg, specs, folder: Path) -> int:
 
 
 def cmd_table(args) -> int:
-    from suite.tables import write_tables
+    from modbench.suite.tables import write_tables
 
     for path in write_tables(args.runs, args.out):
         print(path)
@@ -538,7 +536,7 @@ def cmd_table(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from suite.check import report, run_checks, update_baseline
+    from modbench.suite.check import report, run_checks, update_baseline
 
     if args.update_baselines:
         path = update_baseline(args.runs, args.baseline, policy=args.tolerance)

@@ -9,10 +9,9 @@ from __future__ import annotations
 import statistics
 
 import torch
-
-from models.flops import flops_for_tokens
-from models.routing import TOKEN_TYPE_NAMES
-from suite.routing_stats import routing_summary
+from modbench.models.flops import flops_for_tokens
+from modbench.models.routing import TOKEN_TYPE_NAMES
+from modbench.suite.routing_stats import routing_summary
 
 
 def _counts(record: dict, key: str) -> torch.Tensor:

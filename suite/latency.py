@@ -13,11 +13,10 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
-
-from models.flops import flops_for_tokens
-from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, TOKEN_TYPE_NAMES
-from suite.results import peak_memory_bytes
-from suite.routing_stats import routing_summary
+from modbench.models.flops import flops_for_tokens
+from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, TOKEN_TYPE_NAMES
+from modbench.suite.results import peak_memory_bytes
+from modbench.suite.routing_stats import routing_summary
 
 SYSTEM_TOKENS = 35  # the vicuna_v1 system prompt of the LLaVA-HR scripts, before the image
 
@@ -98,12 +97,11 @@ class TimedInput:
 
 def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: str = "") -> list[TimedInput]:
     """The first `limit` samples of a local task, prompted as the plugin prompts them, in batches."""
-    from tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
+    from modbench.tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
 
     defer_unused_lmms_eval_imports()
     from lmms_eval.tasks import get_task_dict
-
-    from models.prompt import task_prompt
+    from modbench.models.prompt import task_prompt
 
     check_data([task], data_root)
     task_dict = get_task_dict([task], task_manager(data_root))

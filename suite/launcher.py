@@ -46,7 +46,7 @@ class LauncherConfig:
     poll_seconds: float = 30.0  # between two looks at the jobs (sacct) while waiting
 
     def validate(self) -> "LauncherConfig":
-        from models.config import ConfigError
+        from modbench.models.config import ConfigError
 
         ints = ("jobs", "retries", "gpus", "processes", "cpus", "time_min", "array_parallelism")
         checks = [
@@ -88,7 +88,7 @@ def cell_argv(spec, processes: int = 1, python: str = sys.executable) -> list[st
     """The command that runs one cell: `modbench run` with the cell's spec, under torchrun when data-parallel."""
     if spec.fixed_skip is not None:
         raise ValueError(f"{spec.run_id}: a matrix cell cannot carry fixed_skip (no `modbench run` flag)")
-    argv = ["-m", "suite", "run", "--model", spec.model, "--tasks", ",".join(spec.tasks),
+    argv = ["-m", "modbench", "run", "--model", spec.model, "--tasks", ",".join(spec.tasks),
             "--protocol", spec.protocol, "--batch-size", str(spec.batch_size), "--seed", str(spec.seed),
             "--output", str(spec.output), "--run-id", spec.run_id]
     for flag, value in (("--limit", spec.limit), ("--dtype", spec.dtype), ("--device", spec.device),
@@ -128,7 +128,7 @@ def cell_error(spec) -> str:
 def run_cell(spec: dict, processes: int = 1, handle_sigterm: bool = True) -> dict:
     """Run one cell (in a job or a worker): in this process, or under torchrun when data-parallel. Never raises
     for a failed run (run.json records it); returns {run_id, status, error}."""
-    from suite.runner import RunSpec
+    from modbench.suite.runner import RunSpec
 
     spec = RunSpec(**spec)
     if processes > 1:
@@ -137,7 +137,7 @@ def run_cell(spec: dict, processes: int = 1, handle_sigterm: bool = True) -> dic
         if code and status == "ok":  # a rank failed after rank 0 wrote its result
             status = "failed"
     else:
-        from suite.runner import run
+        from modbench.suite.runner import run
 
         try:
             status = run(spec, progress=False, handle_sigterm=handle_sigterm).status
@@ -155,9 +155,8 @@ def run_cell(spec: dict, processes: int = 1, handle_sigterm: bool = True) -> dic
 def run_in_process(specs, retries: int, failed: list[str], log=print) -> None:
     """One cell after another in this process (--jobs 1, one process per cell). A failed cell is run again up
     to `retries` times (it resumes); a cell that still fails is appended to `failed` and the next one runs."""
+    from modbench.suite.runner import run
     from tqdm import tqdm
-
-    from suite.runner import run
 
     for spec in tqdm(specs, desc="matrix", unit="run"):
         for attempt in range(retries + 1):
@@ -259,7 +258,7 @@ class LaunchState:
 
     @classmethod
     def load(cls, folder: Path) -> "LaunchState | None":
-        from models.config import from_dict
+        from modbench.models.config import from_dict
 
         path = cls.path(folder)
         if not path.exists():
@@ -270,7 +269,7 @@ class LaunchState:
         return state
 
     def save(self) -> Path:
-        from suite.results import write_json_atomic
+        from modbench.suite.results import write_json_atomic
 
         return write_json_atomic(self.path(Path(self.folder)), asdict(self))
 

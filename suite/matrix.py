@@ -9,11 +9,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-
-from models.config import from_dict
-from suite.launcher import LauncherConfig
-from suite.project import MATRIX_FILE
-from suite.runner import RunSpec
+from modbench.models.config import from_dict
+from modbench.suite.launcher import LauncherConfig
+from modbench.suite.project import MATRIX_FILE
+from modbench.suite.runner import RunSpec
 
 
 @dataclass
@@ -46,9 +45,9 @@ def load_matrix_file(path: str | Path = MATRIX_FILE) -> MatrixFile:
 
 def check_slice(slice_: MatrixSlice, where: str) -> None:
     """Every variant and task of a slice is registered (a typo fails when the file loads, not cells later)."""
-    from models.config import DTYPES, ConfigError
-    from models.resolver import model_name_error
-    from tasks.registry import close_task_names, local_tasks
+    from modbench.models.config import DTYPES, ConfigError
+    from modbench.models.resolver import model_name_error
+    from modbench.tasks.registry import close_task_names, local_tasks
 
     problems = [problem for model in slice_.variants if (problem := model_name_error(model))]
     known_tasks = sorted(local_tasks())

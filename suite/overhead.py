@@ -28,12 +28,11 @@ class OverheadSpec:
 
 
 def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
-    from tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
+    from modbench.tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
 
     defer_unused_lmms_eval_imports()
     from lmms_eval.evaluator import simple_evaluate
-
-    from models.lmms_plugin import ModbenchLmms
+    from modbench.models.lmms_plugin import ModbenchLmms
 
     if spec.limit < 2:
         raise ValueError("--limit must be at least 2 (the slope needs two sample counts)")

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from suite.tables import (
+from modbench.suite.tables import (
     NOT_RUN,
     RELEASED,
     STAND_IN,
@@ -92,7 +91,7 @@ def accuracy_change_vs_tflops_ratio(runs: dict, out: Path) -> list[Path]:
 
 
 def skip_heatmaps(runs: dict, out: Path) -> list[Path]:
-    from models.routing import TOKEN_TYPE_NAMES
+    from modbench.models.routing import TOKEN_TYPE_NAMES
 
     types = [t for t in TOKEN_TYPE_NAMES if t != "pad"]
     first = [(key.replace("trained:", "trained "), seeds[min(seeds)]) for key, seeds in runs.items()]

@@ -209,7 +209,7 @@ class Pipeline:
         self.log(f"[{key}] {name}")
         started = time.perf_counter()
         result = build(folder)
-        from suite.results import write_json_atomic
+        from modbench.suite.results import write_json_atomic
 
         write_json_atomic(done, {"stage": name, "inputs": inputs, "cpu": self.cpu,  # the code paths it ran on
                                  "seconds": time.perf_counter() - started, **result})
@@ -218,7 +218,7 @@ class Pipeline:
 
     # -- stages --------------------------------------------------------------------------------------------
     def corpus(self, seed: int) -> tuple[Path, dict]:
-        from tasks.scenes import CorpusSpec, write_corpus
+        from modbench.tasks.scenes import CorpusSpec, write_corpus
 
         p = self.preset
         spec = CorpusSpec(seed=seed, image_size=p.image_size, train_scenes=p.train_scenes, turns=p.turns,
@@ -226,7 +226,7 @@ class Pipeline:
         return self._stage("corpus", asdict(spec), lambda folder: {"manifest": write_corpus(folder, spec)})
 
     def _train(self, name: str, inputs: dict, cfg_fields: dict) -> tuple[Path, dict]:
-        from suite.train import TrainConfig, train
+        from modbench.suite.train import TrainConfig, train
 
         def build(folder: Path) -> dict:
             cfg = TrainConfig(**cfg_fields, output=str(folder / "model"), resume=True, progress=True,
@@ -243,8 +243,8 @@ class Pipeline:
         p = self.preset
         if not p.vision_steps:
             return None
-        from suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
-        from tasks.scenes import CorpusSpec, training_scenes
+        from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
+        from modbench.tasks.scenes import CorpusSpec, training_scenes
 
         spec = CorpusSpec(**corpus[1]["manifest"]["spec"])
 
@@ -279,8 +279,9 @@ class Pipeline:
         p = self.preset
 
         def build(folder: Path) -> dict:
-            import models
-            from models.arank import compute_arank, select_mod_layers
+            from modbench.models.arank import compute_arank, select_mod_layers
+
+            from modbench import models
 
             model = models.load(dense[1]["model"])
             samples = arank_samples(corpus[0], p.arank_samples)
@@ -302,9 +303,10 @@ class Pipeline:
         if row.scheme == "gamma" and row.layers == "arank":
             fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
         if row.scheme == "pmod" and row.constant_ratio:
-            import models
-            from models.config import ModSpec
-            from models.pmod import pmod_layers_and_ratios
+            from modbench.models.config import ModSpec
+            from modbench.models.pmod import pmod_layers_and_ratios
+
+            from modbench import models
 
             num_layers = models.get_variant(p.model).llm.num_layers
             layers, ratios = pmod_layers_and_ratios(ModSpec(scheme="pmod"), num_layers)
@@ -322,14 +324,14 @@ class Pipeline:
                  swapped: bool = False) -> tuple[Path, dict]:
         """One checkpoint through lmms-eval on the held-out sets; `swapped`: on their copy where every question
         shows another scene's image (the control: how much of a score needs the right image)."""
-        from suite.runner import RunSpec, run
+        from modbench.suite.runner import RunSpec, run
 
         p = self.preset
 
         def build(folder: Path) -> dict:
             data_root = corpus[0] / "eval"
             if swapped:
-                from tasks.scenes import write_swapped_copy
+                from modbench.tasks.scenes import write_swapped_copy
 
                 data_root = write_swapped_copy(data_root, folder / "swapped_eval")
             spec = RunSpec(model=model_stage[1]["model"], tasks=list(TASKS), protocol="llava", batch_size=p.eval_batch,
@@ -391,9 +393,8 @@ class Pipeline:
 
 def arank_samples(corpus: Path, n: int) -> list[tuple[str, object]]:
     """ScienceQA-style prompts (as the paper computes ARank) on training scenes: the model's own questions."""
+    from modbench.models.prompt import vicuna_v1
     from PIL import Image
-
-    from models.prompt import vicuna_v1
 
     records = json.loads((corpus / "train" / "arank.json").read_text())[:n]
     return [(vicuna_v1(r["question"]), Image.open(corpus / "train" / r["image"]).convert("RGB")) for r in records]
@@ -437,7 +438,7 @@ def sample_score(record: dict) -> float | None:
 
 def kind_tally(samples: Path) -> dict[str, list[int]]:
     """kind -> [right, asked] over one evaluation's samples (tasks.scenes.question_kind)."""
-    from tasks.scenes import question_kind
+    from modbench.tasks.scenes import question_kind
 
     tally: dict[str, list[int]] = {}
     with open(samples) as lines:
@@ -469,10 +470,10 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats), γ-MoD models
     also at their controlled skip (`controlled`: row -> skip share, as "<row>|controlled")."""
     import torch
+    from modbench.suite.train import set_trainable
+    from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset
 
-    import models
-    from suite.train import set_trainable
-    from suite.train_data import Collate, EpochBatches, InstructionDataset
+    from modbench import models
 
     loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
     for model in loaded.values():  # the parameters fine-tuning trains: a pretrained tower stays frozen
@@ -520,7 +521,7 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
 
 
 def _samples_per_second(model, corpus: Path, preset: Preset) -> dict:
-    from suite.latency import LatencySpec, measure_latency, task_inputs
+    from modbench.suite.latency import LatencySpec, measure_latency, task_inputs
 
     inputs = task_inputs(model, "gqa_local", preset.latency_samples, 1, data_root=str(corpus / "eval"))
     result = measure_latency(model, LatencySpec(new_tokens=1, batch_size=1, warmup=1, repeats=3), inputs=inputs)
@@ -607,8 +608,8 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     `cpu_isa`: the CPU code paths (CPU_ISAS), pinned before torch computes anything in this process."""
     import shutil
 
-    from suite.reproduce_report import write_report
-    from suite.results import environment, results_record, write_json_atomic
+    from modbench.suite.reproduce_report import write_report
+    from modbench.suite.results import environment, results_record, write_json_atomic
 
     chosen = preset_for(preset, scope, seeds)
     output = Path(output or f"results/reproduction/{chosen.name}")

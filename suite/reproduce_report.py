@@ -16,8 +16,8 @@ from pathlib import Path
 
 # The papers' numbers, read from results/paper/*.csv (the one place they are kept): LLaVA-HR-7B for γ-MoD,
 # LLaVA-1.5-7B (and NeXT) for p-MoD.
-from suite.project import PAPER_DIR
-from suite.reproduce import BENCHMARKS, ROWS, Claim, accuracy_se, mean_sd, verdict
+from modbench.suite.project import PAPER_DIR
+from modbench.suite.reproduce import BENCHMARKS, ROWS, Claim, accuracy_se, mean_sd, verdict
 
 TABLE1_ROWS = {  # our row -> (our section label, the CSV's section, setting)
     "gamma-all": ("deployment (routing 34 %)", "mod_layer", "all layers"),
@@ -315,7 +315,7 @@ def by_question_kind(summary: Summary) -> list[list[str]]:
     """The dense model's answers per question kind (tasks.scenes.question_kind), pooled over seeds, with the right
     images and with swapped ones, beside chance: which perception it has learnt (e.g. counting but not naming a
     shape), so a benchmark at chance can be traced to the skill its questions need."""
-    from tasks.scenes import kind_chance
+    from modbench.tasks.scenes import kind_chance
 
     pooled: dict[str, dict[str, list[int]]] = {}
     for mode in ("released", "swapped"):
@@ -353,8 +353,9 @@ def _skip_note(summary: Summary, row: str, mode: str) -> str:
 def _at_paper_skip(summary: Summary, row: str, skip: float = 0.577) -> float:
     """The analytic TFLOPs change if our MoD layers skipped the paper's share of the prompt: how much of the gap
     is the depth and layout of a small model rather than the router."""
-    import models
-    from models.flops import flops_for_tokens
+    from modbench.models.flops import flops_for_tokens
+
+    from modbench import models
 
     cfg = models.get_variant(summary.result["preset"]["model"])
     seed = summary.seeds[0]
@@ -517,7 +518,7 @@ def _speed_parts(s: Summary) -> list[str]:
 
 
 def write_report(result: dict, out_dir: str | Path) -> list[Path]:
-    from suite.results import write_json_atomic, write_text_atomic
+    from modbench.suite.results import write_json_atomic, write_text_atomic
 
     out_dir = Path(out_dir)
     markdown, csv_rows, found = render(result)
@@ -539,8 +540,7 @@ def write_report(result: dict, out_dir: str | Path) -> list[Path]:
 def plot(summary: Summary, base: Path) -> list[Path]:
     """Δ average accuracy (relative %) against the TFLOPs ratio: the papers' points and ours on the same axes."""
     from matplotlib.figure import Figure
-
-    from suite.plots import _save
+    from modbench.suite.plots import _save
 
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import torch
-
-from models.routing import PAD, TOKEN_TYPE_NAMES, scheme_class
+from modbench.models.routing import PAD, TOKEN_TYPE_NAMES, scheme_class
 
 
 def routing_summary(kept: torch.Tensor, total: torch.Tensor, cfg) -> dict:

@@ -12,7 +12,7 @@ same fingerprint (the spec, the package versions, the checkpoint's and the data'
 their records without running the model, and runs only the rest. A run that finished ok starts over when run
 again (`modbench matrix` skips it instead).
 
-Data parallel (`torchrun --nproc_per_node N -m suite run ...`, one process per GPU, gloo on a CPU): lmms-eval
+Data parallel (`torchrun --nproc_per_node N -m modbench run ...`, one process per GPU, gloo on a CPU): lmms-eval
 shards the requests across the ranks and gathers samples and metrics on rank 0. Each rank appends its records
 to records.jsonl.rank<r> and resumes from it (the shards depend on the world size, which is part of the
 fingerprint); rank 0 decides the attempt, merges the ranks' records into records.jsonl and writes run.json.
@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from suite.results import results_record, write_json_atomic, write_text_atomic
-from tasks.registry import check_data
+from modbench.suite.results import results_record, write_json_atomic, write_text_atomic
+from modbench.tasks.registry import check_data
 
 
 @dataclass
@@ -105,7 +105,7 @@ def fingerprint(spec: RunSpec, world: int = 1) -> dict:
     them, and the checkpoint's and benchmark data's files (size and modification time, not contents: cheap)."""
     from importlib.metadata import version
 
-    from tasks.registry import data_files_under
+    from modbench.tasks.registry import data_files_under
 
     model = Path(spec.model).expanduser()
     files = sorted(p for p in model.iterdir() if p.is_file()) if model.is_dir() else []
@@ -128,7 +128,7 @@ def record_files(records: Path, world: int) -> list[Path]:
 
 def _start_attempt(spec: RunSpec, run_dir: Path, records: Path, world: int = 1) -> bool:
     """Decide whether this attempt resumes, clear what it replaces, record its fingerprint. True: resume."""
-    from models.lmms_plugin import model_record_path
+    from modbench.models.lmms_plugin import model_record_path
 
     attempt_path, run_json = run_dir / "attempt.json", run_dir / "run.json"
     current = json.loads(json.dumps(fingerprint(spec, world), default=str))  # as it reads back from the file
@@ -159,8 +159,8 @@ def _start_attempt(spec: RunSpec, run_dir: Path, records: Path, world: int = 1) 
 
 def check_names(spec: RunSpec, manager) -> None:
     """A misspelt model or task is named as such, with the closest names (difflib), before anything runs."""
-    from models.resolver import model_name_error
-    from tasks.registry import close_task_names
+    from modbench.models.resolver import model_name_error
+    from modbench.tasks.registry import close_task_names
 
     problem = model_name_error(spec.model)
     if problem:
@@ -211,7 +211,7 @@ def _close_process_group() -> None:
 
 
 def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
-    import models  # noqa: F401  (fail early on a broken install)
+    from modbench import models  # noqa: F401  (fail early on a broken install)
 
     rank, world = rank_and_world()
     run_dir = Path(spec.output) / (spec.run_id or spec.default_run_id())
@@ -233,7 +233,7 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
     if handle_sigterm and threading.current_thread() is threading.main_thread():  # handlers: main thread only
         restore = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
-        from tasks.registry import defer_unused_lmms_eval_imports, task_manager
+        from modbench.tasks.registry import defer_unused_lmms_eval_imports, task_manager
 
         defer_unused_lmms_eval_imports()
         from lmms_eval.evaluator import simple_evaluate
@@ -242,7 +242,7 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
         check_names(spec, manager)
         check_data(spec.tasks, spec.data_root)
         if resume:
-            from models.lmms_plugin import resume_records
+            from modbench.models.lmms_plugin import resume_records
 
             resumed = len(resume_records(record_files(records, world)[rank]))
             if world > 1:
@@ -296,12 +296,11 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
             f"{r.get('task')} doc {r.get('doc_id')}: {r.get('error')}" for r in failed_samples[:3]))
     _write_jsonl_atomic(run_dir / "samples.jsonl", samples)
     status = "interrupted" if interrupted is not None else "failed" if errors else "ok"
-    from suite.efficiency import efficiency_from_records
+    from modbench.suite.efficiency import efficiency_from_records
 
     resolved, model_config = _resolved_model(records)
     import torch
-
-    from suite.results import peak_memory_bytes
+    from modbench.suite.results import peak_memory_bytes
 
     device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     payload = {
@@ -325,8 +324,8 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
 def _resolved_model(records: Path) -> tuple[dict, object]:
     """What actually ran, as the plugin resolved and recorded it (records.model.json): run.json's `resolved`
     block and the model config, or (why there is none, None) when the model never loaded."""
-    from models.lmms_plugin import model_record_path
-    from models.resolver import ResolvedModel
+    from modbench.models.lmms_plugin import model_record_path
+    from modbench.models.resolver import ResolvedModel
 
     path = model_record_path(records)
     if not path.exists():  # the plugin failed before it resolved the model: that error is among the errors

@@ -19,9 +19,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 import submitit
+from modbench.suite.launcher import CellRecord, LauncherConfig, LaunchState, cell_error, cell_status, run_cell
 from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
-
-from suite.launcher import CellRecord, LauncherConfig, LaunchState, cell_error, cell_status, run_cell
 
 _LIVE_JOBS: dict[str, submitit.Job] = {}  # jobs this process submitted (a local job's process lives here)
 
@@ -67,7 +66,7 @@ def sbatch_script(cfg: LauncherConfig, slice_name: str, folder: Path, cells: int
 def _job_command(python: str, folder: Path) -> str:
     """What each job runs: our entry point (suite/submitit_job.py), which runs submitit's own after making sure
     submitit can start without pkg_resources."""
-    return f"{python} -u -m suite.submitit_job {shlex.quote(str(folder))}"
+    return f"{python} -u -m modbench.suite.submitit_job {shlex.quote(str(folder))}"
 
 
 class _SlurmExecutor(submitit.SlurmExecutor):

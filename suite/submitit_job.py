@@ -1,4 +1,4 @@
-"""What a submitit job runs (`python -u -m suite.submitit_job <folder>`), in place of `-m submitit.core._submit`.
+"""What a submitit job runs (`python -u -m modbench.suite.submitit_job <folder>`), in place of `-m submitit.core._submit`.
 
 submitit 1.5.3 finds its job environments through `pkg_resources.iter_entry_points`, and setuptools no longer
 ships pkg_resources (removed in setuptools 81), so a job would die before it starts. Where pkg_resources is

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-
-from suite.project import PAPER_DIR
+from modbench.suite.project import PAPER_DIR
 
 NOT_RUN = "not run"
 HEADLINE_WIDTH = 120
@@ -272,7 +271,7 @@ REPRODUCTION_RUN = re.compile(r"seed(\d+)-eval-(.+)-released$")  # `modbench rep
 def load_runs(runs_dir: str | Path) -> dict[str, dict[int, dict]]:
     """Finished runs, validated against the results schema, by source key -> seed -> run: the model name (its
     newest run, seed 0), or `trained:<row>` for the reproduction's evaluations under the released rule."""
-    from suite.results import load_results
+    from modbench.suite.results import load_results
 
     runs: dict[str, dict[int, dict]] = {}
     for path in sorted(Path(runs_dir).glob("*/run.json"), key=lambda p: (p.stat().st_mtime, str(p))):
@@ -647,7 +646,7 @@ def _host_value(row: TableRow, side: str, metric: str):
 
 def write_index(out_dir: str | Path, runs: dict) -> Path:
     """results/tables/README.md: what each table shows, where ours came from, and the plots."""
-    from suite.results import write_text_atomic
+    from modbench.suite.results import write_text_atomic
 
     out_dir = Path(out_dir)
     kinds = {}
@@ -705,7 +704,7 @@ def _latex_detail(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_tables(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
-    from suite.results import write_text_atomic
+    from modbench.suite.results import write_text_atomic
 
     runs = load_runs(runs_dir)
     out_dir = Path(out_dir)

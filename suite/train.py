@@ -76,7 +76,7 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        from models.config import MASKED_TOKENS, ConfigError
+        from modbench.models.config import MASKED_TOKENS, ConfigError
 
         checks = [
             (bool(self.model), "model is required"), (bool(self.data), "data is required"),
@@ -102,8 +102,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
         import yaml
-
-        from models.config import from_dict
+        from modbench.models.config import from_dict
 
         data = yaml.safe_load(Path(path).read_text()) or {}
         return from_dict(cls, {**data, **(overrides or {})}, f"{path}")
@@ -116,7 +115,7 @@ class TrainConfig:
 def load_base_model(cfg: TrainConfig):
     """A variant (its random init, seeded) or a checkpoint directory, in float32 (mixed precision is
     accelerate's autocast, not the parameters' dtype)."""
-    from models.resolver import build, resolve
+    from modbench.models.resolver import build, resolve
 
     return build(resolve(cfg.model, {"dtype": "float32"}), seed=cfg.seed)
 
@@ -125,9 +124,9 @@ def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | Non
     """Convert `model` as `cfg.scheme` asks (a dense model to γ-MoD / p-MoD; the MoD layers explicit, by ARank on
     this dense model, or by pattern; `layers` overrides the choice, as a resumed run replays it). Returns
     (model, how the MoD layers were chosen)."""
-    from models.config import ConfigError
-    from models.convert import convert_to_mod, mod_layers_by_pattern, parse_layers
-    from models.routing import scheme_class
+    from modbench.models.config import ConfigError
+    from modbench.models.convert import convert_to_mod, mod_layers_by_pattern, parse_layers
+    from modbench.models.routing import scheme_class
 
     scheme = cfg.scheme or model.cfg.mod.scheme
     num_layers = model.cfg.llm.num_layers
@@ -147,11 +146,11 @@ def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | Non
         layers = mod_layers_by_pattern(num_layers, cfg.mod_pattern)
         choice = {"how": f"pattern {cfg.mod_pattern}", "layers": layers}
     elif cfg.arank_keep:
-        from models.arank import compute_arank
+        from modbench.models.arank import compute_arank
 
         if dataset is None:
             raise ConfigError("train config: arank_keep needs the training data")
-        from models.arank import select_mod_layers
+        from modbench.models.arank import select_mod_layers
 
         result = compute_arank(model, arank_samples(dataset, cfg.arank_samples), num_dense=cfg.arank_keep)
         # The first and the last layer stay dense besides (the authors keep them dense when generating; at 7B
@@ -170,8 +169,8 @@ def choose_scheme(model, cfg: TrainConfig, dataset=None, layers: list[int] | Non
 
 def mod_spec(cfg: TrainConfig, scheme: str, layers: list[int]):
     """The ModSpec `scheme` makes of the training options (each scheme reads those it has)."""
-    from models.config import ConfigError
-    from models.routing import scheme_class
+    from modbench.models.config import ConfigError
+    from modbench.models.routing import scheme_class
 
     try:
         return scheme_class(scheme).training_spec(
@@ -183,7 +182,7 @@ def mod_spec(cfg: TrainConfig, scheme: str, layers: list[int]):
 
 def arank_samples(dataset, n: int) -> list[tuple[str, object]]:
     """(prompt, image) of the first n image samples: their first question, as the evaluation prompts it."""
-    from models.prompt import vicuna_v1
+    from modbench.models.prompt import vicuna_v1
 
     out = []
     for record in dataset.records:
@@ -254,7 +253,7 @@ class TrainingForward(torch.nn.Module):
         self.vlm = vlm
 
     def forward(self, batch):
-        from models.routing import PAD
+        from modbench.models.routing import PAD
 
         features = None
         if batch.tower_features is not None:  # the frozen tower's cached output: run the front-end's projector
@@ -303,7 +302,7 @@ def data_parallel_loss(accelerator, out):
 
 def release_kind(model) -> str:
     """The released checkpoint layout this model is written in (its host family's release of its scheme)."""
-    from models.checkpoints import release_layout
+    from modbench.models.checkpoints import release_layout
 
     return release_layout(model.cfg)
 
@@ -327,7 +326,7 @@ def latest_checkpoint(output: Path) -> Path | None:
 def save_checkpoint(accelerator, output: Path, state: dict, keep: int) -> Path:
     """accelerate's state (model, optimizer, scheduler, RNG) + our trainer state, into a temporary folder that
     is renamed into place; then the `latest` pointer moves (atomically); older checkpoints are pruned."""
-    from suite.results import write_json_atomic, write_text_atomic
+    from modbench.suite.results import write_json_atomic, write_text_atomic
 
     root = _checkpoint_dir(output)
     final = root / f"step-{state['step']:08d}"
@@ -359,11 +358,10 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the train.json record (on the main process)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from modbench.models.checkpoints import save_authors_checkpoint
+    from modbench.suite.results import results_record, write_json_atomic
+    from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset, TowerFeatures
     from tqdm import tqdm
-
-    from models.checkpoints import save_authors_checkpoint
-    from suite.results import results_record, write_json_atomic
-    from suite.train_data import Collate, EpochBatches, InstructionDataset, TowerFeatures
 
     cfg.validate()
     output = Path(cfg.output)
@@ -392,7 +390,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     vision = model.cfg.vision
     tower_features = None
     if cfg.tower_features:
-        from models.config import ConfigError
+        from modbench.models.config import ConfigError
 
         if not getattr(model.vision, "tower_output_cacheable", False):
             raise ConfigError(f"train config: tower_features: {model.cfg.name}'s front-end is not one tower and a "
@@ -579,8 +577,8 @@ class _Window:
         self.tokens += tokens
 
     def record(self, state: dict, lr: float, device) -> dict:
-        from models.routing import TOKEN_TYPE_NAMES
-        from suite.results import peak_memory_bytes
+        from modbench.models.routing import TOKEN_TYPE_NAMES
+        from modbench.suite.results import peak_memory_bytes
 
         seconds = time.perf_counter() - self.started
         row = {"step": state["step"], "epoch": state["epoch"], "lr": lr,

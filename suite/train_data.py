@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from modbench.models.prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_conversation
 from PIL import Image
-
-from models.prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_conversation
 
 ROLES = ("human", "gpt")
 

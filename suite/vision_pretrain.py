@@ -35,13 +35,13 @@ class VisionPretrainConfig:
 
 def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=print) -> dict:
     """Pretrain `cfg.model`'s tower on `scenes` (drawn as cfg.images holds them); returns the record."""
+    from modbench.models.checkpoints import release_layout, save_authors_checkpoint
+    from modbench.suite.results import results_record, write_json_atomic
+    from modbench.tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
     from PIL import Image
     from tqdm import tqdm
 
-    import models
-    from models.checkpoints import release_layout, save_authors_checkpoint
-    from suite.results import results_record, write_json_atomic
-    from tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
+    from modbench import models
 
     torch.manual_seed(cfg.seed)  # the head's init
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
@@ -102,7 +102,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     # once, here, and training reads it instead of running the tower (suite.train_data.TowerFeatures).
     with torch.no_grad():
         features = torch.cat([front.tower_output(pixels[i:i + 256]) for i in range(0, len(pixels), 256)])
-    from suite.train_data import TowerFeatures
+    from modbench.suite.train_data import TowerFeatures
 
     # named as the training JSON names the images (tasks.scenes.write_corpus: images/000000.png, ...)
     TowerFeatures.write(Path(cfg.output) / TowerFeatures.FILE, [f"{folder.name}/{i:06d}.png" for i in range(len(scenes))],

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from tasks import fixtures
+from modbench.tasks import fixtures
 
 # The llava protocol's answer length when a benchmark asks for a short answer (a word or a number).
 SHORT_ANSWER_TOKENS = 6
@@ -54,7 +54,7 @@ def benchmark_of_task(task: str) -> Benchmark | None:
     """The benchmark a task evaluates: for our local tasks, the folder their YAML's data files are in; for
     lmms-eval's built-in task of the same benchmark (the plugin runs under the lmms-eval CLI too), the longest
     benchmark name its name starts with. None: a task of no registered benchmark."""
-    from tasks.registry import data_files_for
+    from modbench.tasks.registry import data_files_for
 
     folders = {path.parent.name for path in data_files_for(task)}
     if len(folders) > 1:

@@ -273,7 +273,7 @@ def mmvet(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
 
 def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list[str]]:
     """Every registered benchmark's fixture (tasks/benchmarks.py), or those named in `only`."""
-    from tasks.benchmarks import get_benchmark, list_benchmarks
+    from modbench.tasks.benchmarks import get_benchmark, list_benchmarks
 
     root = Path(root)
     chosen = [get_benchmark(name) for name in only] if only else list_benchmarks()

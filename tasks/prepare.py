@@ -28,7 +28,7 @@ def _load(source: Path):
 
 
 def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | Path | None = None) -> list[Path]:
-    from tasks.benchmarks import get_benchmark
+    from modbench.tasks.benchmarks import get_benchmark
 
     registered = get_benchmark(benchmark)
     splits, columns = registered.splits, list(registered.columns)
@@ -58,7 +58,7 @@ def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | 
             split = split.filter(registered.keep_row)
         out = Path(root) / benchmark / f"{ours}.parquet"
         out.parent.mkdir(parents=True, exist_ok=True)
-        from tasks.fixtures import write_parquet
+        from modbench.tasks.fixtures import write_parquet
 
         write_parquet(split, out)
         written.append(out)

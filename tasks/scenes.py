@@ -395,7 +395,7 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
 
 def _write_eval(root: Path, spec: CorpusSpec, held_out, rng: random.Random, popular: list[str]) -> dict:
     """Each set in its benchmark's column schema (as tasks/fixtures.py writes them); returns chance levels."""
-    from tasks.fixtures import _write
+    from modbench.tasks.fixtures import _write
 
     size, n = spec.image_size, spec.eval_per_task
     chance = {}

@@ -22,8 +22,8 @@ def pytest_configure(config):
     workers start), so that no two workers write them at once and no test sees them change."""
     if hasattr(config, "workerinput"):
         return
-    from tasks.fixtures import write_all
-    from tasks.registry import DATA_DIR, local_tasks
+    from modbench.tasks.fixtures import write_all
+    from modbench.tasks.registry import DATA_DIR, local_tasks
 
     # only the benchmarks missing a file: data a user prepared (`modbench data prepare`) is never overwritten
     missing = sorted({p.relative_to(DATA_DIR).parts[0] for entry in local_tasks().values()
@@ -42,7 +42,7 @@ def draw_image(colour=(200, 30, 30), shape="circle", size=(48, 40)) -> Image.Ima
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    from models.tokenizer import build_tiny_tokenizer
+    from modbench.models.tokenizer import build_tiny_tokenizer
 
     return build_tiny_tokenizer()
 
@@ -55,7 +55,7 @@ def images():
 
 @pytest.fixture
 def prompts():
-    from models.prompt import vicuna_v1
+    from modbench.models.prompt import vicuna_v1
 
     return [
         vicuna_v1("Is there a red circle in the image? Answer the question using a single word or phrase."),

@@ -26,7 +26,7 @@ TASK = "pope_local_random"
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from tasks.fixtures import write_all
+    from modbench.tasks.fixtures import write_all
 
     root = tmp_path_factory.mktemp("data")
     write_all(root, ["pope", "gqa"])
@@ -43,9 +43,9 @@ def _checkpoint(tmp: Path, variant: str, kind: str, pattern: str, value: float, 
     import fnmatch
 
     import torch
+    from modbench.models.checkpoints import save_authors_checkpoint
 
-    import models
-    from models.checkpoints import save_authors_checkpoint
+    from modbench import models
 
     directory = save_authors_checkpoint(models.build_model(variant), tmp / "ckpt", kind)
     state = torch.load(directory / "pytorch_model.bin", weights_only=True)
@@ -171,7 +171,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=[c.name for c in BAD_INPUTS])
 def test_bad_input(case: BadInput, tmp_path, data_root, capsys):
-    from suite.cli import main
+    from modbench.suite.cli import main
 
     code = main(case.argv(tmp_path, data_root))
     out = capsys.readouterr()
@@ -183,7 +183,7 @@ def test_bad_input(case: BadInput, tmp_path, data_root, capsys):
 
 
 def test_weights_that_overflow_the_dtype_are_named(tmp_path):
-    from models.checkpoints import CheckpointError, load
+    from modbench.models.checkpoints import CheckpointError, load
 
     ckpt = _checkpoint(tmp_path, "tiny-llava", "llava", "model.layers.1.mlp.up_proj.weight", 1e6, (0, 0))
     with pytest.raises(CheckpointError, match=r"weight language_model\.model\.layers\.1\.mlp\.up_proj\.weight holds "
@@ -203,7 +203,7 @@ def _spec_args(root: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, data_root):
-    from suite.runner import RunSpec, run
+    from modbench.suite.runner import RunSpec, run
 
     spec = RunSpec(model="tiny-llava", tasks=[TASK], limit=LIMIT, dtype="float32",
                    output=str(tmp_path_factory.mktemp("reference")), data_root=str(data_root))
@@ -223,7 +223,7 @@ def _results(run_dir: Path) -> dict:
 def _kill_mid_run(argv: list[str], records: Path, sig: int) -> tuple[int, int]:
     """Start `modbench argv` in a fresh process; once two samples are recorded, send `sig`. (exit code, records)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "suite", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "modbench", *argv], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline:
@@ -238,7 +238,7 @@ def _kill_mid_run(argv: list[str], records: Path, sig: int) -> tuple[int, int]:
 
 
 def _count_model_calls(monkeypatch) -> list[int]:
-    from models.vlm import ModVlm
+    from modbench.models.vlm import ModVlm
 
     calls: list[int] = []
     original = ModVlm.generate
@@ -260,7 +260,7 @@ def _assert_same_as_uninterrupted(resumed: dict, reference: dict) -> None:
 
 
 def test_run_resumes_after_sigterm(tmp_path, data_root, uninterrupted, monkeypatch, capsys):
-    from suite.cli import main
+    from modbench.suite.cli import main
 
     argv = ["run", "--model", "tiny-llava", *_spec_args(data_root), "--output", str(tmp_path), "--run-id", "r"]
     code, done = _kill_mid_run(argv, tmp_path / "r" / "records.jsonl", signal.SIGTERM)
@@ -276,8 +276,8 @@ def test_run_resumes_after_sigterm(tmp_path, data_root, uninterrupted, monkeypat
 
 
 def test_matrix_cell_resumes_after_sigkill(tmp_path, data_root, uninterrupted, monkeypatch, capsys):
-    from suite.cli import main
-    from suite.matrix import expand, load_matrix
+    from modbench.suite.cli import main
+    from modbench.suite.matrix import expand, load_matrix
 
     (tmp_path / "matrix.yaml").write_text(
         f"slices:\n  t:\n    variants: [tiny-llava]\n    tasks: [{TASK}]\n    protocol: [lmms-eval]\n"
@@ -297,7 +297,7 @@ def test_a_torn_last_record_and_failed_samples_run_again(tmp_path, data_root, un
     """A kill mid-write leaves half a line; a failed sample is not finished: both run again, nothing else."""
     import shutil
 
-    from suite.runner import run
+    from modbench.suite.runner import run
 
     shutil.copytree(uninterrupted["run_dir"], tmp_path / "r")  # the fingerprint leaves out where a run is written
     records = tmp_path / "r" / "records.jsonl"
@@ -313,7 +313,7 @@ def test_a_torn_last_record_and_failed_samples_run_again(tmp_path, data_root, un
 
 
 def test_a_different_spec_or_a_finished_run_starts_over(tmp_path, data_root, monkeypatch):
-    from suite.runner import RunSpec, run
+    from modbench.suite.runner import RunSpec, run
 
     spec = RunSpec(model="tiny-llava", tasks=[TASK], limit=2, protocol="llava", output=str(tmp_path), run_id="r",
                    data_root=str(data_root))

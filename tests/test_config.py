@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from modbench.models.config import ConfigError, ModelConfig, ModSpec
+from modbench.models.variants import with_mod
 
-import models
-from models.config import ConfigError, ModelConfig, ModSpec
-from models.variants import with_mod
+from modbench import models
 
 
 def tiny(**mod):

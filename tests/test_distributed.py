@@ -41,16 +41,15 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(tmp_pa
     sums its half, then the all-reduce adds the halves), which Adam's normalisation carries into the weights
     at ~1e-6: hence allclose, not equal."""
     sys.path.insert(0, str(ROOT / "tests"))
+    from modbench.suite.train import TrainConfig, train
     from test_train import write_data
-
-    from suite.train import TrainConfig, train
 
     data = write_data(tmp_path / "data")
     common = ["--model", "tiny-llava", "--data", str(data), "--steps", "3", "--lr", "1e-3", "--scheme", "gamma",
               "--mod-layers", "1-4", "--device", "cpu", "--no-progress"]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port",
-              str(_free_port()), "-m", "suite", "train", *common, "--batch-size", "2", "--save-every", "2", "--output",
+              str(_free_port()), "-m", "modbench", "train", *common, "--batch-size", "2", "--save-every", "2", "--output",
               str(tmp_path / "two")]
     done = subprocess.run(launch, capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -71,12 +70,12 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(tmp_pa
 
 
 def test_a_data_parallel_cell_equals_one_process_and_resumes_per_rank(tmp_path, monkeypatch):
-    """`modbench matrix --processes 2` runs the cell as `torchrun --nproc_per_node 2 -m suite run ...`: lmms-eval
+    """`modbench matrix --processes 2` runs the cell as `torchrun --nproc_per_node 2 -m modbench run ...`: lmms-eval
     shards the requests, rank 0 merges the ranks' records and writes run.json. Metrics and samples equal a
     one-process run; after a kill (run.json gone, rank 1's records lost) the cell resumes from rank 0's records."""
-    from suite.cli import main
-    from suite.runner import RunSpec, run
-    from tasks.fixtures import write_all
+    from modbench.suite.cli import main
+    from modbench.suite.runner import RunSpec, run
+    from modbench.tasks.fixtures import write_all
 
     root = tmp_path / "data"
     write_all(root, ["pope"])

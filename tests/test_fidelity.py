@@ -10,13 +10,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import models
-from models.checkpoints import CheckpointError, save_authors_checkpoint
-from models.config import ConfigError, ModelConfig, ModSpec
-from models.flops import flops_full_meta, tokens_per_layer, torch_flop_counter
-from models.pmod import (
+from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
+from modbench.models.config import ConfigError, ModelConfig, ModSpec
+from modbench.models.flops import flops_full_meta, tokens_per_layer, torch_flop_counter
+from modbench.models.pmod import (
     PmodRouting,
     authors_schedule,
     format_target_layers,
@@ -26,9 +23,12 @@ from models.pmod import (
     parse_weight_norm,
     pmod_layers_and_ratios,
 )
-from models.prompt import vicuna_v1
-from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
-from models.variants import with_mod
+from modbench.models.prompt import vicuna_v1
+from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
+from modbench.models.variants import with_mod
+from PIL import Image
+
+from modbench import models
 
 
 def noise_image(width, height, seed=0) -> Image.Image:
@@ -373,7 +373,7 @@ def authors_training_keep(p: torch.Tensor, prefix: int) -> torch.Tensor:
 
 
 def gamma_training_keep(p, types):
-    from models.gamma_mod import GammaModRouting
+    from modbench.models.gamma_mod import GammaModRouting
 
     return GammaModRouting.masked_top_k(p, RoutingContext(token_types=types, training=True), 0.5, "qa")
 

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
+from modbench.models.config import ConfigError
+from modbench.models.hosts import HostFamily, KeyLayout, Release, host_families, registered
+from modbench.models.llava import LlavaVision
 
-import models
-from models.checkpoints import CheckpointError, save_authors_checkpoint
-from models.config import ConfigError
-from models.hosts import HostFamily, KeyLayout, Release, host_families, registered
-from models.llava import LlavaVision
+from modbench import models
 
 # A copy of LLaVA-1.5 under another name, other key prefixes, its own model_types and one config.json field
 # of its own: everything models/checkpoints.py needs to know about a host, declared outside it.
@@ -87,7 +87,7 @@ def test_config_json_two_families_claim_is_an_error(tmp_path):
 def test_a_second_fallback_for_a_model_type_is_refused_and_an_unclaimed_config_is_an_error(tmp_path):
     """Families sharing a model_type are told apart by their `claims`; one without is the fallback, and a second
     fallback would make a config.json's family arbitrary. A config.json no family takes is a CheckpointError."""
-    from models.hosts import register_host_family
+    from modbench.models.hosts import register_host_family
 
     twin = dataclasses.replace(TOY, name="toy-twin")
     with registered(TOY):
@@ -139,14 +139,32 @@ def test_models_import_nothing_from_the_suite():
     root = Path(__file__).resolve().parent.parent
     for path in sorted((root / "models").glob("*.py")):
         for name, line in _imports(path):
-            assert not (name == "suite" or name.startswith("suite.")), f"{path.name}:{line}"
+            assert not (name == "modbench.suite" or name.startswith("modbench.suite.")), f"{path.name}:{line}"
 
 
 def test_the_profilers_and_the_runner_do_not_import_each_other():
-    """The latency profiler and the lmms-eval runner share their helpers through tasks.registry (check_data) and
-    suite.results (peak_memory_bytes), not through each other."""
+    """The latency profiler and the lmms-eval runner share their helpers through modbench.tasks.registry
+    (check_data) and modbench.suite.results (peak_memory_bytes), not through each other."""
     from pathlib import Path
 
     suite = Path(__file__).resolve().parent.parent / "suite"
-    assert not [line for name, line in _imports(suite / "latency.py") if name == "suite.runner"]
-    assert not [line for name, line in _imports(suite / "runner.py") if name in ("suite.latency", "suite.overhead")]
+    assert not [line for name, line in _imports(suite / "latency.py") if name == "modbench.suite.runner"]
+    assert not [line for name, line in _imports(suite / "runner.py") if name in ("modbench.suite.latency", "modbench.suite.overhead")]
+
+
+def test_one_installed_namespace(tmp_path):
+    """The checkout's packages install as modbench.models / .suite / .tasks: outside the checkout the bare names
+    (which any other research code base may use) are not importable, and no source file imports them."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("import importlib.util as u; print([u.find_spec(n) is None for n in ('models', 'suite', 'tasks')],"
+             " [u.find_spec('modbench.' + n) is not None for n in ('models', 'suite', 'tasks')])")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[True,", "True,", "True]", "[True,", "True,", "True]"], out.stdout
+    root = Path(__file__).resolve().parent.parent
+    sources = [p for d in ("models", "suite", "tasks", "tests", "scripts", "modbench") for p in (root / d).rglob("*.py")]
+    for path in sources + [root / "dev.py"]:
+        for name, line in _imports(path):
+            assert name.split(".")[0] not in ("models", "suite", "tasks"), f"{path.relative_to(root)}:{line} {name}"

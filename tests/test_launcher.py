@@ -10,15 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-
-from suite.cli import main
+from modbench.suite.cli import main
 
 TASK = "pope_local_random"
 
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory) -> Path:
-    from tasks.fixtures import write_all
+    from modbench.tasks.fixtures import write_all
 
     root = tmp_path_factory.mktemp("data")
     write_all(root, ["pope"])
@@ -43,9 +42,9 @@ def _run_json(tmp: Path, variant: str) -> dict:
 
 
 def test_launcher_section_is_typed_and_flags_override_it(tmp_path):
-    from models.config import ConfigError
-    from suite.launcher import with_overrides
-    from suite.matrix import load_matrix, load_matrix_file
+    from modbench.models.config import ConfigError
+    from modbench.suite.launcher import with_overrides
+    from modbench.suite.matrix import load_matrix, load_matrix_file
 
     repo = load_matrix_file()
     assert repo.launcher.kind == "local" and repo.launcher.partition and repo.launcher.time_min > 0
@@ -72,15 +71,15 @@ def test_dry_run_prints_the_sbatch_script_and_runs_nothing(tmp_path, data_root, 
     script = capsys.readouterr().out
     for line in ("#SBATCH --partition=a100", "#SBATCH --gpus-per-node=2", "#SBATCH --cpus-per-task=6",
                  "#SBATCH --mem=48GB", "#SBATCH --time=30", "#SBATCH --array=0-2%2", "#SBATCH --account=proj",
-                 "#SBATCH --signal=USR2@90", "module load cuda", "-u -m suite.submitit_job"):
+                 "#SBATCH --signal=USR2@90", "module load cuda", "-u -m modbench.suite.submitit_job"):
         assert line in script.splitlines() or line in script, line
-    cells = [line for line in script.splitlines() if line.startswith("# ") and " -m suite run " in line]
+    cells = [line for line in script.splitlines() if line.startswith("# ") and " -m modbench run " in line]
     assert len(cells) == 3 and all("torch.distributed.run --standalone --nproc_per_node 2" in c for c in cells)
     assert str((tmp_path / "runs").resolve()) in cells[0]  # jobs start elsewhere: absolute run folders
     assert not (tmp_path / "runs").exists()  # nothing ran, nothing was submitted
     assert main(_argv(tmp_path, matrix, data_root, "--launcher", "local", "--gpus", "0", "--dry-run")) == 0
     local = capsys.readouterr().out
-    assert "#SBATCH" not in local and local.count(" -m suite run ") == 3 and "torch.distributed" not in local
+    assert "#SBATCH" not in local and local.count(" -m modbench run ") == 3 and "torch.distributed" not in local
     assert main(_argv(tmp_path, matrix, data_root, "--launcher", "local", "--detach")) == 2
     assert "--detach needs --launcher slurm" in capsys.readouterr().err
 
@@ -91,7 +90,7 @@ def test_debug_jobs_resubmit_a_failed_cell_which_resumes_and_a_failing_cell_fail
     second sample, the resubmitted job answers the two finished samples from their records and runs only the
     failed one; a model whose generation always raises fails every attempt, is listed, and the matrix exits
     non-zero."""
-    from models.vlm import ModVlm
+    from modbench.models.vlm import ModVlm
 
     calls = []
     original = ModVlm.generate
@@ -142,7 +141,7 @@ def test_detached_jobs_status_preemption_and_collect(tmp_path, data_root, monkey
                                                "  gpus: 0\n", limit=limit, protocol="lmms-eval")
     assert main(_argv(tmp_path, matrix, data_root, "--detach")) == 0
     assert "detached:" in capsys.readouterr().out
-    from suite.slurm import _pid_running
+    from modbench.suite.slurm import _pid_running
 
     folder = tmp_path / "runs" / ".launcher" / "t"
     (cell,) = json.loads((folder / "state.json").read_text())["cells"].values()
@@ -194,8 +193,8 @@ def test_local_cells_run_in_parallel_up_to_jobs_and_failed_ones_run_again(tmp_pa
     """The scheduler of `--jobs N` with a stand-in for `modbench run` (a cell's status is its run.json): never
     more than N cells at once, a flaky cell passes on its retry, an always-failing one is listed after its
     retries."""
-    from suite.launcher import LauncherConfig, run_in_processes
-    from suite.runner import RunSpec
+    from modbench.suite.launcher import LauncherConfig, run_in_processes
+    from modbench.suite.runner import RunSpec
 
     specs = [RunSpec(model="m", tasks=["t"], output=str(tmp_path / "runs"), run_id=f"{mode}{i}")
              for i, mode in enumerate(["ok", "flaky", "bad", "ok", "ok"])]
@@ -223,8 +222,8 @@ def test_local_cells_run_in_parallel_up_to_jobs_and_failed_ones_run_again(tmp_pa
 
 
 def test_a_cell_carries_its_answer_cap_and_a_capped_run_is_another_run():
-    from suite.launcher import cell_argv
-    from suite.runner import RunSpec
+    from modbench.suite.launcher import cell_argv
+    from modbench.suite.runner import RunSpec
 
     spec = RunSpec(model="tiny-llava", tasks=["pope_local"], limit=2, max_new_tokens=8)
     assert spec.default_run_id().endswith("__l2__m8")

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from suite.runner import RunSpec, run
-from tasks.registry import DATA_DIR, local_tasks
+from modbench.suite.runner import RunSpec, run
+from modbench.tasks import registry
+from modbench.tasks.registry import DATA_DIR, local_tasks
 
 LOCAL_TASKS = ["pope_local", "mme_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local",
                "textvqa_val_ocr_local", "mmmu_val_local", "seedbench_local", "vizwiz_vqa_val_local",
@@ -19,14 +19,14 @@ LETTER_TASKS = ("scienceqa_img_local", "mmmu_val_local")
 
 @pytest.fixture(scope="session", autouse=True)
 def fixture_data():
-    from tasks.fixtures import write_all
+    from modbench.tasks.fixtures import write_all
 
-    if not all(p.exists() for t in LOCAL_TASKS for p in __import__("tasks.registry").registry.data_files_for(t)):
+    if not all(p.exists() for t in LOCAL_TASKS for p in registry.data_files_for(t)):
         write_all(DATA_DIR)
 
 
 def test_every_local_task_has_its_data_and_a_yaml():
-    from tasks.registry import data_files_for
+    from modbench.tasks.registry import data_files_for
 
     for task in LOCAL_TASKS:
         files = data_files_for(task)
@@ -75,7 +75,7 @@ def test_modbench_run_writes_a_complete_results_file(tmp_path):
 
 
 def test_unknown_task_fails_non_zero(tmp_path):
-    from suite.cli import main
+    from modbench.suite.cli import main
 
     code = main(["run", "--model", "tiny-llava", "--tasks", "nope_local", "--output", str(tmp_path), "--run-id", "x"])
     assert code == 1
@@ -84,12 +84,11 @@ def test_unknown_task_fails_non_zero(tmp_path):
 
 
 def test_missing_data_fails_with_a_clear_error(tmp_path, monkeypatch):
-    import tasks.registry
 
-    monkeypatch.setattr(tasks.registry, "data_files_for", lambda task: [tmp_path / "absent.parquet"])
+    monkeypatch.setattr(registry, "data_files_for", lambda task: [tmp_path / "absent.parquet"])
     outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], output=str(tmp_path)), progress=False)
     assert outcome.status == "failed" and "benchmark data missing" in outcome.errors[0]
-    monkeypatch.setattr(tasks.registry, "DATA_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(registry, "DATA_DIR", tmp_path / "nowhere")
     outcome = run(RunSpec(model="tiny-llava", tasks=["gqa_local"], output=str(tmp_path)), progress=False)
     assert "modbench data fixtures" in outcome.errors[0]
 
@@ -104,15 +103,14 @@ def test_model_that_raises_fails_non_zero(tmp_path):
 
 def _evaluate(instance, tasks):
     from lmms_eval.evaluator import simple_evaluate
-
-    from tasks.registry import task_manager
+    from modbench.tasks.registry import task_manager
 
     return simple_evaluate(model=instance, tasks=tasks, task_manager=task_manager(), log_samples=False,
                            verbosity="WARNING")["results"]
 
 
 def _constant(answer):
-    from models.lmms_plugin import ModbenchLmms
+    from modbench.models.lmms_plugin import ModbenchLmms
 
     instance = ModbenchLmms(pretrained="tiny-llava")
     original = instance.model.generate
@@ -156,7 +154,7 @@ def test_mmbench_circular_evaluation_by_hand_for_a_constant_a_model():
 
 
 def test_mmbench_offline_answer_extraction():
-    from tasks.mmbench.utils import extract_choice
+    from modbench.tasks.mmbench.utils import extract_choice
 
     options = {"A": "circle", "B": "square", "C": "triangle"}
     assert extract_choice("B", options) == "B"
@@ -168,7 +166,7 @@ def test_mmbench_offline_answer_extraction():
 
 
 def test_a_failed_sample_is_recorded_and_never_scored(tmp_path, monkeypatch):
-    from models.lmms_plugin import ModbenchLmms, SampleFailures
+    from modbench.models.lmms_plugin import ModbenchLmms, SampleFailures
 
     instance = ModbenchLmms(pretrained="tiny-llava", records=str(tmp_path / "r.jsonl"))
     original = instance.model.generate
@@ -204,10 +202,9 @@ def test_torchrun_data_parallel_on_cpu(tmp_path):
 def test_loglikelihood_equals_the_teacher_forced_log_probability():
     import torch
     from lmms_eval.api.instance import Instance
-
-    from models.lmms_plugin import ModbenchLmms
-    from models.routing import RESPONSE
-    from tasks.fixtures import draw_shapes
+    from modbench.models.lmms_plugin import ModbenchLmms
+    from modbench.models.routing import RESPONSE
+    from modbench.tasks.fixtures import draw_shapes
 
     instance = ModbenchLmms(pretrained="tiny-llava-gmod")
     model = instance.model
@@ -231,14 +228,14 @@ def test_loglikelihood_equals_the_teacher_forced_log_probability():
 
 
 def test_multi_round_is_a_clear_error():
-    from models.lmms_plugin import ModbenchLmms
+    from modbench.models.lmms_plugin import ModbenchLmms
 
     with pytest.raises(NotImplementedError, match="multi-round"):
         ModbenchLmms(pretrained="tiny-llava").generate_until_multi_round([])
 
 
 def test_unknown_model_arg_is_an_error():
-    from models.lmms_plugin import ModbenchLmms
+    from modbench.models.lmms_plugin import ModbenchLmms
 
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['temprature'\]"):
         ModbenchLmms(pretrained="tiny-llava", temprature=0)
@@ -247,9 +244,8 @@ def test_unknown_model_arg_is_an_error():
 def test_data_prepare_converts_a_downloaded_copy(tmp_path):
     import datasets
     import pandas as pd
-
-    from suite.cli import main
-    from tasks.fixtures import write_all
+    from modbench.suite.cli import main
+    from modbench.tasks.fixtures import write_all
 
     write_all(tmp_path / "src", ["pope", "gqa"])
     # a hub-like copy: one DatasetDict saved to disk, splits named as the hub names them
@@ -273,10 +269,9 @@ def test_data_prepare_converts_a_downloaded_copy(tmp_path):
 
 def test_every_benchmark_fixture_passes_through_prepare(tmp_path):
     import pandas as pd
-
-    from tasks.benchmarks import list_benchmarks
-    from tasks.fixtures import write_all
-    from tasks.prepare import prepare
+    from modbench.tasks.benchmarks import list_benchmarks
+    from modbench.tasks.fixtures import write_all
+    from modbench.tasks.prepare import prepare
 
     write_all(tmp_path / "src")
     for benchmark in [b.name for b in list_benchmarks()]:
@@ -300,7 +295,7 @@ def test_runs_measure_flops_per_sample(tmp_path):
 
 
 def test_max_new_tokens_caps_every_task_and_joins_the_record_identity():
-    from models.lmms_plugin import ModbenchLmms
+    from modbench.models.lmms_plugin import ModbenchLmms
 
     plain = ModbenchLmms(pretrained="tiny-llava", protocol="llava")
     capped = ModbenchLmms(pretrained="tiny-llava", protocol="llava", max_new_tokens="8")

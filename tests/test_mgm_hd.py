@@ -2,7 +2,7 @@
 
 import torch
 
-import models
+from modbench import models
 
 
 def test_token_counts():

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+from modbench.models.config import ModSpec
+from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM
+from modbench.models.variants import with_mod
 
-import models
-from models.config import ModSpec
-from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM
-from models.variants import with_mod
+from modbench import models
 
 
 def gmod_config(prefill_threshold=0.5, layers=(1, 2, 3, 4)):
@@ -214,8 +214,8 @@ def test_right_padded_training_runs_without_a_mask_and_gives_the_left_padded_los
     """Training pads right and computes logits only at the labels: causality alone then hides the padding (no
     attention mask, the kernels' fused causal path), dense and packed MoD layers alike. Same loss and gradients
     as a left-padded, masked batch with logits everywhere."""
-    from models.core import ModDecoder
-    from models.prompt import tokenize_prompt
+    from modbench.models.core import ModDecoder
+    from modbench.models.prompt import tokenize_prompt
 
     model = build(name).train()
     samples = [tokenize_prompt(model.tokenizer, p, True, a) for p, a in zip(prompts, ["Yes", "red", "2"])]

@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from modbench.models.checkpoints import to_hf_llava_state_dict
+from modbench.models.core import ModForCausalLM, llama_config
+from modbench.models.llava import clip_vision_config
 from transformers import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
-import models
-from models.checkpoints import to_hf_llava_state_dict
-from models.core import ModForCausalLM, llama_config
-from models.llava import clip_vision_config
+from modbench import models
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -54,9 +54,8 @@ def test_tiny_llava_equals_transformers_llava(prompts, images):
 
 
 def test_tiny_llava_next_equals_transformers_llava_next(prompts, images):
+    from modbench.models.checkpoints import to_hf_llava_state_dict
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
-
-    from models.checkpoints import to_hf_llava_state_dict
 
     model = models.build_model("tiny-llava-next")
     cfg = model.cfg

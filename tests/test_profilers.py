@@ -6,11 +6,8 @@ import math
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
-import models
-from models.config import ModSpec
-from models.flops import (
+from modbench.models.config import ModSpec
+from modbench.models.flops import (
     flops_analytic,
     flops_for_tokens,
     flops_full_meta,
@@ -18,10 +15,13 @@ from models.flops import (
     llm_layer_flops,
     torch_flop_counter,
 )
-from models.pmod import mean_kept_ratio, pmod_layers_and_ratios
-from models.variants import with_mod
-from suite.cli import main as cli_main
-from suite.latency import LatencySpec, measure_latency, quantiles
+from modbench.models.pmod import mean_kept_ratio, pmod_layers_and_ratios
+from modbench.models.variants import with_mod
+from modbench.suite.cli import main as cli_main
+from modbench.suite.latency import LatencySpec, measure_latency, quantiles
+from torch.utils.flop_counter import FlopCounterMode
+
+from modbench import models
 
 
 @pytest.mark.parametrize("name, skip, expected", [
@@ -61,7 +61,7 @@ def test_torch_counter_agrees_with_analytic_on_the_routed_path(spec, prompts, im
 
 
 def test_measure_sample_flops_record(prompts, images):
-    from models.flops import measure_sample_flops
+    from modbench.models.flops import measure_sample_flops
 
     record = measure_sample_flops(models.build_model(gmod_skipping()), prompts[0], images[0])
     assert record["tflops_llm_measured"] == pytest.approx(record["tflops_llm_analytic"], rel=0.02)
@@ -154,9 +154,9 @@ def test_dtype_override_is_validated():
 
 
 def test_latency_on_task_samples(tmp_path):
-    from suite.latency import task_inputs
-    from tasks.fixtures import write_all
-    from tasks.registry import DATA_DIR, check_data
+    from modbench.suite.latency import task_inputs
+    from modbench.tasks.fixtures import write_all
+    from modbench.tasks.registry import DATA_DIR, check_data
 
     try:
         check_data(["gqa_local"])

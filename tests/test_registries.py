@@ -1,8 +1,7 @@
 """Registries are the only lists: matrix slices, table rows and per-benchmark settings name registered things."""
 
 import pytest
-
-from models.config import ConfigError
+from modbench.models.config import ConfigError
 
 
 def _slice(tmp_path, variants: str, tasks: str):
@@ -12,7 +11,7 @@ def _slice(tmp_path, variants: str, tasks: str):
 
 
 def test_a_matrix_slice_with_an_unknown_variant_or_task_fails_to_load(tmp_path):
-    from suite.matrix import load_matrix
+    from modbench.suite.matrix import load_matrix
 
     assert load_matrix(_slice(tmp_path, "tiny-llava, tiny-llava-gmod", "gqa_local, pope_local"))["s"].variants
     with pytest.raises(ConfigError, match=r"slices\.s: model 'tiny-lava-gmod' is neither a registered variant nor a "
@@ -25,8 +24,8 @@ def test_a_matrix_slice_with_an_unknown_variant_or_task_fails_to_load(tmp_path):
 
 
 def test_every_local_task_reads_a_registered_benchmark_and_every_benchmark_is_read():
-    from tasks.benchmarks import benchmark_of_task, list_benchmarks
-    from tasks.registry import local_tasks
+    from modbench.tasks.benchmarks import benchmark_of_task, list_benchmarks
+    from modbench.tasks.registry import local_tasks
 
     read = {benchmark_of_task(task).name for task in local_tasks()}  # raises for an unregistered data folder
     assert read == {b.name for b in list_benchmarks()}
@@ -38,14 +37,14 @@ def test_every_local_task_reads_a_registered_benchmark_and_every_benchmark_is_re
     ("mmbench_en_dev", 1024), ("scienceqa_img", 1),  # lmms-eval's built-in tasks of the same benchmarks
 ])
 def test_the_llava_protocol_answer_length_is_the_benchmarks(task, tokens):
-    from tasks.benchmarks import benchmark_of_task
+    from modbench.tasks.benchmarks import benchmark_of_task
 
     assert benchmark_of_task(task).llava_max_new_tokens == tokens
 
 
 def test_a_task_of_no_benchmark_gets_the_short_answer_length():
-    from models.lmms_plugin import ModbenchLmms
-    from tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
+    from modbench.models.lmms_plugin import ModbenchLmms
+    from modbench.tasks.benchmarks import SHORT_ANSWER_TOKENS, benchmark_of_task
 
     assert benchmark_of_task("realworldqa") is None
     plugin = ModbenchLmms.__new__(ModbenchLmms)  # only the protocol and the cap matter here
@@ -57,8 +56,8 @@ def test_a_task_of_no_benchmark_gets_the_short_answer_length():
 
 
 def test_an_unknown_benchmark_is_named_with_the_closest():
-    from tasks.benchmarks import get_benchmark
-    from tasks.fixtures import write_all
+    from modbench.tasks.benchmarks import get_benchmark
+    from modbench.tasks.fixtures import write_all
 
     with pytest.raises(ValueError, match=r"unknown benchmark 'scienceqa'; did you mean scienceqa_img"):
         get_benchmark("scienceqa")
@@ -68,9 +67,10 @@ def test_an_unknown_benchmark_is_named_with_the_closest():
 
 def test_the_tables_rows_name_registered_variants_and_reproduction_rows():
     """A renamed variant or reproduction row must not turn a table row into "not run" unnoticed."""
-    import models
-    from suite.reproduce import ROWS
-    from suite.tables import TABLES
+    from modbench.suite.reproduce import ROWS
+    from modbench.suite.tables import TABLES
+
+    from modbench import models
 
     variants = {cfg.name for cfg in models.list_variants()}
     for spec in TABLES:
@@ -81,7 +81,7 @@ def test_the_tables_rows_name_registered_variants_and_reproduction_rows():
 
 
 def test_the_plots_name_registered_tables():
-    from suite.plots import PAPER_POINTS
-    from suite.tables import TABLES
+    from modbench.suite.plots import PAPER_POINTS
+    from modbench.suite.tables import TABLES
 
     assert set(PAPER_POINTS) <= {spec.name for spec in TABLES}

@@ -4,8 +4,7 @@ import json
 
 import pytest
 import torch
-
-from suite.reproduce import BENCHMARKS, Claim, verdict
+from modbench.suite.reproduce import BENCHMARKS, Claim, verdict
 
 
 @pytest.mark.parametrize("estimate, se, threshold, direction, expected", [
@@ -45,7 +44,7 @@ def _result(gamma_acc: float, seeds: int = 1, n: int = 400) -> dict:
 
 
 def test_tables_say_did_not_hold_where_the_numbers_fail_the_claim(tmp_path):
-    from suite.reproduce_report import Summary, claims, write_report
+    from modbench.suite.reproduce_report import Summary, claims, write_report
 
     found = {c.claim: c for c in claims(Summary(_result(gamma_acc=70.0)))}
     accuracy = found["avg accuracy change vs dense, relative (released rule)"]
@@ -67,7 +66,7 @@ def test_tables_say_did_not_hold_where_the_numbers_fail_the_claim(tmp_path):
 
 
 def test_image_dependence_names_the_benchmarks_the_dense_model_loses_with_swapped_images():
-    from suite.reproduce_report import Summary, claims, image_dependence, render
+    from modbench.suite.reproduce_report import Summary, claims, image_dependence, render
 
     result = _result(gamma_acc=70.0, n=400)
     seed = result["seeds"][0]
@@ -88,7 +87,7 @@ def test_image_dependence_names_the_benchmarks_the_dense_model_loses_with_swappe
 
 
 def test_above_chance_says_where_the_dense_model_clears_chance_and_where_it_does_not():
-    from suite.reproduce_report import Summary, above_chance, render
+    from modbench.suite.reproduce_report import Summary, above_chance, render
 
     chance = {"pope_local": 0.5, "gqa_local": 0.33, "scienceqa_img_local": 0.25, "textvqa_val_local": 0.125,
               "mme_local": 0.5, "mmbench_en_dev_local": 0.25 ** 4}
@@ -113,9 +112,8 @@ def test_above_chance_says_where_the_dense_model_clears_chance_and_where_it_does
 
 def test_every_held_out_question_has_a_kind_and_the_report_tallies_them(tmp_path):
     import pandas as pd
-
-    from suite.reproduce_report import Summary, by_question_kind, render
-    from tasks.scenes import CorpusSpec, kind_chance, question_kind, write_corpus
+    from modbench.suite.reproduce_report import Summary, by_question_kind, render
+    from modbench.tasks.scenes import CorpusSpec, kind_chance, question_kind, write_corpus
 
     write_corpus(tmp_path / "c", CorpusSpec(seed=2, image_size=32, train_scenes=8, eval_per_task=24))
     kinds = set()
@@ -144,8 +142,7 @@ def test_every_held_out_question_has_a_kind_and_the_report_tallies_them(tmp_path
 
 def test_swapped_copy_keeps_the_questions_and_gives_each_image_to_other_questions(tmp_path):
     import pandas as pd
-
-    from tasks.scenes import CorpusSpec, write_corpus, write_swapped_copy
+    from modbench.tasks.scenes import CorpusSpec, write_corpus, write_swapped_copy
 
     write_corpus(tmp_path / "c", CorpusSpec(seed=1, image_size=32, train_scenes=8, eval_per_task=4))
     write_swapped_copy(tmp_path / "c" / "eval", tmp_path / "swapped")
@@ -164,7 +161,7 @@ def test_swapped_copy_keeps_the_questions_and_gives_each_image_to_other_question
 
 
 def test_seed_spread_sets_the_noise():
-    from suite.reproduce_report import Summary
+    from modbench.suite.reproduce_report import Summary
 
     spread = Summary(_result(gamma_acc=79.0, seeds=3)).delta_rel("gamma-0.5")  # 79, 80, 81 against 80
     assert spread[0] == pytest.approx(0.0) and spread[1] == pytest.approx(1.25 / 3 ** 0.5)
@@ -172,8 +169,7 @@ def test_seed_spread_sets_the_noise():
 
 def test_corpus_is_seeded_disjoint_and_in_the_benchmarks_schemas(tmp_path):
     import pandas as pd
-
-    from tasks.scenes import CorpusSpec, write_corpus
+    from modbench.tasks.scenes import CorpusSpec, write_corpus
 
     spec = CorpusSpec(seed=3, image_size=32, train_scenes=40, eval_per_task=5)
     manifest = write_corpus(tmp_path / "a", spec)
@@ -197,7 +193,7 @@ def test_choice_questions_answer_with_the_asked_objects_attribute():
     import random
     from collections import Counter
 
-    from tasks.scenes import SHAPES, choice_question, sample_scene
+    from modbench.tasks.scenes import SHAPES, choice_question, sample_scene
 
     rng = random.Random(0)
     answers, positions = Counter(), Counter()
@@ -223,7 +219,7 @@ def test_no_training_conversation_asks_one_thing_twice():
     the time while the first turn read at chance."""
     import random
 
-    from tasks.scenes import question_asks, sample_scene, training_turns
+    from modbench.tasks.scenes import question_asks, sample_scene, training_turns
 
     assert question_asks("What color is the circle?\nAnswer the question using a single word or phrase.") == \
         question_asks("Is the circle red?") == question_asks("Which color is the circle?\nA. red\nB. blue") \
@@ -241,7 +237,7 @@ def test_no_training_conversation_asks_one_thing_twice():
 def test_held_out_scenes_never_coincide_with_training_scenes(tmp_path):
     import random
 
-    from tasks.scenes import CorpusSpec, sample_scene, write_corpus
+    from modbench.tasks.scenes import CorpusSpec, sample_scene, write_corpus
 
     write_corpus(tmp_path, CorpusSpec(seed=0, image_size=32, train_scenes=300, eval_per_task=5))
     train_keys = set(json.loads((tmp_path / "train" / "scene_keys.json").read_text()))
@@ -257,7 +253,7 @@ def test_patch_labels_name_what_the_drawn_image_shows_at_each_patch_centre():
     its outline (all grey)."""
     import random
 
-    from tasks.scenes import COLOURS, PATCH_CLASSES, draw, patch_labels, sample_scene
+    from modbench.tasks.scenes import COLOURS, PATCH_CLASSES, draw, patch_labels, sample_scene
 
     rng = random.Random(3)
     seen = set()
@@ -279,9 +275,8 @@ def test_patch_labels_name_what_the_drawn_image_shows_at_each_patch_centre():
 
 
 def test_training_scenes_are_the_corpus_training_images(tmp_path):
+    from modbench.tasks.scenes import CorpusSpec, draw, training_scenes, write_corpus
     from PIL import Image, ImageChops
-
-    from tasks.scenes import CorpusSpec, draw, training_scenes, write_corpus
 
     spec = CorpusSpec(seed=2, image_size=32, train_scenes=12, turns=2, eval_per_task=2)
     write_corpus(tmp_path, spec)
@@ -298,7 +293,7 @@ def test_corpora_that_differ_only_in_their_questions_share_one_vision_tower(tmp_
     the same images (Preset.exists_weight) reuses it, and does ask more of them."""
     import dataclasses
 
-    from suite.reproduce import PRESETS, Pipeline
+    from modbench.suite.reproduce import PRESETS, Pipeline
 
     def existence_share(corpus_dir):
         turns = [t["value"] for r in json.loads((corpus_dir / "train" / "scenes.json").read_text())
@@ -317,7 +312,7 @@ def test_corpora_that_differ_only_in_their_questions_share_one_vision_tower(tmp_
 
 
 def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path, monkeypatch):
-    from suite.reproduce import reproduce
+    from modbench.suite.reproduce import reproduce
 
     out, work = tmp_path / "out", tmp_path / "work"
     monkeypatch.chdir(tmp_path)  # a relative work folder: the rerun below reads its cache from another directory
@@ -325,7 +320,7 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     first = reproduce("all", "micro", output=out, work="work", log=lambda *_: None, cpu_isa="native")
     # corpus, vision, dense, arank, 3 fine-tunes, 4 evaluations, the swapped one, speed
     assert len(first["stages_run"]) == 13
-    import models
+    from modbench import models
 
     stages = {p.name.split("-")[0]: p for p in (work / "stages").iterdir()}
     pretrained, dense = (models.load(stages[name] / "model").vision.vision_tower.state_dict()
@@ -361,8 +356,8 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
 def test_one_seed_computes_only_its_stages_and_writes_no_report(tmp_path, monkeypatch, capsys):
     """`--seed K` (one job of an array over seeds) runs the pipeline's loop for seed K alone and leaves the report
     to a run without --seed, which then finds every seed's stages cached."""
-    from suite.cli import main
-    from suite.reproduce import Pipeline
+    from modbench.suite.cli import main
+    from modbench.suite.reproduce import Pipeline
 
     run_file = tmp_path / "run.json"
     run_file.write_text(json.dumps({"metrics": {}}))
@@ -396,12 +391,11 @@ def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_com
     from pathlib import Path
 
     import torch
-
-    from suite.reproduce import CPU_ISAS, pin_cpu_isa
+    from modbench.suite.reproduce import CPU_ISAS, pin_cpu_isa
 
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("not an x86-64 CPU with AVX2")
-    code = ("from suite.reproduce import pin_cpu_isa\nfrom suite.results import environment\n"
+    code = ("from modbench.suite.reproduce import pin_cpu_isa\nfrom modbench.suite.results import environment\n"
             "print('CAP=' + pin_cpu_isa('avx2'))\nenv = environment()\n"
             "print('ENV=' + env['cpu_capability'] + ' ' + ','.join(sorted(env['cpu_isa_pins'])))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

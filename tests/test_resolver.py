@@ -4,11 +4,11 @@ import dataclasses
 import json
 
 import pytest
+from modbench.models.checkpoints import save_authors_checkpoint
+from modbench.models.config import ConfigError
+from modbench.models.resolver import CHECKPOINT, VARIANT, ResolvedModel, build, resolve
 
-import models
-from models.checkpoints import save_authors_checkpoint
-from models.config import ConfigError
-from models.resolver import CHECKPOINT, VARIANT, ResolvedModel, build, resolve
+from modbench import models
 
 
 def _without_name(cfg):
@@ -40,7 +40,7 @@ def test_resolving_a_checkpoint_reads_no_tensor(variant, kind, tmp_path):
 
 
 def test_a_llava_checkpoint_resolves_from_config_json_alone(tmp_path, monkeypatch):
-    from models import checkpoints
+    from modbench.models import checkpoints
 
     model = models.build_model("tiny-llava-gmod")
     save_authors_checkpoint(model, tmp_path / "ckpt", "mod_llava_llama")
@@ -87,9 +87,9 @@ def test_the_resolved_config_is_frozen_and_round_trips_through_its_record():
 
 def test_a_run_resolves_the_model_once_and_records_it(tmp_path, monkeypatch):
     """The plugin resolves; run.json's `resolved` block and the efficiency come from its record."""
-    from models import resolver
-    from suite.runner import RunSpec, run
-    from tasks.fixtures import write_all
+    from modbench.models import resolver
+    from modbench.suite.runner import RunSpec, run
+    from modbench.tasks.fixtures import write_all
 
     write_all(tmp_path / "data", ["gqa"])
     calls = []

@@ -5,20 +5,20 @@ import json
 import shutil
 
 import pytest
+from modbench.suite.check import compare, recompute_metrics, report, run_checks, update_baseline
+from modbench.suite.cli import main
+from modbench.suite.results import SchemaError, load_results, validate_results
+from modbench.suite.runner import RunSpec, run
 
-import models
-from suite.check import compare, recompute_metrics, report, run_checks, update_baseline
-from suite.cli import main
-from suite.results import SchemaError, load_results, validate_results
-from suite.runner import RunSpec, run
+from modbench import models
 
 FOUR = ["gqa_local", "scienceqa_img_local", "mmmu_val_local", "textvqa_val_ocr_local"]
 
 
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
-    from tasks.fixtures import write_all
-    from tasks.registry import DATA_DIR, check_data
+    from modbench.tasks.fixtures import write_all
+    from modbench.tasks.registry import DATA_DIR, check_data
 
     try:
         check_data(FOUR)
@@ -106,7 +106,7 @@ def test_a_missing_metric_fails(runs_dir, tmp_path):
 
 
 def test_latency_is_compared_only_on_matching_hardware():
-    from suite.check import Check
+    from modbench.suite.check import Check
 
     check = Check("r", "x", 1.0, "lower_noisy", 0.2, device_name="gpu-a")
     assert compare(check, 5.0, "gpu-b").status == "skipped"
@@ -118,7 +118,7 @@ def test_latency_is_compared_only_on_matching_hardware():
 
 
 def test_matrix_runs_only_what_is_missing(tmp_path, capsys):
-    from suite.matrix import expand, load_matrix
+    from modbench.suite.matrix import expand, load_matrix
 
     matrix = tmp_path / "matrix.yaml"
     matrix.write_text("slices:\n  s:\n    variants: [tiny-llava]\n    tasks: [gqa_local]\n    protocol: [llava]\n"
@@ -134,24 +134,24 @@ def test_matrix_runs_only_what_is_missing(tmp_path, capsys):
 
 
 def test_matrix_yaml_is_typed():
-    from suite.matrix import load_matrix
+    from modbench.suite.matrix import load_matrix
 
     slices = load_matrix()
     assert {"bench", "bench-gmod", "bench-pmod", "bench-full"} <= set(slices)
     tiny = {c.name for c in models.list_variants() if c.tiny}
     assert set(slices["bench"].variants) == tiny  # every tiny family
-    from models.config import ConfigError
+    from modbench.models.config import ConfigError
 
     bad = dataclasses.asdict(slices["bench"]) | {"dtypes": ["float16"]}
     with pytest.raises(ConfigError, match=r"unknown key\(s\) \['dtypes'\]"):
-        from models.config import from_dict
-        from suite.matrix import MatrixSlice
+        from modbench.models.config import from_dict
+        from modbench.suite.matrix import MatrixSlice
 
         from_dict(MatrixSlice, bad, "slices.bench")
 
 
 def test_noise_tolerance_covers_a_retraining_and_still_catches_a_drop(runs_dir, tmp_path):
-    from suite.check import accuracy_tolerance, checks_for_run, is_accuracy
+    from modbench.suite.check import accuracy_tolerance, checks_for_run, is_accuracy
 
     z = 3 * 2 ** 0.5  # three standard errors of the difference of two independent evaluations
     assert accuracy_tolerance(0.5, "exact_match", 60, "noise") == pytest.approx(z * (0.25 / 60) ** 0.5)

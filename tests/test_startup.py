@@ -19,7 +19,7 @@ def test_light_commands_import_neither_torch_nor_lmms_eval_nor_submitit(argv, tm
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     code = (
         "import sys\n"
-        "from suite.cli import main\n"
+        "from modbench.suite.cli import main\n"
         f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
         "print('HEAVY=' + ','.join(m for m in ('torch', 'lmms_eval', 'transformers', 'timm', 'submitit') if m in sys.modules))\n"
     )
@@ -40,7 +40,7 @@ def test_timm_is_imported_only_where_a_convnext_is_built():
 
 
 def test_task_manager_indexes_only_the_local_tasks():
-    from tasks.registry import local_tasks, task_manager
+    from modbench.tasks.registry import local_tasks, task_manager
 
     manager = task_manager()
     assert set(manager.all_tasks) == set(local_tasks())  # none of lmms-eval's ~3,200 built-in YAMLs
@@ -48,9 +48,9 @@ def test_task_manager_indexes_only_the_local_tasks():
 
 def test_a_data_root_outside_the_checkout(tmp_path):
     """Fixtures written to another root are read there; tasks/data is neither read nor written."""
-    from suite.cli import main
-    from suite.runner import RunSpec, run
-    from tasks.registry import DATA_DIR
+    from modbench.suite.cli import main
+    from modbench.suite.runner import RunSpec, run
+    from modbench.tasks.registry import DATA_DIR
 
     before = sorted(p.name for p in DATA_DIR.iterdir()) if DATA_DIR.exists() else None
     root = tmp_path / "elsewhere"
@@ -70,7 +70,7 @@ def test_a_data_root_outside_the_checkout(tmp_path):
 
 
 def test_overhead_benchmark_reports_its_parts(tmp_path):
-    from suite.overhead import OverheadSpec, measure_overhead
+    from modbench.suite.overhead import OverheadSpec, measure_overhead
 
     result = measure_overhead(OverheadSpec(model="tiny-llava", task="gqa_local", limit=2, batch_size=1, repeats=1),
                               progress=lambda *_: None)
@@ -90,7 +90,7 @@ def test_a_deferred_module_loads_once_at_its_first_use(tmp_path, monkeypatch):
     import os
     import sys
 
-    from tasks.registry import DeferredModule, defer_unused_lmms_eval_imports
+    from modbench.tasks.registry import DeferredModule, defer_unused_lmms_eval_imports
 
     (tmp_path / "deferred_probe").mkdir()
     (tmp_path / "deferred_probe" / "__init__.py").write_text(
@@ -122,7 +122,7 @@ def test_a_deferred_module_loads_once_at_its_first_use(tmp_path, monkeypatch):
 
 
 def test_lmms_eval_starts_without_importing_its_unused_modules():
-    code = ("import sys\nfrom tasks.registry import task_manager\ntask_manager()\n"
+    code = ("import sys\nfrom modbench.tasks.registry import task_manager\ntask_manager()\n"
             "import lmms_eval.evaluator, lmms_eval.api.registry as r\n"
             "print('EVALUATE=' + str('evaluate' in sys.modules) + ' ' + type(r.hf_evaluate).__name__)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

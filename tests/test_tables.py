@@ -5,8 +5,7 @@ import json
 import re
 
 import pytest
-
-from suite.tables import (
+from modbench.suite.tables import (
     HEADLINE_WIDTH,
     RELEASED,
     STAND_IN,
@@ -198,7 +197,7 @@ def test_the_checker_catches_what_it_is_for(tables):
 
 
 def test_written_tables_index_and_plots(runs_dir, tmp_path):
-    from suite.plots import write_plots
+    from modbench.suite.plots import write_plots
 
     written = write_tables(runs_dir, tmp_path)
     assert {p.suffix for p in written} == {".md", ".tex", ".csv"} and len(written) == 3 * len(TABLES) + 1

@@ -5,12 +5,12 @@ import random
 
 import pytest
 import torch
+from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
+from modbench.suite.train import TrainConfig, train
+from modbench.suite.train_data import Collate, InstructionDataset, SampleError
 from PIL import Image, ImageDraw
 
-import models
-from models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
-from suite.train import TrainConfig, train
-from suite.train_data import Collate, InstructionDataset, SampleError
+from modbench import models
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
 
@@ -53,7 +53,7 @@ def weights(path):
 
 
 def test_conversation_labels_only_the_answers(tokenizer):
-    from models.prompt import tokenize_conversation, tokenize_prompt, vicuna_v1
+    from modbench.models.prompt import tokenize_conversation, tokenize_prompt, vicuna_v1
 
     turns = [("human", "<image>\nWhat colour?"), ("gpt", "red"), ("human", "Is it round?"), ("gpt", "Yes")]
     sample = tokenize_conversation(tokenizer, turns, has_image=True)
@@ -110,16 +110,16 @@ def test_loss_falls_and_the_same_seed_gives_the_same_weights(data, tmp_path):
 
 
 def test_saved_model_loads_and_evaluates_like_the_trained_one(data, tmp_path, prompts, images, monkeypatch):
-    import models.checkpoints
+    from modbench.models import checkpoints
 
     kept = {}
-    original = models.checkpoints.save_authors_checkpoint
+    original = checkpoints.save_authors_checkpoint
 
     def keep(model, *args, **kwargs):
         kept["model"] = model
         return original(model, *args, **kwargs)
 
-    monkeypatch.setattr(models.checkpoints, "save_authors_checkpoint", keep)
+    monkeypatch.setattr(checkpoints, "save_authors_checkpoint", keep)
     train(config(data, tmp_path / "g", scheme="gamma", mod_layers="1-4", steps=2))
     loaded = models.load(str(tmp_path / "g"))
     assert loaded.cfg.mod.scheme == "gamma" and loaded.cfg.mod.layers == [1, 2, 3, 4]
@@ -128,7 +128,7 @@ def test_saved_model_loads_and_evaluates_like_the_trained_one(data, tmp_path, pr
 
 
 def test_pretrain_leaves_llm_and_towers_bit_identical(data, tmp_path):
-    import suite.train as trainer
+    import modbench.suite.train as trainer
 
     dense = models.build_model("tiny-llava")
     train(config(data, tmp_path / "p", stage="pretrain", steps=2))
@@ -145,7 +145,7 @@ def test_pretrain_leaves_llm_and_towers_bit_identical(data, tmp_path):
 
 
 def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
-    import suite.train as trainer
+    import modbench.suite.train as trainer
 
     train(config(data, tmp_path / "whole", steps=6, grad_accum=2, batch_size=2))
     original = trainer.save_checkpoint
@@ -171,9 +171,8 @@ def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp
 
 
 def test_a_run_killed_while_saving_leaves_the_previous_checkpoint(data, tmp_path, monkeypatch):
+    import modbench.suite.train as trainer
     from accelerate import Accelerator
-
-    import suite.train as trainer
 
     calls = {"n": 0}
     original = Accelerator.save_state
@@ -195,8 +194,8 @@ def test_a_run_killed_while_saving_leaves_the_previous_checkpoint(data, tmp_path
 
 
 def test_shared_router_is_one_tensor_per_layer_routers_one_per_mod_layer(data, tmp_path):
-    from models.convert import convert_to_mod
-    from suite.train import mod_spec
+    from modbench.models.convert import convert_to_mod
+    from modbench.suite.train import mod_spec
 
     dense = models.build_model("tiny-llava")
     shared = convert_to_mod(dense, mod_spec(config(data, tmp_path), "gamma", [1, 2, 3]))
@@ -211,8 +210,8 @@ def test_shared_router_is_one_tensor_per_layer_routers_one_per_mod_layer(data, t
 
 
 def test_converted_model_with_nothing_skipped_equals_dense(prompts, images):
-    from models.config import ModSpec
-    from models.convert import convert_to_mod
+    from modbench.models.config import ModSpec
+    from modbench.models.convert import convert_to_mod
 
     dense = models.build_model("tiny-llava")
     with torch.no_grad():
@@ -232,7 +231,7 @@ def test_converted_model_with_nothing_skipped_equals_dense(prompts, images):
 @pytest.mark.parametrize("masked, routable_types", [("qa", {SYSTEM, IMAGE}), ("q", {SYSTEM, IMAGE, RESPONSE}),
                                                     ("none", {SYSTEM, IMAGE, QUESTION, RESPONSE})])
 def test_masked_routing_skips_exactly_floor_fraction_of_the_routable_tokens(masked, routable_types):
-    from models.gamma_mod import GammaModRouting
+    from modbench.models.gamma_mod import GammaModRouting
 
     types = torch.tensor([[0, 0, SYSTEM, SYSTEM, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, QUESTION, QUESTION, RESPONSE, RESPONSE],
                           [SYSTEM, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, IMAGE, QUESTION, QUESTION, QUESTION,
@@ -251,8 +250,8 @@ def test_masked_routing_skips_exactly_floor_fraction_of_the_routable_tokens(mask
 def test_routing_loss_gradient_reaches_the_router_and_only_what_feeds_it(prompts, images):
     """As in the authors' code the router reads the layer's normed input undetached, so the routing loss also
     trains what produces that input — but nothing at or after a MoD layer's own attention and MLP."""
-    from models.config import ModSpec
-    from models.convert import convert_to_mod
+    from modbench.models.config import ModSpec
+    from modbench.models.convert import convert_to_mod
 
     model = convert_to_mod(models.build_model("tiny-llava"), ModSpec(scheme="gamma", layers=[1, 2, 3]))
     model.train()
@@ -271,9 +270,9 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
     """The reproduction computes its frozen tower's output once (TowerFeatures) and trains from it: a batch read
     that way gives the loss the images give; a run trains from it and leaves the tower as it was; a tower being
     trained cannot use it."""
-    from models.config import ConfigError
-    from suite.train import TrainingForward
-    from suite.train_data import TowerFeatures
+    from modbench.models.config import ConfigError
+    from modbench.suite.train import TrainingForward
+    from modbench.suite.train_data import TowerFeatures
 
     model = models.build_model("tiny-llava", seed=0).train()
     front = model.vision
@@ -307,7 +306,7 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
         train(config(data, tmp_path / "bad3", tower_features=str(tmp_path / "tower.safetensors"),
                      model="tiny-llava-hr"))
     # ARank reads the images themselves where training reads the cached output
-    from suite.train import arank_samples
+    from modbench.suite.train import arank_samples
 
     dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512,
                                  TowerFeatures(tmp_path / "tower.safetensors"))
@@ -327,7 +326,7 @@ def test_gradient_checkpointing_and_bf16_and_workers_train(data, tmp_path):
 
 
 def test_yaml_config_is_a_view_and_unknown_keys_are_errors(tmp_path, data):
-    from models.config import ConfigError
+    from modbench.models.config import ConfigError
 
     (tmp_path / "t.yaml").write_text(f"model: tiny-llava\ndata: {data}\noutput: {tmp_path / 'y'}\nsteps: 3\n")
     cfg = TrainConfig.from_yaml(tmp_path / "t.yaml", {"lr": 0.5})
@@ -346,7 +345,7 @@ def test_arank_choice_keeps_the_first_and_last_layer_dense(data, tmp_path):
 
 
 def test_train_cli(data, tmp_path, capsys):
-    from suite.cli import main
+    from modbench.suite.cli import main
 
     code = main(["train", "--model", "tiny-llava", "--data", str(data), "--steps", "2", "--batch-size", "4",
                  "--scheme", "pmod", "--mod-layers", "2-5", "--ratios", "0.5", "--output", str(tmp_path / "c"),
@@ -358,8 +357,8 @@ def test_train_cli(data, tmp_path, capsys):
 def test_each_scheme_makes_its_own_training_spec():
     """`--scheme` reaches the scheme's class (models/routing.py registry): γ-MoD needs its layers, p-MoD has a
     schedule of its own and checks its kept ratios against the layers; a dense model is not converted to."""
-    from models.config import ConfigError
-    from suite.train import TrainConfig, mod_spec
+    from modbench.models.config import ConfigError
+    from modbench.suite.train import TrainConfig, mod_spec
 
     cfg = TrainConfig(model="m", data="d", output="o", steps=1, skip_fraction=0.3, router="per-layer", masked="q")
     spec = mod_spec(cfg, "gamma", [1, 2])

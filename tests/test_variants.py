@@ -1,8 +1,8 @@
 import pytest
+from modbench.models.params import count_parameters
+from modbench.suite.cli import main as cli_main
 
-import models
-from models.params import count_parameters
-from suite.cli import main as cli_main
+from modbench import models
 
 FULL = [cfg.name for cfg in models.list_variants() if not cfg.tiny and not cfg.name.startswith("cpu-")]
 
@@ -36,7 +36,7 @@ def test_llava_hr_7b_parameter_count_by_component():
     projector = 7.28B. The γ-MoD tables print "7B" for it (Tables 3 and 6 as the authors publish them)."""
     from collections import Counter
 
-    from models.params import build_on_meta
+    from modbench.models.params import build_on_meta
 
     groups = Counter()
     for name, p in build_on_meta(models.get_variant("llava-hr-7b")).named_parameters():
