@@ -42,12 +42,11 @@ def main() -> None:
     from modbench.suite.reproduce import pinned_code_paths
 
     cpu = pinned_code_paths(args.cpu_isa)  # before torch computes anything; keyed as `modbench reproduce` keys
+    from modbench import models
     from modbench.models import variants
     from modbench.suite.reproduce import PRESETS, Pipeline, _eval_summary
     from modbench.suite.reproduce_report import avg_acc
     from modbench.tasks.scenes import kind_chance
-
-    from modbench import models
 
     base = models.get_variant("cpu-repro-llava")
     cfg = base
@@ -98,8 +97,9 @@ def probe_during_training(name: str, every: int, image_size: int, avoid: set[str
     hold save_every). Returns the list of probed steps, filled as training runs."""
     import random
 
-    import modbench.suite.train as training
     import torch
+
+    import modbench.suite.train as training
     from modbench.models.prompt import tokenize_prompt, vicuna_v1
     from modbench.tasks.scenes import SHORT, draw, mme_pair, q_exists, sample_scene
 
@@ -162,10 +162,10 @@ def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool, avoid:
     import random
 
     import torch
-    from modbench.models.prompt import tokenize_conversation
-    from modbench.tasks.scenes import draw, sample_scene, training_turns
 
     from modbench import models
+    from modbench.models.prompt import tokenize_conversation
+    from modbench.tasks.scenes import draw, sample_scene, training_turns
 
     model = models.load(model_dir).eval()
     rng = random.Random("teacher-forced")

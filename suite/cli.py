@@ -6,33 +6,9 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 DEFAULT_SMOKE_OUT = "results/runs/smoke.json"
-
-
-def _sample_images():
-    """Small deterministic images (shapes and colours drawn by PIL) for smoke runs and ARank."""
-    from PIL import Image, ImageDraw
-
-    samples = []
-    for i, (colour, shape, question) in enumerate([
-        ((220, 40, 40), "circle", "Is there a red circle in the image?"),
-        ((40, 60, 220), "square", "What colour is the square?"),
-        ((40, 170, 60), "triangle", "What shape is shown?"),
-    ]):
-        image = Image.new("RGB", (64 + 16 * i, 48 + 8 * i), (245, 245, 245))
-        draw = ImageDraw.Draw(image)
-        w, h = image.size
-        if shape == "circle":
-            draw.ellipse((10, 8, w - 10, h - 8), fill=colour)
-        elif shape == "square":
-            draw.rectangle((12, 8, w - 12, h - 8), fill=colour)
-        else:
-            draw.polygon([(w // 2, 6), (8, h - 6), (w - 8, h - 6)], fill=colour)
-        samples.append((question, image))
-    return samples
 
 
 def _build(name: str, seed: int = 0, device: str = "cpu", overrides: dict | None = None):
@@ -70,48 +46,10 @@ def cmd_models(args) -> int:
 
 
 def cmd_smoke(args) -> int:
-    """Forward + greedy generate on every tiny variant; writes one results file; non-zero if any failed."""
-    import torch
-    from modbench.models.prompt import vicuna_v1
-    from modbench.suite.results import results_record, write_json_atomic
+    from modbench.suite.smoke import run_smoke
 
-    from modbench import models
-
-    names = args.models.split(",") if args.models else [c.name for c in models.list_variants() if c.tiny]
-    samples = _sample_images()
-    prompts = [vicuna_v1(q) for q, _ in samples]
-    images = [image for _, image in samples]
-    records, failed = [], []
-    for name in names:
-        start = time.perf_counter()
-        try:
-            model = models.build_model(name, seed=args.seed)
-            with torch.no_grad():
-                forward = model(prompts, images, collect_stats=True)
-            out = model.generate(prompts, images, max_new_tokens=args.max_new_tokens,
-                                 min_new_tokens=args.max_new_tokens, collect_stats=True)
-            kept = out["kept"].sum(dim=(0, 2)).float()
-            total = out["total"].sum(dim=(0, 2)).float()
-            record = {
-                "model": name, "status": "ok", "scheme": model.cfg.mod.scheme,
-                "prompt_tokens": out["prompt_lengths"], "generated_tokens": [len(t) for t in out["tokens"]],
-                "forward_logits_finite": bool(torch.isfinite(forward.logits).all()),
-                "kept_ratio_per_layer": [round(v, 4) for v in (kept / total).tolist()],
-                "kv_entries_per_layer": out["cache"].layer_lengths().sum(dim=1).tolist(),
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-            if not record["forward_logits_finite"]:
-                raise FloatingPointError("non-finite logits")
-        except Exception as exc:  # recorded, reported, and the command exits non-zero
-            record = {"model": name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
-            failed.append(name)
-        records.append(record)
-        print(f"{name:28s} {record['status']:6s} "
-              + (f"kept/layer={record['kept_ratio_per_layer']}" if record["status"] == "ok" else record["error"]),
-              flush=True)
-    spec = {"command": "smoke", "models": names, "seed": args.seed, "max_new_tokens": args.max_new_tokens,
-            "dtype": "float32", "attn_implementation": "sdpa", "device": "cpu"}
-    path = write_json_atomic(args.output, results_record("smoke", spec, runs=records, failed=failed))
+    names = args.models.split(",") if args.models else None
+    path, failed = run_smoke(names, seed=args.seed, max_new_tokens=args.max_new_tokens, output=args.output)
     print(f"wrote {path}")
     if failed:
         print(f"FAILED: {', '.join(failed)}", file=sys.stderr)
@@ -124,7 +62,9 @@ def cmd_arank(args) -> int:
     from modbench.models.prompt import vicuna_v1
 
     model = _build(args.model, seed=args.seed)
-    samples = [(vicuna_v1(q), image) for q, image in _sample_images()]
+    from modbench.tasks.fixtures import sample_prompts
+
+    samples = [(vicuna_v1(q), image) for q, image in sample_prompts()]
     result = compute_arank(model, samples, num_dense=args.num_dense)
     if args.json:
         print(json.dumps({"model": args.model, **result.to_dict()}, indent=2))
@@ -157,60 +97,21 @@ def cmd_flops(args) -> int:
 
 
 def cmd_latency(args) -> int:
-
-    import torch
-    from modbench.suite.latency import LatencySpec, measure_latency
+    from modbench.suite.latency import LatencySpec, latency_table
     from modbench.suite.results import results_record, write_json_atomic
 
     names = [args.model] + ([args.compare] if args.compare else [])
-    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     batch_sizes = [int(b) for b in str(args.batch_size).split(",")]
-    image = _sample_images()[0][1]
-    rows, runs = [], []
-    for batch in batch_sizes:
-        for name in names:
-            model = _build(name, seed=args.seed, device=args.device, overrides={
-                "dtype": args.dtype or None, "attn_implementation": args.attn_implementation or None})
-            spec = LatencySpec(image_tokens=args.image_tokens, prompt_tokens=args.prompt_tokens,
-                               new_tokens=args.new_tokens, batch_size=batch, warmup=args.warmup,
-                               repeats=args.repeats, seed=args.seed)
-            inputs = None
-            if args.task:
-                from modbench.suite.latency import task_inputs
-
-                inputs = task_inputs(model, args.task, args.limit, batch, data_root(args.data_root))
-            result = measure_latency(model, spec, image=image, inputs=inputs)
-            result["model"] = name
-            runs.append(result)
-            sec = result["seconds"]
-            rows.append({
-                "model": name, "batch": batch,
-                "prefill_ms": 1e3 * sec["prefill"]["median"],
-                "prefill_p10-p90": f"{1e3 * sec['prefill']['p10']:.1f}-{1e3 * sec['prefill']['p90']:.1f}",
-                "decode_ms/token": 1e3 * sec["decode_per_token"]["median"] if "decode_per_token" in sec else None,
-                "e2e_ms": 1e3 * sec["end_to_end"]["median"],
-                "samples/s": result["samples_per_s"],
-                "TFLOPs(prefill)": result["flops_analytic"]["tflops"],
-                "skip": result["routing"]["overall_skip"],
-                "kv_share": result["kv_cache"]["share_of_dense"],
-            })
-            del model
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
-    comparisons = []
-    if args.compare:
-        for batch in batch_sizes:
-            a, b = [r for r in rows if r["batch"] == batch]
-            comparisons.append({
-                "batch": batch, "models": [a["model"], b["model"]],
-                "prefill_time_ratio": b["prefill_ms"] / a["prefill_ms"],
-                "e2e_time_ratio": b["e2e_ms"] / a["e2e_ms"],
-                "flops_ratio": b["TFLOPs(prefill)"] / a["TFLOPs(prefill)"],
-            })
+    spec = LatencySpec(image_tokens=args.image_tokens, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                       warmup=args.warmup, repeats=args.repeats, seed=args.seed)
+    table = latency_table(names, batch_sizes, spec, device=args.device or None, dtype=args.dtype or None,
+                          attn_implementation=args.attn_implementation or None, task=args.task or None,
+                          limit=args.limit, data_root=data_root(args.data_root))
     from tabulate import tabulate
 
+    rows = table["table"]
     print(tabulate(rows, headers="keys", floatfmt=".4g"))
-    for c in comparisons:
+    for c in table["comparisons"]:
         print(f"batch {c['batch']}: {c['models'][1]} / {c['models'][0]}: prefill time x{c['prefill_time_ratio']:.3f}, "
               f"end-to-end time x{c['e2e_time_ratio']:.3f}, prefill FLOPs x{c['flops_ratio']:.3f}")
     if len(batch_sizes) > 1:
@@ -218,15 +119,9 @@ def cmd_latency(args) -> int:
             per = {r["batch"]: r["samples/s"] for r in rows if r["model"] == name}
             lo, hi = min(per), max(per)
             print(f"{name}: batch {hi} vs {lo}: samples/s x{per[hi] / per[lo]:.2f}")
-    spec = {"command": "latency", "models": names, "batch_sizes": batch_sizes, "device": args.device,
-            "dtype": args.dtype or "variant default", "attn_implementation": args.attn_implementation or "variant default",
-            "image_tokens": args.image_tokens, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
-            "task": args.task, "limit": args.limit if args.task else None,
-            "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed}
     if args.output:
-        path = write_json_atomic(args.output, results_record("latency", spec, runs=runs, table=rows,
-                                                             comparisons=comparisons))
-        print(f"wrote {path}")
+        record = results_record("latency", table.pop("spec"), **table)
+        print(f"wrote {write_json_atomic(args.output, record)}")
     return 0
 
 
@@ -346,185 +241,21 @@ def cmd_run(args) -> int:
 
 
 def cmd_matrix(args) -> int:
-    from modbench.suite.launcher import with_overrides
-    from modbench.suite.matrix import expand, finished, load_matrix_file
+    from modbench.suite.matrix import MatrixRequest, run_matrix
 
-    matrix = load_matrix_file(args.matrix) if args.matrix else load_matrix_file()
-    if args.slice not in matrix.slices:
-        raise ValueError(f"--slice: unknown slice {args.slice!r}; matrix.yaml has {sorted(matrix.slices)}")
-    chosen = matrix.slices[args.slice]
-    cfg = with_overrides(matrix.launcher, {
-        "kind": args.launcher, "jobs": args.jobs, "retries": args.retries, "gpus": args.gpus,
-        "processes": args.processes, "cpus": args.cpus, "mem_gb": args.mem_gb, "time_min": args.time_min,
-        "partition": args.partition, "account": args.account, "qos": args.qos, "constraint": args.constraint,
-        "logs": args.logs, "submitit": args.submitit})
-    modes = [f"--{m.replace('_', '-')}" for m in ("detach", "status", "collect", "dry_run") if getattr(args, m)]
+    modes = [m for m in ("detach", "status", "collect", "dry_run") if getattr(args, m)]
     if len(modes) > 1:
-        raise ValueError(f"choose one of {', '.join(modes)}")
-    if args.detach and cfg.kind != "slurm":
-        raise ValueError("--detach needs --launcher slurm (local cells run while `modbench matrix` runs)")
-    root = data_root(args.data_root)
-    # jobs start elsewhere: they get absolute paths (the run folders must be on storage the nodes share)
-    output = str(Path(args.output).resolve()) if cfg.kind == "slurm" else args.output
-    specs = expand(chosen, output, data_root=root)
-    folder = cfg.folder(output, args.slice).resolve()
-    if args.status:
-        return _matrix_status(specs, folder)
-    if args.collect:
-        return _matrix_collect(args, cfg, specs, folder)
-    todo = [s for s in specs if args.rerun or not finished(s)]
-    if args.dry_run:
-        return _matrix_dry_run(args.slice, cfg, todo, folder)
-    _matrix_data(chosen, root)
-    print(f"slice {args.slice}: {len(specs)} runs, {len(specs) - len(todo)} already finished", flush=True)
-    failed: list[str] = []
+        raise ValueError(f"choose one of {', '.join('--' + m.replace('_', '-') for m in modes)}")
+    request = MatrixRequest(
+        slice=args.slice, matrix_file=args.matrix, output=args.output, tables=args.tables, plots=not args.no_plots,
+        data_root=data_root(args.data_root), rerun=args.rerun, mode=modes[0] if modes else "run",
+        launcher={key: getattr(args, key) for key in (
+            "launcher", "jobs", "retries", "gpus", "processes", "cpus", "mem_gb", "time_min", "partition",
+            "account", "qos", "constraint", "logs", "submitit")})
     try:
-        if cfg.kind == "slurm" and todo:
-            from modbench.suite import slurm
-            from modbench.suite.launcher import LaunchState
-
-            previous = LaunchState.load(folder)
-            if previous is not None and slurm.still_running(previous):  # two jobs must not write one run folder
-                raise ValueError(f"jobs of an earlier submission of slice {args.slice} are still running ({folder}): "
-                                 "see --status, wait for them with --collect, or cancel them first")
-            state = LaunchState(args.slice, cfg.submitit, str(folder), output)
-            executor = slurm.make_executor(cfg, args.slice, folder)
-            slurm.submit(executor, todo, cfg.processes_per_cell(), state)
-            jobs = sorted({c.job_id.split("_")[0] for c in state.cells.values()})
-            print(f"submitted {len(todo)} cell(s) as job(s) {', '.join(jobs)} ({cfg.submitit}); logs in {folder}",
-                  flush=True)
-            if args.detach:
-                base = f"modbench matrix --slice {args.slice} --launcher slurm --output {args.output}"
-                print(f"detached: `{base} --status` shows them, `{base} --collect` waits and writes the tables")
-                return 0
-            try:
-                failed += slurm.watch(executor, todo, cfg.processes_per_cell(), state, cfg.retries,
-                                      cfg.poll_seconds if cfg.submitit == "slurm" else 0.5)
-            except KeyboardInterrupt:
-                print(f"stopped watching; the jobs keep running: `modbench matrix --slice {args.slice} --launcher "
-                      "slurm --collect` waits for them and writes the tables", file=sys.stderr)
-                return 130
-        elif cfg.jobs == 1 and cfg.processes_per_cell() == 1:
-            from modbench.suite.launcher import run_in_process
-
-            run_in_process(todo, cfg.retries, failed)
-        else:
-            from modbench.suite.launcher import run_in_processes
-
-            run_in_processes(todo, cfg, folder, failed)
-        _matrix_tables(args)
+        return run_matrix(request)
     except KeyboardInterrupt as exc:
         return _interrupted(exc)
-    finally:  # listed even when interrupted, or when the tables or plots raise
-        _list_failed(failed, len(todo))
-    return 1 if failed else 0
-
-
-def _matrix_data(chosen, root: str) -> None:
-    """Fixtures are written for a slice of tiny variants without data; real slices need prepared data."""
-    from modbench.tasks.registry import check_data
-
-    try:
-        check_data(chosen.tasks, root)
-    except FileNotFoundError:
-        from modbench import models
-
-        if not all(models.get_variant(v).tiny for v in chosen.variants if v in
-                   {c.name for c in models.list_variants()}):
-            raise
-        from modbench.tasks.fixtures import write_all
-        from modbench.tasks.registry import DATA_DIR
-
-        print(f"no benchmark data: writing fixtures to {root or DATA_DIR}", flush=True)
-        write_all(Path(root or DATA_DIR))
-
-
-def _matrix_tables(args) -> None:
-    from modbench.suite.tables import write_tables
-
-    written = write_tables(args.output, args.tables)
-    print(f"tables: {len(written)} files in {args.tables}")
-    if not args.no_plots:
-        from modbench.suite.plots import write_plots
-
-        print(f"plots: {len(write_plots(args.output, args.tables))} files in {args.tables}")
-
-
-def _list_failed(failed: list[str], cells: int) -> None:
-    for line in failed:
-        print(f"FAILED {line}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} of {cells} cell(s) failed", file=sys.stderr)
-
-
-def _matrix_dry_run(slice_name: str, cfg, todo, folder: Path) -> int:
-    """What would run, and nothing else: the sbatch script of the job array (slurm) and each cell's command."""
-    from modbench.suite.launcher import cell_argv
-
-    processes = cfg.processes_per_cell()
-    if cfg.kind == "slurm":
-        from modbench.suite.slurm import sbatch_script
-
-        if not todo:
-            print(f"slice {slice_name}: every cell has finished; nothing to submit")
-            return 0
-        print(sbatch_script(cfg, slice_name, folder, len(todo)))
-        print(f"# {len(todo)} cell(s); array task i runs cell i (in the job's process; torchrun when data-parallel),"
-              " the equivalent of:")
-    for i, spec in enumerate(todo):
-        print(f"# {i}: {' '.join(cell_argv(spec, processes))}")
-    return 0
-
-
-def _matrix_status(specs, folder: Path) -> int:
-    from modbench.suite.launcher import LaunchState, status_rows
-    from tabulate import tabulate
-
-    state = LaunchState.load(folder)
-    job_state = None
-    if state is not None and state.submitit != "debug":
-        from modbench.suite.slurm import job_state as scheduler_state
-
-        job_state = lambda job_id: scheduler_state(state, job_id)  # noqa: E731
-    rows = status_rows(specs, state, job_state)
-    print(tabulate(rows, headers="keys"))
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["status"]] = counts.get(row["status"], 0) + 1
-    print(", ".join(f"{n} {status}" for status, n in sorted(counts.items())) + f" of {len(rows)} cell(s)")
-    return 0
-
-
-def _matrix_collect(args, cfg, specs, folder: Path) -> int:
-    """Wait for a detached submission (resubmitting failed cells while they have attempts left), then the tables;
-    without one, the tables of what has run. Non-zero when a cell has not ended ok."""
-    from dataclasses import replace
-
-    from modbench.suite.launcher import LaunchState, cell_error, cell_status
-
-    state = LaunchState.load(folder)
-    failed: list[str] = []
-    watched: set[str] = set()
-    try:
-        if state is not None:
-            from modbench.suite import slurm
-
-            cfg = replace(cfg, submitit=state.submitit)
-            mine = [s for s in specs if s.run_id in state.cells]
-            watched = {s.run_id for s in mine}
-            executor = slurm.make_executor(cfg, args.slice, folder)
-            failed += slurm.watch(executor, mine, cfg.processes_per_cell(), state, cfg.retries,
-                                  cfg.poll_seconds if state.submitit == "slurm" else 0.5)
-        for spec in specs:
-            if spec.run_id not in watched and cell_status(spec) != "ok":
-                failed.append(f"{spec.run_id}: {cell_status(spec)}: " + cell_error(spec))
-        _matrix_tables(args)
-    except KeyboardInterrupt:
-        print("stopped watching; the jobs keep running (--collect again waits for them)", file=sys.stderr)
-        return 130
-    finally:
-        _list_failed(failed, len(specs))
-    return 1 if failed else 0
 
 
 def cmd_table(args) -> int:
@@ -548,6 +279,16 @@ def cmd_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # the registries' own lists (modbench.models.config imports nothing heavy), never copies of them
+    from modbench.models.config import (
+        ATTN_IMPLEMENTATIONS,
+        DTYPES,
+        GAMMA_PATTERNS,
+        MASKED_TOKENS,
+        PROTOCOLS,
+        SCHEMES,
+    )
+
     parser = argparse.ArgumentParser(
         prog="modbench",
         description="Reproducibility benchmarks for mixture-of-depths multimodal LLMs (γ-MoD, p-MoD).",
@@ -564,11 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="variant name or checkpoint directory")
     p.add_argument("--tasks", required=True, help="comma-separated local tasks, e.g. pope_local,gqa_local")
     p.add_argument("--limit", type=int, default=None, help="samples per task")
-    p.add_argument("--protocol", default="lmms-eval", choices=["lmms-eval", "llava"])
+    p.add_argument("--protocol", default="lmms-eval", choices=PROTOCOLS)
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
+    p.add_argument("--dtype", default="", choices=("", *DTYPES))
     p.add_argument("--device", default="")
-    p.add_argument("--attn-implementation", default="", choices=["", "sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--attn-implementation", default="", choices=("", *ATTN_IMPLEMENTATIONS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default="results/runs", help="directory for run folders")
     p.add_argument("--run-id", default="", help="run folder name (default: from model, tasks, protocol)")
@@ -685,8 +426,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
-    p.add_argument("--dtype", default="", choices=["", "float32", "float16", "bfloat16"])
-    p.add_argument("--attn-implementation", default="", choices=["", "sdpa", "eager", "flash_attention_2"])
+    p.add_argument("--dtype", default="", choices=("", *DTYPES))
+    p.add_argument("--attn-implementation", default="", choices=("", *ATTN_IMPLEMENTATIONS))
     p.add_argument("--task", default="", help="time the first --limit samples of a local task instead of "
                                               "synthetic shapes")
     p.add_argument("--limit", type=int, default=8, help="--task: samples")
@@ -703,17 +444,17 @@ def build_parser() -> argparse.ArgumentParser:
                                    "resumable checkpoints to --output.")
     p.add_argument("--config", default="", help="YAML file of TrainConfig fields")
     p.add_argument("--model", help="variant (trained from its seeded random init) or checkpoint directory")
-    p.add_argument("--scheme", choices=["dense", "gamma", "pmod"], help="default: the model's own")
+    p.add_argument("--scheme", choices=SCHEMES, help="default: the model's own")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mod-layers", dest="mod_layers", help="MoD layers, e.g. 3-30 or 1,2,4")
     group.add_argument("--arank-keep", dest="arank_keep", type=int,
                        help="γ-MoD: every layer but the k highest-ARank ones of the dense model (ARank over "
                             "--arank-samples image samples of the data)")
-    group.add_argument("--mod-pattern", dest="mod_pattern", choices=["all", "1of2", "2of3"],
+    group.add_argument("--mod-pattern", dest="mod_pattern", choices=GAMMA_PATTERNS,
                        help="γ-MoD Table 1 deployments over layers 1..L-2")
     p.add_argument("--arank-samples", dest="arank_samples", type=int)
     p.add_argument("--router", choices=["shared", "per-layer"], help="γ-MoD router (default shared)")
-    p.add_argument("--masked", choices=["none", "q", "qa"],
+    p.add_argument("--masked", choices=MASKED_TOKENS,
                    help="γ-MoD masked routing learning: force-kept token types (default qa, as released)")
     p.add_argument("--skip-fraction", dest="skip_fraction", type=float,
                    help="γ-MoD: share of routable tokens skipped per MoD layer in training (default 0.5)")
@@ -779,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=16, help="samples (timed at limit/4 and limit; the slope is reported)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--protocol", default="llava", choices=["lmms-eval", "llava"])
+    p.add_argument("--protocol", default="llava", choices=PROTOCOLS)
     p.add_argument("--data-root", default="")
     p.add_argument("--output", default="", help="results file (JSON)")
     p.set_defaults(func=cmd_overhead)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 
 import torch
+
 from modbench.models.flops import flops_for_tokens
 from modbench.models.routing import TOKEN_TYPE_NAMES
 from modbench.suite.routing_stats import routing_summary

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
+
 from modbench.models.flops import flops_for_tokens
 from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, TOKEN_TYPE_NAMES
 from modbench.suite.results import peak_memory_bytes
@@ -101,6 +102,7 @@ def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: st
 
     defer_unused_lmms_eval_imports()
     from lmms_eval.tasks import get_task_dict
+
     from modbench.models.prompt import task_prompt
 
     check_data([task], data_root)
@@ -214,3 +216,58 @@ def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInpu
         "routing": routing_summary(kept, total, cfg),
         "flops_analytic": flops_for_tokens(cfg, (kept.sum(dim=1).double() / samples).tolist()),
     }
+
+
+def latency_table(names: list[str], batch_sizes: list[int], spec: LatencySpec, device: str | None = None,
+                  dtype: str | None = None, attn_implementation: str | None = None, task: str | None = None,
+                  limit: int = 8, data_root: str = "") -> dict:
+    """`modbench latency`: each model (a variant or a checkpoint directory, resolved with the dtype and attention
+    overrides) at each batch size, on fixed shapes or a task's first samples; one row per (model, batch) and, for
+    two models, the second's time and FLOPs ratios to the first's. Returns {spec, runs, table, comparisons}."""
+    from dataclasses import replace
+
+    from modbench.models.resolver import build, resolve
+    from modbench.tasks.fixtures import sample_prompts
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    image = sample_prompts()[0][1]
+    rows, runs = [], []
+    for batch in batch_sizes:
+        for name in names:
+            model = build(resolve(name, {"dtype": dtype, "attn_implementation": attn_implementation}),
+                          seed=spec.seed, device=device)
+            inputs = task_inputs(model, task, limit, batch, data_root) if task else None
+            result = measure_latency(model, replace(spec, batch_size=batch), image=image, inputs=inputs)
+            result["model"] = name
+            runs.append(result)
+            sec = result["seconds"]
+            rows.append({
+                "model": name, "batch": batch,
+                "prefill_ms": 1e3 * sec["prefill"]["median"],
+                "prefill_p10-p90": f"{1e3 * sec['prefill']['p10']:.1f}-{1e3 * sec['prefill']['p90']:.1f}",
+                "decode_ms/token": 1e3 * sec["decode_per_token"]["median"] if "decode_per_token" in sec else None,
+                "e2e_ms": 1e3 * sec["end_to_end"]["median"],
+                "samples/s": result["samples_per_s"],
+                "TFLOPs(prefill)": result["flops_analytic"]["tflops"],
+                "skip": result["routing"]["overall_skip"],
+                "kv_share": result["kv_cache"]["share_of_dense"],
+            })
+            del model
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    comparisons = []
+    if len(names) == 2:
+        for batch in batch_sizes:
+            a, b = [r for r in rows if r["batch"] == batch]
+            comparisons.append({
+                "batch": batch, "models": [a["model"], b["model"]],
+                "prefill_time_ratio": b["prefill_ms"] / a["prefill_ms"],
+                "e2e_time_ratio": b["e2e_ms"] / a["e2e_ms"],
+                "flops_ratio": b["TFLOPs(prefill)"] / a["TFLOPs(prefill)"],
+            })
+    run_spec = {"command": "latency", "models": names, "batch_sizes": batch_sizes, "device": device,
+                "dtype": dtype or "variant default", "attn_implementation": attn_implementation or "variant default",
+                "image_tokens": spec.image_tokens, "prompt_tokens": spec.prompt_tokens, "new_tokens": spec.new_tokens,
+                "task": task, "limit": limit if task else None, "warmup": spec.warmup, "repeats": spec.repeats,
+                "seed": spec.seed}
+    return {"spec": run_spec, "runs": runs, "table": rows, "comparisons": comparisons}

@@ -155,8 +155,9 @@ def run_cell(spec: dict, processes: int = 1, handle_sigterm: bool = True) -> dic
 def run_in_process(specs, retries: int, failed: list[str], log=print) -> None:
     """One cell after another in this process (--jobs 1, one process per cell). A failed cell is run again up
     to `retries` times (it resumes); a cell that still fails is appended to `failed` and the next one runs."""
-    from modbench.suite.runner import run
     from tqdm import tqdm
+
+    from modbench.suite.runner import run
 
     for spec in tqdm(specs, desc="matrix", unit="run"):
         for attempt in range(retries + 1):

@@ -32,6 +32,7 @@ def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
 
     defer_unused_lmms_eval_imports()
     from lmms_eval.evaluator import simple_evaluate
+
     from modbench.models.lmms_plugin import ModbenchLmms
 
     if spec.limit < 2:

@@ -279,9 +279,8 @@ class Pipeline:
         p = self.preset
 
         def build(folder: Path) -> dict:
-            from modbench.models.arank import compute_arank, select_mod_layers
-
             from modbench import models
+            from modbench.models.arank import compute_arank, select_mod_layers
 
             model = models.load(dense[1]["model"])
             samples = arank_samples(corpus[0], p.arank_samples)
@@ -303,10 +302,9 @@ class Pipeline:
         if row.scheme == "gamma" and row.layers == "arank":
             fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
         if row.scheme == "pmod" and row.constant_ratio:
+            from modbench import models
             from modbench.models.config import ModSpec
             from modbench.models.pmod import pmod_layers_and_ratios
-
-            from modbench import models
 
             num_layers = models.get_variant(p.model).llm.num_layers
             layers, ratios = pmod_layers_and_ratios(ModSpec(scheme="pmod"), num_layers)
@@ -393,8 +391,9 @@ class Pipeline:
 
 def arank_samples(corpus: Path, n: int) -> list[tuple[str, object]]:
     """ScienceQA-style prompts (as the paper computes ARank) on training scenes: the model's own questions."""
-    from modbench.models.prompt import vicuna_v1
     from PIL import Image
+
+    from modbench.models.prompt import vicuna_v1
 
     records = json.loads((corpus / "train" / "arank.json").read_text())[:n]
     return [(vicuna_v1(r["question"]), Image.open(corpus / "train" / r["image"]).convert("RGB")) for r in records]
@@ -470,10 +469,10 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats), γ-MoD models
     also at their controlled skip (`controlled`: row -> skip share, as "<row>|controlled")."""
     import torch
-    from modbench.suite.train import set_trainable
-    from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset
 
     from modbench import models
+    from modbench.suite.train import set_trainable
+    from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset
 
     loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
     for model in loaded.values():  # the parameters fine-tuning trains: a pretrained tower stays frozen

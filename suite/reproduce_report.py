@@ -353,9 +353,8 @@ def _skip_note(summary: Summary, row: str, mode: str) -> str:
 def _at_paper_skip(summary: Summary, row: str, skip: float = 0.577) -> float:
     """The analytic TFLOPs change if our MoD layers skipped the paper's share of the prompt: how much of the gap
     is the depth and layout of a small model rather than the router."""
-    from modbench.models.flops import flops_for_tokens
-
     from modbench import models
+    from modbench.models.flops import flops_for_tokens
 
     cfg = models.get_variant(summary.result["preset"]["model"])
     seed = summary.seeds[0]
@@ -540,6 +539,7 @@ def write_report(result: dict, out_dir: str | Path) -> list[Path]:
 def plot(summary: Summary, base: Path) -> list[Path]:
     """Δ average accuracy (relative %) against the TFLOPs ratio: the papers' points and ours on the same axes."""
     from matplotlib.figure import Figure
+
     from modbench.suite.plots import _save
 
     fig = Figure(figsize=(6.4, 4.4))

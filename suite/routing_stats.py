@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from modbench.models.routing import PAD, TOKEN_TYPE_NAMES, scheme_class
 
 

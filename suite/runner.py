@@ -300,6 +300,7 @@ def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
 
     resolved, model_config = _resolved_model(records)
     import torch
+
     from modbench.suite.results import peak_memory_bytes
 
     device = torch.device(spec.device or ("cuda" if torch.cuda.is_available() else "cpu"))

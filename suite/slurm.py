@@ -19,8 +19,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import submitit
-from modbench.suite.launcher import CellRecord, LauncherConfig, LaunchState, cell_error, cell_status, run_cell
 from submitit.slurm.slurm import _convert_mem, _make_sbatch_string
+
+from modbench.suite.launcher import CellRecord, LauncherConfig, LaunchState, cell_error, cell_status, run_cell
 
 _LIVE_JOBS: dict[str, submitit.Job] = {}  # jobs this process submitted (a local job's process lives here)
 

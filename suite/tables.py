@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+
 from modbench.suite.project import PAPER_DIR
 
 NOT_RUN = "not run"

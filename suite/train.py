@@ -102,6 +102,7 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: dict | None = None) -> "TrainConfig":
         import yaml
+
         from modbench.models.config import from_dict
 
         data = yaml.safe_load(Path(path).read_text()) or {}
@@ -358,10 +359,11 @@ def train(cfg: TrainConfig, log=print) -> dict:
     """Run (or resume) a training run; returns the train.json record (on the main process)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
+    from tqdm import tqdm
+
     from modbench.models.checkpoints import save_authors_checkpoint
     from modbench.suite.results import results_record, write_json_atomic
     from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset, TowerFeatures
-    from tqdm import tqdm
 
     cfg.validate()
     output = Path(cfg.output)

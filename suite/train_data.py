@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from modbench.models.prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_conversation
 from PIL import Image
+
+from modbench.models.prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_conversation
 
 ROLES = ("human", "gpt")
 

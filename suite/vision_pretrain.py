@@ -35,13 +35,13 @@ class VisionPretrainConfig:
 
 def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=print) -> dict:
     """Pretrain `cfg.model`'s tower on `scenes` (drawn as cfg.images holds them); returns the record."""
-    from modbench.models.checkpoints import release_layout, save_authors_checkpoint
-    from modbench.suite.results import results_record, write_json_atomic
-    from modbench.tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
     from PIL import Image
     from tqdm import tqdm
 
     from modbench import models
+    from modbench.models.checkpoints import release_layout, save_authors_checkpoint
+    from modbench.suite.results import results_record, write_json_atomic
+    from modbench.tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
 
     torch.manual_seed(cfg.seed)  # the head's init
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)

@@ -44,6 +44,28 @@ def draw_word(word: str, size=(96, 48)) -> Image.Image:
     return image
 
 
+def sample_prompts() -> list[tuple[str, Image.Image]]:
+    """Three small deterministic (question, image) pairs, shapes and colours drawn by PIL: the inputs of
+    `modbench smoke`, `modbench arank` on a variant, and `modbench latency`'s image."""
+    samples = []
+    for i, (colour, shape, question) in enumerate([
+        ((220, 40, 40), "circle", "Is there a red circle in the image?"),
+        ((40, 60, 220), "square", "What colour is the square?"),
+        ((40, 170, 60), "triangle", "What shape is shown?"),
+    ]):
+        image = Image.new("RGB", (64 + 16 * i, 48 + 8 * i), (245, 245, 245))
+        pen = ImageDraw.Draw(image)
+        w, h = image.size
+        if shape == "circle":
+            pen.ellipse((10, 8, w - 10, h - 8), fill=colour)
+        elif shape == "square":
+            pen.rectangle((12, 8, w - 12, h - 8), fill=colour)
+        else:
+            pen.polygon([(w // 2, 6), (8, h - 6), (w - 8, h - 6)], fill=colour)
+        samples.append((question, image))
+    return samples
+
+
 def _scene(rng: random.Random, n: int | None = None) -> list[tuple[str, str]]:
     n = n or rng.randint(1, 3)
     return [(rng.choice(SHAPES), rng.choice(list(COLOURS))) for _ in range(n)]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from modbench.models.checkpoints import CheckpointError, authors_config, to_authors_state
 
 from modbench import models
+from modbench.models.checkpoints import CheckpointError, authors_config, to_authors_state
 
 FIXTURES = Path(__file__).parent / "fixtures" / "authors_layouts"
 LAYOUTS = sorted(path.stem for path in FIXTURES.glob("*.json"))

@@ -43,9 +43,9 @@ def _checkpoint(tmp: Path, variant: str, kind: str, pattern: str, value: float, 
     import fnmatch
 
     import torch
-    from modbench.models.checkpoints import save_authors_checkpoint
 
     from modbench import models
+    from modbench.models.checkpoints import save_authors_checkpoint
 
     directory = save_authors_checkpoint(models.build_model(variant), tmp / "ckpt", kind)
     state = torch.load(directory / "pytorch_model.bin", weights_only=True)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
 
 from modbench import models
+from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
 
 
 def logits(model, prompts, images):
@@ -46,10 +46,11 @@ def test_directory_name_does_not_decide_the_family(tmp_path, prompts, images):
 
 
 def test_hf_llava_layout(tmp_path, prompts, images):
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
     from modbench.models.checkpoints import to_hf_llava_state_dict
     from modbench.models.core import llama_config
     from modbench.models.llava import clip_vision_config
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     model = models.build_model("tiny-llava")
     hf = LlavaForConditionalGeneration(LlavaConfig(
@@ -122,10 +123,11 @@ def test_hub_id_not_in_cache_says_so(tmp_path, monkeypatch):
 
 
 def test_hf_llava_next_layout(tmp_path, prompts, images):
+    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
     from modbench.models.checkpoints import to_hf_llava_state_dict
     from modbench.models.core import llama_config
     from modbench.models.llava import clip_vision_config
-    from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
     model = models.build_model("tiny-llava-next")
     cfg = model.cfg

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from modbench.models.config import ConfigError, ModelConfig, ModSpec
-from modbench.models.variants import with_mod
 
 from modbench import models
+from modbench.models.config import ConfigError, ModelConfig, ModSpec
+from modbench.models.variants import with_mod
 
 
 def tiny(**mod):

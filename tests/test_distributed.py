@@ -41,8 +41,9 @@ def test_two_process_training_equals_one_process_on_the_same_global_batch(tmp_pa
     sums its half, then the all-reduce adds the halves), which Adam's normalisation carries into the weights
     at ~1e-6: hence allclose, not equal."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from modbench.suite.train import TrainConfig, train
     from test_train import write_data
+
+    from modbench.suite.train import TrainConfig, train
 
     data = write_data(tmp_path / "data")
     common = ["--model", "tiny-llava", "--data", str(data), "--steps", "3", "--lr", "1e-3", "--scheme", "gamma",

@@ -10,6 +10,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from modbench import models
 from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
 from modbench.models.config import ConfigError, ModelConfig, ModSpec
 from modbench.models.flops import flops_full_meta, tokens_per_layer, torch_flop_counter
@@ -26,9 +29,6 @@ from modbench.models.pmod import (
 from modbench.models.prompt import vicuna_v1
 from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
 from modbench.models.variants import with_mod
-from PIL import Image
-
-from modbench import models
 
 
 def noise_image(width, height, seed=0) -> Image.Image:

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
+
+from modbench import models
 from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
 from modbench.models.config import ConfigError
 from modbench.models.hosts import HostFamily, KeyLayout, Release, host_families, registered
 from modbench.models.llava import LlavaVision
-
-from modbench import models
 
 # A copy of LLaVA-1.5 under another name, other key prefixes, its own model_types and one config.json field
 # of its own: everything models/checkpoints.py needs to know about a host, declared outside it.

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from modbench.suite.cli import main
 
 TASK = "pope_local_random"

@@ -3,9 +3,9 @@
 import dataclasses
 
 import torch
-from modbench.models.llava_hr import MixtureOfResolutionAdapter, resample_position_embeddings
 
 from modbench import models
+from modbench.models.llava_hr import MixtureOfResolutionAdapter, resample_position_embeddings
 
 
 def test_full_size_token_count_and_fast_resolution():

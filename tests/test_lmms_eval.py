@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from modbench.suite.runner import RunSpec, run
 from modbench.tasks import registry
 from modbench.tasks.registry import DATA_DIR, local_tasks
@@ -103,6 +104,7 @@ def test_model_that_raises_fails_non_zero(tmp_path):
 
 def _evaluate(instance, tasks):
     from lmms_eval.evaluator import simple_evaluate
+
     from modbench.tasks.registry import task_manager
 
     return simple_evaluate(model=instance, tasks=tasks, task_manager=task_manager(), log_samples=False,
@@ -202,6 +204,7 @@ def test_torchrun_data_parallel_on_cpu(tmp_path):
 def test_loglikelihood_equals_the_teacher_forced_log_probability():
     import torch
     from lmms_eval.api.instance import Instance
+
     from modbench.models.lmms_plugin import ModbenchLmms
     from modbench.models.routing import RESPONSE
     from modbench.tasks.fixtures import draw_shapes
@@ -244,6 +247,7 @@ def test_unknown_model_arg_is_an_error():
 def test_data_prepare_converts_a_downloaded_copy(tmp_path):
     import datasets
     import pandas as pd
+
     from modbench.suite.cli import main
     from modbench.tasks.fixtures import write_all
 
@@ -269,6 +273,7 @@ def test_data_prepare_converts_a_downloaded_copy(tmp_path):
 
 def test_every_benchmark_fixture_passes_through_prepare(tmp_path):
     import pandas as pd
+
     from modbench.tasks.benchmarks import list_benchmarks
     from modbench.tasks.fixtures import write_all
     from modbench.tasks.prepare import prepare

@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
+
+from modbench import models
 from modbench.models.config import ModSpec
 from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM
 from modbench.models.variants import with_mod
-
-from modbench import models
 
 
 def gmod_config(prefill_threshold=0.5, layers=(1, 2, 3, 4)):

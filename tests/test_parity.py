@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from modbench.models.checkpoints import to_hf_llava_state_dict
-from modbench.models.core import ModForCausalLM, llama_config
-from modbench.models.llava import clip_vision_config
 from transformers import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from modbench import models
+from modbench.models.checkpoints import to_hf_llava_state_dict
+from modbench.models.core import ModForCausalLM, llama_config
+from modbench.models.llava import clip_vision_config
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
@@ -54,8 +54,9 @@ def test_tiny_llava_equals_transformers_llava(prompts, images):
 
 
 def test_tiny_llava_next_equals_transformers_llava_next(prompts, images):
-    from modbench.models.checkpoints import to_hf_llava_state_dict
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
+
+    from modbench.models.checkpoints import to_hf_llava_state_dict
 
     model = models.build_model("tiny-llava-next")
     cfg = model.cfg

@@ -6,6 +6,9 @@ import math
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from modbench import models
 from modbench.models.config import ModSpec
 from modbench.models.flops import (
     flops_analytic,
@@ -19,9 +22,6 @@ from modbench.models.pmod import mean_kept_ratio, pmod_layers_and_ratios
 from modbench.models.variants import with_mod
 from modbench.suite.cli import main as cli_main
 from modbench.suite.latency import LatencySpec, measure_latency, quantiles
-from torch.utils.flop_counter import FlopCounterMode
-
-from modbench import models
 
 
 @pytest.mark.parametrize("name, skip, expected", [

@@ -1,6 +1,7 @@
 """Registries are the only lists: matrix slices, table rows and per-benchmark settings name registered things."""
 
 import pytest
+
 from modbench.models.config import ConfigError
 
 
@@ -21,6 +22,26 @@ def test_a_matrix_slice_with_an_unknown_variant_or_task_fails_to_load(tmp_path):
         load_matrix(_slice(tmp_path, "tiny-llava", "pope_lcal"))
     with pytest.raises(ConfigError, match=r"task 'gqa' is not a local task; did you mean gqa_local"):
         load_matrix(_slice(tmp_path, "tiny-llava", "gqa"))
+    path = _slice(tmp_path, "tiny-llava", "gqa_local")
+    path.write_text(path.read_text() + "    protocol: [llava, lava]\n    dtype: [fp16]\n")
+    with pytest.raises(ConfigError, match=r"dtype 'fp16' is not one of .*protocol 'lava' is not one of"):
+        load_matrix(path)
+
+
+def test_cli_choices_are_the_registries_lists():
+    """The flags offer what the config accepts: the lists live in modbench.models.config, not in cli.py."""
+    from modbench.models.config import ATTN_IMPLEMENTATIONS, DTYPES, GAMMA_PATTERNS, MASKED_TOKENS, PROTOCOLS, SCHEMES
+    from modbench.suite.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    flags = {(name, option): tuple(c for c in action.choices if c)
+             for name, parser in commands.items() for action in parser._actions if action.choices
+             for option in action.option_strings}
+    assert flags[("run", "--protocol")] == flags[("overhead", "--protocol")] == PROTOCOLS
+    assert flags[("run", "--dtype")] == flags[("latency", "--dtype")] == DTYPES
+    assert flags[("latency", "--attn-implementation")] == ATTN_IMPLEMENTATIONS
+    assert flags[("train", "--scheme")] == SCHEMES and flags[("train", "--masked")] == MASKED_TOKENS
+    assert flags[("train", "--mod-pattern")] == GAMMA_PATTERNS
 
 
 def test_every_local_task_reads_a_registered_benchmark_and_every_benchmark_is_read():
@@ -67,10 +88,9 @@ def test_an_unknown_benchmark_is_named_with_the_closest():
 
 def test_the_tables_rows_name_registered_variants_and_reproduction_rows():
     """A renamed variant or reproduction row must not turn a table row into "not run" unnoticed."""
+    from modbench import models
     from modbench.suite.reproduce import ROWS
     from modbench.suite.tables import TABLES
-
-    from modbench import models
 
     variants = {cfg.name for cfg in models.list_variants()}
     for spec in TABLES:

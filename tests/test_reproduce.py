@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+
 from modbench.suite.reproduce import BENCHMARKS, Claim, verdict
 
 
@@ -112,6 +113,7 @@ def test_above_chance_says_where_the_dense_model_clears_chance_and_where_it_does
 
 def test_every_held_out_question_has_a_kind_and_the_report_tallies_them(tmp_path):
     import pandas as pd
+
     from modbench.suite.reproduce_report import Summary, by_question_kind, render
     from modbench.tasks.scenes import CorpusSpec, kind_chance, question_kind, write_corpus
 
@@ -142,6 +144,7 @@ def test_every_held_out_question_has_a_kind_and_the_report_tallies_them(tmp_path
 
 def test_swapped_copy_keeps_the_questions_and_gives_each_image_to_other_questions(tmp_path):
     import pandas as pd
+
     from modbench.tasks.scenes import CorpusSpec, write_corpus, write_swapped_copy
 
     write_corpus(tmp_path / "c", CorpusSpec(seed=1, image_size=32, train_scenes=8, eval_per_task=4))
@@ -169,6 +172,7 @@ def test_seed_spread_sets_the_noise():
 
 def test_corpus_is_seeded_disjoint_and_in_the_benchmarks_schemas(tmp_path):
     import pandas as pd
+
     from modbench.tasks.scenes import CorpusSpec, write_corpus
 
     spec = CorpusSpec(seed=3, image_size=32, train_scenes=40, eval_per_task=5)
@@ -275,8 +279,9 @@ def test_patch_labels_name_what_the_drawn_image_shows_at_each_patch_centre():
 
 
 def test_training_scenes_are_the_corpus_training_images(tmp_path):
-    from modbench.tasks.scenes import CorpusSpec, draw, training_scenes, write_corpus
     from PIL import Image, ImageChops
+
+    from modbench.tasks.scenes import CorpusSpec, draw, training_scenes, write_corpus
 
     spec = CorpusSpec(seed=2, image_size=32, train_scenes=12, turns=2, eval_per_task=2)
     write_corpus(tmp_path, spec)
@@ -391,6 +396,7 @@ def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_com
     from pathlib import Path
 
     import torch
+
     from modbench.suite.reproduce import CPU_ISAS, pin_cpu_isa
 
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):

@@ -4,11 +4,11 @@ import dataclasses
 import json
 
 import pytest
+
+from modbench import models
 from modbench.models.checkpoints import save_authors_checkpoint
 from modbench.models.config import ConfigError
 from modbench.models.resolver import CHECKPOINT, VARIANT, ResolvedModel, build, resolve
-
-from modbench import models
 
 
 def _without_name(cfg):

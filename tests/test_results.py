@@ -5,12 +5,12 @@ import json
 import shutil
 
 import pytest
+
+from modbench import models
 from modbench.suite.check import compare, recompute_metrics, report, run_checks, update_baseline
 from modbench.suite.cli import main
 from modbench.suite.results import SchemaError, load_results, validate_results
 from modbench.suite.runner import RunSpec, run
-
-from modbench import models
 
 FOUR = ["gqa_local", "scienceqa_img_local", "mmmu_val_local", "textvqa_val_ocr_local"]
 

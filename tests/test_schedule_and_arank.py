@@ -1,10 +1,10 @@
 import pytest
 import torch
+
+from modbench import models
 from modbench.models.arank import arank_of_maps, compute_arank, select_mod_layers
 from modbench.models.config import ModSpec
 from modbench.models.pmod import mean_kept_ratio, prd_schedule
-
-from modbench import models
 
 # The 32-layer progressive-ratio-decay schedule of p-MoD (reference: layers 0-7 dense, 8-31 MoD, floor 0.15).
 PRD_32 = [0.8445, 0.8061, 0.7645, 0.7202, 0.6737, 0.6253, 0.5757, 0.5253, 0.4747, 0.4243, 0.3747, 0.3263,

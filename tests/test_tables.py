@@ -5,6 +5,7 @@ import json
 import re
 
 import pytest
+
 from modbench.suite.tables import (
     HEADLINE_WIDTH,
     RELEASED,

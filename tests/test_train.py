@@ -5,12 +5,12 @@ import random
 
 import pytest
 import torch
-from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
-from modbench.suite.train import TrainConfig, train
-from modbench.suite.train_data import Collate, InstructionDataset, SampleError
 from PIL import Image, ImageDraw
 
 from modbench import models
+from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
+from modbench.suite.train import TrainConfig, train
+from modbench.suite.train_data import Collate, InstructionDataset, SampleError
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
 
@@ -171,8 +171,9 @@ def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp
 
 
 def test_a_run_killed_while_saving_leaves_the_previous_checkpoint(data, tmp_path, monkeypatch):
-    import modbench.suite.train as trainer
     from accelerate import Accelerator
+
+    import modbench.suite.train as trainer
 
     calls = {"n": 0}
     original = Accelerator.save_state

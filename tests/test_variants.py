@@ -1,8 +1,8 @@
 import pytest
-from modbench.models.params import count_parameters
-from modbench.suite.cli import main as cli_main
 
 from modbench import models
+from modbench.models.params import count_parameters
+from modbench.suite.cli import main as cli_main
 
 FULL = [cfg.name for cfg in models.list_variants() if not cfg.tiny and not cfg.name.startswith("cpu-")]
 
