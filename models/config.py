@@ -19,6 +19,10 @@ PMOD_WEIGHT_NORMS = ("softmax", "sigmoid", "tanh", "none")
 PMOD_TARGET_TOKENS = ("vision_all", "vision_hr")
 PMOD_RANKINGS = ("released", "vision_only")
 DTYPES = ("float32", "float16", "bfloat16")
+# γ-MoD Table 1's hand-made deployments over layers 1..L-2 (models/convert.py: mod_layers_by_pattern)
+GAMMA_PATTERNS = ("all", "1of2", "2of3")
+# How the lmms-eval plugin prompts and generates: lmms-eval's task YAMLs, or the γ-MoD / LLaVA-HR scripts
+PROTOCOLS = ("lmms-eval", "llava")
 
 
 class ConfigError(ValueError):

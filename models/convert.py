@@ -8,10 +8,8 @@ import dataclasses
 
 import torch
 
-from .config import ConfigError, ModSpec, validate
+from .config import GAMMA_PATTERNS, ConfigError, ModSpec, validate
 from .routing import build_routing
-
-PATTERNS = ("all", "1of2", "2of3")
 
 
 def mod_layers_by_pattern(num_layers: int, pattern: str) -> list[int]:
@@ -25,7 +23,7 @@ def mod_layers_by_pattern(num_layers: int, pattern: str) -> list[int]:
         return candidates[::2]
     if pattern == "2of3":
         return [layer for i, layer in enumerate(candidates) if i % 3 != 2]
-    raise ConfigError(f"mod pattern must be one of {PATTERNS}, got {pattern!r}")
+    raise ConfigError(f"mod pattern must be one of {GAMMA_PATTERNS}, got {pattern!r}")
 
 
 def parse_layers(text: str, num_layers: int) -> list[int]:

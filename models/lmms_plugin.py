@@ -33,12 +33,12 @@ from pathlib import Path
 import torch
 from lmms_eval.api.model import lmms
 
+from .config import PROTOCOLS
 from .prompt import task_prompt
 from .routing import TOKEN_TYPE_NAMES
 
-# lmms-eval: the task YAML's generation kwargs; llava: the γ-MoD / LLaVA-HR evaluation scripts (greedy, the
-# answer length registered per benchmark in tasks/benchmarks.py).
-PROTOCOLS = ("lmms-eval", "llava")
+# PROTOCOLS (modbench.models.config): lmms-eval: the task YAML's generation kwargs; llava: the γ-MoD / LLaVA-HR
+# evaluation scripts (greedy, the answer length registered per benchmark in tasks/benchmarks.py).
 
 
 class SampleFailures(RuntimeError):

@@ -30,7 +30,14 @@ def test_a_matrix_slice_with_an_unknown_variant_or_task_fails_to_load(tmp_path):
 
 def test_cli_choices_are_the_registries_lists():
     """The flags offer what the config accepts: the lists live in modbench.models.config, not in cli.py."""
-    from modbench.models.config import ATTN_IMPLEMENTATIONS, DTYPES, GAMMA_PATTERNS, MASKED_TOKENS, PROTOCOLS, SCHEMES
+    from modbench.models.config import (
+        ATTN_IMPLEMENTATIONS,
+        DTYPES,
+        GAMMA_PATTERNS,
+        MASKED_TOKENS,
+        PROTOCOLS,
+        SCHEMES,
+    )
     from modbench.suite.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
