@@ -278,6 +278,30 @@ def eager_attention(model: ModForCausalLM):
         hf._attn_implementation = before
 
 
+class StepClock:
+    """Times each generation step (greedy_generate's `clock`): on a GPU with CUDA events after synchronising
+    (the profiler's choice: exact, and it stalls the stream), else with perf_counter around the step, which ends
+    with a host read of the device's result."""
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.cuda = torch.device(device or "cpu").type == "cuda"
+
+    @contextlib.contextmanager
+    def time(self, out: list[float]):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            yield
+            end.record()
+            torch.cuda.synchronize()
+            out.append(start.elapsed_time(end) / 1000.0)
+        else:
+            start = time.perf_counter()
+            yield
+            out.append(time.perf_counter() - start)
+
+
 @torch.no_grad()
 def greedy_generate(
     lm: ModForCausalLM,
@@ -290,9 +314,11 @@ def greedy_generate(
     use_cache: bool = True,
     collect_stats: bool = False,
     output_scores: bool = False,
+    clock: StepClock | None = None,
 ) -> dict:
     """Greedy decoding for a left-padded batch. use_cache=False recomputes the whole sequence each step
-    (the reference for cached decoding). Returns tokens per row (without EOS) and, if asked, routing stats."""
+    (the reference for cached decoding). Returns tokens per row (without EOS), each step's seconds (by `clock`;
+    step 0 is the prefill) and, if asked, routing stats (summed over the steps, and the prefill's alone)."""
     if use_cache:
         lm.model.routing.check_generation(lm.cfg.llm.num_layers)
     batch = inputs_embeds.shape[0]
@@ -304,25 +330,27 @@ def greedy_generate(
     step_in, step_types = embeds, types
     kept = total = None
     scores = []
-    seconds = []  # per step: [0] is the prefill (time to first token), the rest decode steps
+    seconds: list[float] = []  # per step: [0] is the prefill (time to first token), the rest decode steps
+    clock = clock or StepClock()
+    prefill_stats = None
     for step in range(max_new_tokens):
-        start = time.perf_counter()
-        out = lm(inputs_embeds=step_in, token_types=step_types, cache=cache, collect_stats=collect_stats,
-                 logits_to_keep=1)
+        with clock.time(seconds):
+            out = lm(inputs_embeds=step_in, token_types=step_types, cache=cache, collect_stats=collect_stats,
+                     logits_to_keep=1)
+            logits = out.logits[:, -1].float()
+            if output_scores:
+                scores.append(logits.clone())
+            if step < min_new_tokens:
+                logits[:, eos_token_id] = -torch.inf
+            nxt = logits.argmax(dim=-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            tokens.append(nxt)
+            done = done | (nxt == eos_token_id)
+            finished = bool(done.all())  # a host read: the device has finished this step
         if collect_stats:
             kept = out.kept if kept is None else kept + out.kept
             total = out.total if total is None else total + out.total
-        logits = out.logits[:, -1].float()
-        if output_scores:
-            scores.append(logits.clone())
-        if step < min_new_tokens:
-            logits[:, eos_token_id] = -torch.inf
-        nxt = logits.argmax(dim=-1)
-        nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
-        tokens.append(nxt)
-        done = done | (nxt == eos_token_id)
-        finished = bool(done.all())  # a host read: the device has finished this step
-        seconds.append(time.perf_counter() - start)
+            prefill_stats = prefill_stats or (out.kept, out.total)
         if finished or step == max_new_tokens - 1:
             break
         new_embed = lm.model.embed_tokens(nxt)[:, None]
@@ -340,9 +368,10 @@ def greedy_generate(
         row = row[: row.index(eos_token_id)] if eos_token_id in row else row
         rows.append(row)
     result = {"tokens": rows, "cache": cache, "prefill_seconds": seconds[0] if seconds else 0.0,
-              "decode_seconds": sum(seconds[1:])}
+              "decode_seconds": sum(seconds[1:]), "step_seconds": seconds}
     if output_scores:
         result["scores"] = torch.stack(scores, dim=1)  # [B, steps, vocab], before the min_new_tokens mask
     if collect_stats:
         result["kept"], result["total"] = kept, total
+        result["prefill_kept"], result["prefill_total"] = prefill_stats
     return result

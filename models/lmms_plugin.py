@@ -34,7 +34,7 @@ import torch
 from lmms_eval.api.model import lmms
 
 from .config import PROTOCOLS
-from .prompt import task_prompt
+from .prompt import task_sample
 from .routing import TOKEN_TYPE_NAMES
 
 # PROTOCOLS (modbench.models.config): lmms-eval: the task YAML's generation kwargs; llava: the γ-MoD / LLaVA-HR
@@ -205,15 +205,9 @@ class ModbenchLmms(lmms):
     def _doc(self, task, split, doc_id):
         return self.task_dict[task][split][doc_id]
 
-    def _visuals(self, doc_to_visual, task, split, doc_id):
+    def _sample(self, context: str, doc_to_visual, task, split, doc_id) -> tuple[str, object]:
         visuals = doc_to_visual(self._doc(task, split, doc_id)) if doc_to_visual is not None else []
-        visuals = [v for v in (visuals or []) if v is not None]
-        if len(visuals) > 1:
-            raise ValueError(f"{task} doc {doc_id}: {len(visuals)} images; the LLaVA hosts take one per sample")
-        return visuals[0].convert("RGB") if visuals else None
-
-    def _prompt(self, context: str, image) -> str:
-        return task_prompt(context, image is not None)
+        return task_sample(context, visuals, f"{task} doc {doc_id}")
 
     def _max_new_tokens(self, task: str, gen_kwargs: dict) -> int:
         if self.protocol == "llava":
@@ -275,8 +269,7 @@ class ModbenchLmms(lmms):
         until = [until] if isinstance(until, str) else list(until)
         max_new = self._max_new_tokens(task, gen_kwargs)
         try:
-            images = [self._visuals(a[2], a[4], a[5], a[3]) for a in args]
-            prompts = [self._prompt(a[0], image) for a, image in zip(args, images)]
+            prompts, images = map(list, zip(*(self._sample(a[0], a[2], a[4], a[5], a[3]) for a in args)))
             with _NonFiniteProbe(self.model) as probe:
                 out = self.model.generate(prompts, images, max_new_tokens=max_new, collect_stats=True)
             # steps that produced each row's tokens: one per token, plus the one that produced its EOS
@@ -322,8 +315,8 @@ class ModbenchLmms(lmms):
         results, failures, rows = [], [], []
         for context, doc_to_target, doc_to_visual, doc_id, task, split in [r.args for r in requests]:
             target = doc_to_target if isinstance(doc_to_target, str) else doc_to_target(self._doc(task, split, doc_id))
-            image = self._visuals(doc_to_visual, task, split, doc_id)
-            batch = self.model.build_batch([self._prompt(context, image)], [image], answers=[target])
+            prompt, image = self._sample(context, doc_to_visual, task, split, doc_id)
+            batch = self.model.build_batch([prompt], [image], answers=[target])
             with _NonFiniteProbe(self.model) as probe:
                 out = self.model.language_model(inputs_embeds=batch.inputs_embeds, token_types=batch.token_types,
                                                 labels=batch.labels)

@@ -29,6 +29,17 @@ def task_prompt(context: str, has_image: bool) -> str:
     return vicuna_v1(question, with_image=False)
 
 
+def task_sample(context: str, visuals, where: str = "sample") -> tuple[str, object]:
+    """One benchmark sample as the hosts take it: its question (lmms-eval's doc_to_text) prompted by task_prompt
+    and its one image in RGB (None: a text-only sample). The lmms-eval plugin and the latency profiler's task
+    mode both build their inputs here, so what is timed is what is evaluated."""
+    visuals = [v for v in (visuals or []) if v is not None]
+    if len(visuals) > 1:
+        raise ValueError(f"{where}: {len(visuals)} images; the LLaVA hosts take one per sample")
+    image = visuals[0].convert("RGB") if visuals else None
+    return task_prompt(context, image is not None), image
+
+
 @dataclass
 class TokenizedSample:
     """One sample's text as token ids with a type and a label per token; the image features (as many as the

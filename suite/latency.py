@@ -1,21 +1,22 @@
 """Wall-clock, memory and KV-cache profiling of one model at fixed shapes.
 
-Timing: warm-up runs, then repeated runs; CUDA events with synchronisation on GPU, perf_counter on CPU;
-median / p10 / p90 per phase: vision encode, prefill (time to first token), per-token decode, end to end.
+Timing: warm-up runs, then repeated runs of the real generation loop (models.core.greedy_generate, the one
+the lmms-eval plugin runs), each step timed through its clock hook: CUDA events with synchronisation on GPU,
+perf_counter on CPU; median / p10 / p90 per phase: vision encode, prefill (time to first token), per-token
+decode, end to end.
 The output length is forced (no early EOS), so an MoD model cannot look faster by answering shorter.
 """
 
 from __future__ import annotations
 
 import statistics
-import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
+from modbench.models.core import StepClock, greedy_generate
 from modbench.models.flops import flops_for_tokens
-from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, TOKEN_TYPE_NAMES
+from modbench.models.routing import IMAGE, QUESTION, SYSTEM, TOKEN_TYPE_NAMES
 from modbench.suite.results import peak_memory_bytes
 from modbench.suite.routing_stats import routing_summary
 
@@ -44,28 +45,6 @@ def quantiles(values: list[float]) -> dict:
 
     return {"median": statistics.median(ordered), "p10": q(0.1), "p90": q(0.9),
             "mean": statistics.fmean(ordered), "n": len(ordered)}
-
-
-class Clock:
-    """Times a block on the model's device: CUDA events (after synchronising) or perf_counter."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    @contextmanager
-    def time(self, out: list[float]):
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            start.record()
-            yield
-            end.record()
-            torch.cuda.synchronize()
-            out.append(start.elapsed_time(end) / 1000.0)
-        else:
-            start = time.perf_counter()
-            yield
-            out.append(time.perf_counter() - start)
 
 
 def synthetic_batch(model, spec: LatencySpec):
@@ -103,7 +82,7 @@ def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: st
     defer_unused_lmms_eval_imports()
     from lmms_eval.tasks import get_task_dict
 
-    from modbench.models.prompt import task_prompt
+    from modbench.models.prompt import task_sample
 
     check_data([task], data_root)
     task_dict = get_task_dict([task], task_manager(data_root))
@@ -111,11 +90,9 @@ def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: st
     docs = list(leaf.test_docs() if leaf.has_test_docs() else leaf.validation_docs())[:limit]
     if not docs:
         raise ValueError(f"--task {task}: no samples")
-    samples = []
-    for doc in docs:
-        visuals = [v for v in (leaf.doc_to_visual(doc) or []) if v is not None]
-        image = visuals[0].convert("RGB") if visuals else None
-        samples.append((task_prompt(leaf.doc_to_text(doc), image is not None), image))
+    # prompted and imaged as the plugin does it (models.prompt.task_sample)
+    samples = [task_sample(leaf.doc_to_text(doc), leaf.doc_to_visual(doc), f"{task} doc {i}")
+               for i, doc in enumerate(docs)]
     out = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
@@ -141,7 +118,7 @@ def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInpu
     """One model: synthetic fixed shapes (spec), or real task samples (inputs). Returns timings, memory,
     KV cache and the prefill's routing statistics."""
     device = model.device
-    clock = Clock(device)
+    clock = StepClock(device)
     lm = model.language_model
     if inputs is None:
         embeds, token_types = synthetic_batch(model, spec)
@@ -154,33 +131,29 @@ def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInpu
     times = {"vision_encode": [], "prefill": [], "decode_per_token": [], "end_to_end": []}
     kept = total = None
     entries, dense_entries, layer_bytes, samples = None, 0, None, 0
+    tokenizer = model.tokenizer
     for run in range(spec.warmup + spec.repeats):
         record = run >= spec.warmup
         last = run == spec.warmup + spec.repeats - 1
         for item in inputs:
             batch = item.inputs_embeds.shape[0]
-            vision_t, prefill_t, decode_t = [], [], []
+            vision_t = []
             if item.pixels is not None:
                 with clock.time(vision_t):
                     model.vision.encode(item.pixels)
-            cache = lm.new_cache(batch, device)
-            with clock.time(prefill_t):
-                prefill_out = lm(inputs_embeds=item.inputs_embeds, token_types=item.token_types, cache=cache,
-                                 logits_to_keep=1, collect_stats=True)
-                token = prefill_out.logits[:, -1].argmax(dim=-1)
-            step_types = torch.full((batch, 1), RESPONSE, device=device)
-            for _ in range(spec.new_tokens - 1):  # the first new token came from the prefill
-                with clock.time(decode_t):
-                    out = lm(inputs_embeds=lm.model.embed_tokens(token)[:, None], token_types=step_types,
-                             cache=cache, logits_to_keep=1)
-                    token = out.logits[:, -1].argmax(dim=-1)
+            # the real generation loop, its output length forced (no early EOS), each step timed by the clock
+            out = greedy_generate(lm, item.inputs_embeds, item.token_types, max_new_tokens=spec.new_tokens,
+                                  min_new_tokens=spec.new_tokens, eos_token_id=tokenizer.eos_token_id,
+                                  pad_token_id=tokenizer.pad_token_id, collect_stats=True, clock=clock)
+            prefill_t, decode_t = out["step_seconds"][:1], out["step_seconds"][1:]
             if record:
                 times["vision_encode"] += vision_t
                 times["prefill"] += prefill_t
                 times["decode_per_token"] += decode_t
                 times["end_to_end"].append(sum(vision_t) + sum(prefill_t) + sum(decode_t))
             if last:  # routing and cache statistics of one pass over the inputs
-                k, t = prefill_out.kept.sum(dim=0), prefill_out.total.sum(dim=0)
+                cache = out["cache"]
+                k, t = out["prefill_kept"].sum(dim=0), out["prefill_total"].sum(dim=0)
                 kept, total = (k, t) if kept is None else (kept + k, total + t)
                 e = cache.layer_lengths().sum(dim=1)
                 entries = e if entries is None else entries + e
@@ -203,6 +176,7 @@ def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInpu
         "dtype": str(model.dtype).replace("torch.", ""),
         "attn_implementation": cfg.attn_implementation,
         "timer": "cuda_events" if clock.cuda else "perf_counter",
+        "loop": "modbench.models.core.greedy_generate",
         "seconds": summary,
         "samples_per_s": (samples / len(inputs)) / e2e if e2e > 0 else None,
         "n_inputs": len(inputs),

@@ -218,7 +218,9 @@ def test_loglikelihood_equals_the_teacher_forced_log_probability():
                        arguments=(context, continuation, lambda doc: [doc["image"]], 0, "t", "test"))
     (logprob, greedy), = instance.loglikelihood([request])
     # independently: teacher-force the continuation tokens after the prompt
-    batch = model.build_batch([instance._prompt(context, image)], [image])
+    from modbench.models.prompt import task_prompt
+
+    batch = model.build_batch([task_prompt(context, True)], [image])
     ids = model.tokenizer(continuation, add_special_tokens=False).input_ids
     embeds = torch.cat([batch.inputs_embeds, model.language_model.model.embed_tokens(torch.tensor([ids]))], dim=1)
     types = torch.cat([batch.token_types, torch.full((1, len(ids)), RESPONSE)], dim=1)

@@ -172,3 +172,37 @@ def test_latency_on_task_samples(tmp_path):
     assert cli_main(["latency", "--model", "tiny-llava", "--task", "gqa_local", "--limit", "2", "--repeats", "1",
                      "--new-tokens", "2", "--device", "cpu", "--output", str(out)]) == 0
     assert json.loads(out.read_text())["spec"]["task"] == "gqa_local"
+
+
+def test_latency_times_the_real_generation_loop(monkeypatch, images):
+    """measure_latency runs models.core.greedy_generate (the loop the plugin runs), forced to new_tokens, and
+    its phases are that loop's step times: one prefill and new_tokens - 1 decode steps per timed run."""
+    import modbench.suite.latency as latency
+
+    calls = []
+    real = latency.greedy_generate
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append((kwargs["max_new_tokens"], kwargs["min_new_tokens"], len(out["step_seconds"])))
+        return out
+
+    monkeypatch.setattr(latency, "greedy_generate", spy)
+    model = models.build_model(gmod_skipping())
+    report = measure_latency(model, LatencySpec(image_tokens=16, prompt_tokens=8, new_tokens=4, warmup=1, repeats=2),
+                             image=images[0])
+    assert calls == [(4, 4, 4)] * 3  # warm-up + two repeats, every step run: no early EOS
+    assert report["seconds"]["prefill"]["n"] == 2 and report["seconds"]["decode_per_token"]["n"] == 6
+    assert report["loop"] == "modbench.models.core.greedy_generate"
+
+
+def test_the_plugin_and_the_latency_task_mode_build_the_same_sample():
+    from modbench.models.prompt import IMAGE_PLACEHOLDER, task_prompt, task_sample
+    from modbench.tasks.fixtures import draw_shapes
+
+    image = draw_shapes([("circle", "red")]).convert("L")
+    prompt, rgb = task_sample("What colour?", [None, image], "t doc 0")
+    assert prompt == task_prompt("What colour?", True) and IMAGE_PLACEHOLDER in prompt and rgb.mode == "RGB"
+    assert task_sample("What colour?", None) == (task_prompt("What colour?", False), None)
+    with pytest.raises(ValueError, match="t doc 3: 2 images"):
+        task_sample("q", [image, image], "t doc 3")
