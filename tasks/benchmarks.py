@@ -26,6 +26,11 @@ class Benchmark:
     fixture: Callable[[Path], list[Path]]  # draws a small copy under a data root
     keep_row: Callable[[dict], bool] | None = None  # prepare: rows the papers evaluate (None: all)
     llava_max_new_tokens: int = SHORT_ANSWER_TOKENS  # the authors' scripts: greedy, this many new tokens
+    # prepare: a copy may hold every split in one, this column naming each row's split (POPE's hub copy)
+    split_column: str | None = None
+    # prepare --images: joins a separate copy of the images to the questions (questions, images source) -> rows
+    join_images: Callable | None = None
+    images_hint: str = ""  # prepare: what to do when the copy has no image column
 
 
 _BENCHMARKS: dict[str, Benchmark] = {}
@@ -69,13 +74,20 @@ def _one(split: str, *accepted: str) -> dict[str, tuple[str, ...]]:
     return {split: accepted or (split,)}
 
 
+def _gqa_images(questions, source: Path):
+    from modbench.tasks.prepare import join_images_by_id
+
+    return join_images_by_id(questions, source, key="imageId")
+
+
 register_benchmark(Benchmark(
     "pope", {s: (s,) for s in ("adversarial", "popular", "random")},
-    ("question_id", "question", "answer", "image", "category"), fixtures.pope))
+    ("question_id", "question", "answer", "image", "category"), fixtures.pope, split_column="category"))
 register_benchmark(Benchmark(
     "mme", _one("test"), ("question_id", "question", "answer", "image", "category"), fixtures.mme))
 register_benchmark(Benchmark(
-    "gqa", _one("testdev", "testdev", "test"), ("id", "imageId", "question", "answer", "image"), fixtures.gqa))
+    "gqa", _one("testdev", "testdev", "test"), ("id", "imageId", "question", "answer", "image"), fixtures.gqa,
+    join_images=_gqa_images, images_hint="GQA: pass --images with the testdev_balanced_images copy"))
 register_benchmark(Benchmark(
     "scienceqa_img", _one("test"), ("image", "question", "choices", "answer", "hint"), fixtures.scienceqa_img,
     keep_row=lambda row: row["image"] is not None, llava_max_new_tokens=1))  # a letter

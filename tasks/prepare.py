@@ -28,31 +28,35 @@ def _load(source: Path):
 
 
 def prepare(benchmark: str, source: str | Path, root: str | Path, images: str | Path | None = None) -> list[Path]:
-    from modbench.tasks.benchmarks import get_benchmark
+    from modbench.tasks.benchmarks import get_benchmark, list_benchmarks
 
     registered = get_benchmark(benchmark)
     splits, columns = registered.splits, list(registered.columns)
+    if images is not None and registered.join_images is None:  # before reading anything
+        raise ValueError(f"--images: {benchmark} has its images in its own copy; a separate image copy is "
+                         "joined only for " + ", ".join(b.name for b in list_benchmarks() if b.join_images))
     data = _load(Path(source))
-    if benchmark == "pope" and not any(s in data for s in splits) and "category" in data[next(iter(data))].column_names:
+    by = registered.split_column
+    if by and not any(s in data for s in splits) and by in data[next(iter(data))].column_names:
         whole = data[next(iter(data))]
-        data = {s: whole.filter(lambda category, s=s: category == s, input_columns="category") for s in splits}
-    if benchmark == "gqa" and images is not None:
-        data = {k: _join_gqa_images(v, Path(images)) for k, v in data.items()}
+        data = {s: whole.filter(lambda value, s=s: value == s, input_columns=by) for s in splits}
+    if images is not None:
+        data = {k: registered.join_images(v, Path(images)) for k, v in data.items()}
     written = []
     for ours, accepted in splits.items():
         name = next((s for s in accepted if s in data), None)
         if name is None:  # most often another benchmark's copy: say what was expected and what is there
             found = "; ".join(f"split {s!r} with columns {data[s].column_names}" for s in sorted(data))
             raise ValueError(f"{source}: not a {benchmark} copy: expected split {' or '.join(map(repr, accepted))}"
-                             + (" (or one split with a 'category' column)" if benchmark == "pope" else "")
+                             + (f" (or one split with a {by!r} column)" if by else "")
                              + f" with columns {columns}; found {found}")
         split = data[name]
         missing = [c for c in columns if c not in split.column_names]
         if missing:
             raise ValueError(f"{source} [{name}]: missing column(s) {missing}: expected columns {columns}, found "
                              f"{split.column_names}"
-                             + (" (GQA: pass --images with the testdev_balanced_images copy)" if "image" in missing
-                                and benchmark == "gqa" else ""))
+                             + (f" ({registered.images_hint})" if "image" in missing and registered.images_hint
+                                else ""))
         _check_images(split, f"{source} [{name}]")
         if registered.keep_row is not None:
             split = split.filter(registered.keep_row)
@@ -104,12 +108,14 @@ def _check_images(split, where: str) -> None:
 ID_COLUMNS = ("question_id", "id", "index", "pid")
 
 
-def _join_gqa_images(questions, images_source: Path):
+def join_images_by_id(questions, images_source: Path, key: str):
+    """A benchmark whose images come as a copy of their own (GQA's testdev_balanced_images): each question's
+    image is the row whose `id` is the question's `key`."""
     images = _load(images_source)
     table = images[next(iter(images))]
     _check_images(table, f"{images_source} [{next(iter(images))}]")  # before the join decodes them
     by_id = {row_id: i for i, row_id in enumerate(table["id"])}
-    missing = sorted({q for q in questions["imageId"] if q not in by_id})
+    missing = sorted({q for q in questions[key] if q not in by_id})
     if missing:
-        raise ValueError(f"{images_source}: no image for imageId(s) {missing[:5]}")
-    return questions.map(lambda row: {"image": table[by_id[row["imageId"]]]["image"]})
+        raise ValueError(f"{images_source}: no image for {key}(s) {missing[:5]}")
+    return questions.map(lambda row: {"image": table[by_id[row[key]]]["image"]})

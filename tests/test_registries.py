@@ -112,3 +112,34 @@ def test_the_plots_name_registered_tables():
     from modbench.suite.tables import TABLES
 
     assert set(PAPER_POINTS) <= {spec.name for spec in TABLES}
+
+
+def test_prepare_names_no_benchmark_and_refuses_images_it_cannot_join(tmp_path):
+    """What is special about a benchmark's copy (POPE's one split with a category column, GQA's separate image
+    copy) is on its registration; prepare.py compares with no benchmark name."""
+    import ast
+    from pathlib import Path
+
+    from modbench.tasks.benchmarks import list_benchmarks
+    from modbench.tasks.prepare import prepare
+
+    names = {b.name for b in list_benchmarks()}
+    source = Path(__file__).resolve().parent.parent / "tasks" / "prepare.py"
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Compare):
+            for const in ast.walk(node):
+                assert not (isinstance(const, ast.Constant) and const.value in names), f"prepare.py:{node.lineno}"
+    with pytest.raises(ValueError, match=r"--images: mme has its images in its own copy; .* only for gqa"):
+        prepare("mme", tmp_path / "copy", tmp_path / "root", images=tmp_path / "images")
+
+
+def test_the_tables_and_the_reproduction_read_local_tasks():
+    """The paper-column maps of tables.py and reproduce.py name tasks the registry has (a renamed task fails here,
+    not as a column reading "not run")."""
+    from modbench.suite import reproduce, tables
+    from modbench.tasks.registry import local_tasks
+
+    known = set(local_tasks())
+    named = ({task for task, _, _ in tables.BENCHMARKS.values()} | set(tables.SKIPS.values())
+             | set(reproduce.TASKS) | {task for task, _, _ in reproduce.BENCHMARKS.values()})
+    assert named <= known, sorted(named - known)
