@@ -57,16 +57,14 @@ class ConvNextConfig:
     timm_name: str = "convnext_large_mlp.clip_laion2b_ft_320"
 
 
-VISION_KINDS = ("clip", "multipath", "anyres", "mgm-hd")
-
-
 @dataclass
 class VisionConfig:
     """kind 'clip': one CLIP tower (LLaVA-1.5). kind 'multipath': CLIP (fast, run at input_image_size/32*14)
     + ConvNeXt (slow, run at input_image_size) joined by mixture-of-resolution adapters (LLaVA-HR).
     kind 'anyres': CLIP over the tiles of the best of `grid_pinpoints` [height, width] plus a base view
     (LLaVA-NeXT). kind 'mgm-hd': CLIP over image_grid^2 crops (+ a global view) and a ConvNeXt map at
-    input_image_size, joined by patch-info mining (Mini-Gemini-HD)."""
+    input_image_size, joined by patch-info mining (Mini-Gemini-HD). Each kind's token count and checks live
+    with its front-end (HostFamily.image_tokens / check_vision)."""
 
     kind: str = "clip"
     image_size: int = 336
@@ -88,20 +86,12 @@ class VisionConfig:
     image_global: bool = False  # mgm-hd: a global view besides the crops
 
     @property
-    def fast_image_size(self) -> int:
-        """multipath: CLIP runs at max(input/32*14, 336)-like size, scaled for tiny patch sizes."""
-        return max(self.input_image_size // 32 * self.patch_size, self.image_size)
-
-    @property
     def num_image_tokens(self) -> int:
-        side = self.image_size // self.patch_size
-        if self.kind == "multipath":
-            return (self.fast_image_size // self.patch_size) ** 2
-        if self.kind == "mgm-hd":
-            return side * side * (self.image_grid**2 + int(self.image_global))
-        if self.kind == "anyres":  # the largest grid before unpadding: base view + rows x (cols + newline)
-            return side * side + max((h // self.patch_size) * (w // self.patch_size + 1) for h, w in self.grid_pinpoints)
-        return side * side
+        """Image tokens the largest image gives: the geometry of the front-end that reads this kind (its
+        HostFamily's `image_tokens`, in the front-end's module)."""
+        from .hosts import family_of_kind  # here: the host modules import this one
+
+        return family_of_kind(self.kind).image_tokens(self)
 
 
 @dataclass
@@ -222,38 +212,13 @@ def validate(cfg: ModelConfig) -> None:
     if vision is not None:
         if vision.image_size % vision.patch_size:
             raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
-        if vision.kind not in VISION_KINDS:
-            raise ConfigError(f"vision.kind must be one of {VISION_KINDS}, got {vision.kind!r}")
         from .hosts import host_family  # here: the host modules import this one
 
-        expected = host_family(cfg.family).vision_kind
-        if vision.kind != expected:  # `family` names the host; vision.kind must be the one its front-end reads
+        family = host_family(cfg.family)
+        if vision.kind != family.vision_kind:  # `family` names the host; vision.kind is the one its front-end reads
             raise ConfigError(f"vision.kind {vision.kind!r} does not match family {cfg.family!r}, whose front-end "
-                              f"reads {expected!r}")
-        if vision.kind == "anyres":
-            if not vision.grid_pinpoints:
-                raise ConfigError("vision.grid_pinpoints is required for kind 'anyres'")
-            for i, pin in enumerate(vision.grid_pinpoints):
-                if len(pin) != 2 or any(v % vision.image_size for v in pin):
-                    raise ConfigError(f"vision.grid_pinpoints[{i}] = {pin} must be [height, width], multiples of "
-                                      f"vision.image_size ({vision.image_size})")
-        if vision.kind == "mgm-hd":
-            side = vision.image_size // vision.patch_size
-            if vision.convnext is None or vision.input_image_size <= 0 or vision.image_grid < 1:
-                raise ConfigError("vision.convnext, vision.input_image_size and vision.image_grid are required "
-                                  "for kind 'mgm-hd'")
-            if vision.input_image_size % (4 * vision.image_grid * side):
-                raise ConfigError("vision.input_image_size must be a multiple of 4 x image_grid x tokens per side "
-                                  "(each low-resolution token mines a whole high-resolution region)")
-        if vision.kind == "multipath":
-            if vision.convnext is None or vision.input_image_size <= 0:
-                raise ConfigError("vision.convnext and vision.input_image_size are required for kind 'multipath'")
-            if vision.input_image_size % 32:
-                raise ConfigError("vision.input_image_size must be a multiple of 32 (the ConvNeXt stride)")
-            if (vision.input_image_size // 32) ** 2 != vision.num_image_tokens:
-                raise ConfigError("vision: the ConvNeXt grid (input/32) must match the CLIP grid")
-            if vision.num_layers % 4:
-                raise ConfigError("vision.num_layers must be a multiple of 4 (adapters after each quarter)")
+                              f"reads {family.vision_kind!r}")
+        family.check_vision(vision)
 
 
 def _validate_pmod(mod: ModSpec) -> None:

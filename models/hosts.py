@@ -74,6 +74,11 @@ def _nothing(*_args) -> None:
     return None
 
 
+def patch_grid_tokens(vision: VisionConfig) -> int:
+    """One CLIP view: (image_size / patch_size)^2 tokens (LLaVA-1.5's geometry)."""
+    return (vision.image_size // vision.patch_size) ** 2
+
+
 @dataclass(frozen=True)
 class HostFamily:
     name: str  # ModelConfig.family
@@ -88,6 +93,10 @@ class HostFamily:
     # without `claims` is the fallback (LLaVA-1.5 under "llava").
     claims: Callable[[dict], bool] | None = None
     hf: HfLayout | None = None
+    # its front-end's geometry: the image tokens of a VisionConfig of its kind (the largest image), and the
+    # checks of the fields that kind needs (a ConfigError naming the field)
+    image_tokens: Callable[[VisionConfig], int] = patch_grid_tokens
+    check_vision: Callable[[VisionConfig], None] = _nothing
 
     def release(self, scheme: str) -> Release:
         if scheme not in self.releases:
@@ -106,6 +115,16 @@ def host_families() -> dict[str, HostFamily]:
         families[family.name] = family
     families.update(_REGISTERED)
     return families
+
+
+def family_of_kind(kind: str) -> HostFamily:
+    """The family whose front-end reads this vision kind (a built-in one first), which knows its geometry."""
+    families = host_families()
+    for family in families.values():
+        if family.vision_kind == kind:
+            return family
+    raise ConfigError(f"vision.kind: no host family reads {kind!r}; known: "
+                      f"{sorted({f.vision_kind for f in families.values()})}")
 
 
 def host_family(name: str) -> HostFamily:

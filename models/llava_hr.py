@@ -24,7 +24,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .config import ConvNextConfig, ModelConfig, VisionConfig
+from .config import ConfigError, ConvNextConfig, ModelConfig, VisionConfig
 from .hosts import CheckpointError, ConfigSource, HostFamily, KeyLayout
 from .llava import (
     AUTHORS_LLM_AND_PROJECTOR,
@@ -130,7 +130,7 @@ class MultiPathVisionTower(nn.Module):
         clip = getattr(self.fast_vision_tower, "vision_model", self.fast_vision_tower)  # flat in transformers 5
         dtype = clip.embeddings.patch_embedding.weight.dtype
         pixels = pixels.to(dtype)
-        size = vision.fast_image_size
+        size = fast_image_size(vision)
         fast_pixels = F.interpolate(pixels.float(), size=(size, size), mode="bilinear", align_corners=True)
         patches = clip.embeddings.patch_embedding(fast_pixels.to(dtype)).flatten(2).transpose(1, 2)
         grid = size // vision.patch_size
@@ -228,7 +228,29 @@ def write_vision(cfg: ModelConfig) -> dict:
             "freeze_vision": not vision.adapters}
 
 
+def fast_image_size(vision: VisionConfig) -> int:
+    """The fast (CLIP) branch's input: input_image_size / 32 patches per side (the ConvNeXt grid), at least
+    image_size; 448 for LLaVA-HR's 1024 px."""
+    return max(vision.input_image_size // 32 * vision.patch_size, vision.image_size)
+
+
+def image_tokens(vision: VisionConfig) -> int:
+    return (fast_image_size(vision) // vision.patch_size) ** 2
+
+
+def check_vision(vision: VisionConfig) -> None:
+    if vision.convnext is None or vision.input_image_size <= 0:
+        raise ConfigError("vision.convnext and vision.input_image_size are required for kind 'multipath'")
+    if vision.input_image_size % 32:
+        raise ConfigError("vision.input_image_size must be a multiple of 32 (the ConvNeXt stride)")
+    if (vision.input_image_size // 32) ** 2 != image_tokens(vision):
+        raise ConfigError("vision: the ConvNeXt grid (input/32) must match the CLIP grid")
+    if vision.num_layers % 4:
+        raise ConfigError("vision.num_layers must be a multiple of 4 (adapters after each quarter)")
+
+
 HOST_FAMILY = HostFamily(
     name="llava-hr", vision_kind="multipath", frontend=LlavaHrVision, layout=AUTHORS_LLAVA_HR,
     releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
+    image_tokens=image_tokens, check_vision=check_vision,
 )

@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .config import ModelConfig, VisionConfig
+from .config import ConfigError, ModelConfig, VisionConfig
 from .hosts import CheckpointError, ConfigSource, HfLayout, HostFamily
 from .llava import (
     AUTHORS_LLAVA,
@@ -178,8 +178,24 @@ def read_hf_vision(vision: VisionConfig, conf: dict) -> None:
     vision.grid_pinpoints = [list(p) for p in conf["image_grid_pinpoints"]]  # llava-hf: [height, width]
 
 
+def image_tokens(vision: VisionConfig) -> int:
+    """The largest grid before unpadding: the base view + rows x (cols + image_newline)."""
+    side = vision.image_size // vision.patch_size
+    return side * side + max((h // vision.patch_size) * (w // vision.patch_size + 1) for h, w in vision.grid_pinpoints)
+
+
+def check_vision(vision: VisionConfig) -> None:
+    if not vision.grid_pinpoints:
+        raise ConfigError("vision.grid_pinpoints is required for kind 'anyres'")
+    for i, pin in enumerate(vision.grid_pinpoints):
+        if len(pin) != 2 or any(v % vision.image_size for v in pin):
+            raise ConfigError(f"vision.grid_pinpoints[{i}] = {pin} must be [height, width], multiples of "
+                              f"vision.image_size ({vision.image_size})")
+
+
 HOST_FAMILY = HostFamily(
     name="llava-next", vision_kind="anyres", frontend=LlavaNextVision, layout=AUTHORS_LLAVA,
     releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
     hf=HfLayout("llava_next", HF_LLAVA, HF_LLAVA_LEGACY, read_vision=read_hf_vision),
+    image_tokens=image_tokens, check_vision=check_vision,
 )

@@ -25,7 +25,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .config import ModelConfig, VisionConfig
+from .config import ConfigError, ModelConfig, VisionConfig
 from .hosts import ConfigSource, HostFamily, KeyLayout, Release
 from .llava import AUTHORS_LLM_AND_PROJECTOR, clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
 from .llava_hr import convnext_from_shapes
@@ -171,7 +171,23 @@ def write_vision(cfg: ModelConfig) -> dict:
             "image_global": vision.image_global, "mm_hidden_size_aux": sum(vision.convnext.dims)}
 
 
+def image_tokens(vision: VisionConfig) -> int:
+    """One CLIP grid per crop, plus one for the global view."""
+    side = vision.image_size // vision.patch_size
+    return side * side * (vision.image_grid**2 + int(vision.image_global))
+
+
+def check_vision(vision: VisionConfig) -> None:
+    side = vision.image_size // vision.patch_size
+    if vision.convnext is None or vision.input_image_size <= 0 or vision.image_grid < 1:
+        raise ConfigError("vision.convnext, vision.input_image_size and vision.image_grid are required "
+                          "for kind 'mgm-hd'")
+    if vision.input_image_size % (4 * vision.image_grid * side):
+        raise ConfigError("vision.input_image_size must be a multiple of 4 x image_grid x tokens per side "
+                          "(each low-resolution token mines a whole high-resolution region)")
+
+
 HOST_FAMILY = HostFamily(
     name="mgm-hd", vision_kind="mgm-hd", frontend=MgmHdVision, layout=MGM, releases=MGM_RELEASES,
-    read_vision=read_vision, write_vision=write_vision,
+    read_vision=read_vision, write_vision=write_vision, image_tokens=image_tokens, check_vision=check_vision,
 )

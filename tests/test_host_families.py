@@ -76,6 +76,36 @@ def test_family_and_vision_kind_must_agree():
         toy_config("tiny-llava")
 
 
+def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(prompts, images):
+    """A new vision kind: its token count and checks come with its registration (HostFamily.image_tokens /
+    check_vision); config.py knows no kind. Here a CLIP front-end whose kind keeps the CLS token."""
+
+    class ClsKeepingVision(LlavaVision):
+        def tower_output(self, pixels):
+            out = self.vision_tower(pixels.to(self.projector[0].weight.dtype), output_hidden_states=True)
+            return out.hidden_states[self.vision_cfg.select_layer]  # CLS kept: one token more
+
+    def check(vision):
+        if vision.select_layer != -2:
+            raise ConfigError("vision.select_layer must be -2 for kind 'clip-cls'")
+
+    wide = dataclasses.replace(TOY, name="toy-cls", vision_kind="clip-cls", frontend=ClsKeepingVision,
+                               image_tokens=lambda v: (v.image_size // v.patch_size) ** 2 + 1, check_vision=check,
+                               releases={"dense": Release("toy_cls", "ToyClsForCausalLM")})
+    base = models.get_variant("tiny-llava")
+    with registered(wide):
+        cfg = dataclasses.replace(base, name="tiny-toy-cls", family="toy-cls",
+                                  vision=dataclasses.replace(base.vision, kind="clip-cls"))
+        assert cfg.vision.num_image_tokens == base.vision.num_image_tokens + 1
+        model = models.build_model(cfg)
+        batch = model.build_batch(prompts[:1], images[:1])
+        assert batch.image_tokens[0] == cfg.vision.num_image_tokens
+        with pytest.raises(ConfigError, match="select_layer must be -2 for kind 'clip-cls'"):
+            dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, select_layer=-1))
+    with pytest.raises(ConfigError, match="no host family reads 'clip-cls'"):
+        dataclasses.replace(base.vision, kind="clip-cls").num_image_tokens
+
+
 def test_config_json_two_families_claim_is_an_error(tmp_path):
     directory = save_authors_checkpoint(models.build_model("tiny-llava-next"), tmp_path / "ckpt", "llava")
     conf = json.loads((directory / "config.json").read_text())

@@ -5,12 +5,12 @@ import dataclasses
 import torch
 
 from modbench import models
-from modbench.models.llava_hr import MixtureOfResolutionAdapter, resample_position_embeddings
+from modbench.models.llava_hr import MixtureOfResolutionAdapter, fast_image_size, resample_position_embeddings
 
 
 def test_full_size_token_count_and_fast_resolution():
     vision = models.get_variant("llava-hr-7b").vision
-    assert vision.fast_image_size == 448 and vision.num_image_tokens == 1024
+    assert fast_image_size(vision) == 448 and vision.num_image_tokens == 1024
     assert models.get_variant("tiny-llava-hr").vision.num_image_tokens == 16
 
 
