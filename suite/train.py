@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-SCHEMES = ("", "dense", "gamma", "pmod")
+from modbench.models.config import SCHEMES as MODEL_SCHEMES
+
+SCHEMES = ("", *MODEL_SCHEMES)  # "": the model's own
 STAGES = ("pretrain", "finetune")
 ROUTERS = ("shared", "per-layer")
 MIXED_PRECISION = ("no", "bf16", "fp16")

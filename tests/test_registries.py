@@ -49,6 +49,19 @@ def test_cli_choices_are_the_registries_lists():
     assert flags[("latency", "--attn-implementation")] == ATTN_IMPLEMENTATIONS
     assert flags[("train", "--scheme")] == SCHEMES and flags[("train", "--masked")] == MASKED_TOKENS
     assert flags[("train", "--mod-pattern")] == GAMMA_PATTERNS
+    from modbench.suite import train  # its own lists, which --help cannot import (torch): kept equal here
+
+    assert train.SCHEMES[1:] == SCHEMES and flags[("train", "--router")] == train.ROUTERS
+    assert flags[("train", "--stage")] == train.STAGES and flags[("train", "--mixed-precision")] == train.MIXED_PRECISION
+
+
+def test_the_scheme_list_is_the_routing_registry():
+    """config.SCHEMES (what a config may name, importable without torch) is exactly the schemes registered."""
+    from modbench.models import routing
+    from modbench.models.config import SCHEMES
+
+    routing.scheme_class("dense")  # imports the scheme modules, which register themselves
+    assert set(routing._SCHEMES) == set(SCHEMES)
 
 
 def test_every_local_task_reads_a_registered_benchmark_and_every_benchmark_is_read():
