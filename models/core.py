@@ -347,13 +347,14 @@ def greedy_generate(
             tokens.append(nxt)
             done = done | (nxt == eos_token_id)
             finished = bool(done.all())  # a host read: the device has finished this step
+            if not (finished or step == max_new_tokens - 1):
+                new_embed = lm.model.embed_tokens(nxt)[:, None]  # the next step's input, timed with this step
         if collect_stats:
             kept = out.kept if kept is None else kept + out.kept
             total = out.total if total is None else total + out.total
             prefill_stats = prefill_stats or (out.kept, out.total)
         if finished or step == max_new_tokens - 1:
             break
-        new_embed = lm.model.embed_tokens(nxt)[:, None]
         # Finished rows keep running (their tokens are dropped) but as pads, so they are not counted.
         new_type = torch.where(done, PAD, RESPONSE)[:, None]
         if use_cache:
@@ -373,5 +374,5 @@ def greedy_generate(
         result["scores"] = torch.stack(scores, dim=1)  # [B, steps, vocab], before the min_new_tokens mask
     if collect_stats:
         result["kept"], result["total"] = kept, total
-        result["prefill_kept"], result["prefill_total"] = prefill_stats
+        result["prefill_kept"], result["prefill_total"] = prefill_stats or (None, None)  # (no step: None)
     return result

@@ -139,6 +139,11 @@ def register_host_family(family: HostFamily) -> HostFamily:
     families = host_families()
     if family.name in families:
         raise ValueError(f"host family {family.name!r} is already registered")
+    for other in families.values():  # VisionConfig.num_image_tokens finds the geometry by kind
+        if other.vision_kind == family.vision_kind and (other.image_tokens, other.check_vision) != (
+                family.image_tokens, family.check_vision):
+            raise ValueError(f"host family {family.name!r}: vision kind {family.vision_kind!r} is read by "
+                             f"{other.name!r} with another geometry; give {family.name!r} a kind of its own")
     if family.claims is None:  # one fallback per model_type, else which family a config.json is would be arbitrary
         for other in families.values():
             shared = {r.model_type for r in other.releases.values()} & {r.model_type for r in family.releases.values()}

@@ -117,6 +117,8 @@ def _leaves(task_dict):
 def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInput] | None = None) -> dict:
     """One model: synthetic fixed shapes (spec), or real task samples (inputs). Returns timings, memory,
     KV cache and the prefill's routing statistics."""
+    if spec.new_tokens < 1:
+        raise ValueError(f"new_tokens must be at least 1 (the prefill's token), got {spec.new_tokens}")
     device = model.device
     clock = StepClock(device)
     lm = model.language_model
@@ -144,7 +146,8 @@ def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInpu
             # the real generation loop, its output length forced (no early EOS), each step timed by the clock
             out = greedy_generate(lm, item.inputs_embeds, item.token_types, max_new_tokens=spec.new_tokens,
                                   min_new_tokens=spec.new_tokens, eos_token_id=tokenizer.eos_token_id,
-                                  pad_token_id=tokenizer.pad_token_id, collect_stats=True, clock=clock)
+                                  pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                  else tokenizer.eos_token_id, collect_stats=True, clock=clock)
             prefill_t, decode_t = out["step_seconds"][:1], out["step_seconds"][1:]
             if record:
                 times["vision_encode"] += vision_t

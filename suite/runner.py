@@ -211,7 +211,7 @@ def _close_process_group() -> None:
 
 
 def _run(spec: RunSpec, progress: bool, handle_sigterm: bool) -> RunOutcome:
-    from modbench import models  # noqa: F401  (fail early on a broken install)
+    import modbench.models.vlm  # noqa: F401  (fail early on a broken install: the model code and torch)
 
     rank, world = rank_and_world()
     run_dir = Path(spec.output) / (spec.run_id or spec.default_run_id())

@@ -6,10 +6,12 @@ import time
 
 
 def run_smoke(names: list[str] | None = None, seed: int = 0, max_new_tokens: int = 4,
-              output: str = "results/runs/smoke.json", log=print) -> tuple[str, list[str]]:
+              output: str = "results/runs/smoke.json", log=None) -> tuple[str, list[str]]:
     """Each model (default: every tiny variant) resolved and built, run forward and generating on three drawn
     samples; a model that raises or gives non-finite logits is recorded as failed, never skipped. Returns the
     results file's path and the failed names."""
+    import functools
+
     import torch
 
     from modbench import models
@@ -18,6 +20,7 @@ def run_smoke(names: list[str] | None = None, seed: int = 0, max_new_tokens: int
     from modbench.suite.results import results_record, write_json_atomic
     from modbench.tasks.fixtures import sample_prompts
 
+    log = log or functools.partial(print, flush=True)
     names = names or [c.name for c in models.list_variants() if c.tiny]
     samples = sample_prompts()
     prompts = [vicuna_v1(q) for q, _ in samples]

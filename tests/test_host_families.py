@@ -104,6 +104,10 @@ def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(p
             dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, select_layer=-1))
     with pytest.raises(ConfigError, match="no host family reads 'clip-cls'"):
         dataclasses.replace(base.vision, kind="clip-cls").num_image_tokens
+    # one geometry per kind: a family reading an existing kind with another token count is refused
+    with pytest.raises(ValueError, match="vision kind 'clip' is read by 'llava' with another geometry"):
+        with registered(dataclasses.replace(wide, vision_kind="clip")):
+            pass
 
 
 def test_config_json_two_families_claim_is_an_error(tmp_path):
@@ -156,7 +160,8 @@ def _imports(path) -> list[tuple[str, int]]:
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]  \
+            if isinstance(node, ast.ImportFrom) and node.level == 0 else []  # `from a import b` may import a.b
         out += [(name, node.lineno) for name in names]
     return out
 

@@ -196,9 +196,32 @@ def test_latency_times_the_real_generation_loop(monkeypatch, images):
     assert report["loop"] == "modbench.models.core.greedy_generate"
 
 
-def test_the_plugin_and_the_latency_task_mode_build_the_same_sample():
+def test_the_plugin_and_the_latency_task_mode_build_the_same_sample(monkeypatch):
+    """Both build each sample through models.prompt.task_sample (so what is timed is what is evaluated)."""
+    import modbench.models.lmms_plugin as plugin
+    import modbench.models.prompt as prompt_module
     from modbench.models.prompt import IMAGE_PLACEHOLDER, task_prompt, task_sample
-    from modbench.tasks.fixtures import draw_shapes
+    from modbench.suite.latency import task_inputs
+    from modbench.tasks.fixtures import draw_shapes, write_all
+    from modbench.tasks.registry import DATA_DIR, check_data
+
+    try:
+        check_data(["gqa_local"])
+    except FileNotFoundError:
+        write_all(DATA_DIR, ["gqa"])
+    seen = []
+
+    def spy(context, visuals, where="sample"):
+        seen.append(where)
+        return task_sample(context, visuals, where)
+
+    monkeypatch.setattr(prompt_module, "task_sample", spy)
+    monkeypatch.setattr(plugin, "task_sample", spy)
+    instance = plugin.ModbenchLmms(pretrained="tiny-llava")
+    instance.task_dict = {"t": {"test": [{"image": draw_shapes([("circle", "red")])}]}}
+    instance._sample("What colour?", lambda doc: [doc["image"]], "t", "test", 0)
+    task_inputs(instance.model, "gqa_local", limit=2)
+    assert seen == ["t doc 0", "gqa_local doc 0", "gqa_local doc 1"]
 
     image = draw_shapes([("circle", "red")]).convert("L")
     prompt, rgb = task_sample("What colour?", [None, image], "t doc 0")
