@@ -263,17 +263,23 @@ def describe(scene: Scene) -> str:
     return ", ".join(parts)
 
 
+YES_NO_ORDERS = ("drawn", "first", "after_first", "half_first")
+
+
 def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1,
-                   caption: bool = True, yes_no_first: bool = False) -> list[tuple[str, str]]:
+                   caption: bool = True, yes_no_order: str = "drawn") -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
     the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
     is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
     read off the image. exists_weight: how many shares of the turns ask existence ("Is there a red circle?"),
     against one share of multiple choice and MME-style yes/no, two of short answers and two of reading.
     caption: end with a dense caption of the scene (its many tokens weigh in the per-token loss).
-    yes_no_first: the yes/no questions first (the same questions, reordered), so that no earlier answer about
-    the scene can give theirs away (after "What colour is the circle? Red", "Is there a red circle?" needs no
-    look at the image), as none can in a first-turn benchmark question."""
+    yes_no_order: where the yes/no questions go among the drawn turns (the same questions, reordered): "drawn"
+    (as drawn), "first" (before every other turn), "after_first" (the first turn as drawn, then the yes/no
+    questions, then the rest), "half_first" ("first" in half the conversations, by one more draw of `rng`,
+    else "drawn"). An earlier answer can give a yes/no answer away (after "What colour is the
+    circle? Red", "Is there a red circle?" needs no look at the image), which no first-turn benchmark question
+    allows; "first" also makes the first turn nearly always a yes/no one."""
     out, asked = [], set()
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
@@ -299,9 +305,14 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
         if asks not in asked:
             asked.add(asks)
             out.append((question, answer))
-    if yes_no_first:
-        out.sort(key=lambda turn: turn[1] not in ("Yes", "No"))  # stable: the drawn order within each group
-        out = [(q if q.endswith(SHORT) or a not in ("Yes", "No") else q + SHORT, a) for q, a in out]
+    if yes_no_order not in YES_NO_ORDERS:
+        raise ValueError(f"yes_no_order must be one of {YES_NO_ORDERS}, got {yes_no_order!r}")
+    if yes_no_order == "half_first":  # "first" in half the conversations (one draw more), else "drawn"
+        yes_no_order = "first" if rng.random() < 0.5 else "drawn"
+    if yes_no_order != "drawn":
+        keep = 1 if yes_no_order == "after_first" else 0
+        # stable: the drawn order within each group (the first-turn format rule below applies after)
+        out = out[:keep] + sorted(out[keep:], key=lambda turn: turn[1] not in ("Yes", "No"))
     out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
     # The caption comes last, so that no answer can be read off it instead of the image.
     return out + ([("Describe the image.", describe(scene))] if caption else [])
@@ -341,7 +352,7 @@ class CorpusSpec:
     turns: int = 3
     exists_weight: int = 1  # shares of existence questions among the training turns (training_turns)
     caption: bool = True  # each training conversation ends with a dense caption (training_turns)
-    yes_no_first: bool = False  # the yes/no turns first (training_turns)
+    yes_no_order: str = "drawn"  # where the yes/no turns go (training_turns)
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
@@ -375,7 +386,7 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     records = []
     for i, scene in enumerate(train_scenes):
         draw(scene, spec.image_size).save(images / f"{i:06d}.png")
-        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption, spec.yes_no_first)
+        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption, spec.yes_no_order)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},
