@@ -415,3 +415,21 @@ def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_com
         assert {k: os.environ.get(k) for k in CPU_ISAS["avx2"]} == before  # nothing left behind
     with pytest.raises(ValueError, match="--cpu-isa must be one of"):
         pin_cpu_isa("avx1024")
+
+
+def test_yes_no_order_reorders_the_same_drawn_turns():
+    import random
+
+    from modbench.tasks.scenes import SHORT, sample_scene, training_turns
+
+    scene = next(s for s in (sample_scene(random.Random(k)) for k in range(100)) if len(s.things) >= 2)
+    drawn = training_turns(scene, random.Random(1), 8)
+    assert drawn == training_turns(scene, random.Random(1), 8, yes_no_order="drawn")
+    first = training_turns(scene, random.Random(1), 8, yes_no_order="first")
+    strip = lambda turns: sorted((q.replace(SHORT, ""), a) for q, a in turns)  # noqa: E731
+    assert strip(first) == strip(drawn)  # the same questions and answers
+    answers = [a in ("Yes", "No") for _, a in first[:-1]]  # (the caption last)
+    assert answers == sorted(answers, reverse=True) and any(answers)
+    assert first[0][0].endswith(SHORT) and not any(q.endswith(SHORT) for q, _ in first[1:])  # first-turn format
+    with pytest.raises(ValueError, match="yes_no_order must be one of"):
+        training_turns(scene, random.Random(1), 8, yes_no_order="last")
