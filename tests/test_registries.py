@@ -30,25 +30,18 @@ def test_a_matrix_slice_with_an_unknown_variant_or_task_fails_to_load(tmp_path):
 
 def test_cli_choices_are_the_registries_lists():
     """The flags offer what the config accepts: the lists live in modbench.models.config, not in cli.py."""
-    from modbench.models.config import (
-        ATTN_IMPLEMENTATIONS,
-        DTYPES,
-        GAMMA_PATTERNS,
-        MASKED_TOKENS,
-        PROTOCOLS,
-        SCHEMES,
-    )
+    from modbench.models import config
     from modbench.suite.cli import build_parser
 
     commands = build_parser()._subparsers._group_actions[0].choices
     flags = {(name, option): tuple(c for c in action.choices if c)
              for name, parser in commands.items() for action in parser._actions if action.choices
              for option in action.option_strings}
-    assert flags[("run", "--protocol")] == flags[("overhead", "--protocol")] == PROTOCOLS
-    assert flags[("run", "--dtype")] == flags[("latency", "--dtype")] == DTYPES
-    assert flags[("latency", "--attn-implementation")] == ATTN_IMPLEMENTATIONS
-    assert flags[("train", "--scheme")] == SCHEMES and flags[("train", "--masked")] == MASKED_TOKENS
-    assert flags[("train", "--mod-pattern")] == GAMMA_PATTERNS
+    assert flags[("run", "--protocol")] == flags[("overhead", "--protocol")] == config.PROTOCOLS
+    assert flags[("run", "--dtype")] == flags[("latency", "--dtype")] == config.DTYPES
+    assert flags[("latency", "--attn-implementation")] == config.ATTN_IMPLEMENTATIONS
+    assert flags[("train", "--scheme")] == config.SCHEMES and flags[("train", "--masked")] == config.MASKED_TOKENS
+    assert flags[("train", "--mod-pattern")] == config.GAMMA_PATTERNS
     from modbench.suite import train  # its own lists, which --help cannot import (torch): kept equal here
 
     assert flags[("train", "--router")] == train.ROUTERS
