@@ -2,7 +2,7 @@
 results/reproduction/dense_sweep.md (what it takes for the dense model to clear chance on every held-out set).
 
     python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
-                                       [--probe-every K] [--cpu-isa avx2|native]
+                                       [--probe-every K] [--seed K] [--cpu-isa avx2|native]
 
 trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
 with the LLM, unless `"vision_steps"` pretrains it first, as the presets do) on the quick preset's
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--vision", default="{}", help='VisionConfig overrides, e.g. {"num_layers": 4}')
     parser.add_argument("--preset-fields", default="{}", help='Preset overrides, e.g. {"turns": 8}')
     parser.add_argument("--work", default="")
+    parser.add_argument("--seed", type=int, default=0, help="the corpus, tower and dense stage's seed (a preset's seed K)")
     parser.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"])
     parser.add_argument("--probe-every", type=int, default=0, metavar="K",
                         help="also: every K dense steps, held-out yes/no accuracy (existence, MME-style) and the "
@@ -60,17 +61,17 @@ def main() -> None:
     preset = dataclasses.replace(PRESETS["quick"], model=cfg.name, rows=("dense",), **fields)
     pipe = Pipeline(preset, args.work or f"/tmp/exp-{args.name}", log=lambda *a: None, cpu=cpu)
     started = time.time()
-    corpus = pipe.corpus(0)
-    vision = pipe.vision(0, corpus)  # a pretrained, frozen tower (vision_steps > 0)
+    corpus = pipe.corpus(args.seed)
+    vision = pipe.vision(args.seed, corpus)  # a pretrained, frozen tower (vision_steps > 0)
     if args.probe_every:
         probes = probe_during_training(args.name, args.probe_every, preset.image_size, train_keys(corpus[0]))
-    dense = pipe.dense(0, corpus, vision)
+    dense = pipe.dense(args.seed, corpus, vision)
     if args.probe_every and not probes:
         print(f"{args.name}: the dense stage was cached, so nothing was probed (another --work trains it anew)")
     print(f"{args.name}: dense trained ({dense[1]['train']['steps']} steps, final loss "
           f"{dense[1]['train']['final']['lm_loss']:.3f}) in {time.time() - started:.0f} s", flush=True)
     for mode, swapped in (("right images", False), ("swapped images", True)):
-        stage = pipe.evaluate(0, "dense", corpus, dense, None, swapped=swapped)
+        stage = pipe.evaluate(args.seed, "dense", corpus, dense, None, swapped=swapped)
         run = Path(stage[1]["run"])
         ev = _eval_summary(json.loads(run.read_text()), run.parent / "samples.jsonl")
         print(f"{args.name} {mode}: " + ", ".join(f"{k} {v:.1f}" for k, v in ev["acc"].items())
@@ -80,7 +81,7 @@ def main() -> None:
     if args.teacher_forced:
         for which in ("held-out", "training"):
             tally = teacher_forced(dense[1]["model"], preset, args.teacher_forced, which == "training",
-                                   train_keys(corpus[0]))
+                                   train_keys(corpus[0]), args.seed)
             print(f"{args.name} teacher-forced on {args.teacher_forced} {which} scenes: " + ", ".join(
                 f"{kind} {100 * right / asked:.0f} % of {asked}" for kind, (right, asked) in tally.items()))
 
@@ -155,7 +156,8 @@ def probe_during_training(name: str, every: int, image_size: int, avoid: set[str
     return probed
 
 
-def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool, avoid: set[str]) -> dict[str, list[int]]:
+def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool, avoid: set[str],
+                   seed: int = 0) -> dict[str, list[int]]:
     """Per turn kind of the training format (the caption: its tokens, and whole captions), the share of answers
     whose every token is the model's argmax given the gold prefix, on fresh turns about n scenes: held-out ones
     (a stream of their own) or the corpus's first training scenes (the same draws write_corpus makes)."""
@@ -169,7 +171,7 @@ def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool, avoid:
 
     model = models.load(model_dir).eval()
     rng = random.Random("teacher-forced")
-    scene_rng = random.Random("train-0")  # write_corpus's training stream for seed 0
+    scene_rng = random.Random(f"train-{seed}")  # write_corpus's training stream for this seed
     tally: dict[str, list[int]] = {}
     for _ in range(n):
         scene = sample_scene(scene_rng if training_scenes else rng)
