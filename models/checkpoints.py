@@ -266,7 +266,7 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
     family, scheme = release_of(conf, kind, where)
     if kind == HF_LLAVA_KIND:
         text, vis = conf["text_config"], conf["vision_config"]
-        vision = VisionConfig(kind=family.vision_kind, select_layer=conf.get("vision_feature_layer", -2),
+        vision = VisionConfig(select_layer=conf.get("vision_feature_layer", -2),
                               image_size=vis["image_size"], patch_size=vis["patch_size"],
                               hidden_size=vis["hidden_size"], num_layers=vis["num_hidden_layers"],
                               num_heads=vis["num_attention_heads"], intermediate_size=vis["intermediate_size"])
@@ -275,7 +275,7 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
                            dtype=declared_dtype(conf)), kind
     llm = _llm_from(conf, where)
     dims = _clip_dims(conf.get("mm_vision_tower") or conf.get("vision_tower", ""), directory)
-    vision = VisionConfig(kind=family.vision_kind, select_layer=conf.get("mm_vision_select_layer", -2), **dims)
+    vision = VisionConfig(select_layer=conf.get("mm_vision_select_layer", -2), **dims)
     read_shapes = cache(lambda: weight_shapes(directory) if shapes is None else shapes)
     family.read_vision(vision, ConfigSource(conf, directory, read_shapes))
     mod = scheme_class(scheme).spec_from_config_json(conf, llm.num_layers, where)

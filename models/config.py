@@ -59,14 +59,14 @@ class ConvNextConfig:
 
 @dataclass
 class VisionConfig:
-    """kind 'clip': one CLIP tower (LLaVA-1.5). kind 'multipath': CLIP (fast, run at input_image_size/32*14)
-    + ConvNeXt (slow, run at input_image_size) joined by mixture-of-resolution adapters (LLaVA-HR).
-    kind 'anyres': CLIP over the tiles of the best of `grid_pinpoints` [height, width] plus a base view
-    (LLaVA-NeXT). kind 'mgm-hd': CLIP over image_grid^2 crops (+ a global view) and a ConvNeXt map at
-    input_image_size, joined by patch-info mining (Mini-Gemini-HD). Each kind's token count and checks live
-    with its front-end (HostFamily.image_tokens / check_vision)."""
+    """A host's vision front-end: its CLIP tower's dims, and the fields each host family's front-end reads.
+    LLaVA-1.5: one CLIP tower. LLaVA-HR: CLIP (fast, run at input_image_size/32*14) + ConvNeXt (slow, run at
+    input_image_size) joined by mixture-of-resolution adapters. LLaVA-NeXT: CLIP over the tiles of the best of
+    `grid_pinpoints` [height, width] plus a base view. Mini-Gemini-HD: CLIP over image_grid^2 crops (+ a global
+    view) and a ConvNeXt map at input_image_size, joined by patch-info mining. Which of these a config is, is
+    `ModelConfig.family` alone; that family's front-end module owns its token count and checks
+    (HostFamily.image_tokens / check_vision)."""
 
-    kind: str = "clip"
     image_size: int = 336
     patch_size: int = 14
     hidden_size: int = 1024
@@ -84,14 +84,6 @@ class VisionConfig:
     grid_pinpoints: list[list[int]] = field(default_factory=list)  # anyres: candidate [height, width] grids
     image_grid: int = 1  # mgm-hd: crops per side
     image_global: bool = False  # mgm-hd: a global view besides the crops
-
-    @property
-    def num_image_tokens(self) -> int:
-        """Image tokens the largest image gives: the geometry of the front-end that reads this kind (its
-        HostFamily's `image_tokens`, in the front-end's module)."""
-        from .hosts import family_of_kind  # here: the host modules import this one
-
-        return family_of_kind(self.kind).image_tokens(self)
 
 
 @dataclass
@@ -149,7 +141,7 @@ class ModSpec:
 class ModelConfig:
     name: str
     llm: LlmConfig
-    family: str = "llava"
+    family: str = "llava"  # the host family (models/hosts.py): which front-end reads `vision`
     vision: VisionConfig | None = None
     mod: ModSpec = field(default_factory=ModSpec)
     hub_id: str = ""
@@ -162,12 +154,37 @@ class ModelConfig:
     def __post_init__(self) -> None:
         validate(self)
 
+    @property
+    def num_image_tokens(self) -> int:
+        """Image tokens the largest image gives (0 without vision): the geometry of the family's front-end."""
+        if self.vision is None:
+            return 0
+        from .hosts import host_family  # here: the host modules import this one
+
+        return host_family(self.family).image_tokens(self.vision)
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
-        return from_dict(cls, data)
+        return from_dict(cls, _without_legacy_kind(data))
+
+
+def _without_legacy_kind(data):
+    """Records and checkpoints written before `family` became the one name of the host also carried
+    `vision.kind`, the name of the family's front-end; it is dropped when it names the family's (else refused)."""
+    vision = data.get("vision") if isinstance(data, dict) else None
+    if not isinstance(vision, dict) or "kind" not in vision:
+        return data
+    from .hosts import host_family  # here: the host modules import this one
+
+    family = host_family(data.get("family", "llava"))
+    if vision["kind"] != family.legacy_vision_kind:
+        raise ConfigError(f"vision.kind {vision['kind']!r} does not match family {family.name!r} (a field of older "
+                          f"records, read only to check it: {family.name!r} was written as "
+                          f"{family.legacy_vision_kind!r}); `family` alone names the host now")
+    return {**data, "vision": {k: v for k, v in vision.items() if k != "kind"}}
 
 
 def validate(cfg: ModelConfig) -> None:
@@ -214,11 +231,7 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
         from .hosts import host_family  # here: the host modules import this one
 
-        family = host_family(cfg.family)
-        if vision.kind != family.vision_kind:  # `family` names the host; vision.kind is the one its front-end reads
-            raise ConfigError(f"vision.kind {vision.kind!r} does not match family {cfg.family!r}, whose front-end "
-                              f"reads {family.vision_kind!r}")
-        family.check_vision(vision)
+        host_family(cfg.family).check_vision(vision)
 
 
 def _validate_pmod(mod: ModSpec) -> None:

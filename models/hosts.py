@@ -1,8 +1,9 @@
 """Host families: what each front-end module declares about itself, and the registry the generic code reads.
 
 A host family is one module (models/llava.py, llava_next.py, llava_hr.py, mgm_hd.py) holding a `HOST_FAMILY`:
-its vision front-end, the `VisionConfig.kind` it reads, the authors' key layout, the config.json `model_type`
-each routing scheme is released under on it, and its config.json vision fields both ways. models/vlm.py
+its vision front-end and that front-end's geometry, the authors' key layout, the config.json `model_type` each
+routing scheme is released under on it, and its config.json vision fields both ways. `ModelConfig.family` is the
+one field that names it. models/vlm.py
 (building), models/checkpoints.py (reading and writing) and the config's validation look families up here
 and name none of them.
 
@@ -82,21 +83,24 @@ def patch_grid_tokens(vision: VisionConfig) -> int:
 @dataclass(frozen=True)
 class HostFamily:
     name: str  # ModelConfig.family
-    vision_kind: str  # the VisionConfig.kind its front-end reads; a config naming another is refused
     frontend: Callable[[ModelConfig], object]  # the nn.Module ModVlm holds as `vision`
     layout: KeyLayout  # the authors' key names
     releases: Mapping[str, Release]  # scheme -> release; a scheme not listed has no released layout here
-    # config.json's vision fields: into a VisionConfig (CLIP dims and kind already set; in place), and back
+    # config.json's vision fields: into a VisionConfig (CLIP dims already set; in place), and back
     read_vision: Callable[[VisionConfig, ConfigSource], None] = _nothing
     write_vision: Callable[[ModelConfig], dict] = lambda cfg: {}
     # Among families released under the same model_type, the one whose `claims` accepts config.json; the one
     # without `claims` is the fallback (LLaVA-1.5 under "llava").
     claims: Callable[[dict], bool] | None = None
     hf: HfLayout | None = None
-    # its front-end's geometry: the image tokens of a VisionConfig of its kind (the largest image), and the
-    # checks of the fields that kind needs (a ConfigError naming the field)
+    # its front-end's geometry: the image tokens of its VisionConfig (the largest image), and the checks of the
+    # fields its front-end needs (a ConfigError naming the field)
     image_tokens: Callable[[VisionConfig], int] = patch_grid_tokens
     check_vision: Callable[[VisionConfig], None] = _nothing
+    # of those, the tokens of the base (low-resolution) view that p-MoD's "vision_hr" target leaves unrouted
+    base_view_tokens: Callable[[VisionConfig], int] = lambda vision: 0
+    # the `vision.kind` older records wrote for this family, checked and dropped when they are read
+    legacy_vision_kind: str = ""
 
     def release(self, scheme: str) -> Release:
         if scheme not in self.releases:
@@ -117,16 +121,6 @@ def host_families() -> dict[str, HostFamily]:
     return families
 
 
-def family_of_kind(kind: str) -> HostFamily:
-    """The family whose front-end reads this vision kind (a built-in one first), which knows its geometry."""
-    families = host_families()
-    for family in families.values():
-        if family.vision_kind == kind:
-            return family
-    raise ConfigError(f"vision.kind: no host family reads {kind!r}; known: "
-                      f"{sorted({f.vision_kind for f in families.values()})}")
-
-
 def host_family(name: str) -> HostFamily:
     families = host_families()
     if name not in families:
@@ -139,11 +133,6 @@ def register_host_family(family: HostFamily) -> HostFamily:
     families = host_families()
     if family.name in families:
         raise ValueError(f"host family {family.name!r} is already registered")
-    for other in families.values():  # VisionConfig.num_image_tokens finds the geometry by kind
-        if other.vision_kind == family.vision_kind and (other.image_tokens, other.check_vision) != (
-                family.image_tokens, family.check_vision):
-            raise ValueError(f"host family {family.name!r}: vision kind {family.vision_kind!r} is read by "
-                             f"{other.name!r} with another geometry; give {family.name!r} a kind of its own")
     if family.claims is None:  # one fallback per model_type, else which family a config.json is would be arbitrary
         for other in families.values():
             shared = {r.model_type for r in other.releases.values()} & {r.model_type for r in family.releases.values()}

@@ -87,14 +87,11 @@ class LlavaVision(nn.Module):
         super().__init__()
         vision = cfg.vision
         self.vision_cfg = vision
+        self.num_image_tokens = cfg.num_image_tokens  # the largest image's; cfg.family's geometry
         self.vision_tower = CLIPVisionModel(clip_vision_config(vision))
         if vision.projector != "mlp2x_gelu":
             raise ValueError(f"vision.projector: only 'mlp2x_gelu' is supported, got {vision.projector!r}")
         self.projector = mlp2x_gelu(vision.hidden_size, cfg.llm.hidden_size)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.vision_cfg.num_image_tokens
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return pad_resize_normalise(images, self.vision_cfg.image_size, self.vision_cfg)
@@ -154,6 +151,7 @@ HF_LLAVA_LEGACY = (
 )
 
 HOST_FAMILY = HostFamily(
-    name="llava", vision_kind="clip", frontend=LlavaVision, layout=AUTHORS_LLAVA, releases=LLAVA_RELEASES,
+    name="llava", frontend=LlavaVision, layout=AUTHORS_LLAVA, releases=LLAVA_RELEASES,
     hf=HfLayout("llava", HF_LLAVA, HF_LLAVA_LEGACY, read_vision=lambda vision, conf: None),
+    legacy_vision_kind="clip",
 )

@@ -155,12 +155,9 @@ class LlavaHrVision(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.vision_cfg = cfg.vision
+        self.num_image_tokens = cfg.num_image_tokens  # the largest image's; cfg.family's geometry
         self.vision_tower = MultiPathVisionTower(cfg)
         self.projector = mlp2x_gelu(cfg.vision.hidden_size, cfg.llm.hidden_size)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.vision_cfg.num_image_tokens
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         return pad_resize_normalise(images, self.vision_cfg.input_image_size, self.vision_cfg)
@@ -240,7 +237,7 @@ def image_tokens(vision: VisionConfig) -> int:
 
 def check_vision(vision: VisionConfig) -> None:
     if vision.convnext is None or vision.input_image_size <= 0:
-        raise ConfigError("vision.convnext and vision.input_image_size are required for kind 'multipath'")
+        raise ConfigError("vision.convnext and vision.input_image_size are required for family 'llava-hr'")
     if vision.input_image_size % 32:
         raise ConfigError("vision.input_image_size must be a multiple of 32 (the ConvNeXt stride)")
     if (vision.input_image_size // 32) ** 2 != image_tokens(vision):
@@ -250,7 +247,8 @@ def check_vision(vision: VisionConfig) -> None:
 
 
 HOST_FAMILY = HostFamily(
-    name="llava-hr", vision_kind="multipath", frontend=LlavaHrVision, layout=AUTHORS_LLAVA_HR,
+    name="llava-hr", frontend=LlavaHrVision, layout=AUTHORS_LLAVA_HR,
     releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
     image_tokens=image_tokens, check_vision=check_vision,
+    legacy_vision_kind="multipath",
 )

@@ -27,7 +27,7 @@ from torch import nn
 from transformers import CLIPVisionModel
 
 from .config import ConfigError, ModelConfig, VisionConfig
-from .hosts import CheckpointError, ConfigSource, HfLayout, HostFamily
+from .hosts import CheckpointError, ConfigSource, HfLayout, HostFamily, patch_grid_tokens
 from .llava import (
     AUTHORS_LLAVA,
     HF_LLAVA,
@@ -89,14 +89,11 @@ class LlavaNextVision(nn.Module):
         super().__init__()
         vision = cfg.vision
         self.vision_cfg = vision
+        self.num_image_tokens = cfg.num_image_tokens  # the largest image's; cfg.family's geometry
         self.grid_pinpoints = [list(p) for p in vision.grid_pinpoints]
         self.vision_tower = CLIPVisionModel(clip_vision_config(vision))
         self.projector = mlp2x_gelu(vision.hidden_size, cfg.llm.hidden_size)
         self.image_newline = nn.Parameter(torch.randn(cfg.llm.hidden_size) / cfg.llm.hidden_size**0.5)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.vision_cfg.num_image_tokens  # the largest grid; a given image may use fewer
 
     def grid_shape(self, width: int, height: int) -> tuple[int, int]:
         """(rows, cols) of tiles for an image of (width, height)."""
@@ -186,7 +183,7 @@ def image_tokens(vision: VisionConfig) -> int:
 
 def check_vision(vision: VisionConfig) -> None:
     if not vision.grid_pinpoints:
-        raise ConfigError("vision.grid_pinpoints is required for kind 'anyres'")
+        raise ConfigError("vision.grid_pinpoints is required for family 'llava-next'")
     for i, pin in enumerate(vision.grid_pinpoints):
         if len(pin) != 2 or any(v % vision.image_size for v in pin):
             raise ConfigError(f"vision.grid_pinpoints[{i}] = {pin} must be [height, width], multiples of "
@@ -194,8 +191,9 @@ def check_vision(vision: VisionConfig) -> None:
 
 
 HOST_FAMILY = HostFamily(
-    name="llava-next", vision_kind="anyres", frontend=LlavaNextVision, layout=AUTHORS_LLAVA,
+    name="llava-next", frontend=LlavaNextVision, layout=AUTHORS_LLAVA,
     releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
     hf=HfLayout("llava_next", HF_LLAVA, HF_LLAVA_LEGACY, read_vision=read_hf_vision),
-    image_tokens=image_tokens, check_vision=check_vision,
+    image_tokens=image_tokens, check_vision=check_vision, base_view_tokens=patch_grid_tokens,
+    legacy_vision_kind="anyres",
 )

@@ -72,6 +72,7 @@ class MgmHdVision(nn.Module):
         super().__init__()
         vision = cfg.vision
         self.vision_cfg = vision
+        self.num_image_tokens = cfg.num_image_tokens  # the largest image's; cfg.family's geometry
         self.vision_tower = CLIPVisionModel(clip_vision_config(vision))
         self.vision_tower_aux = ConvNextTrunk(vision.convnext.depths, vision.convnext.dims)
         aux_dim = sum(vision.convnext.dims)
@@ -79,10 +80,6 @@ class MgmHdVision(nn.Module):
         self.aux_projector = layer_norm_linear(aux_dim, vision.hidden_size)
         self.val_projector = layer_norm_linear(aux_dim, vision.hidden_size)
         self.projector = mlp2x_gelu(vision.hidden_size, cfg.llm.hidden_size)
-
-    @property
-    def num_image_tokens(self) -> int:
-        return self.vision_cfg.num_image_tokens
 
     def preprocess(self, images: list[Image.Image]) -> HdPixels:
         vision = self.vision_cfg
@@ -181,13 +178,14 @@ def check_vision(vision: VisionConfig) -> None:
     side = vision.image_size // vision.patch_size
     if vision.convnext is None or vision.input_image_size <= 0 or vision.image_grid < 1:
         raise ConfigError("vision.convnext, vision.input_image_size and vision.image_grid are required "
-                          "for kind 'mgm-hd'")
+                          "for family 'mgm-hd'")
     if vision.input_image_size % (4 * vision.image_grid * side):
         raise ConfigError("vision.input_image_size must be a multiple of 4 x image_grid x tokens per side "
                           "(each low-resolution token mines a whole high-resolution region)")
 
 
 HOST_FAMILY = HostFamily(
-    name="mgm-hd", vision_kind="mgm-hd", frontend=MgmHdVision, layout=MGM, releases=MGM_RELEASES,
+    name="mgm-hd", frontend=MgmHdVision, layout=MGM, releases=MGM_RELEASES,
     read_vision=read_vision, write_vision=write_vision, image_tokens=image_tokens, check_vision=check_vision,
+    legacy_vision_kind="mgm-hd",
 )

@@ -38,7 +38,7 @@ from .config import (
     ModelConfig,
     ModSpec,
 )
-from .hosts import CheckpointError
+from .hosts import CheckpointError, host_family
 from .routing import (
     IMAGE,
     Route,
@@ -277,11 +277,10 @@ class PmodRouting(RoutingScheme):
         self.mod_layers = tuple(layers)
         self.ratios = dict(zip(layers, ratios))
         self.spec = spec
-        # vision_hr on LLaVA-NeXT: the base view's tokens (the first of each image) are not routed
-        vision = cfg.vision
-        side = vision.image_size // vision.patch_size if vision is not None else 0
-        self.base_view_tokens = side * side if spec.pmod_target_tokens == "vision_hr" and vision is not None \
-            and vision.kind == "anyres" else 0
+        # vision_hr: the base view's tokens (the first of each image; LLaVA-NeXT has one) are not routed
+        self.base_view_tokens = 0
+        if spec.pmod_target_tokens == "vision_hr" and cfg.vision is not None:
+            self.base_view_tokens = host_family(cfg.family).base_view_tokens(cfg.vision)
         self.routers = nn.ModuleDict({
             str(layer): PmodRouter(cfg.llm.hidden_size, spec.pmod_router_bias, spec.pmod_router_zero_init)
             for layer in layers})
@@ -314,7 +313,7 @@ class PmodRouting(RoutingScheme):
         layers, ratios = pmod_layers_and_ratios(cfg.mod, num_layers)
         if skip is not None:
             return uniform_skip_tokens(num_layers, set(layers), seq_len, skip)
-        n_vision = image_tokens if image_tokens is not None else cfg.vision.num_image_tokens
+        n_vision = image_tokens if image_tokens is not None else cfg.num_image_tokens
         if n_vision > seq_len:
             raise ValueError(f"seq_len {seq_len:g} is shorter than the {n_vision} image tokens (give a longer "
                              "sequence, or the image tokens it holds)")

@@ -37,7 +37,7 @@ def with_mod(cfg: ModelConfig, name: str, mod: ModSpec, hub_id: str = "") -> Mod
 # --- LLaVA-1.5 ---------------------------------------------------------------------------------------------
 VICUNA_7B = LlmConfig(num_layers=32, hidden_size=4096, num_heads=32, num_kv_heads=32, intermediate_size=11008,
                       vocab_size=32000, rope_theta=10000.0, max_position_embeddings=4096, rms_norm_eps=1e-5)
-CLIP_L_336 = VisionConfig(kind="clip", image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
+CLIP_L_336 = VisionConfig(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
                           num_heads=16, intermediate_size=4096)
 
 LLAVA_15_7B = register_variant(ModelConfig(
@@ -61,7 +61,7 @@ CONVNEXT_L = ConvNextConfig(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536], he
                             num_classes=1000, timm_name="convnext_large_mlp.clip_laion2b_ft_320")
 CONVNEXT_XXL = ConvNextConfig(depths=[3, 4, 30, 3], dims=[384, 768, 1536, 3072], head_hidden_size=0,
                               num_classes=1000, norm_eps=1e-5, timm_name="convnext_xxlarge.clip_laion2b_soup_ft_in1k")
-HR_VISION = dataclasses.replace(CLIP_L_336, kind="multipath", convnext=CONVNEXT_L, input_image_size=1024)
+HR_VISION = dataclasses.replace(CLIP_L_336, convnext=CONVNEXT_L, input_image_size=1024)
 
 LLAVA_HR_7B = register_variant(ModelConfig(
     name="llava-hr-7b", family="llava-hr", llm=VICUNA_7B, vision=HR_VISION,
@@ -83,7 +83,7 @@ register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.5", gamma_spec(40, 
                           hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.5"))
 
 # --- LLaVA-NeXT (p-MoD's second host) ----------------------------------------------------------------------
-NEXT_VISION = dataclasses.replace(CLIP_L_336, kind="anyres",
+NEXT_VISION = dataclasses.replace(CLIP_L_336,
                                   grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
 LLAVA_NEXT_7B = register_variant(ModelConfig(
     name="llava-next-7b", family="llava-next", llm=VICUNA_7B, vision=NEXT_VISION,
@@ -94,7 +94,7 @@ register_variant(with_mod(LLAVA_NEXT_7B, "pmod-llava-next-7b", ModSpec(scheme="p
 # --- Mini-Gemini-HD ------------------------------------------------------------------------------------------
 CONVNEXT_L_TRUNK = ConvNextConfig(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536], head_hidden_size=0,
                                   timm_name="openclip-convnext-large-d-320-laion2B-s29B-b131K-ft-soup")
-MGM_HD_VISION = dataclasses.replace(CLIP_L_336, kind="mgm-hd", convnext=CONVNEXT_L_TRUNK, input_image_size=1536,
+MGM_HD_VISION = dataclasses.replace(CLIP_L_336, convnext=CONVNEXT_L_TRUNK, input_image_size=1536,
                                     image_grid=2, image_global=True)
 MGM_HD_7B = register_variant(ModelConfig(
     name="mgm-hd-7b", family="mgm-hd", llm=VICUNA_7B, vision=MGM_HD_VISION, hub_id="YanweiLi/MGM-7B-HD",
@@ -107,7 +107,7 @@ register_variant(with_mod(MGM_HD_7B, "mgm-hd-7b-gmod-0.5", gamma_spec(32, 0.5),
 # --- tiny twins (CPU, seconds) -----------------------------------------------------------------------------
 TINY_LLM = LlmConfig(num_layers=6, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128,
                      vocab_size=TINY_VOCAB_SIZE, max_position_embeddings=2048)
-TINY_CLIP = VisionConfig(kind="clip", image_size=32, patch_size=8, hidden_size=32, num_layers=3, num_heads=2,
+TINY_CLIP = VisionConfig(image_size=32, patch_size=8, hidden_size=32, num_layers=3, num_heads=2,
                          intermediate_size=64)
 
 TINY_LLAVA = register_variant(ModelConfig(name="tiny-llava", family="llava", llm=TINY_LLM, vision=TINY_CLIP,
@@ -124,7 +124,7 @@ register_variant(with_mod(TINY_LLAVA, "tiny-llava-gmod", tiny_gamma()))
 register_variant(with_mod(TINY_LLAVA, "tiny-llava-pmod", ModSpec(scheme="pmod")))
 
 # LLaVA-HR twin: CLIP built for 24 px (3x3 position grid) runs at 32 px (4x4, resampled), ConvNeXt at 128 px.
-TINY_HR_VISION = VisionConfig(kind="multipath", image_size=24, patch_size=8, hidden_size=32, num_layers=4,
+TINY_HR_VISION = VisionConfig(image_size=24, patch_size=8, hidden_size=32, num_layers=4,
                               num_heads=2, intermediate_size=64, input_image_size=128,
                               convnext=ConvNextConfig(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32],
                                                       head_hidden_size=32, timm_name=""))
@@ -141,13 +141,13 @@ CPU_LLAVA_HR = register_variant(ModelConfig(name="cpu-llava-hr", family="llava-h
 register_variant(with_mod(CPU_LLAVA_HR, "cpu-llava-hr-gmod-0.5",
                           ModSpec(scheme="gamma", layers=list(range(1, 11)), fixed_skip=0.5)))
 
-TINY_NEXT_VISION = dataclasses.replace(TINY_CLIP, kind="anyres", grid_pinpoints=[[32, 64], [64, 32], [64, 64]])
+TINY_NEXT_VISION = dataclasses.replace(TINY_CLIP, grid_pinpoints=[[32, 64], [64, 32], [64, 64]])
 TINY_LLAVA_NEXT = register_variant(ModelConfig(name="tiny-llava-next", family="llava-next", llm=TINY_LLM,
                                                vision=TINY_NEXT_VISION, tiny=True))
 register_variant(with_mod(TINY_LLAVA_NEXT, "tiny-pmod-llava-next", ModSpec(scheme="pmod")))
 
 # Mini-Gemini-HD twin: 4 x 4 tokens per view, 2 x 2 crops + global, each token mines a 2 x 2 region.
-TINY_MGM_VISION = dataclasses.replace(TINY_CLIP, kind="mgm-hd", input_image_size=64, image_grid=2, image_global=True,
+TINY_MGM_VISION = dataclasses.replace(TINY_CLIP, input_image_size=64, image_grid=2, image_global=True,
                                       convnext=ConvNextConfig(depths=[1, 1, 1, 1], dims=[8, 16, 24, 32],
                                                               head_hidden_size=0, timm_name=""))
 TINY_MGM_HD = register_variant(ModelConfig(name="tiny-mgm-hd", family="mgm-hd", llm=TINY_LLM, vision=TINY_MGM_VISION,
@@ -162,7 +162,7 @@ register_variant(with_mod(TINY_MGM_HD, "tiny-mgm-hd-gmod", tiny_gamma()))
 # results/reproduction/dense_sweep.md); it costs ~7 % of a training step more.
 REPRO_LLM = LlmConfig(num_layers=8, hidden_size=64, num_heads=4, num_kv_heads=4, intermediate_size=192,
                       vocab_size=SCENE_VOCAB_SIZE, max_position_embeddings=1024)
-REPRO_CLIP = VisionConfig(kind="clip", image_size=80, patch_size=8, hidden_size=128, num_layers=4, num_heads=4,
+REPRO_CLIP = VisionConfig(image_size=80, patch_size=8, hidden_size=128, num_layers=4, num_heads=4,
                           intermediate_size=512)
 register_variant(ModelConfig(name="cpu-repro-llava", family="llava", llm=REPRO_LLM, vision=REPRO_CLIP,
                              tokenizer="scenes"))

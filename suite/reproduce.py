@@ -485,7 +485,7 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
         set_trainable(model, "finetune", train_vision=preset.train_tower)
     first = next(iter(loaded.values()))
     dataset = InstructionDataset(corpus / "train" / "scenes.json", None, first.tokenizer,
-                                 first.cfg.vision.num_image_tokens, first.cfg.llm.max_position_embeddings)
+                                 first.cfg.num_image_tokens, first.cfg.llm.max_position_embeddings)
     order = iter(EpochBatches(len(dataset), preset.batch_size, seed + 1000))
     collate = Collate(first.vision.preprocess, skip_bad=False)
     parts = {name: {k: [] for k in ("data", "vision", "llm_forward", "backward", "optimizer", "step")}

@@ -400,9 +400,9 @@ def train(cfg: TrainConfig, log=print) -> dict:
             raise ConfigError(f"train config: tower_features: {model.cfg.name}'s front-end is not one tower and a "
                               "projector (only LLaVA-1.5's is); train it from images")
         tower_features = TowerFeatures(cfg.tower_features)
-        tower_features.check(model.vision.vision_tower, vision.num_image_tokens, vision.hidden_size)
+        tower_features.check(model.vision.vision_tower, model.cfg.num_image_tokens, vision.hidden_size)
     dataset = InstructionDataset(cfg.data, cfg.images or None, model.tokenizer,
-                                 vision.num_image_tokens if vision else 0, model.cfg.llm.max_position_embeddings,
+                                 model.cfg.num_image_tokens, model.cfg.llm.max_position_embeddings,
                                  tower_features)
     model, choice = choose_scheme(model, cfg, dataset, layers=saved["mod_choice"]["layers"] if saved else None,
                                   log=log if main else _quiet)

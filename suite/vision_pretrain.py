@@ -47,8 +47,9 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
     front = model.vision
     vision = front.vision_cfg
-    if vision.kind != "clip":
-        raise ValueError(f"{cfg.model}: pretraining is written for a CLIP-like tower, not {vision.kind!r}")
+    if not getattr(front, "tower_output_cacheable", False):  # LLaVA-1.5's front-end: one CLIP tower + projector
+        raise ValueError(f"{cfg.model}: pretraining is written for one CLIP-like tower and a projector, not "
+                         f"{model.cfg.family!r}'s front-end")
     tower = front.vision_tower
     folder = Path(cfg.images)
 

@@ -1,5 +1,5 @@
 """Adding a host family is one module plus a registration: a toy family, declared here and registered for one
-test, is built, written and loaded back by the generic code; `family` and `vision.kind` must agree."""
+test, is built, written and loaded back by the generic code; `family` is the one field that names it."""
 
 import dataclasses
 import json
@@ -30,7 +30,7 @@ def _read(vision, source):
 
 
 TOY = HostFamily(
-    name="toy-llava", vision_kind="clip", frontend=LlavaVision, layout=TOY_LAYOUT,
+    name="toy-llava", frontend=LlavaVision, layout=TOY_LAYOUT,
     releases={"dense": Release("toy_llava", "ToyLlavaForCausalLM"),
               "gamma": Release("mod_toy_llava", "ToyMoDLlavaForCausalLM")},
     read_vision=_read, write_vision=lambda cfg: {"toy_marker": 7},
@@ -66,19 +66,26 @@ def test_a_scheme_the_family_has_no_release_for_is_refused(tmp_path):
             save_authors_checkpoint(model, tmp_path / "ckpt", "pmod_llava_llama")
 
 
-def test_family_and_vision_kind_must_agree():
+def test_family_is_the_one_name_of_the_host_and_older_records_vision_kind_is_checked():
     llava = models.get_variant("tiny-llava")
-    with pytest.raises(ConfigError, match="vision.kind 'anyres' does not match family 'llava'"):
-        dataclasses.replace(llava, vision=dataclasses.replace(llava.vision, kind="anyres", grid_pinpoints=[[32, 32]]))
-    with pytest.raises(ConfigError, match="vision.kind 'clip' does not match family 'llava-next'"):
-        dataclasses.replace(llava, family="llava-next")
+    assert "kind" not in llava.to_dict()["vision"]
+    with pytest.raises(ConfigError, match="grid_pinpoints is required for family 'llava-next'"):
+        dataclasses.replace(llava, family="llava-next")  # another family's front-end checks the fields it reads
     with pytest.raises(ConfigError, match="unknown host family 'toy-llava'"):
         toy_config("tiny-llava")
+    # records written before `family` alone named the host carried vision.kind: read when it agrees
+    data = llava.to_dict()
+    older = {**data, "vision": {**data["vision"], "kind": "clip"}}
+    assert models.ModelConfig.from_dict(older) == llava
+    with pytest.raises(ConfigError, match="vision.kind 'anyres' does not match family 'llava'"):
+        models.ModelConfig.from_dict({**data, "vision": {**data["vision"], "kind": "anyres"}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        models.ModelConfig.from_dict({**data, "vision": {**data["vision"], "colour": "red"}})
 
 
 def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(prompts, images):
-    """A new vision kind: its token count and checks come with its registration (HostFamily.image_tokens /
-    check_vision); config.py knows no kind. Here a CLIP front-end whose kind keeps the CLS token."""
+    """A new front-end: its token count and checks come with its registration (HostFamily.image_tokens /
+    check_vision); config.py knows no front-end's geometry. Here a CLIP front-end that keeps the CLS token."""
 
     class ClsKeepingVision(LlavaVision):
         def tower_output(self, pixels):
@@ -87,27 +94,22 @@ def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(p
 
     def check(vision):
         if vision.select_layer != -2:
-            raise ConfigError("vision.select_layer must be -2 for kind 'clip-cls'")
+            raise ConfigError("vision.select_layer must be -2 for family 'toy-cls'")
 
-    wide = dataclasses.replace(TOY, name="toy-cls", vision_kind="clip-cls", frontend=ClsKeepingVision,
+    wide = dataclasses.replace(TOY, name="toy-cls", frontend=ClsKeepingVision,
                                image_tokens=lambda v: (v.image_size // v.patch_size) ** 2 + 1, check_vision=check,
                                releases={"dense": Release("toy_cls", "ToyClsForCausalLM")})
     base = models.get_variant("tiny-llava")
     with registered(wide):
-        cfg = dataclasses.replace(base, name="tiny-toy-cls", family="toy-cls",
-                                  vision=dataclasses.replace(base.vision, kind="clip-cls"))
-        assert cfg.vision.num_image_tokens == base.vision.num_image_tokens + 1
+        cfg = dataclasses.replace(base, name="tiny-toy-cls", family="toy-cls")
+        assert cfg.num_image_tokens == base.num_image_tokens + 1
         model = models.build_model(cfg)
         batch = model.build_batch(prompts[:1], images[:1])
-        assert batch.image_tokens[0] == cfg.vision.num_image_tokens
-        with pytest.raises(ConfigError, match="select_layer must be -2 for kind 'clip-cls'"):
+        assert batch.image_tokens[0] == cfg.num_image_tokens == model.vision.num_image_tokens
+        with pytest.raises(ConfigError, match="select_layer must be -2 for family 'toy-cls'"):
             dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, select_layer=-1))
-    with pytest.raises(ConfigError, match="no host family reads 'clip-cls'"):
-        dataclasses.replace(base.vision, kind="clip-cls").num_image_tokens
-    # one geometry per kind: a family reading an existing kind with another token count is refused
-    with pytest.raises(ValueError, match="vision kind 'clip' is read by 'llava' with another geometry"):
-        with registered(dataclasses.replace(wide, vision_kind="clip")):
-            pass
+    with pytest.raises(ConfigError, match="unknown host family 'toy-cls'"):
+        cfg.num_image_tokens
 
 
 def test_config_json_two_families_claim_is_an_error(tmp_path):

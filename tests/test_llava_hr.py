@@ -9,9 +9,9 @@ from modbench.models.llava_hr import MixtureOfResolutionAdapter, fast_image_size
 
 
 def test_full_size_token_count_and_fast_resolution():
-    vision = models.get_variant("llava-hr-7b").vision
-    assert fast_image_size(vision) == 448 and vision.num_image_tokens == 1024
-    assert models.get_variant("tiny-llava-hr").vision.num_image_tokens == 16
+    cfg = models.get_variant("llava-hr-7b")
+    assert fast_image_size(cfg.vision) == 448 and cfg.num_image_tokens == 1024
+    assert models.get_variant("tiny-llava-hr").num_image_tokens == 16
 
 
 def test_position_embedding_resampling():

@@ -6,8 +6,8 @@ from modbench import models
 
 
 def test_token_counts():
-    assert models.get_variant("mgm-hd-7b").vision.num_image_tokens == 2880
-    assert models.get_variant("tiny-mgm-hd").vision.num_image_tokens == 5 * 16
+    assert models.get_variant("mgm-hd-7b").num_image_tokens == 2880
+    assert models.get_variant("tiny-mgm-hd").num_image_tokens == 5 * 16
 
 
 def test_views_are_row_major_crops_then_global(images):
