@@ -150,6 +150,12 @@ def q_exists(scene: Scene, rng: random.Random, negative: str = "random", popular
     present = {t.name for t in scene.things}
     if rng.random() < 0.5:
         return rng.choice(sorted(present)), "yes"
+    return absent_object(scene, rng, negative, popular), "no"
+
+
+def absent_object(scene: Scene, rng: random.Random, negative: str = "random", popular: list[str] | None = None):
+    """An object not in the scene, drawn as POPE draws its negatives (q_exists)."""
+    present = {t.name for t in scene.things}
     if negative == "adversarial":
         thing = rng.choice(scene.things)
         options = [f"{c} {thing.shape}" for c in COLOURS] + [f"{thing.colour} {s}" for s in SHAPES]
@@ -158,7 +164,7 @@ def q_exists(scene: Scene, rng: random.Random, negative: str = "random", popular
     else:
         options = [f"{c} {s}" for c in COLOURS for s in SHAPES]
     options = [o for o in options if o not in present]
-    return rng.choice(options), "no"
+    return rng.choice(options)
 
 
 def short_question(scene: Scene, rng: random.Random) -> tuple[str, str, int]:
@@ -267,7 +273,8 @@ YES_NO_ORDERS = ("drawn", "first", "after_first", "half_first")
 
 
 def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1,
-                   caption: bool = True, yes_no_order: str = "drawn") -> list[tuple[str, str]]:
+                   caption: bool = True, yes_no_order: str = "drawn",
+                   exists_pairs: bool = False) -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
     the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
     is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
@@ -279,13 +286,26 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
     questions, then the rest), "half_first" ("first" in half the conversations, by one more draw of `rng`,
     else "drawn"). An earlier answer can give a yes/no answer away (after "What colour is the
     circle? Red", "Is there a red circle?" needs no look at the image), which no first-turn benchmark question
-    allows; "first" also makes the first turn nearly always a yes/no one."""
+    allows; "first" also makes the first turn nearly always a yes/no one.
+    exists_pairs: an existence draw asks two questions about the image, one answered Yes and one No (in a drawn
+    order), as MME asks each image a Yes and a No question: the pair's answers cancel in the gradient of a bias
+    towards either answer, leaving only what tells them apart, the image."""
     out, asked = [], set()
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
             break
         kind = rng.choice(("exists",) * exists_weight + ("short", "short", "choice", "mme")
                           + (("word", "word") if scene.word else ()))
+        if kind == "exists" and exists_pairs:
+            negative = rng.choice(("random", "adversarial"))
+            pair = [(rng.choice(sorted({t.name for t in scene.things})), "Yes"),
+                    (absent_object(scene, rng, negative), "No")]
+            rng.shuffle(pair)
+            candidates = [(f"Is there a {name} in the image?{SHORT}", answer) for name, answer in pair]
+            if len(out) + 2 <= turns and not {question_asks(q) for q, _ in candidates} & asked:
+                asked.update(question_asks(q) for q, _ in candidates)
+                out += candidates
+            continue
         if kind == "exists":
             name, answer = q_exists(scene, rng, rng.choice(("random", "adversarial")))
             question, answer = f"Is there a {name} in the image?{SHORT}", answer.capitalize()
@@ -353,6 +373,7 @@ class CorpusSpec:
     exists_weight: int = 1  # shares of existence questions among the training turns (training_turns)
     caption: bool = True  # each training conversation ends with a dense caption (training_turns)
     yes_no_order: str = "drawn"  # where the yes/no turns go (training_turns)
+    exists_pairs: bool = False  # existence asked in Yes/No pairs about one image (training_turns)
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
@@ -386,7 +407,8 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     records = []
     for i, scene in enumerate(train_scenes):
         draw(scene, spec.image_size).save(images / f"{i:06d}.png")
-        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption, spec.yes_no_order)
+        turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption, spec.yes_no_order,
+                               spec.exists_pairs)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},

@@ -417,6 +417,32 @@ def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_com
         pin_cpu_isa("avx1024")
 
 
+def test_exists_pairs_ask_one_yes_and_one_no_existence_question_about_each_image():
+    import random
+
+    from modbench.tasks.scenes import question_asks, sample_scene, training_turns
+
+    rng, pairs, lengths = random.Random(0), 0, []
+    for _ in range(300):
+        scene = sample_scene(rng)
+        turns = training_turns(scene, rng, 8, exists_pairs=True)
+        exists = [(q, a) for q, a in turns if q.startswith("Is there a") and " in the image?" in q]  # POPE's
+        assert sorted(a for _, a in exists) == sorted(["No", "Yes"] * (len(exists) // 2))  # as many Yes as No
+        present = {t.name for t in scene.things}
+        for question, answer in exists:
+            name = question.split("Is there a ")[1].split(" in the image?")[0]
+            assert (name in present) == (answer == "Yes")
+        asks = [question_asks(q) for q, _ in turns[:-1]]
+        assert len(asks) == len(set(asks)) >= 5  # still no question asked twice (a one-object scene: one pair)
+        pairs += len(exists) // 2
+        lengths.append(len(asks))
+    assert pairs > 300 and sum(lengths) / len(lengths) > 7.5  # the turns are still nearly always filled
+    # off by default: the drawn turns of the presets' corpora are unchanged
+    scene = sample_scene(random.Random(3))
+    assert training_turns(scene, random.Random(1), 8) == training_turns(scene, random.Random(1), 8,
+                                                                        exists_pairs=False)
+
+
 def test_yes_no_order_reorders_the_same_drawn_turns():
     import random
 
