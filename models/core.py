@@ -90,9 +90,9 @@ class ModOutput:
     attentions: list[torch.Tensor | None] = field(default_factory=list)
 
 
-def _pack(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _pack(keep: torch.Tensor, kept_per_row: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row, the indices of kept tokens in order, padded to the widest row: (idx [B, K], valid [B, K])."""
-    k = int(keep.sum(dim=1).max())
+    k = int(keep.sum(dim=1).max()) if kept_per_row is None else kept_per_row
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :k]
     return order, torch.gather(keep, 1, order)
 
@@ -114,6 +114,8 @@ class ModDecoder(nn.Module):
     def _mask(self, old_valid, valid, dtype) -> torch.Tensor | None:
         """Additive [B, 1, K, L_old + K] mask: causal over cache slots, invalid slots hidden. A query always
         sees its own slot, so padded queries stay finite (their outputs are discarded)."""
+        if valid.is_meta:  # counting FLOPs (models/flops.py): no values to mask, and a mask adds no matmul
+            return None
         batch, k = valid.shape
         full = valid if old_valid is None else torch.cat([old_valid, valid], dim=1)
         old = full.shape[1] - k
@@ -147,7 +149,7 @@ class ModDecoder(nn.Module):
             pos = positions
         else:
             keep = route.keep & real
-            idx, valid = _pack(keep)
+            idx, valid = _pack(keep, route.kept_per_row)
             route.keep = keep
             if idx.shape[1] == 0:
                 out = hidden if route.skip_scale is None else hidden * route.skip_scale[..., None]
@@ -179,6 +181,8 @@ class ModDecoder(nn.Module):
         if idx is None:
             return y, attn_weights if want_attn else None
         out = hidden if route.skip_scale is None else hidden * route.skip_scale[..., None]
+        if out.is_meta:  # shapes only: the kept tokens' write-back has no values to move
+            return out, None
         out = out.clone()
         rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None].expand_as(idx)
         out[rows[valid], idx[valid]] = y[valid]

@@ -10,7 +10,8 @@ router and decode steps are not counted.
 Full (`flops_full_meta`, `modbench flops --full`): every component, counted by torch.utils.flop_counter on
 the meta device. Each host front-end runs its own encode() with its parts named (vision_encoder,
 vision_encoder_aux, patch_info_mining, projector), on inputs of the shapes its preprocess() gives
-(`meta_pixels`: LLaVA-NeXT's tiles follow the image size), so what is counted is what a forward runs.
+(`meta_pixels`: LLaVA-NeXT's tiles follow the image size), and the decoder runs its own loop with a fixed count
+of tokens per layer (`FixedCountRouting`), so what is counted is what a forward runs.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from .config import ModelConfig
-from .routing import scheme_class
+from .routing import IMAGE, RESPONSE, Route, RoutingScheme, scheme_class
 
 CONVENTION = "2 FLOPs per multiply-add; LLM decoder prefill only (8sh^2 + 4s^2h + 6shI per layer)"
 TORCH_CONVENTION = "torch.utils.flop_counter: 2 FLOPs per multiply-add"
@@ -107,8 +108,7 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     `new_tokens` decode steps (so 1 + new_tokens generated tokens, each through lm_head) would have, all
     counted by torch.utils.flop_counter. Decode steps run every layer (an upper bound for γ-MoD). For p-MoD the image
     tokens are the encoded image's unless `image_tokens` says otherwise."""
-    from transformers import DynamicCache
-
+    from .core import ModCache
     from .params import build_on_meta
 
     model = build_on_meta(cfg)
@@ -133,18 +133,14 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
         if image_tokens is None:
             image_tokens = int(features[0].shape[0])
     tokens = [int(round(t)) for t in tokens_per_layer(cfg, seq_len, skip, image_tokens)]
-
-    def run_layer(layer_idx: int, n: int, cache=None) -> None:
-        layer = decoder.layers[layer_idx]
-        x = torch.empty(1, n, hidden, **meta)
-        pos = torch.zeros(1, n, dtype=torch.long, device="meta")
-        cos_sin = decoder.rotary_emb(x, pos)
-        attn, _ = layer.self_attn(hidden_states=layer.input_layernorm(x), position_embeddings=cos_sin,
-                                  attention_mask=None, past_key_values=cache)
-        layer.mlp(layer.post_attention_layernorm(x + attn))
-
-    components["llm_prefill"] = count(lambda: [run_layer(i, n) for i, n in enumerate(tokens)])
     routing = decoder.routing
+    # The model's own decoder loop runs, layer l on tokens[l] tokens of the prefill (a fixed count per layer in
+    # place of the routers' data-dependent choice); decode steps run every layer.
+    decoder.routing = FixedCountRouting(cfg, tokens, seq_len)
+    cache = ModCache(cfg.llm.num_layers, 1, torch.device("meta")) if new_tokens else None
+    prompt = torch.empty(1, seq_len, hidden, **meta)
+    types = torch.full((1, seq_len), IMAGE, dtype=torch.long, device="meta")
+    components["llm_prefill"] = count(lambda: decoder(prompt, types, cache=cache))
     mod_layers = list(routing.mod_layers)
     if mod_layers:
         x = torch.empty(1, seq_len, hidden, **meta)
@@ -156,22 +152,32 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     # one token's logits after the prefill and after each decode step
     components["lm_head"] = count(lambda: model.language_model.lm_head(head_in)) * (1 + new_tokens)
     if new_tokens:
-        def decode() -> None:
-            kv = cfg.llm.num_kv_heads
-            head_dim = hidden // cfg.llm.num_heads
-            for step in range(new_tokens):
-                for i, n in enumerate(tokens):
-                    cache = DynamicCache()
-                    past = torch.empty(1, kv, n + step, head_dim, **meta)
-                    cache.update(past, past, i)
-                    run_layer(i, 1, cache)
-        components["llm_decode"] = count(decode)
+        step = torch.empty(1, 1, hidden, **meta)
+        step_type = torch.full((1, 1), RESPONSE, dtype=torch.long, device="meta")
+        components["llm_decode"] = count(lambda: [decoder(step, step_type, cache=cache) for _ in range(new_tokens)])
     total = sum(components.values())
     return {
         "model": cfg.name, "convention": TORCH_CONVENTION + " (meta device, no weights)", "seq_len": seq_len,
         "skip": skip, "new_tokens": new_tokens, "image_tokens": image_tokens, "tokens_per_layer": tokens,
         "tflops_per_component": {k: v / 1e12 for k, v in components.items()}, "tflops": total / 1e12,
     }
+
+
+class FixedCountRouting(RoutingScheme):
+    """Counting only: in a prefill of `seq_len` tokens layer l runs `tokens[l]` of them (the count the model's
+    scheme gives, `tokens_per_layer`), known without data, so the decoder loop runs on the meta device; any
+    other forward (a decode step) runs every layer."""
+
+    def __init__(self, cfg: ModelConfig, tokens: list[int], seq_len: int) -> None:
+        super().__init__(cfg)
+        self.seq_len = seq_len
+        self.counts = {layer: n for layer, n in enumerate(tokens) if n < seq_len}
+
+    def route(self, layer_idx, hidden, normed, ctx) -> Route | None:
+        if hidden.shape[1] != self.seq_len or layer_idx not in self.counts:
+            return None
+        keep = torch.empty(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        return Route(keep=keep, kept_per_row=self.counts[layer_idx])
 
 
 class _LanguageModelLogits(torch.nn.Module):

@@ -16,6 +16,7 @@ from modbench.models.flops import (
     flops_full_meta,
     fvcore_flops,
     llm_layer_flops,
+    tokens_per_layer,
     torch_flop_counter,
 )
 from modbench.models.pmod import mean_kept_ratio, pmod_layers_and_ratios
@@ -94,6 +95,29 @@ def test_full_accounting_on_meta_matches_analytic_llm_part():
     assert parts["llm_prefill"] == pytest.approx(flops_analytic(cfg, 1400, 0.5)["tflops"], rel=1e-3)
     assert all(v > 0 for v in parts.values())
     assert record["tflops"] == pytest.approx(sum(parts.values()))
+
+
+def test_full_accounting_runs_the_models_own_decoder_loop_on_meta(monkeypatch):
+    """The LLM's FLOPs come from ModDecoder's loop itself (each layer on the tokens the scheme keeps, then decode
+    steps through the cache), not from a copy of what a layer does."""
+    from modbench.models.core import ModDecoder
+
+    cfg = models.get_variant("llava-hr-7b-gmod-0.5")
+    ran = []
+    original = ModDecoder._run_layer
+
+    def spy(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn):
+        out = original(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn)
+        ran.append((layer_idx, hidden.shape[1] if route is None else route.kept_per_row, hidden.is_meta))
+        return out
+
+    monkeypatch.setattr(ModDecoder, "_run_layer", spy)
+    flops_full_meta(cfg, 1400, 0.5, new_tokens=2)
+    layers = cfg.llm.num_layers
+    assert [(i, n) for i, n, _ in ran[:layers]] == [(i, round(n)) for i, n in
+                                                    enumerate(tokens_per_layer(cfg, 1400, 0.5))]
+    assert [(i, n) for i, n, _ in ran[layers:]] == [(i, 1) for i in range(layers)] * 2  # two decode steps
+    assert all(meta for _, _, meta in ran)
 
 
 def test_quantiles():
