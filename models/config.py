@@ -78,12 +78,17 @@ class VisionConfig:
     # LLaVA-1.5 pads to a square with the CLIP mean colour before resizing.
     image_mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
     image_std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    convnext: ConvNextConfig | None = None
-    input_image_size: int = 0  # multipath: the image size fed to the slow branch (1024 for LLaVA-HR)
-    adapters: bool = True  # multipath: adapters exist only when the vision tower was trained (not frozen)
-    grid_pinpoints: list[list[int]] = field(default_factory=list)  # anyres: candidate [height, width] grids
+    convnext: ConvNextConfig | None = None  # llava-hr, mgm-hd: the high-resolution branch
+    input_image_size: int = 0  # llava-hr, mgm-hd: the image size fed to the ConvNeXt (1024 for LLaVA-HR)
+    adapters: bool = True  # llava-hr: adapters exist only when the vision tower was trained (not frozen)
+    grid_pinpoints: list[list[int]] = field(default_factory=list)  # llava-next: candidate [height, width] grids
     image_grid: int = 1  # mgm-hd: crops per side
     image_global: bool = False  # mgm-hd: a global view besides the crops
+
+
+# VisionConfig fields that only some front-ends read (the others describe the CLIP tower every host has): a
+# family names those its front-end reads (HostFamily.vision_fields); a config that sets another is refused.
+FRONT_END_FIELDS = ("convnext", "input_image_size", "adapters", "grid_pinpoints", "image_grid", "image_global")
 
 
 @dataclass
@@ -128,7 +133,7 @@ class ModSpec:
     pmod_weight_norm: str = "tanh"
     pmod_norm_scale: float = 0.2
     pmod_norm_bias: float = 1.0
-    pmod_target_tokens: str = "vision_all"  # vision_all | vision_hr (anyres: the tiles, not the base view)
+    pmod_target_tokens: str = "vision_all"  # vision_all | vision_hr (llava-next: the tiles, not the base view)
     pmod_router_bias: bool = True  # mod_bias_enabled
     pmod_router_zero_init: bool = True  # mod_special_init
     # "released": top-k on w over the whole row with non-routed tokens at w(-inf), as the authors' code ranks
@@ -171,19 +176,21 @@ class ModelConfig:
         return from_dict(cls, _without_legacy_kind(data))
 
 
-def _without_legacy_kind(data):
-    """Records and checkpoints written before `family` became the one name of the host also carried
-    `vision.kind`, the name of the family's front-end; it is dropped when it names the family's (else refused)."""
+def _without_legacy_kind(data: dict) -> dict:
+    """Records written before `family` became the one name of the host (records.model.json, run.json's
+    `resolved`) also carried `vision.kind`, the name of the family's front-end: it is dropped when it is the
+    family's (else refused). Checkpoints never carried it."""
     vision = data.get("vision") if isinstance(data, dict) else None
     if not isinstance(vision, dict) or "kind" not in vision:
         return data
     from .hosts import host_family  # here: the host modules import this one
 
-    family = host_family(data.get("family", "llava"))
+    family = host_family(data.get("family", ModelConfig.family))
     if vision["kind"] != family.legacy_vision_kind:
+        written = (f"{family.name!r} was written as {family.legacy_vision_kind!r}" if family.legacy_vision_kind
+                   else f"{family.name!r} never wrote one")
         raise ConfigError(f"vision.kind {vision['kind']!r} does not match family {family.name!r} (a field of older "
-                          f"records, read only to check it: {family.name!r} was written as "
-                          f"{family.legacy_vision_kind!r}); `family` alone names the host now")
+                          f"records, read only to check it: {written}); `family` alone names the host now")
     return {**data, "vision": {k: v for k, v in vision.items() if k != "kind"}}
 
 
@@ -231,7 +238,14 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
         from .hosts import host_family  # here: the host modules import this one
 
-        host_family(cfg.family).check_vision(vision)
+        family = host_family(cfg.family)
+        default = VisionConfig()
+        for name in FRONT_END_FIELDS:
+            if name not in family.vision_fields and getattr(vision, name) != getattr(default, name):
+                reads = ", ".join(sorted(family.vision_fields)) or "none of them"
+                raise ConfigError(f"vision.{name} is set, but family {cfg.family!r}'s front-end does not read it "
+                                  f"(of {', '.join(FRONT_END_FIELDS)} it reads {reads})")
+        family.check_vision(vision)
 
 
 def _validate_pmod(mod: ModSpec) -> None:

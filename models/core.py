@@ -91,8 +91,14 @@ class ModOutput:
 
 
 def _pack(keep: torch.Tensor, kept_per_row: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the indices of kept tokens in order, padded to the widest row: (idx [B, K], valid [B, K])."""
-    k = int(keep.sum(dim=1).max()) if kept_per_row is None else kept_per_row
+    """Per row, the indices of kept tokens in order, padded to the widest row: (idx [B, K], valid [B, K]). On
+    the meta device, where `keep` has no values, K is the route's `kept_per_row`."""
+    if keep.is_meta:
+        if kept_per_row is None:
+            raise ValueError("a route on the meta device must give kept_per_row (its values are unknown)")
+        k = kept_per_row
+    else:
+        k = int(keep.sum(dim=1).max())
     order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :k]
     return order, torch.gather(keep, 1, order)
 

@@ -136,7 +136,7 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     routing = decoder.routing
     # The model's own decoder loop runs, layer l on tokens[l] tokens of the prefill (a fixed count per layer in
     # place of the routers' data-dependent choice); decode steps run every layer.
-    decoder.routing = FixedCountRouting(cfg, tokens, seq_len)
+    decoder.routing = fixed = FixedCountRouting(cfg, tokens, seq_len)
     cache = ModCache(cfg.llm.num_layers, 1, torch.device("meta")) if new_tokens else None
     prompt = torch.empty(1, seq_len, hidden, **meta)
     types = torch.full((1, seq_len), IMAGE, dtype=torch.long, device="meta")
@@ -152,6 +152,7 @@ def flops_full_meta(cfg: ModelConfig, seq_len: int, skip: float | None = None, n
     # one token's logits after the prefill and after each decode step
     components["lm_head"] = count(lambda: model.language_model.lm_head(head_in)) * (1 + new_tokens)
     if new_tokens:
+        fixed.prefill = False
         step = torch.empty(1, 1, hidden, **meta)
         step_type = torch.full((1, 1), RESPONSE, dtype=torch.long, device="meta")
         components["llm_decode"] = count(lambda: [decoder(step, step_type, cache=cache) for _ in range(new_tokens)])
@@ -172,9 +173,12 @@ class FixedCountRouting(RoutingScheme):
         super().__init__(cfg)
         self.seq_len = seq_len
         self.counts = {layer: n for layer, n in enumerate(tokens) if n < seq_len}
+        self.prefill = True  # the caller sets it False before the decode steps
 
     def route(self, layer_idx, hidden, normed, ctx) -> Route | None:
-        if hidden.shape[1] != self.seq_len or layer_idx not in self.counts:
+        if not hidden.is_meta:
+            raise ValueError("FixedCountRouting counts FLOPs on the meta device only")
+        if not self.prefill or layer_idx not in self.counts:
             return None
         keep = torch.empty(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
         return Route(keep=keep, kept_per_row=self.counts[layer_idx])

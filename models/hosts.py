@@ -3,9 +3,8 @@
 A host family is one module (models/llava.py, llava_next.py, llava_hr.py, mgm_hd.py) holding a `HOST_FAMILY`:
 its vision front-end and that front-end's geometry, the authors' key layout, the config.json `model_type` each
 routing scheme is released under on it, and its config.json vision fields both ways. `ModelConfig.family` is the
-one field that names it. models/vlm.py
-(building), models/checkpoints.py (reading and writing) and the config's validation look families up here
-and name none of them.
+one field that names it. models/vlm.py (building), models/checkpoints.py (reading and writing) and the config's
+validation look families up here and name none of them.
 
 Adding a host family: a new module with a `HOST_FAMILY`, listed in BUILTIN_MODULES, or registered from
 elsewhere with `register_host_family` (as tests/test_host_families.py does). Importing a front-end module
@@ -97,9 +96,12 @@ class HostFamily:
     # fields its front-end needs (a ConfigError naming the field)
     image_tokens: Callable[[VisionConfig], int] = patch_grid_tokens
     check_vision: Callable[[VisionConfig], None] = _nothing
-    # of those, the tokens of the base (low-resolution) view that p-MoD's "vision_hr" target leaves unrouted
+    # the VisionConfig fields of config.FRONT_END_FIELDS its front-end reads (a config setting another is refused)
+    vision_fields: frozenset[str] = frozenset()
+    # of its image tokens, those of the base (low-resolution) view that p-MoD's "vision_hr" target leaves unrouted
     base_view_tokens: Callable[[VisionConfig], int] = lambda vision: 0
-    # the `vision.kind` older records wrote for this family, checked and dropped when they are read
+    # the `vision.kind` older records wrote for this family, checked and dropped when they are read (a family
+    # added since has none)
     legacy_vision_kind: str = ""
 
     def release(self, scheme: str) -> Release:

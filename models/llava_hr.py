@@ -250,5 +250,6 @@ HOST_FAMILY = HostFamily(
     name="llava-hr", frontend=LlavaHrVision, layout=AUTHORS_LLAVA_HR,
     releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
     image_tokens=image_tokens, check_vision=check_vision,
+    vision_fields=frozenset({"convnext", "input_image_size", "adapters"}),
     legacy_vision_kind="multipath",
 )

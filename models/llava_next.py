@@ -195,5 +195,6 @@ HOST_FAMILY = HostFamily(
     releases=LLAVA_RELEASES, read_vision=read_vision, write_vision=write_vision, claims=claims,
     hf=HfLayout("llava_next", HF_LLAVA, HF_LLAVA_LEGACY, read_vision=read_hf_vision),
     image_tokens=image_tokens, check_vision=check_vision, base_view_tokens=patch_grid_tokens,
+    vision_fields=frozenset({"grid_pinpoints"}),
     legacy_vision_kind="anyres",
 )

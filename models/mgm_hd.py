@@ -187,5 +187,6 @@ def check_vision(vision: VisionConfig) -> None:
 HOST_FAMILY = HostFamily(
     name="mgm-hd", frontend=MgmHdVision, layout=MGM, releases=MGM_RELEASES,
     read_vision=read_vision, write_vision=write_vision, image_tokens=image_tokens, check_vision=check_vision,
+    vision_fields=frozenset({"convnext", "input_image_size", "image_grid", "image_global"}),
     legacy_vision_kind="mgm-hd",
 )

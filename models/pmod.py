@@ -307,8 +307,9 @@ class PmodRouting(RoutingScheme):
     @staticmethod
     def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
                          image_tokens: int | None = None) -> list[float]:
-        """The text tokens plus trunc(n_vision * ratio_l) of the vision tokens in MoD layer l (float32, as the
-        release computes it); `skip` instead skips that share of every token in the MoD layers."""
+        """The text tokens plus trunc(n_routed * ratio_l) of the routed vision tokens in MoD layer l (float32, as
+        the release computes it; with target "vision_hr" a base view's tokens are not routed, and run every
+        layer); `skip` instead skips that share of every token in the MoD layers."""
         num_layers = cfg.llm.num_layers
         layers, ratios = pmod_layers_and_ratios(cfg.mod, num_layers)
         if skip is not None:
@@ -317,8 +318,11 @@ class PmodRouting(RoutingScheme):
         if n_vision > seq_len:
             raise ValueError(f"seq_len {seq_len:g} is shorter than the {n_vision} image tokens (give a longer "
                              "sequence, or the image tokens it holds)")
+        base_view = host_family(cfg.family).base_view_tokens(cfg.vision) \
+            if cfg.mod.pmod_target_tokens == "vision_hr" and cfg.vision is not None else 0
+        routed = max(n_vision - base_view, 0)
         kept = dict(zip(layers, ratios))
-        return [seq_len - n_vision + kept_count(n_vision, kept[i]) if i in kept else float(seq_len)
+        return [seq_len - routed + kept_count(routed, kept[i]) if i in kept else float(seq_len)
                 for i in range(num_layers)]
 
     # --- the authors' checkpoint layout (MCG-NJU/p-MoD pmod_llava_llama.py) ------------------------------------

@@ -43,8 +43,8 @@ class Route:
     skip_scale: torch.Tensor | None = None  # [B, S]: a skipped token's hidden state is scaled by this
     compact_positions: bool = False  # RoPE positions count only the tokens this layer has kept
     aux_loss: torch.Tensor | None = None  # the routing loss of this layer (already weighted)
-    # Every row keeps exactly this many tokens, known without looking at `keep`'s values: the loop then takes
-    # no data-dependent step, so it runs on the meta device (models/flops.py counts FLOPs that way).
+    # On the meta device (models/flops.py counts FLOPs there): every row keeps this many tokens, which `keep`,
+    # having no values, cannot tell; the loop then takes no data-dependent step. Unused on a real device.
     kept_per_row: int | None = None
 
 

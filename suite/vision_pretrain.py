@@ -47,9 +47,11 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
     front = model.vision
     vision = front.vision_cfg
-    if not getattr(front, "tower_output_cacheable", False):  # LLaVA-1.5's front-end: one CLIP tower + projector
-        raise ValueError(f"{cfg.model}: pretraining is written for one CLIP-like tower and a projector, not "
-                         f"{model.cfg.family!r}'s front-end")
+    # LLaVA-1.5's front-end: one CLIP tower and a projector, one image token per patch (the labels' grid)
+    if not getattr(front, "tower_output_cacheable", False) or \
+            model.cfg.num_image_tokens != (vision.image_size // vision.patch_size) ** 2:
+        raise ValueError(f"{cfg.model}: pretraining is written for one CLIP-like tower and a projector with a "
+                         f"token per patch, not {model.cfg.family!r}'s front-end")
     tower = front.vision_tower
     folder = Path(cfg.images)
 

@@ -400,9 +400,13 @@ def test_gamma_training_differs_from_the_authors_when_the_image_is_not_first():
 
 # --- 7. flops --full: every component of every host ---------------------------------------------------------
 @pytest.mark.parametrize("variant", ["tiny-llava", "tiny-llava-hr", "tiny-llava-next", "tiny-mgm-hd",
-                                     "tiny-llava-pmod", "tiny-pmod-llava-next"])
+                                     "tiny-llava-pmod", "tiny-pmod-llava-next", "tiny-pmod-llava-next:vision_hr"])
 def test_full_flops_on_meta_equal_a_real_forward(variant, images):
-    model = models.build_model(variant)
+    name, _, target = variant.partition(":")  # vision_hr: LLaVA-NeXT's base view is not routed
+    cfg = models.get_variant(name)
+    if target:
+        cfg = dataclasses.replace(cfg, mod=dataclasses.replace(cfg.mod, pmod_target_tokens=target))
+    model = models.build_model(cfg)
     image = images[1]  # 30 x 50: LLaVA-NeXT picks one column of two tiles and unpads
     prompt = vicuna_v1("What colour is the shape?")
     seq_len = model.build_batch([prompt], [image]).token_types.shape[1]

@@ -73,14 +73,35 @@ def test_family_is_the_one_name_of_the_host_and_older_records_vision_kind_is_che
         dataclasses.replace(llava, family="llava-next")  # another family's front-end checks the fields it reads
     with pytest.raises(ConfigError, match="unknown host family 'toy-llava'"):
         toy_config("tiny-llava")
-    # records written before `family` alone named the host carried vision.kind: read when it agrees
-    data = llava.to_dict()
-    older = {**data, "vision": {**data["vision"], "kind": "clip"}}
-    assert models.ModelConfig.from_dict(older) == llava
-    with pytest.raises(ConfigError, match="vision.kind 'anyres' does not match family 'llava'"):
-        models.ModelConfig.from_dict({**data, "vision": {**data["vision"], "kind": "anyres"}})
     with pytest.raises(ConfigError, match="unknown key"):
-        models.ModelConfig.from_dict({**data, "vision": {**data["vision"], "colour": "red"}})
+        models.ModelConfig.from_dict({**llava.to_dict(), "vision": {**llava.to_dict()["vision"], "colour": "red"}})
+
+
+@pytest.mark.parametrize("variant, kind", [("tiny-llava", "clip"), ("tiny-llava-hr", "multipath"),
+                                           ("tiny-llava-next", "anyres"), ("tiny-mgm-hd", "mgm-hd")])
+def test_an_older_records_vision_kind_is_read_when_it_names_the_familys_front_end(variant, kind):
+    cfg = models.get_variant(variant)
+    data = cfg.to_dict()
+    assert models.ModelConfig.from_dict({**data, "vision": {**data["vision"], "kind": kind}}) == cfg
+    other = "clip" if kind != "clip" else "anyres"
+    with pytest.raises(ConfigError, match=f"vision.kind '{other}' does not match family '{cfg.family}'"):
+        models.ModelConfig.from_dict({**data, "vision": {**data["vision"], "kind": other}})
+    with registered(TOY):  # a family added since never wrote one
+        with pytest.raises(ConfigError, match="'toy-llava' never wrote one"):
+            models.ModelConfig.from_dict({**toy_config("tiny-llava").to_dict(),
+                                          "vision": {**data["vision"], "kind": kind}})
+
+
+@pytest.mark.parametrize("variant, family, field", [("tiny-llava-next", "llava", "grid_pinpoints"),
+                                                    ("tiny-llava-hr", "llava", "convnext"),
+                                                    ("tiny-mgm-hd", "llava", "convnext"),
+                                                    ("tiny-mgm-hd", "llava-hr", "image_grid")])
+def test_a_vision_field_the_familys_front_end_does_not_read_is_refused(variant, family, field):
+    """With `family` the one name of the host, moving a config to another family must not silently drop the
+    fields only the first family's front-end reads."""
+    cfg = models.get_variant(variant)
+    with pytest.raises(ConfigError, match=f"vision.{field} is set, but family '{family}'"):
+        dataclasses.replace(cfg, family=family)
 
 
 def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(prompts, images):

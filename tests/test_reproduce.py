@@ -437,10 +437,20 @@ def test_exists_pairs_ask_one_yes_and_one_no_existence_question_about_each_image
         pairs += len(exists) // 2
         lengths.append(len(asks))
     assert pairs > 300 and sum(lengths) / len(lengths) > 7.5  # the turns are still nearly always filled
-    # off by default: the drawn turns of the presets' corpora are unchanged
-    scene = sample_scene(random.Random(3))
-    assert training_turns(scene, random.Random(1), 8) == training_turns(scene, random.Random(1), 8,
-                                                                        exists_pairs=False)
+
+def test_the_default_training_turns_are_the_committed_presets_draws():
+    """The corpus options added since the presets' results were committed (caption, yes_no_order, exists_pairs)
+    leave the default draws as they were: a fingerprint of 200 scenes' turns, taken before they existed."""
+    import hashlib
+    import random
+
+    from modbench.tasks.scenes import sample_scene, training_turns
+
+    rng, turns = random.Random(0), []
+    for _ in range(200):
+        turns.append(training_turns(sample_scene(rng), rng, 8))
+    digest = hashlib.sha256(json.dumps(turns).encode()).hexdigest()
+    assert digest == "12a4211a066da606a89bbe0d6f84abbceb8709f3469fc519696098a9ed7b0f0c"
 
 
 def test_yes_no_order_reorders_the_same_drawn_turns():
@@ -459,3 +469,12 @@ def test_yes_no_order_reorders_the_same_drawn_turns():
     assert first[0][0].endswith(SHORT) and not any(q.endswith(SHORT) for q, _ in first[1:])  # first-turn format
     with pytest.raises(ValueError, match="yes_no_order must be one of"):
         training_turns(scene, random.Random(1), 8, yes_no_order="last")
+
+
+@pytest.mark.parametrize("variant", ["tiny-llava-hr", "tiny-mgm-hd", "tiny-llava-next"])
+def test_vision_pretraining_refuses_a_front_end_other_than_one_tower_and_a_token_per_patch(variant, tmp_path):
+    from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
+
+    cfg = VisionPretrainConfig(model=variant, images=str(tmp_path), output=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="one CLIP-like tower and a projector with a token per patch"):
+        pretrain_vision(cfg, [], 32)
