@@ -152,6 +152,9 @@ class MultiPathVisionTower(nn.Module):
 
 
 class LlavaHrVision(nn.Module):
+    # The multipath tower then the projector: a frozen tower's output may be computed once (as LlavaVision's)
+    tower_output_cacheable = True
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.vision_cfg = cfg.vision
@@ -167,9 +170,13 @@ class LlavaHrVision(nn.Module):
         size = self.vision_cfg.input_image_size
         return torch.empty(1, 3, size, size, device="meta")
 
+    def tower_output(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """What the projector reads: the fused CLIP + ConvNeXt tokens."""
+        return self.vision_tower(pixel_values)
+
     def encode(self, pixel_values: torch.Tensor, stage=run_stage) -> torch.Tensor:
         # vision_encoder: CLIP, ConvNeXt, the resolution adapters and the fusion
-        features = stage("vision_encoder", lambda: self.vision_tower(pixel_values))
+        features = stage("vision_encoder", lambda: self.tower_output(pixel_values))
         return stage("projector", lambda: self.projector(features))
 
 

@@ -166,6 +166,13 @@ REPRO_CLIP = VisionConfig(image_size=80, patch_size=8, hidden_size=128, num_laye
                           intermediate_size=512)
 register_variant(ModelConfig(name="cpu-repro-llava", family="llava", llm=REPRO_LLM, vision=REPRO_CLIP,
                              tokenizer="scenes"))
+# LLaVA-HR-shaped (`modbench reproduce --preset quick-hr`): the same LLM and CLIP tower (80 px -> 100 tokens) plus
+# LLaVA-HR's slow branch, a small ConvNeXt on the images drawn at 320 px, joined by the resolution adapters after
+# each CLIP quarter and the final fusion, as LLaVA-HR joins CLIP at 448 px and ConvNeXt at 1024 px.
+REPRO_HR_VISION = dataclasses.replace(REPRO_CLIP, input_image_size=320, convnext=ConvNextConfig(
+    depths=[1, 1, 1, 1], dims=[16, 32, 64, 128], head_hidden_size=0, timm_name=""))
+register_variant(ModelConfig(name="cpu-repro-llava-hr", family="llava-hr", llm=REPRO_LLM, vision=REPRO_HR_VISION,
+                             tokenizer="scenes"))
 # The reproduction's smoke-test size (`modbench reproduce --preset micro`, the test suite): the same family and
 # tokenizer, tiny dims (not one of the hosts' tiny twins of the bench slice).
 register_variant(ModelConfig(

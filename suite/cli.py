@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         PROTOCOLS,
         SCHEMES,
     )
+    from modbench.suite.reproduce import PRESETS  # its module imports nothing heavy either
 
     parser = argparse.ArgumentParser(
         prog="modbench",
@@ -499,9 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the papers' tables with computed verdicts. Every stage is cached under a hash of "
                                    "its inputs: an interrupted run continues, a rerun redoes nothing.")
     p.add_argument("scope", nargs="?", default="all", choices=["gamma-mod", "pmod", "all"])
-    p.add_argument("--preset", default="quick", choices=["micro", "quick", "full"],
+    p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                    help="quick: dense, γ-MoD 0.5, p-MoD, 1 seed (~10 min on 2 cores); full: every γ-MoD Table 1 "
-                        "row and the p-MoD ablation, 3 seeds; micro: a smoke test")
+                        "row and the p-MoD ablation, 3 seeds; quick-hr: quick on the LLaVA-HR-shaped model "
+                        "(CLIP + ConvNeXt at 320 px); micro: a smoke test")
     p.add_argument("--seeds", type=int, default=None, help="override the preset's number of seeds")
     p.add_argument("--seed", type=int, default=None,
                    help="compute only this seed's stages (0-based) into the stage cache and write no report: one "

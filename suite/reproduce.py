@@ -132,6 +132,10 @@ PRESETS = {
     # tower in every seed, and full fits 90 min with its seeds in parallel.
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1800),
+    # quick's recipe on the LLaVA-HR-shaped model (γ-MoD's main host): the scenes drawn at 320 px for its
+    # ConvNeXt, the same 100 image tokens for the LLM
+    "quick-hr": Preset("quick-hr", seeds=1, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3, image_size=320,
+                       model="cpu-repro-llava-hr"),
 }
 
 

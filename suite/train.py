@@ -398,7 +398,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
         if not getattr(model.vision, "tower_output_cacheable", False):
             raise ConfigError(f"train config: tower_features: {model.cfg.name}'s front-end is not one tower and a "
-                              "projector (only LLaVA-1.5's is); train it from images")
+                              "projector (LLaVA-1.5's and LLaVA-HR's are); train it from images")
         tower_features = TowerFeatures(cfg.tower_features)
         tower_features.check(model.vision.vision_tower, model.cfg.num_image_tokens, vision.hidden_size)
     dataset = InstructionDataset(cfg.data, cfg.images or None, model.tokenizer,

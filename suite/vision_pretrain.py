@@ -47,11 +47,14 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
     front = model.vision
     vision = front.vision_cfg
-    # LLaVA-1.5's front-end: one CLIP tower and a projector, one image token per patch (the labels' grid)
-    if not getattr(front, "tower_output_cacheable", False) or \
-            model.cfg.num_image_tokens != (vision.image_size // vision.patch_size) ** 2:
-        raise ValueError(f"{cfg.model}: pretraining is written for one CLIP-like tower and a projector with a "
-                         f"token per patch, not {model.cfg.family!r}'s front-end")
+    # One tower (LLaVA-1.5's CLIP, LLaVA-HR's multipath) then a projector, its tokens a square grid over the image:
+    # each token is labelled with what covers the centre of its cell
+    grid = math.isqrt(model.cfg.num_image_tokens)
+    if not getattr(front, "tower_output_cacheable", False) or grid * grid != model.cfg.num_image_tokens \
+            or image_size % grid:
+        raise ValueError(f"{cfg.model}: pretraining is written for one tower and a projector with a square grid "
+                         f"of tokens over the {image_size} px image, not {model.cfg.family!r}'s front-end")
+    cell = image_size // grid
     tower = front.vision_tower
     folder = Path(cfg.images)
 
@@ -61,11 +64,11 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
 
     pixels = torch.cat([front.preprocess([read(i) for i in range(start, min(start + 256, len(scenes)))])
                         for start in range(0, len(scenes), 256)])
-    labels = torch.tensor([patch_labels(s, image_size, vision.patch_size) for s in scenes])
+    labels = torch.tensor([patch_labels(s, image_size, cell) for s in scenes])
     probe_rng = random.Random(f"vision-probe-{cfg.seed}")
     probe = [sample_scene(probe_rng) for _ in range(cfg.probe_scenes)]
     probe_pixels = front.preprocess([draw(s, image_size) for s in probe])
-    probe_labels = torch.tensor([patch_labels(s, image_size, vision.patch_size) for s in probe])
+    probe_labels = torch.tensor([patch_labels(s, image_size, cell) for s in probe])
 
     head = torch.nn.Linear(vision.hidden_size, len(PATCH_CLASSES))
     params = [*tower.parameters(), *head.parameters()]

@@ -471,10 +471,46 @@ def test_yes_no_order_reorders_the_same_drawn_turns():
         training_turns(scene, random.Random(1), 8, yes_no_order="last")
 
 
-@pytest.mark.parametrize("variant", ["tiny-llava-hr", "tiny-mgm-hd", "tiny-llava-next"])
-def test_vision_pretraining_refuses_a_front_end_other_than_one_tower_and_a_token_per_patch(variant, tmp_path):
+@pytest.mark.parametrize("variant, image_size", [("tiny-mgm-hd", 32), ("tiny-llava-next", 32), ("tiny-llava", 30)])
+def test_vision_pretraining_refuses_a_front_end_other_than_one_tower_and_a_grid_of_tokens(variant, image_size,
+                                                                                           tmp_path):
+    """Mini-Gemini's two encoders and LLaVA-NeXT's tiles are not one tower's square grid; a 30 px image does not
+    split into tiny-llava's 4 x 4 grid of cells (LLaVA-1.5's and LLaVA-HR's towers are pretrained: the presets)."""
     from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
 
     cfg = VisionPretrainConfig(model=variant, images=str(tmp_path), output=str(tmp_path / "out"))
-    with pytest.raises(ValueError, match="one CLIP-like tower and a projector with a token per patch"):
-        pretrain_vision(cfg, [], 32)
+    with pytest.raises(ValueError, match="one tower and a projector with a square grid of tokens"):
+        pretrain_vision(cfg, [], image_size)
+
+
+def test_the_llava_hr_tower_is_pretrained_on_its_grid_and_its_output_cached(tmp_path):
+    """LLaVA-HR's multipath tower (CLIP + ConvNeXt + adapters) is pretrained like CLIP: each fused token labelled
+    with what covers its cell of the high-resolution image; its cached output is what the loaded model computes."""
+    import random
+
+    from modbench import models
+    from modbench.suite.train_data import TowerFeatures
+    from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
+    from modbench.tasks.scenes import draw, sample_scene
+
+    rng = random.Random(0)
+    scenes = [sample_scene(rng) for _ in range(4)]
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, scene in enumerate(scenes):
+        draw(scene, 128).save(images / f"{i:06d}.png")
+    out = tmp_path / "out"
+    cfg = VisionPretrainConfig(model="tiny-llava-hr", images=str(images), output=str(out), steps=2, batch_size=2,
+                               warmup=1, probe_scenes=2)
+    record = pretrain_vision(cfg, scenes, 128, log=lambda *_: None)
+    assert record["status"] == "ok" and record["steps"] == 2
+    model = models.load(str(out))
+    assert model.cfg.family == "llava-hr"
+    features = TowerFeatures(out / TowerFeatures.FILE)
+    features.check(model.vision.vision_tower, model.cfg.num_image_tokens, model.cfg.vision.hidden_size)
+    with torch.no_grad():
+        from PIL import Image
+
+        with Image.open(images / "000001.png") as image:
+            expected = model.vision.tower_output(model.vision.preprocess([image.convert("RGB")]))[0]
+    torch.testing.assert_close(features["images/000001.png"], expected, rtol=1e-5, atol=1e-5)

@@ -305,7 +305,7 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
         train(config(data, tmp_path / "bad2", tower_features=str(tmp_path / "tower.safetensors"), seed=1))
     with pytest.raises(ConfigError, match="not one tower and a projector"):
         train(config(data, tmp_path / "bad3", tower_features=str(tmp_path / "tower.safetensors"),
-                     model="tiny-llava-hr"))
+                     model="tiny-mgm-hd"))
     # ARank reads the images themselves where training reads the cached output
     from modbench.suite.train import arank_samples
 
