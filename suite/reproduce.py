@@ -3,10 +3,11 @@
 The pipeline, per seed (every stage cached under a content hash of its inputs, so an interrupted run continues
 where it stopped and a rerun with the same spec redoes nothing):
 1. corpus     drawn scenes (tasks/scenes.py): training JSON in LLaVA's format, held-out sets in benchmark schemas;
-2. vision     (presets with vision_steps) the CLIP-like tower pretrained on the training scenes, each patch token
-              predicting what covers it (suite/vision_pretrain.py): the stand-in for CLIP's pretraining. It then
-              stays frozen, as LLaVA keeps CLIP frozen; without this stage it learns from scratch with the LLM;
-3. dense      a LLaVA-1.5-shaped model (cpu-repro-llava): its LLM and connector trained from scratch, one stage
+2. vision     (presets with vision_steps) the tower pretrained on the training scenes, each image token
+              predicting what covers its cell (suite/vision_pretrain.py): the stand-in for CLIP's pretraining. It
+              then stays frozen, as LLaVA keeps CLIP frozen; without this stage it learns from scratch with the LLM;
+3. dense      a LLaVA-1.5-shaped model (cpu-repro-llava; quick-hr: the LLaVA-HR-shaped cpu-repro-llava-hr, its
+              tower CLIP + ConvNeXt at 320 px): its LLM and connector trained from scratch, one stage
               (at this scale there is no pretrained Vicuna to align, so LLaVA's stage 1 has nothing to do);
 4. arank      ARank of the dense model over ScienceQA-style prompts (as the paper) -> the γ-MoD layers;
 5. finetune   from the dense checkpoint, the same steps and data for every row: a dense continuation (the fair
@@ -133,8 +134,8 @@ PRESETS = {
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1800),
     # quick's recipe on the LLaVA-HR-shaped model (γ-MoD's main host): the scenes drawn at 320 px for its
-    # ConvNeXt, the same 100 image tokens for the LLM
-    "quick-hr": Preset("quick-hr", seeds=1, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3, image_size=320,
+    # ConvNeXt, the same 100 image tokens for the LLM; 2 seeds, ~15.5 min each on 2 cores
+    "quick-hr": Preset("quick-hr", seeds=2, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3, image_size=320,
                        model="cpu-repro-llava-hr"),
 }
 
@@ -488,7 +489,8 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
 
     loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
     for model in loaded.values():  # the parameters fine-tuning trains: a pretrained tower stays frozen
-        set_trainable(model, "finetune", train_vision=preset.train_tower)
+        # as in the training stages, which read the frozen tower's cached output
+        set_trainable(model, "finetune", train_vision=preset.train_tower, tower_output_cached=not preset.train_tower)
     first = next(iter(loaded.values()))
     dataset = InstructionDataset(corpus / "train" / "scenes.json", None, first.tokenizer,
                                  first.cfg.num_image_tokens, first.cfg.llm.max_position_embeddings)

@@ -217,8 +217,10 @@ def tower_modules(front_end) -> list[torch.nn.Module]:
     return towers
 
 
-def set_trainable(model, stage: str, train_vision: bool) -> dict:
-    """pretrain: the connector only; finetune: connector + LLM + routers (+ towers if asked)."""
+def set_trainable(model, stage: str, train_vision: bool, tower_output_cached: bool = False) -> dict:
+    """pretrain: the connector only; finetune: connector + LLM + routers (+ towers if asked). With the tower's
+    output cached (TowerFeatures) training runs only the projector, so all before it is frozen: LLaVA-HR's
+    resolution adapters and fusion too, which its own training would otherwise train."""
     for param in model.parameters():
         param.requires_grad_(stage == "finetune")
     if model.vision is not None:
@@ -228,6 +230,9 @@ def set_trainable(model, stage: str, train_vision: bool) -> dict:
     for tower in towers:
         for param in tower.parameters():
             param.requires_grad_(train_vision and stage == "finetune")
+    if tower_output_cached and model.vision is not None:
+        for param in model.vision.vision_tower.parameters():
+            param.requires_grad_(False)
     count = lambda params: sum(p.numel() for p in params)  # noqa: E731
     return {"trainable": count(p for p in model.parameters() if p.requires_grad),
             "frozen": count(p for p in model.parameters() if not p.requires_grad)}
@@ -409,7 +414,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     if saved:
         choice = saved["mod_choice"]
     model.language_model.model.gradient_checkpointing = cfg.gradient_checkpointing
-    params = set_trainable(model, cfg.stage, cfg.train_vision)
+    params = set_trainable(model, cfg.stage, cfg.train_vision, tower_output_cached=tower_features is not None)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)

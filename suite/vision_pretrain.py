@@ -3,9 +3,10 @@
 LLaVA, LLaVA-HR, γ-MoD and p-MoD start from a pretrained vision encoder and keep it frozen while the connector and
 the LLM learn (both stages). At CPU scale there is no pretrained encoder to start from, and a tower trained from
 scratch through the LLM's loss learns to see slowly (results/reproduction/dense_sweep.md). So the reproduction
-first pretrains its tower on the training scenes alone: every patch token predicts what covers that patch
-(background, one of the colour-shape pairs, or the sign of one word: `tasks.scenes.patch_labels`), through a
-linear head on the features the projector reads (the tower's `select_layer`). The head is dropped; the whole
+first pretrains its tower on the training scenes alone: every image token predicts what covers its cell of the
+image (background, one of the colour-shape pairs, or the sign of one word: `tasks.scenes.patch_labels`), through a
+linear head on the features the projector reads (CLIP's `select_layer`; LLaVA-HR's fused CLIP + ConvNeXt tokens,
+adapters included). The head is dropped; the whole
 model (the LLM at its seeded random init) is saved in the released layout, from which dense training starts.
 """
 
@@ -22,7 +23,7 @@ import torch
 
 @dataclass(frozen=True)
 class VisionPretrainConfig:
-    model: str  # a variant with a CLIP-like tower (trained from its seeded random init)
+    model: str  # a variant with one tower and a projector: LLaVA-1.5's CLIP, LLaVA-HR's multipath (seeded init)
     images: str  # the corpus's training images, named as its training JSON names them (images/000000.png, ...)
     output: str
     steps: int = 800
@@ -62,8 +63,12 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
         with Image.open(folder / f"{i:06d}.png") as image:
             return image.convert("RGB")
 
-    pixels = torch.cat([front.preprocess([read(i) for i in range(start, min(start + 256, len(scenes)))])
-                        for start in range(0, len(scenes), 256)])
+    pixels = None  # filled in place: a torch.cat of the chunks would hold every image twice (7 GB at 320 px)
+    for start in range(0, len(scenes), 256):
+        chunk = front.preprocess([read(i) for i in range(start, min(start + 256, len(scenes)))])
+        if pixels is None:
+            pixels = torch.empty(len(scenes), *chunk.shape[1:], dtype=chunk.dtype)
+        pixels[start:start + len(chunk)] = chunk
     labels = torch.tensor([patch_labels(s, image_size, cell) for s in scenes])
     probe_rng = random.Random(f"vision-probe-{cfg.seed}")
     probe = [sample_scene(probe_rng) for _ in range(cfg.probe_scenes)]

@@ -267,7 +267,8 @@ def test_routing_loss_gradient_reaches_the_router_and_only_what_feeds_it(prompts
     assert "language_model.lm_head.weight" not in touched and "language_model.model.layers.3.mlp.up_proj.weight" not in touched
 
 
-def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
+@pytest.mark.parametrize("variant", ["tiny-llava", "tiny-llava-hr"])
+def test_cached_tower_features_stand_in_for_the_frozen_tower(variant, data, tmp_path):
     """The reproduction computes its frozen tower's output once (TowerFeatures) and trains from it: a batch read
     that way gives the loss the images give; a run trains from it and leaves the tower as it was; a tower being
     trained cannot use it."""
@@ -275,7 +276,7 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
     from modbench.suite.train import TrainingForward
     from modbench.suite.train_data import TowerFeatures
 
-    model = models.build_model("tiny-llava", seed=0).train()
+    model = models.build_model(variant, seed=0).train()
     front = model.vision
     names = sorted(p.name for p in data.parent.glob("img*.png"))
     with torch.no_grad():
@@ -289,20 +290,28 @@ def test_cached_tower_features_stand_in_for_the_frozen_tower(data, tmp_path):
         assert (batch.pixels is None) == (features is not None)
         losses.append(TrainingForward(model)(batch).loss)
     torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-6)
-    # ...and the comparison can fail: another image's features move the loss
-    swapped = TowerFeatures(tmp_path / "tower.safetensors")
-    swapped.names = {name: (i + 1) % len(names) for name, i in swapped.names.items()}
-    dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512, swapped)
-    moved = TrainingForward(model)(Collate(front.preprocess, skip_bad=False)([dataset[i] for i in (0, 3, 16, 5)])).loss
-    assert not torch.allclose(moved, losses[0], atol=1e-4)
+    # ...and the comparison can fail: another image's features move the loss (tiny-llava-hr's random multipath
+    # tower gives nearly the same features for every image, so the loss barely moves there)
+    if variant == "tiny-llava":
+        swapped = TowerFeatures(tmp_path / "tower.safetensors")
+        swapped.names = {name: (i + 1) % len(names) for name, i in swapped.names.items()}
+        dataset = InstructionDataset(data, None, model.tokenizer, front.num_image_tokens, 512, swapped)
+        moved = TrainingForward(model)(Collate(front.preprocess, skip_bad=False)([dataset[i] for i in (0, 3, 16, 5)])).loss
+        assert not torch.allclose(moved, losses[0], rtol=1e-5, atol=1e-6)  # beyond the tolerance of the check above
 
-    train(config(data, tmp_path / "run", tower_features=str(tmp_path / "tower.safetensors")))
+    train(config(data, tmp_path / "run", model=variant, tower_features=str(tmp_path / "tower.safetensors")))
     tower, before = models.load(tmp_path / "run").vision.vision_tower.state_dict(), front.vision_tower.state_dict()
+    # all of it: LLaVA-HR's adapters and fusion, inside the cached output, are frozen with it
     assert tower.keys() == before.keys() and all(torch.equal(v, before[k]) for k, v in tower.items())
+    record = json.loads((tmp_path / "run" / "train.json").read_text())
+    assert record["parameters"]["trainable"] == sum(p.numel() for p in model.parameters()) - sum(
+        p.numel() for p in front.vision_tower.parameters())
     with pytest.raises(ConfigError, match="not with train_vision"):
-        train(config(data, tmp_path / "bad", tower_features=str(tmp_path / "tower.safetensors"), train_vision=True))
+        train(config(data, tmp_path / "bad", model=variant, tower_features=str(tmp_path / "tower.safetensors"),
+                     train_vision=True))
     with pytest.raises(ValueError, match="another tower"):  # another seed's tower: its features do not apply
-        train(config(data, tmp_path / "bad2", tower_features=str(tmp_path / "tower.safetensors"), seed=1))
+        train(config(data, tmp_path / "bad2", model=variant, tower_features=str(tmp_path / "tower.safetensors"),
+                     seed=1))
     with pytest.raises(ConfigError, match="not one tower and a projector"):
         train(config(data, tmp_path / "bad3", tower_features=str(tmp_path / "tower.safetensors"),
                      model="tiny-mgm-hd"))
