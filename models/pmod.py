@@ -253,6 +253,14 @@ def config_json_fields(cfg: ModelConfig) -> dict:
 
 
 # --- the routing scheme --------------------------------------------------------------------------------------
+def unrouted_base_view(cfg: ModelConfig) -> int:
+    """Image tokens p-MoD never routes: with target "vision_hr", the base view's (the first of each image;
+    LLaVA-NeXT has one), which run every layer; else none."""
+    if cfg.mod.pmod_target_tokens != "vision_hr" or cfg.vision is None:
+        return 0
+    return host_family(cfg.family).base_view_tokens(cfg.vision)
+
+
 class PmodRouter(nn.Module):
     """TokenRouter: Linear(hidden, 1, bias), zero-initialised when mod_special_init (as released)."""
 
@@ -277,10 +285,7 @@ class PmodRouting(RoutingScheme):
         self.mod_layers = tuple(layers)
         self.ratios = dict(zip(layers, ratios))
         self.spec = spec
-        # vision_hr: the base view's tokens (the first of each image; LLaVA-NeXT has one) are not routed
-        self.base_view_tokens = 0
-        if spec.pmod_target_tokens == "vision_hr" and cfg.vision is not None:
-            self.base_view_tokens = host_family(cfg.family).base_view_tokens(cfg.vision)
+        self.base_view_tokens = unrouted_base_view(cfg)
         self.routers = nn.ModuleDict({
             str(layer): PmodRouter(cfg.llm.hidden_size, spec.pmod_router_bias, spec.pmod_router_zero_init)
             for layer in layers})
@@ -318,9 +323,7 @@ class PmodRouting(RoutingScheme):
         if n_vision > seq_len:
             raise ValueError(f"seq_len {seq_len:g} is shorter than the {n_vision} image tokens (give a longer "
                              "sequence, or the image tokens it holds)")
-        base_view = host_family(cfg.family).base_view_tokens(cfg.vision) \
-            if cfg.mod.pmod_target_tokens == "vision_hr" and cfg.vision is not None else 0
-        routed = max(n_vision - base_view, 0)
+        routed = max(n_vision - unrouted_base_view(cfg), 0)
         kept = dict(zip(layers, ratios))
         return [seq_len - routed + kept_count(routed, kept[i]) if i in kept else float(seq_len)
                 for i in range(num_layers)]
