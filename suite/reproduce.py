@@ -101,6 +101,7 @@ class Preset:
     # and stays frozen in dense training and fine-tuning, as in LLaVA; 0: it learns from scratch with the LLM
     # (the dense sweep's setting: results/reproduction/dense_sweep.md)
     vision_steps: int = 600
+    vision_factored: bool = False  # the tower also names colour and shape apart (VisionPretrainConfig.factored)
     finetune_steps: int = 80
     batch_size: int = 16
     dense_lr: float = 2e-3
@@ -263,7 +264,8 @@ class Pipeline:
 
         def build(folder: Path) -> dict:
             cfg = VisionPretrainConfig(model=p.model, images=str(corpus[0] / "train" / "images"),
-                                       output=str(folder / "model"), steps=p.vision_steps, seed=seed)
+                                       output=str(folder / "model"), steps=p.vision_steps, seed=seed,
+                                       factored=p.vision_factored)
             record = pretrain_vision(cfg, training_scenes(spec)[0], spec.image_size, log=self.log)
             return {"model": cfg.output, "tower_features": str(Path(cfg.output) / record["files"]["tower_features"]),
                     "vision": {k: record[k] for k in (
@@ -272,8 +274,10 @@ class Pipeline:
         # keyed by what draws the images, not by the whole corpus: corpora that differ only in their questions
         # share one tower
         images = {"seed": spec.seed, "image_size": spec.image_size, "train_scenes": spec.train_scenes}
-        return self._stage("vision", {"images": images, "model": p.model, "steps": p.vision_steps, "seed": seed},
-                           build)
+        key = {"images": images, "model": p.model, "steps": p.vision_steps, "seed": seed}
+        if p.vision_factored:  # in the key only when set: towers pretrained before the option keep their key
+            key["factored"] = True
+        return self._stage("vision", key, build)
 
     def dense(self, seed: int, corpus: tuple[Path, dict], vision: tuple[Path, dict] | None = None
               ) -> tuple[Path, dict]:

@@ -6,8 +6,11 @@ scratch through the LLM's loss learns to see slowly (results/reproduction/dense_
 first pretrains its tower on the training scenes alone: every image token predicts what covers its cell of the
 image (background, one of the colour-shape pairs, or the sign of one word: `tasks.scenes.patch_labels`), through a
 linear head on the features the projector reads (CLIP's `select_layer`; LLaVA-HR's fused CLIP + ConvNeXt tokens,
-adapters included). The head is dropped; the whole
-model (the LLM at its seeded random init) is saved in the released layout, from which dense training starts.
+adapters included). With `factored`, two more linear heads name the colour and the shape of what covers a patch
+apart, so that each is linearly readable from the features, for the LLM's attention to match a question's colour
+and shape words against (from a tower trained on the colour-shape pairs alone, the dense model learnt the yes/no
+questions late or not at all: results/reproduction/dense_sweep.md). The heads are dropped; the whole model (the
+LLM at its seeded random init) is saved in the released layout, from which dense training starts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ class VisionPretrainConfig:
     warmup: int = 30
     seed: int = 0
     probe_scenes: int = 256  # fresh scenes (a stream of their own) the held-out patch accuracy is measured on
+    # also predict the colour and the shape of what covers a patch, each through a linear head of its own, so
+    # that the features name them apart (as CLIP's carry attributes a caption names apart), not only as one of
+    # the colour-shape pairs
+    factored: bool = False
 
 
 def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=print) -> dict:
@@ -42,7 +49,14 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     from modbench import models
     from modbench.models.checkpoints import release_layout, save_authors_checkpoint
     from modbench.suite.results import results_record, write_json_atomic
-    from modbench.tasks.scenes import PATCH_CLASSES, draw, patch_labels, sample_scene
+    from modbench.tasks.scenes import (
+        PATCH_CLASSES,
+        PATCH_FACTORS,
+        draw,
+        patch_factor_labels,
+        patch_labels,
+        sample_scene,
+    )
 
     torch.manual_seed(cfg.seed)  # the head's init
     model = models.build_model(models.get_variant(cfg.model), seed=cfg.seed)
@@ -76,13 +90,21 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     probe_labels = torch.tensor([patch_labels(s, image_size, cell) for s in probe])
 
     head = torch.nn.Linear(vision.hidden_size, len(PATCH_CLASSES))
-    params = [*tower.parameters(), *head.parameters()]
+    # factored: class index -> its colour's / shape's index, each predicted by a head of its own
+    factors = {name: (torch.tensor(patch_factor_labels(name)), torch.nn.Linear(vision.hidden_size, len(values)))
+               for name, values in PATCH_FACTORS.items()} if cfg.factored else {}
+    params = [*tower.parameters(), *head.parameters(), *(p for _, h in factors.values() for p in h.parameters())]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / cfg.warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
 
-    def logits(x: torch.Tensor) -> torch.Tensor:  # [B, patches, classes], from the features the projector reads
-        return head(front.tower_output(x))
+    def pretraining_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        features = front.tower_output(x).flatten(0, 1)
+        y = y.flatten()
+        loss = torch.nn.functional.cross_entropy(head(features), y)
+        for factor_of, factor_head in factors.values():
+            loss = loss + torch.nn.functional.cross_entropy(factor_head(features), factor_of[y])
+        return loss
 
     order = torch.Generator().manual_seed(cfg.seed)
     tower.train()
@@ -90,7 +112,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     losses = []
     for _ in tqdm(range(cfg.steps), desc="pretrain vision", unit="step", dynamic_ncols=True):
         batch = torch.randint(0, len(scenes), (cfg.batch_size,), generator=order)
-        loss = torch.nn.functional.cross_entropy(logits(pixels[batch]).flatten(0, 1), labels[batch].flatten())
+        loss = pretraining_loss(pixels[batch], labels[batch])
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -100,12 +122,18 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     seconds = time.perf_counter() - started
     tower.eval()
     with torch.no_grad():
-        predicted = logits(probe_pixels).argmax(-1)
+        probe_features = front.tower_output(probe_pixels)
+        predicted = head(probe_features).argmax(-1)
     accuracy = {"all": predicted.eq(probe_labels).float().mean().item()}
     first_sign = next(i for i, name in enumerate(PATCH_CLASSES) if name.startswith("sign "))
     for name, mask in (("objects", (probe_labels > 0) & (probe_labels < first_sign)),
                        ("signs", probe_labels >= first_sign)):
         accuracy[name] = predicted[mask].eq(probe_labels[mask]).float().mean().item()
+    objects = (probe_labels > 0) & (probe_labels < first_sign)
+    for name, (factor_of, factor_head) in factors.items():  # of the patches an object covers
+        with torch.no_grad():
+            named = factor_head(probe_features).argmax(-1)
+        accuracy[name] = named[objects].eq(factor_of[probe_labels][objects]).float().mean().item()
     log(f"vision tower: held-out patch accuracy {accuracy['all']:.3f} (objects {accuracy['objects']:.3f}, signs "
         f"{accuracy['signs']:.3f}) after {cfg.steps} steps, {seconds:.0f} s")
     save_authors_checkpoint(model, cfg.output, kind=release_layout(model.cfg), fmt="safetensors")
@@ -121,6 +149,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     record = results_record("vision-pretrain", asdict(cfg), status="ok", model=cfg.model, steps=cfg.steps,
                             scenes=len(scenes), wall_seconds=seconds, final_loss=sum(losses[-10:]) / len(losses[-10:]),
                             held_out_patch_accuracy=accuracy, probe_scenes=cfg.probe_scenes,
-                            classes=list(PATCH_CLASSES), files={"model": ".", "tower_features": TowerFeatures.FILE})
+                            classes=list(PATCH_CLASSES), factored=cfg.factored,
+                            files={"model": ".", "tower_features": TowerFeatures.FILE})
     write_json_atomic(Path(cfg.output) / "train.json", record)  # named as a training's: the run records copy it
     return record

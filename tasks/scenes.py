@@ -100,6 +100,15 @@ def draw(scene: Scene, size: int) -> Image.Image:
 # What covers each patch: the labels a vision tower is pretrained on (`suite.vision_pretrain`, the scale's
 # stand-in for CLIP's pretraining), one class per colour-shape pair and per sign word.
 PATCH_CLASSES = ("background", *(f"{c} {s}" for c in COLOURS for s in SHAPES), *(f"sign {w}" for w in WORDS))
+PATCH_FACTORS = {"colour": ("none", *COLOURS), "shape": ("none", *SHAPES)}
+
+
+def patch_factor_labels(factor: str) -> list[int]:
+    """For each PATCH_CLASSES index, the index in PATCH_FACTORS[factor] of its colour or shape ("none": the
+    background and the signs): the targets that make a tower name colour and shape apart."""
+    names = PATCH_FACTORS[factor]
+    part = {"colour": 0, "shape": 1}[factor]
+    return [names.index(c.split()[part]) if c.split()[-1] in SHAPES else 0 for c in PATCH_CLASSES]
 
 
 def patch_labels(scene: Scene, size: int, patch: int) -> list[int]:

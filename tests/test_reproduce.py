@@ -514,3 +514,40 @@ def test_the_llava_hr_tower_is_pretrained_on_its_grid_and_its_output_cached(tmp_
         with Image.open(images / "000001.png") as image:
             expected = model.vision.tower_output(model.vision.preprocess([image.convert("RGB")]))[0]
     torch.testing.assert_close(features["images/000001.png"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_factored_patch_targets_name_colour_and_shape_apart():
+    from modbench.tasks.scenes import PATCH_CLASSES, PATCH_FACTORS, patch_factor_labels
+
+    colour, shape = patch_factor_labels("colour"), patch_factor_labels("shape")
+    by_name = {name: (PATCH_FACTORS["colour"][colour[i]], PATCH_FACTORS["shape"][shape[i]])
+               for i, name in enumerate(PATCH_CLASSES)}
+    assert by_name["red circle"] == ("red", "circle") and by_name["blue triangle"] == ("blue", "triangle")
+    assert by_name["background"] == ("none", "none") and by_name["sign STOP"] == ("none", "none")
+    assert {by_name[n] for n in PATCH_CLASSES if n != "background" and not n.startswith("sign ")} == {
+        (c, s) for c in PATCH_FACTORS["colour"][1:] for s in PATCH_FACTORS["shape"][1:]}
+
+
+def test_a_factored_tower_is_pretrained_on_the_pairs_and_on_colour_and_shape_apart(tmp_path):
+    """`factored` adds the colour and shape heads to the loss (same seed, same batches: a larger loss than the
+    pairs' alone) and reports how well each names what covers an object's patches."""
+    import random
+
+    from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
+    from modbench.tasks.scenes import draw, sample_scene
+
+    rng = random.Random(0)
+    scenes = [sample_scene(rng) for _ in range(4)]
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, scene in enumerate(scenes):
+        draw(scene, 32).save(images / f"{i:06d}.png")
+    records = {}
+    for factored in (False, True):
+        cfg = VisionPretrainConfig(model="tiny-llava", images=str(images), output=str(tmp_path / f"out{factored}"),
+                                   steps=1, batch_size=2, warmup=1, probe_scenes=4, factored=factored)
+        records[factored] = pretrain_vision(cfg, scenes, 32, log=lambda *_: None)
+    assert records[True]["factored"] and not records[False]["factored"]
+    assert records[True]["final_loss"] > records[False]["final_loss"]
+    assert {"colour", "shape"} <= set(records[True]["held_out_patch_accuracy"])
+    assert not {"colour", "shape"} & set(records[False]["held_out_patch_accuracy"])
