@@ -196,30 +196,18 @@ def report(findings: list[Finding]) -> tuple[str, bool]:
 
 def recompute_metrics(run_dir: str | Path) -> dict:
     """Re-aggregate every task's metrics from samples.jsonl with the task's own aggregation functions."""
-    from modbench.tasks.registry import defer_unused_lmms_eval_imports, task_manager
-
-    defer_unused_lmms_eval_imports()
-    from lmms_eval.tasks import get_task_dict
+    from modbench.tasks.registry import load_tasks
 
     samples: dict[str, list[dict]] = {}
     for line in (Path(run_dir) / "samples.jsonl").read_text().splitlines():
         row = json.loads(line)
         samples.setdefault(row["task"], []).append(row)
     spec = json.loads((Path(run_dir) / "run.json").read_text())["spec"]
-    task_dict = get_task_dict(list(samples), task_manager(spec.get("data_root", "")))
     flat = {}
-    for name, task in _leaves(task_dict):
+    for name, task in load_tasks(list(samples), spec.get("data_root", "")).items():
         if name not in samples:
             continue
         aggregations = task.aggregation()
         flat[name] = {metric: fn([row[metric] for row in samples[name]]) for metric, fn in aggregations.items()
                       if all(metric in row for row in samples[name])}
     return flat
-
-
-def _leaves(task_dict):
-    for key, value in task_dict.items():
-        if isinstance(value, dict):
-            yield from _leaves(value)
-        else:
-            yield getattr(value, "config", None) and value.config.task or str(key), value

@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         PROTOCOLS,
         SCHEMES,
     )
-    from modbench.suite.reproduce import PRESETS  # its module imports nothing heavy either
+    from modbench.suite.reproduce import PRESETS, SCOPES  # its module imports nothing heavy either
 
     parser = argparse.ArgumentParser(
         prog="modbench",
@@ -499,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "lmms-eval on held-out sets in the benchmarks' schemas, measures speed, and writes "
                                    "the papers' tables with computed verdicts. Every stage is cached under a hash of "
                                    "its inputs: an interrupted run continues, a rerun redoes nothing.")
-    p.add_argument("scope", nargs="?", default="all", choices=["gamma-mod", "pmod", "all"])
+    p.add_argument("scope", nargs="?", default="all", choices=list(SCOPES))
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                    help="quick: dense, γ-MoD 0.5, p-MoD, 1 seed (~10 min on 2 cores); full: every γ-MoD Table 1 "
                         "row and the p-MoD ablation, 3 seeds; quick-hr: quick on the LLaVA-HR-shaped model "

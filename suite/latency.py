@@ -77,16 +77,11 @@ class TimedInput:
 
 def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: str = "") -> list[TimedInput]:
     """The first `limit` samples of a local task, prompted as the plugin prompts them, in batches."""
-    from modbench.tasks.registry import check_data, defer_unused_lmms_eval_imports, task_manager
-
-    defer_unused_lmms_eval_imports()
-    from lmms_eval.tasks import get_task_dict
-
     from modbench.models.prompt import task_sample
+    from modbench.tasks.registry import check_data, load_tasks
 
     check_data([task], data_root)
-    task_dict = get_task_dict([task], task_manager(data_root))
-    leaf = next(iter(_leaves(task_dict)))
+    leaf = next(iter(load_tasks([task], data_root).values()))
     docs = list(leaf.test_docs() if leaf.has_test_docs() else leaf.validation_docs())[:limit]
     if not docs:
         raise ValueError(f"--task {task}: no samples")
@@ -105,12 +100,6 @@ def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: st
     return out
 
 
-def _leaves(task_dict):
-    for value in task_dict.values():
-        if isinstance(value, dict):
-            yield from _leaves(value)
-        else:
-            yield value
 
 
 @torch.no_grad()

@@ -197,9 +197,9 @@ def _ensure_data(chosen: MatrixSlice, root: str, log) -> None:
         check_data(chosen.tasks, root)
     except FileNotFoundError:
         from modbench import models
+        from modbench.models.resolver import is_variant
 
-        if not all(models.get_variant(v).tiny for v in chosen.variants if v in
-                   {c.name for c in models.list_variants()}):
+        if not all(models.get_variant(v).tiny for v in chosen.variants if is_variant(v)):
             raise
         from modbench.tasks.fixtures import write_all
         from modbench.tasks.registry import DATA_DIR

@@ -105,10 +105,15 @@ def fingerprint(spec: RunSpec, world: int = 1) -> dict:
     them, and the checkpoint's and benchmark data's files (size and modification time, not contents: cheap)."""
     from importlib.metadata import version
 
+    from modbench.models.checkpoints import CheckpointError, checkpoint_directory
+    from modbench.models.resolver import is_variant
     from modbench.tasks.registry import data_files_under
 
-    model = Path(spec.model).expanduser()
-    files = sorted(p for p in model.iterdir() if p.is_file()) if model.is_dir() else []
+    try:  # a cached hub id's snapshot too; a variant is built from its registered config: no files
+        model = None if is_variant(spec.model) else checkpoint_directory(spec.model)
+    except CheckpointError:
+        model = None  # the run itself says it is missing
+    files = sorted(p for p in model.iterdir() if p.is_file()) if model else []
     files += [p for task in spec.tasks for p in data_files_under(task, spec.data_root)]
     return {"spec": {k: v for k, v in asdict(spec).items() if k not in ("output", "run_id")},
             "versions": {name: version(name) for name in ("lmms-eval", "torch", "transformers")},

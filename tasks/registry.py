@@ -132,6 +132,22 @@ def task_manager(data_root: str | Path | None = None, verbosity: str = "ERROR"):
     return LocalTaskManager(include_path=str(TASKS_DIR), include_defaults=False, verbosity=verbosity)
 
 
+def load_tasks(tasks: list[str], data_root: str | Path | None = None) -> dict:
+    """lmms-eval's task objects of local tasks, by task name (a group's member tasks each under its own name):
+    the one loader of documents and task configs outside an evaluation (latency's inputs, check's recomputation)."""
+    defer_unused_lmms_eval_imports()
+    from lmms_eval.tasks import get_task_dict
+
+    def leaves(task_dict):
+        for key, value in task_dict.items():
+            if isinstance(value, dict):
+                yield from leaves(value)
+            else:
+                yield getattr(value, "config", None) and value.config.task or str(key), value
+
+    return dict(leaves(get_task_dict(list(tasks), task_manager(data_root))))
+
+
 def relocate(path: str | Path, yaml_dir: Path, root: Path) -> Path:
     """A YAML's data file (relative to its folder, or already made absolute by lmms-eval) under `root`."""
     full = Path(os.path.normpath(yaml_dir / path))
