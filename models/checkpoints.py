@@ -45,11 +45,14 @@ HF_LLAVA_KIND = "hf-llava"  # the layout name of every llava-hf checkpoint (the 
 CONVNEXT_BLOCK_PARAM = re.compile(r"(stages\.\d+\.blocks\.\d+\.)([A-Za-z_]\w*)$")
 
 
-def to_hf_llava_state_dict(state: dict) -> dict:
-    """Our LLaVA-1.5 state dict in transformers' LlavaForConditionalGeneration names (parity tests)."""
-    out, unmatched = _rename(state, host_family("llava").hf.layout)
+def to_hf_state_dict(state: dict, family: str) -> dict:
+    """Our state dict of a `family` model in its transformers (llava-hf) names (parity tests)."""
+    hf = host_family(family).hf
+    if hf is None:
+        raise ValueError(f"family {family!r} has no transformers layout")
+    out, unmatched = _rename(state, hf.layout)
     if unmatched:
-        raise KeyError(f"no transformers LLaVA key for {unmatched[:5]}")
+        raise KeyError(f"no transformers {hf.model_type} key for {unmatched[:5]}")
     return out
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Mapping, NamedTuple
 
-from .config import ConfigError, ModelConfig, VisionConfig
+from .config import FRONT_END_FIELDS, ConfigError, ModelConfig, VisionConfig
 
 BUILTIN_MODULES = ("modbench.models.llava", "modbench.models.llava_next", "modbench.models.llava_hr",
                    "modbench.models.mgm_hd")
@@ -128,6 +128,24 @@ def host_family(name: str) -> HostFamily:
     if name not in families:
         raise ConfigError(f"family: unknown host family {name!r}; known: {sorted(families)}")
     return families[name]
+
+
+def validate_for_family(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` checked against its family's front-end: the family exists, the config sets only the vision fields it
+    reads (config.FRONT_END_FIELDS; moving a config to another family must not silently drop the first family's),
+    and its own checks (HostFamily.check_vision). Run wherever a config is resolved or built; `ModelConfig`
+    itself checks what needs no family (config.validate)."""
+    family = host_family(cfg.family)
+    vision = cfg.vision
+    if vision is not None:
+        default = VisionConfig()
+        for name in FRONT_END_FIELDS:
+            if name not in family.vision_fields and getattr(vision, name) != getattr(default, name):
+                reads = ", ".join(sorted(family.vision_fields)) or "none of them"
+                raise ConfigError(f"vision.{name} is set, but family {cfg.family!r}'s front-end does not read it "
+                                  f"(of {', '.join(FRONT_END_FIELDS)} it reads {reads})")
+        family.check_vision(vision)
+    return cfg
 
 
 def register_host_family(family: HostFamily) -> HostFamily:

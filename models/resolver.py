@@ -73,7 +73,7 @@ def with_overrides(cfg: ModelConfig, overrides: dict) -> ModelConfig:
                 node[part] = value
             else:
                 node = node[part]
-    return ModelConfig.from_dict(data)  # validated as it is built
+    return ModelConfig.from_dict(data)  # validated as it is built (its family's checks: `resolve`)
 
 
 def resolve(name_or_path: str, overrides: dict | None = None) -> ResolvedModel:
@@ -92,7 +92,10 @@ def resolve(name_or_path: str, overrides: dict | None = None) -> ResolvedModel:
         path = checkpoints.checkpoint_directory(name_or_path)
         cfg, layout = checkpoints.config_from_checkpoint(path)
         source, directory = CHECKPOINT, str(path)
-    return ResolvedModel(name_or_path, source, directory, layout, _as_json(with_overrides(cfg, given)))
+    from .hosts import validate_for_family
+
+    cfg = validate_for_family(with_overrides(cfg, given))
+    return ResolvedModel(name_or_path, source, directory, layout, _as_json(cfg))
 
 
 def build(resolved: ResolvedModel, seed: int = 0, device: str = "cpu"):

@@ -7,14 +7,18 @@ every tiny checkpoint ships the same tokenizer files that a real checkpoint dire
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
+from .config import BUILTIN_VOCAB_SIZES
 from .prompt import VICUNA_V1_SYSTEM
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerFast
+
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-TINY_VOCAB_SIZE = 512
+TINY_VOCAB_SIZE = BUILTIN_VOCAB_SIZES["tiny"]
 
 _WORDS = (
     "USER: ASSISTANT: Is there a an the in on of to and or with what which how many color colour shape "
@@ -29,7 +33,7 @@ _WORDS = (
 # The scene tokenizer (the CPU-scale reproduction's models): trained on the prompt formats and words of the
 # drawn-scene corpus (tasks/scenes.py), so that the fixed text of a prompt takes few tokens and the image tokens
 # dominate the sequence, as they do in LLaVA-HR's (1024 of ~1,400). Words it has not seen fall back to bytes.
-SCENE_VOCAB_SIZE = 1024
+SCENE_VOCAB_SIZE = BUILTIN_VOCAB_SIZES["scenes"]
 _SCENE_TEXT = (
     "Answer the question using a single word or phrase.", "Answer with the option's letter from the given choices "
     "directly.", "Please answer yes or no.", "Is there a in the image? this image? Are there shapes in this image? "
@@ -82,6 +86,8 @@ TOKENIZERS = {"tiny": _trained, "scenes": _scene_trained}
 
 def _wrap(trained: str) -> PreTrainedTokenizerFast:
     """A fresh tokenizer object (the trained JSON is cached; the wrapper is not shared mutable state)."""
+    from transformers import PreTrainedTokenizerFast
+
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(trained),
         bos_token="<s>",

@@ -4,29 +4,86 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from dataclasses import dataclass
 
-from .config import ConfigError, ConvNextConfig, LlmConfig, ModelConfig, ModSpec, VisionConfig
-from .tokenizer import SCENE_VOCAB_SIZE, TINY_VOCAB_SIZE
+from .config import (
+    BUILTIN_VOCAB_SIZES,
+    ConfigError,
+    ConvNextConfig,
+    LlmConfig,
+    ModelConfig,
+    ModSpec,
+    VisionConfig,
+)
 
-_VARIANTS: dict[str, ModelConfig] = {}
+TINY_VOCAB_SIZE, SCENE_VOCAB_SIZE = BUILTIN_VOCAB_SIZES["tiny"], BUILTIN_VOCAB_SIZES["scenes"]
+
+@dataclass(frozen=True)
+class PaperRow:
+    """A row of one of the papers' tables (results/paper/*.csv; `suite.tables.TABLES` names them): the table's
+    name and the row's values in the table's key columns."""
+
+    table: str
+    key: tuple[str, ...]
 
 
-def register_variant(cfg: ModelConfig) -> ModelConfig:
+@dataclass(frozen=True)
+class VariantEntry:
+    """A registered variant: its config, and what the tables read about it: the papers' rows it is the model of,
+    and its tiny twin (a CPU-sized variant of the same host and scheme that stands in for it without weights)."""
+
+    config: ModelConfig
+    paper: tuple[PaperRow, ...] = ()
+    twin: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+_VARIANTS: dict[str, VariantEntry] = {}
+
+
+def register_variant(cfg: ModelConfig, paper: tuple[PaperRow, ...] = (), twin: str = "") -> ModelConfig:
+    """Register `cfg` under its name (its family's checks run where it is resolved or built:
+    `models.hosts.validate_for_family`); `paper`: the papers' rows it is the model of; `twin`: its tiny twin."""
     if cfg.name in _VARIANTS:
         raise ConfigError(f"variant {cfg.name!r} is registered twice")
-    _VARIANTS[cfg.name] = cfg
+    _VARIANTS[cfg.name] = VariantEntry(cfg, tuple(paper), twin)
     return cfg
 
 
 def get_variant(name: str) -> ModelConfig:
     """A copy of a registered variant's config (callers may change it freely)."""
+    return copy.deepcopy(variant_entry(name).config)
+
+
+def variant_entry(name: str) -> VariantEntry:
     if name not in _VARIANTS:
         raise ConfigError(f"unknown model variant {name!r}; known: {', '.join(sorted(_VARIANTS))}")
     return copy.deepcopy(_VARIANTS[name])
 
 
 def list_variants() -> list[ModelConfig]:
-    return [copy.deepcopy(cfg) for cfg in _VARIANTS.values()]
+    return [copy.deepcopy(entry.config) for entry in _VARIANTS.values()]
+
+
+def variant_entries() -> list[VariantEntry]:
+    return [copy.deepcopy(entry) for entry in _VARIANTS.values()]
+
+
+def rows(table: str, *keys: tuple[str, ...]) -> tuple[PaperRow, ...]:
+    return tuple(PaperRow(table, key) for key in keys)
+
+
+# the papers' tables (results/paper/*.csv) by the names suite/tables.py gives them
+T1, T3, T4, T6 = "gamma_mod_table1", "gamma_mod_table3", "gamma_mod_table4", "gamma_mod_table6"
+PMOD_T1, PMOD_T2 = "pmod_table1", "pmod_table2"
+
+
+def pmod_rows(model: str) -> tuple[PaperRow, ...]:
+    """p-MoD's Tables 1 and 2 list the same models."""
+    return rows(PMOD_T1, (model, "7B")) + rows(PMOD_T2, (model, "7B"))
 
 
 def with_mod(cfg: ModelConfig, name: str, mod: ModSpec, hub_id: str = "") -> ModelConfig:
@@ -43,9 +100,11 @@ CLIP_L_336 = VisionConfig(image_size=336, patch_size=14, hidden_size=1024, num_l
 LLAVA_15_7B = register_variant(ModelConfig(
     name="llava-1.5-7b", family="llava", llm=VICUNA_7B, vision=CLIP_L_336, hub_id="liuhaotian/llava-v1.5-7b",
     dtype="float16",
-))
+), paper=rows(T3, ("LLaVA", "dense", "7B")) + rows(T6, ("dense", "LLaVA-1.5", "7B")) + pmod_rows("LLaVA-v1.5"),
+    twin="tiny-llava")
 register_variant(with_mod(LLAVA_15_7B, "pmod-llava-1.5-7b", ModSpec(scheme="pmod"),
-                          hub_id="MCG-NJU/p-MoD-LLaVA-v1.5-7B"))
+                          hub_id="MCG-NJU/p-MoD-LLaVA-v1.5-7B"),
+                 paper=pmod_rows("p-MoD-LLaVA-v1.5"), twin="tiny-llava-pmod")
 
 
 
@@ -53,6 +112,13 @@ def gamma_spec(num_layers: int, skip: float) -> ModSpec:
     """γ-MoD as released: every layer MoD except the 3 first and the last (ARank, k = 4)."""
     return ModSpec(scheme="gamma", layers=list(range(3, num_layers - 1)), train_skip_fraction=skip)
 
+
+# γ-MoD on LLaVA-1.5 (Tables 3 and 6) has no released checkpoint
+register_variant(with_mod(LLAVA_15_7B, "llava-1.5-7b-gmod-0.34", gamma_spec(32, 0.34)),
+                 paper=rows(T3, ("LLaVA", "gamma-mod-0.3", "7B")) + rows(T6, ("sparse", "gamma-mod-LLaVA", "7B")),
+                 twin="tiny-llava-gmod")
+register_variant(with_mod(LLAVA_15_7B, "llava-1.5-7b-gmod-0.5", gamma_spec(32, 0.5)),
+                 paper=rows(T3, ("LLaVA", "gamma-mod-0.5", "7B")), twin="tiny-llava-gmod")
 
 # --- LLaVA-HR (γ-MoD's main host) ---------------------------------------------------------------------------
 VICUNA_13B = LlmConfig(num_layers=40, hidden_size=5120, num_heads=40, num_kv_heads=40, intermediate_size=13824,
@@ -65,31 +131,44 @@ HR_VISION = dataclasses.replace(CLIP_L_336, convnext=CONVNEXT_L, input_image_siz
 
 LLAVA_HR_7B = register_variant(ModelConfig(
     name="llava-hr-7b", family="llava-hr", llm=VICUNA_7B, vision=HR_VISION,
-    hub_id="favor123/llava-hr-7b-sft-1024", dtype="float16"))
+    hub_id="favor123/llava-hr-7b-sft-1024", dtype="float16"),
+    paper=rows(T1, ("baseline", "LLaVA-HR dense")) + rows(T3, ("LLaVA-HR", "dense", "7B"))
+    + rows(T4, ("LLaVA-HR-7B dense",)) + rows(T6, ("dense", "LLaVA-HR", "7B")), twin="tiny-llava-hr")
 LLAVA_HR_13B = register_variant(ModelConfig(
     name="llava-hr-13b", family="llava-hr", llm=VICUNA_13B, vision=HR_VISION,
-    hub_id="favor123/llava-hr-13b-sft-1024", dtype="float16"))
+    hub_id="favor123/llava-hr-13b-sft-1024", dtype="float16"),
+    paper=rows(T3, ("LLaVA-HR", "dense", "13B")) + rows(T6, ("dense", "LLaVA-HR", "13B")))
 register_variant(ModelConfig(
     name="llava-hr-x-13b", family="llava-hr", llm=VICUNA_13B,
     vision=dataclasses.replace(HR_VISION, convnext=CONVNEXT_XXL),
     hub_id="favor123/llava-hr-13b-x-sft-1024", dtype="float16"))
+# The released 0.34 model stands for Table 1's rows at a 0.34 routing ratio: ARank deployment, masked Q, 34 %
 register_variant(with_mod(LLAVA_HR_7B, "llava-hr-7b-gmod-0.34", gamma_spec(32, 0.34),
-                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-7b-0.34"))
+                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-7b-0.34"),
+                 paper=rows(T1, ("mod_layer", "ARank-based deployment"), ("masked_token", "Q"), ("routing_ratio", "34%"))
+                 + rows(T3, ("LLaVA-HR", "gamma-mod-0.3", "7B")) + rows(T4, ("gamma-mod-0.3",)),
+                 twin="tiny-llava-hr-gmod")
 # The paper's 0.5 model of the 7B host (Tables 1, 3, 4, 6) has no released checkpoint.
-register_variant(with_mod(LLAVA_HR_7B, "llava-hr-7b-gmod-0.5", gamma_spec(32, 0.5)))
+register_variant(with_mod(LLAVA_HR_7B, "llava-hr-7b-gmod-0.5", gamma_spec(32, 0.5)),
+                 paper=rows(T1, ("shared_router", "shared"), ("routing_ratio", "51%"))
+                 + rows(T3, ("LLaVA-HR", "gamma-mod-0.5", "7B")) + rows(T4, ("gamma-mod-0.5",))
+                 + rows(T6, ("sparse", "gamma-mod-LLaVA-HR", "7B")), twin="tiny-llava-hr-gmod")
 register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.34", gamma_spec(40, 0.34),
-                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.34"))
+                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.34"),
+                 paper=rows(T3, ("LLaVA-HR", "gamma-mod-0.3", "13B")))
 register_variant(with_mod(LLAVA_HR_13B, "llava-hr-13b-gmod-0.5", gamma_spec(40, 0.5),
-                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.5"))
+                          hub_id="YaxinLuo/Gamma-MoD-llava-hr-13b-0.5"),
+                 paper=rows(T3, ("LLaVA-HR", "gamma-mod-0.5", "13B")) + rows(T6, ("sparse", "gamma-mod-LLaVA-HR", "13B")))
 
 # --- LLaVA-NeXT (p-MoD's second host) ----------------------------------------------------------------------
 NEXT_VISION = dataclasses.replace(CLIP_L_336,
                                   grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]])
 LLAVA_NEXT_7B = register_variant(ModelConfig(
     name="llava-next-7b", family="llava-next", llm=VICUNA_7B, vision=NEXT_VISION,
-    hub_id="liuhaotian/llava-v1.6-vicuna-7b", dtype="float16"))
+    hub_id="liuhaotian/llava-v1.6-vicuna-7b", dtype="float16"), paper=pmod_rows("LLaVA-NeXT"), twin="tiny-llava-next")
 register_variant(with_mod(LLAVA_NEXT_7B, "pmod-llava-next-7b", ModSpec(scheme="pmod"),
-                          hub_id="MCG-NJU/p-MoD-LLaVA-NeXT-7B"))
+                          hub_id="MCG-NJU/p-MoD-LLaVA-NeXT-7B"),
+                 paper=pmod_rows("p-MoD-LLaVA-NeXT"), twin="tiny-pmod-llava-next")
 
 # --- Mini-Gemini-HD ------------------------------------------------------------------------------------------
 CONVNEXT_L_TRUNK = ConvNextConfig(depths=[3, 3, 27, 3], dims=[192, 384, 768, 1536], head_hidden_size=0,
@@ -98,11 +177,13 @@ MGM_HD_VISION = dataclasses.replace(CLIP_L_336, convnext=CONVNEXT_L_TRUNK, input
                                     image_grid=2, image_global=True)
 MGM_HD_7B = register_variant(ModelConfig(
     name="mgm-hd-7b", family="mgm-hd", llm=VICUNA_7B, vision=MGM_HD_VISION, hub_id="YanweiLi/MGM-7B-HD",
-    dtype="float16"))
+    dtype="float16"), paper=rows(T3, ("Mini-Gemini-HD", "dense", "7B")), twin="tiny-mgm-hd")
 register_variant(with_mod(MGM_HD_7B, "mgm-hd-7b-gmod-0.34", gamma_spec(32, 0.34),
-                          hub_id="YaxinLuo/Gamma-MoD-Mini-Gemini-HD-7b-0.34"))
+                          hub_id="YaxinLuo/Gamma-MoD-Mini-Gemini-HD-7b-0.34"),
+                 paper=rows(T3, ("Mini-Gemini-HD", "gamma-mod-0.3", "7B")), twin="tiny-mgm-hd-gmod")
 register_variant(with_mod(MGM_HD_7B, "mgm-hd-7b-gmod-0.5", gamma_spec(32, 0.5),
-                          hub_id="YaxinLuo/Gamma-MoD-Mini-Gemini-HD-7b-0.5"))
+                          hub_id="YaxinLuo/Gamma-MoD-Mini-Gemini-HD-7b-0.5"),
+                 paper=rows(T3, ("Mini-Gemini-HD", "gamma-mod-0.5", "7B")), twin="tiny-mgm-hd-gmod")
 
 # --- tiny twins (CPU, seconds) -----------------------------------------------------------------------------
 TINY_LLM = LlmConfig(num_layers=6, hidden_size=64, num_heads=4, num_kv_heads=2, intermediate_size=128,

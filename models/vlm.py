@@ -38,8 +38,10 @@ class ModVlm(nn.Module):
     """Host model. State-dict keys: language_model.* (LlamaForCausalLM names), vision.* (the front-end)."""
 
     def __init__(self, cfg: ModelConfig, tokenizer) -> None:
+        from .hosts import validate_for_family
+
         super().__init__()
-        self.cfg = cfg
+        self.cfg = validate_for_family(cfg)  # every model is built here, however its config was made
         self.tokenizer = tokenizer
         self.language_model = ModForCausalLM(cfg)
         self.vision = build_frontend(cfg)

@@ -29,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from modbench.models.variants import T1, T3, T4, T6, PaperRow, pmod_rows, rows
+
 CODE_VERSION = 6  # bump when a stage's meaning changes, so cached stages are redone
 MODEL = "cpu-repro-llava"
 TASKS = ("pope_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local", "mme_local", "mmbench_en_dev_local")
@@ -46,7 +48,8 @@ BENCHMARKS = {  # column -> (task, metric, scale to percent)
 
 @dataclass(frozen=True)
 class Row:
-    """One fine-tuned model: its training overrides beside the dense continuation, and how it is evaluated."""
+    """One fine-tuned model: its training overrides beside the dense continuation, how it is evaluated, and the
+    papers' rows it is the CPU-scale counterpart of (`modbench table` shows it there)."""
 
     scheme: str  # dense | gamma | pmod
     skip: float = 0.5  # γ-MoD: training skip fraction (the routing ratio)
@@ -54,6 +57,7 @@ class Row:
     masked: str = "qa"
     router: str = "shared"
     constant_ratio: bool = False  # p-MoD: a constant kept ratio with PRD's mean instead of PRD
+    paper: tuple[PaperRow, ...] = ()
 
     def train_overrides(self) -> dict:
         if self.scheme == "dense":
@@ -66,19 +70,29 @@ class Row:
         return out
 
 
+def _t1(section: str, setting: str) -> tuple[PaperRow, ...]:
+    return rows(T1, (section, setting))
+
+
+# Trained from the LLaVA-1.5-shaped model (cpu-repro-llava): LLaVA's rows in Tables 3 and 6, and Tables 1 and 4,
+# which are LLaVA-HR's ablations and efficiency
 ROWS: dict[str, Row] = {
-    "dense": Row("dense"),
-    "gamma-0.5": Row("gamma", 0.5),
-    "gamma-0.34": Row("gamma", 0.34),
-    "gamma-0.17": Row("gamma", 0.17),
-    "gamma-0.68": Row("gamma", 0.68),
-    "gamma-all": Row("gamma", 0.34, layers="all"),
-    "gamma-1of2": Row("gamma", 0.34, layers="1of2"),
-    "gamma-2of3": Row("gamma", 0.34, layers="2of3"),
-    "gamma-mask-none": Row("gamma", 0.34, masked="none"),
-    "gamma-mask-q": Row("gamma", 0.34, masked="q"),
-    "gamma-per-layer": Row("gamma", 0.5, router="per-layer"),
-    "pmod-prd": Row("pmod"),
+    "dense": Row("dense", paper=_t1("baseline", "LLaVA-HR dense") + rows(T3, ("LLaVA", "dense", "7B"))
+                 + rows(T4, ("LLaVA-HR-7B dense",)) + rows(T6, ("dense", "LLaVA-1.5", "7B")) + pmod_rows("LLaVA-v1.5")),
+    "gamma-0.5": Row("gamma", 0.5, paper=_t1("shared_router", "shared") + _t1("routing_ratio", "51%")
+                     + rows(T3, ("LLaVA", "gamma-mod-0.5", "7B")) + rows(T4, ("gamma-mod-0.5",))),
+    "gamma-0.34": Row("gamma", 0.34, paper=_t1("mod_layer", "ARank-based deployment") + _t1("masked_token", "Q+A")
+                      + _t1("routing_ratio", "34%") + rows(T3, ("LLaVA", "gamma-mod-0.3", "7B"))
+                      + rows(T4, ("gamma-mod-0.3",)) + rows(T6, ("sparse", "gamma-mod-LLaVA", "7B"))),
+    "gamma-0.17": Row("gamma", 0.17, paper=_t1("routing_ratio", "17%")),
+    "gamma-0.68": Row("gamma", 0.68, paper=_t1("routing_ratio", "68%")),
+    "gamma-all": Row("gamma", 0.34, layers="all", paper=_t1("mod_layer", "all layers")),
+    "gamma-1of2": Row("gamma", 0.34, layers="1of2", paper=_t1("mod_layer", "1 MoD per 2 layers")),
+    "gamma-2of3": Row("gamma", 0.34, layers="2of3", paper=_t1("mod_layer", "2 MoDs per 3 layers")),
+    "gamma-mask-none": Row("gamma", 0.34, masked="none", paper=_t1("masked_token", "none")),
+    "gamma-mask-q": Row("gamma", 0.34, masked="q", paper=_t1("masked_token", "Q")),
+    "gamma-per-layer": Row("gamma", 0.5, router="per-layer", paper=_t1("shared_router", "not shared")),
+    "pmod-prd": Row("pmod", paper=pmod_rows("p-MoD-LLaVA-v1.5")),
     "pmod-constant": Row("pmod", constant_ratio=True),
 }
 

@@ -15,7 +15,7 @@ import math
 import re
 import statistics
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -144,7 +144,6 @@ class TableSpec:
     csv: str
     title: str
     keys: list[str]  # columns identifying a row
-    rows: dict[tuple, Sources]  # absent: not run
     label: Callable[[tuple], str]
     host: Callable[[tuple], tuple]  # the dense row a row is measured against
     average: tuple[str, ...]  # the headline's average accuracy: these paper columns ...
@@ -153,9 +152,39 @@ class TableSpec:
     unmapped: dict[str, str] = field(default_factory=dict)  # table-specific reasons, over UNMAPPED
 
     @property
+    def rows(self) -> dict[tuple, Sources]:
+        """Where ours may come from, per paper row (absent: not run): read off the variants' and the reproduction
+        rows' registrations (`models.variants.register_variant(paper=, twin=)`, `suite.reproduce.ROWS`)."""
+        return paper_sources().get(self.name, {})
+
+    @property
     def average_text(self) -> str:
         names = ", ".join(DISPLAY.get(c, c) for c in self.average)
         return f"the paper's average ({names})" if self.average_column else f"mean of {names}"
+
+
+def paper_sources() -> dict[str, dict[tuple, Sources]]:
+    """table name -> paper row key -> Sources, from the registries: a variant names the paper rows it is the
+    model of (its tiny twin stands in for it), a reproduction row the ones it is trained for. One paper row has
+    at most one of each."""
+    from modbench.models.variants import variant_entries
+    from modbench.suite.reproduce import ROWS
+
+    out: dict[str, dict[tuple, Sources]] = {}
+
+    def claim(row, role: str, name: str, **fields) -> None:
+        sources = out.setdefault(row.table, {}).get(tuple(row.key), Sources())
+        if getattr(sources, role):
+            raise ValueError(f"{row.table} row {row.key}: both {getattr(sources, role)!r} and {name!r} claim it")
+        out[row.table][tuple(row.key)] = replace(sources, **fields)
+
+    for entry in variant_entries():
+        for row in entry.paper:
+            claim(row, "released", entry.name, released=entry.name, tiny=entry.twin)
+    for name, trained in ROWS.items():
+        for row in trained.paper:
+            claim(row, "trained", name, trained=name)
+    return out
 
 
 def _variant(name: str) -> str:
@@ -164,75 +193,27 @@ def _variant(name: str) -> str:
 
 T1_LABELS = {"baseline": "", "mod_layer": "", "masked_token": "masked ", "shared_router": "router ",
              "routing_ratio": "routing "}
-LLAVA_HR_7B = ("llava-hr-7b", "dense", "tiny-llava-hr")
-GMOD_034 = Sources("llava-hr-7b-gmod-0.34", "gamma-0.34", "tiny-llava-hr-gmod")
-GMOD_05 = Sources("llava-hr-7b-gmod-0.5", "gamma-0.5", "tiny-llava-hr-gmod")
-PMOD_ROWS = {
-    ("LLaVA-v1.5", "7B"): Sources("llava-1.5-7b", "dense", "tiny-llava"),
-    ("p-MoD-LLaVA-v1.5", "7B"): Sources("pmod-llava-1.5-7b", "pmod-prd", "tiny-llava-pmod"),
-    ("LLaVA-NeXT", "7B"): Sources("llava-next-7b", "", "tiny-llava-next"),
-    ("p-MoD-LLaVA-NeXT", "7B"): Sources("pmod-llava-next-7b", "", "tiny-pmod-llava-next"),
-}
 TFLOPS_X, SKIP_PCT, KV_PCT = "TFLOPs×", "skip %", "KV %"
 TABLES = [
     TableSpec("gamma_mod_table1", "gamma_mod_table1_ablation.csv", "γ-MoD Table 1: ablations on LLaVA-HR-7B",
-              ["section", "setting"], {
-                  ("baseline", "LLaVA-HR dense"): Sources(*LLAVA_HR_7B),
-                  ("mod_layer", "all layers"): Sources(trained="gamma-all"),
-                  ("mod_layer", "1 MoD per 2 layers"): Sources(trained="gamma-1of2"),
-                  ("mod_layer", "2 MoDs per 3 layers"): Sources(trained="gamma-2of3"),
-                  ("mod_layer", "ARank-based deployment"): GMOD_034,
-                  ("masked_token", "none"): Sources(trained="gamma-mask-none"),
-                  ("masked_token", "Q"): Sources("llava-hr-7b-gmod-0.34", "gamma-mask-q", "tiny-llava-hr-gmod"),
-                  ("masked_token", "Q+A"): Sources(trained="gamma-0.34"),
-                  ("shared_router", "not shared"): Sources(trained="gamma-per-layer"),
-                  ("shared_router", "shared"): GMOD_05,
-                  ("routing_ratio", "17%"): Sources(trained="gamma-0.17"),
-                  ("routing_ratio", "34%"): GMOD_034,
-                  ("routing_ratio", "51%"): GMOD_05,
-                  ("routing_ratio", "68%"): Sources(trained="gamma-0.68"),
-              },
+              ["section", "setting"],
               label=lambda k: T1_LABELS[k[0]] + k[1], host=lambda k: ("baseline", "LLaVA-HR dense"),
               average=AVERAGE, average_column="avg_acc",
               efficiency=[Column(TFLOPS_X, "tflops", "tflops"), Column(SKIP_PCT, "avg_skip", "avg_skip")]),
     TableSpec("gamma_mod_table3", "gamma_mod_table3_scalability.csv",
-              "γ-MoD Table 3: dense vs γ-MoD-0.3 / 0.5 on four hosts", ["model", "variant", "params"], {
-                  ("LLaVA", "dense", "7B"): Sources("llava-1.5-7b", "dense", "tiny-llava"),
-                  ("LLaVA", "gamma-mod-0.3", "7B"): Sources("", "gamma-0.34", "tiny-llava-gmod"),
-                  ("LLaVA", "gamma-mod-0.5", "7B"): Sources("", "gamma-0.5", ""),
-                  ("LLaVA-HR", "dense", "7B"): Sources("llava-hr-7b", "", "tiny-llava-hr"),
-                  ("LLaVA-HR", "gamma-mod-0.3", "7B"): Sources("llava-hr-7b-gmod-0.34", "", "tiny-llava-hr-gmod"),
-                  ("LLaVA-HR", "gamma-mod-0.5", "7B"): Sources("llava-hr-7b-gmod-0.5"),
-                  ("Mini-Gemini-HD", "dense", "7B"): Sources("mgm-hd-7b", "", "tiny-mgm-hd"),
-                  ("Mini-Gemini-HD", "gamma-mod-0.3", "7B"): Sources("mgm-hd-7b-gmod-0.34", "", "tiny-mgm-hd-gmod"),
-                  ("Mini-Gemini-HD", "gamma-mod-0.5", "7B"): Sources("mgm-hd-7b-gmod-0.5"),
-                  ("LLaVA-HR", "dense", "13B"): Sources("llava-hr-13b"),
-                  ("LLaVA-HR", "gamma-mod-0.3", "13B"): Sources("llava-hr-13b-gmod-0.34"),
-                  ("LLaVA-HR", "gamma-mod-0.5", "13B"): Sources("llava-hr-13b-gmod-0.5"),
-              },
+              "γ-MoD Table 3: dense vs γ-MoD-0.3 / 0.5 on four hosts", ["model", "variant", "params"],
               label=lambda k: f"{k[0].replace('Mini-Gemini-HD', 'MGM-HD')}-{k[2]} {_variant(k[1])}",
               host=lambda k: (k[0], "dense", k[2]), average=AVERAGE, average_column="avg_acc",
               efficiency=[Column(TFLOPS_X, "avg_tflops", "avg_tflops"), Column(SKIP_PCT, "avg_skip", "avg_skip")]),
     TableSpec("gamma_mod_table4", "gamma_mod_table4_efficiency.csv",
-              "γ-MoD Table 4: training and inference efficiency, LLaVA-HR-7B on one A100", ["method"], {
-                  ("LLaVA-HR-7B dense",): Sources(*LLAVA_HR_7B),
-                  ("gamma-mod-0.3",): GMOD_034,
-                  ("gamma-mod-0.5",): Sources("llava-hr-7b-gmod-0.5", "gamma-0.5"),
-              },
+              "γ-MoD Table 4: training and inference efficiency, LLaVA-HR-7B on one A100", ["method"],
               label=lambda k: k[0] if "dense" in k[0] else f"LLaVA-HR-7B {_variant(k[0])}",
               host=lambda k: ("LLaVA-HR-7B dense",), average=AVERAGE, average_column="avg_acc",
               efficiency=[Column(TFLOPS_X, "inference_tflops", "inference_tflops"),
                           Column("speed×", "inference_samples_per_s", "inference_samples_per_s"),
                           Column("train×", "training_time_h", "training_time_h")]),
     TableSpec("gamma_mod_table6", "gamma_mod_table6_nine_benchmarks.csv", "γ-MoD Table 6: nine benchmarks and speed",
-              ["group", "method", "params"], {
-                  ("dense", "LLaVA-1.5", "7B"): Sources("llava-1.5-7b", "dense", "tiny-llava"),
-                  ("dense", "LLaVA-HR", "7B"): Sources("llava-hr-7b", "", "tiny-llava-hr"),
-                  ("dense", "LLaVA-HR", "13B"): Sources("llava-hr-13b"),
-                  ("sparse", "gamma-mod-LLaVA", "7B"): Sources("", "gamma-0.34", "tiny-llava-gmod"),
-                  ("sparse", "gamma-mod-LLaVA-HR", "7B"): Sources("llava-hr-7b-gmod-0.5", "", "tiny-llava-hr-gmod"),
-                  ("sparse", "gamma-mod-LLaVA-HR", "13B"): Sources("llava-hr-13b-gmod-0.5"),
-              },
+              ["group", "method", "params"],
               label=lambda k: f"{_variant(k[1])}-{k[2]}",
               host=lambda k: ("dense", {"gamma-mod-LLaVA": "LLaVA-1.5", "gamma-mod-LLaVA-HR": "LLaVA-HR"}.get(k[1], k[1]),
                               k[2]),
@@ -240,14 +221,14 @@ TABLES = [
               efficiency=[Column(TFLOPS_X, None, "avg_tflops"), Column(SKIP_PCT, None, "avg_skip"),
                           Column("speed×", "speed_samples_per_s", "speed_samples_per_s")]),
     TableSpec("pmod_table1", "pmod_table1_general.csv", "p-MoD Table 1: general benchmarks, TFLOPs and KV cache",
-              ["model", "params"], PMOD_ROWS, label=lambda k: f"{k[0]}-{k[1]}",
+              ["model", "params"], label=lambda k: f"{k[0]}-{k[1]}",
               host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), average=("seed", "mmb", "pope", "gqa"),
               efficiency=[Column(TFLOPS_X, "inference_tflops", "inference_tflops"),
                           Column(KV_PCT, "kv_cache_storage_pct", "kv_cache_storage_pct")],
               unmapped={"avg": "not comparable: the paper's average includes RealWorldQA and AI2D, which we do not "
                                "run; the headline averages SEED, MMB, POPE and GQA for paper and ours alike"}),
     TableSpec("pmod_table2", "pmod_table2_text_rich.csv", "p-MoD Table 2: text-rich benchmarks",
-              ["model", "params"], PMOD_ROWS, label=lambda k: f"{k[0]}-{k[1]}",
+              ["model", "params"], label=lambda k: f"{k[0]}-{k[1]}",
               host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), average=("textvqa", "mmmu", "sqa"),
               efficiency=[Column(TFLOPS_X, None, "tflops"), Column(KV_PCT, None, "kv_cache_storage_pct")],
               unmapped={"avg": "not comparable: the paper's average includes DocVQA, ChartQA, InfoVQA and OK-VQA, "

@@ -48,7 +48,7 @@ def test_directory_name_does_not_decide_the_family(tmp_path, prompts, images):
 def test_hf_llava_layout(tmp_path, prompts, images):
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    from modbench.models.checkpoints import to_hf_llava_state_dict
+    from modbench.models.checkpoints import to_hf_state_dict
     from modbench.models.core import llama_config
     from modbench.models.llava import clip_vision_config
 
@@ -56,7 +56,7 @@ def test_hf_llava_layout(tmp_path, prompts, images):
     hf = LlavaForConditionalGeneration(LlavaConfig(
         text_config=llama_config(model.cfg).to_dict(), vision_config=clip_vision_config(model.cfg.vision).to_dict(),
         image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu"))
-    hf.load_state_dict(to_hf_llava_state_dict(model.state_dict()))
+    hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family))
     hf.save_pretrained(tmp_path / "hf")
     model.tokenizer.save_pretrained(tmp_path / "hf")
     loaded = models.load(str(tmp_path / "hf"))
@@ -125,7 +125,7 @@ def test_hub_id_not_in_cache_says_so(tmp_path, monkeypatch):
 def test_hf_llava_next_layout(tmp_path, prompts, images):
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-    from modbench.models.checkpoints import to_hf_llava_state_dict
+    from modbench.models.checkpoints import to_hf_state_dict
     from modbench.models.core import llama_config
     from modbench.models.llava import clip_vision_config
 
@@ -135,7 +135,7 @@ def test_hf_llava_next_layout(tmp_path, prompts, images):
         text_config=llama_config(cfg).to_dict(), vision_config=clip_vision_config(cfg.vision).to_dict(),
         image_token_index=model.image_token_id, image_grid_pinpoints=cfg.vision.grid_pinpoints,
         vision_feature_layer=-2, projector_hidden_act="gelu"))
-    hf.load_state_dict(to_hf_llava_state_dict(model.state_dict()))
+    hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family))
     hf.save_pretrained(tmp_path / "hf", max_shard_size="200KB")  # sharded safetensors with an index
     assert (tmp_path / "hf" / "model.safetensors.index.json").exists()
     model.tokenizer.save_pretrained(tmp_path / "hf")

@@ -10,7 +10,14 @@ import torch
 from modbench import models
 from modbench.models.checkpoints import CheckpointError, save_authors_checkpoint
 from modbench.models.config import ConfigError
-from modbench.models.hosts import HostFamily, KeyLayout, Release, host_families, registered
+from modbench.models.hosts import (
+    HostFamily,
+    KeyLayout,
+    Release,
+    host_families,
+    registered,
+    validate_for_family,
+)
 from modbench.models.llava import LlavaVision
 
 # A copy of LLaVA-1.5 under another name, other key prefixes, its own model_types and one config.json field
@@ -70,9 +77,9 @@ def test_family_is_the_one_name_of_the_host_and_older_records_vision_kind_is_che
     llava = models.get_variant("tiny-llava")
     assert "kind" not in llava.to_dict()["vision"]
     with pytest.raises(ConfigError, match="grid_pinpoints is required for family 'llava-next'"):
-        dataclasses.replace(llava, family="llava-next")  # another family's front-end checks the fields it reads
+        validate_for_family(dataclasses.replace(llava, family="llava-next"))  # another family's checks
     with pytest.raises(ConfigError, match="unknown host family 'toy-llava'"):
-        toy_config("tiny-llava")
+        validate_for_family(toy_config("tiny-llava"))
     with pytest.raises(ConfigError, match="unknown key"):
         models.ModelConfig.from_dict({**llava.to_dict(), "vision": {**llava.to_dict()["vision"], "colour": "red"}})
 
@@ -99,9 +106,24 @@ def test_an_older_records_vision_kind_is_read_when_it_names_the_familys_front_en
 def test_a_vision_field_the_familys_front_end_does_not_read_is_refused(variant, family, field):
     """With `family` the one name of the host, moving a config to another family must not silently drop the
     fields only the first family's front-end reads."""
-    cfg = models.get_variant(variant)
-    with pytest.raises(ConfigError, match=f"vision.{field} is set, but family '{family}'"):
-        dataclasses.replace(cfg, family=family)
+    moved = dataclasses.replace(models.get_variant(variant), family=family)
+    for step in (validate_for_family, models.build_model, lambda cfg: models.ModVlm(cfg, None)):
+        with pytest.raises(ConfigError, match=f"vision.{field} is set, but family '{family}'"):
+            step(moved)
+
+
+def test_a_config_is_checked_against_its_family_where_it_is_resolved_and_built_not_where_it_is_made():
+    """ModelConfig checks what needs no family; the family's checks (its module imports torch) run in `resolve`
+    and in every model's construction, so the variant registry, and `modbench table` reading it, stay light."""
+    from modbench.models.resolver import resolve
+
+    moved = dataclasses.replace(models.get_variant("tiny-llava-hr"), family="llava")  # made: not checked yet
+    with pytest.raises(ConfigError, match="vision.convnext is set, but family 'llava'"):
+        models.build_model(moved)
+    with pytest.raises(ConfigError, match="vision.convnext is set, but family 'llava'"):
+        resolve("tiny-llava-hr", {"family": "llava"})
+    for cfg in models.list_variants():  # every registered variant passes its family's checks
+        assert validate_for_family(cfg) == cfg
 
 
 def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(prompts, images):
@@ -128,7 +150,7 @@ def test_a_family_with_a_vision_geometry_of_its_own_needs_no_edit_of_config_py(p
         batch = model.build_batch(prompts[:1], images[:1])
         assert batch.image_tokens[0] == cfg.num_image_tokens == model.vision.num_image_tokens
         with pytest.raises(ConfigError, match="select_layer must be -2 for family 'toy-cls'"):
-            dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, select_layer=-1))
+            validate_for_family(dataclasses.replace(cfg, vision=dataclasses.replace(cfg.vision, select_layer=-1)))
     with pytest.raises(ConfigError, match="unknown host family 'toy-cls'"):
         cfg.num_image_tokens
 

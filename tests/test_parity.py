@@ -5,7 +5,7 @@ import torch
 from transformers import LlamaForCausalLM, LlavaConfig, LlavaForConditionalGeneration
 
 from modbench import models
-from modbench.models.checkpoints import to_hf_llava_state_dict
+from modbench.models.checkpoints import to_hf_state_dict
 from modbench.models.core import ModForCausalLM, llama_config
 from modbench.models.llava import clip_vision_config
 
@@ -38,7 +38,7 @@ def test_tiny_llava_equals_transformers_llava(prompts, images):
         image_seq_length=model.vision.num_image_tokens,
     )
     theirs = LlavaForConditionalGeneration(hf_cfg).eval()
-    theirs.load_state_dict(to_hf_llava_state_dict(model.state_dict()), strict=True)
+    theirs.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family), strict=True)
 
     tok = model.tokenizer
     n_img = model.vision.num_image_tokens
@@ -56,7 +56,7 @@ def test_tiny_llava_equals_transformers_llava(prompts, images):
 def test_tiny_llava_next_equals_transformers_llava_next(prompts, images):
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration
 
-    from modbench.models.checkpoints import to_hf_llava_state_dict
+    from modbench.models.checkpoints import to_hf_state_dict
 
     model = models.build_model("tiny-llava-next")
     cfg = model.cfg
@@ -66,7 +66,7 @@ def test_tiny_llava_next_equals_transformers_llava_next(prompts, images):
         vision_feature_layer=cfg.vision.select_layer, vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
     )).eval()
-    theirs.load_state_dict(to_hf_llava_state_dict(model.state_dict()), strict=True)
+    theirs.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family), strict=True)
     tok = model.tokenizer
     lengths = set()
     for prompt, image in zip(prompts, images):  # three aspect ratios: three grids

@@ -99,18 +99,46 @@ def test_an_unknown_benchmark_is_named_with_the_closest():
         write_all("/nonexistent", ["popee"])
 
 
-def test_the_tables_rows_name_registered_variants_and_reproduction_rows():
-    """A renamed variant or reproduction row must not turn a table row into "not run" unnoticed."""
-    from modbench import models
-    from modbench.suite.reproduce import ROWS
-    from modbench.suite.tables import TABLES
+def test_the_tables_rows_come_from_the_variants_and_reproduction_rows_registrations():
+    """Paper rows and tiny twins are on the variant entries (and the reproduction rows): each names a row the
+    paper's CSV has, and each twin is a registered tiny variant of the same host family and scheme."""
+    import pandas as pd
 
-    variants = {cfg.name for cfg in models.list_variants()}
-    for spec in TABLES:
-        for key, sources in spec.rows.items():
-            for name in (sources.released, sources.tiny):
-                assert not name or name in variants, (spec.name, key, name)
-            assert not sources.trained or sources.trained in ROWS, (spec.name, key, sources.trained)
+    from modbench import models
+    from modbench.models.variants import variant_entries
+    from modbench.suite.project import PAPER_DIR
+    from modbench.suite.reproduce import ROWS
+    from modbench.suite.tables import TABLES, Sources
+
+    specs = {spec.name: spec for spec in TABLES}
+    claims = [(entry.name, row) for entry in variant_entries() for row in entry.paper]
+    claims += [(name, row) for name, trained in ROWS.items() for row in trained.paper]
+    for name, row in claims:
+        assert row.table in specs, (name, row)
+        spec = specs[row.table]
+        frame = pd.read_csv(PAPER_DIR / spec.csv, dtype={k: str for k in spec.keys})
+        assert tuple(row.key) in set(frame[spec.keys].itertuples(index=False, name=None)), (name, row)
+    for entry in variant_entries():
+        if entry.twin:
+            twin = models.get_variant(entry.twin)
+            assert twin.tiny and (twin.family, twin.mod.scheme) == (entry.config.family, entry.config.mod.scheme), \
+                entry.name
+    assert specs["gamma_mod_table3"].rows[("LLaVA-HR", "dense", "7B")] == Sources("llava-hr-7b", "", "tiny-llava-hr")
+    assert specs["gamma_mod_table1"].rows[("masked_token", "Q+A")] == Sources(trained="gamma-0.34")
+
+
+def test_a_paper_row_claimed_by_two_variants_is_an_error(monkeypatch):
+    from modbench.models import variants
+    from modbench.models.variants import PaperRow, VariantEntry
+    from modbench.suite.tables import paper_sources
+
+    entries = dict(variants._VARIANTS)
+    copy = variants.get_variant("llava-hr-7b")
+    copy.name = "llava-hr-7b-again"
+    entries[copy.name] = VariantEntry(copy, (PaperRow("gamma_mod_table3", ("LLaVA-HR", "dense", "7B")),))
+    monkeypatch.setattr(variants, "_VARIANTS", entries)
+    with pytest.raises(ValueError, match="both 'llava-hr-7b' and 'llava-hr-7b-again' claim it"):
+        paper_sources()
 
 
 def test_the_plots_name_registered_tables():

@@ -78,7 +78,7 @@ def test_unchanged_run_passes_and_another_skip_threshold_is_caught(runs_dir, tmp
     # the same cell of the matrix, run with a deliberate change: another prefill threshold
     cfg = models.get_variant("tiny-llava-hr-gmod")
     changed = dataclasses.replace(cfg, name="tiny-llava-hr-gmod-thr", mod=dataclasses.replace(cfg.mod, prefill_threshold=0.3))
-    monkeypatch.setitem(models.variants._VARIANTS, changed.name, changed)  # registered for this test only
+    monkeypatch.setitem(models.variants._VARIANTS, changed.name, models.variants.VariantEntry(changed))  # registered for this test only
     other = tmp_path / "other"
     outcome = run(RunSpec(model=changed.name, tasks=FOUR, limit=2, protocol="llava", output=str(other),
                           run_id="hr-gmod"), progress=False)
