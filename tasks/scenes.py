@@ -283,12 +283,13 @@ YES_NO_ORDERS = ("drawn", "first", "after_first", "half_first")
 
 def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1,
                    caption: bool = True, yes_no_order: str = "drawn",
-                   exists_pairs: bool = False) -> list[tuple[str, str]]:
+                   exists_pairs: bool = False, choice_weight: int = 1) -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
     the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
     is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
     read off the image. exists_weight: how many shares of the turns ask existence ("Is there a red circle?"),
-    against one share of multiple choice and MME-style yes/no, two of short answers and two of reading.
+    against one share of MME-style yes/no, two of short answers and two of reading; choice_weight: the shares of
+    multiple choice (answered with the option's letter).
     caption: end with a dense caption of the scene (its many tokens weigh in the per-token loss).
     yes_no_order: where the yes/no questions go among the drawn turns (the same questions, reordered): "drawn"
     (as drawn), "first" (before every other turn), "after_first" (the first turn as drawn, then the yes/no
@@ -303,7 +304,7 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
             break
-        kind = rng.choice(("exists",) * exists_weight + ("short", "short", "choice", "mme")
+        kind = rng.choice(("exists",) * exists_weight + ("short", "short") + ("choice",) * choice_weight + ("mme",)
                           + (("word", "word") if scene.word else ()))
         if kind == "exists" and exists_pairs:
             negative = rng.choice(("random", "adversarial"))
@@ -383,6 +384,7 @@ class CorpusSpec:
     caption: bool = True  # each training conversation ends with a dense caption (training_turns)
     yes_no_order: str = "drawn"  # where the yes/no turns go (training_turns)
     exists_pairs: bool = False  # existence asked in Yes/No pairs about one image (training_turns)
+    choice_weight: int = 1  # shares of multiple-choice questions among the training turns (training_turns)
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
@@ -417,7 +419,7 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     for i, scene in enumerate(train_scenes):
         draw(scene, spec.image_size).save(images / f"{i:06d}.png")
         turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption, spec.yes_no_order,
-                               spec.exists_pairs)
+                               spec.exists_pairs, spec.choice_weight)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},

@@ -439,8 +439,8 @@ def test_exists_pairs_ask_one_yes_and_one_no_existence_question_about_each_image
     assert pairs > 300 and sum(lengths) / len(lengths) > 7.5  # the turns are still nearly always filled
 
 def test_the_default_training_turns_are_the_committed_presets_draws():
-    """The corpus options added since the presets' results were committed (caption, yes_no_order, exists_pairs)
-    leave the default draws as they were: a fingerprint of 200 scenes' turns, taken before they existed."""
+    """The corpus options added since the presets' results were committed (caption, yes_no_order, exists_pairs,
+    choice_weight) leave the default draws as they were: a fingerprint of 200 scenes' turns, taken before they existed."""
     import hashlib
     import random
 
@@ -451,6 +451,22 @@ def test_the_default_training_turns_are_the_committed_presets_draws():
         turns.append(training_turns(sample_scene(rng), rng, 8))
     digest = hashlib.sha256(json.dumps(turns).encode()).hexdigest()
     assert digest == "12a4211a066da606a89bbe0d6f84abbceb8709f3469fc519696098a9ed7b0f0c"
+
+
+def test_choice_weight_asks_more_multiple_choice_questions():
+    import random
+
+    from modbench.tasks.scenes import sample_scene, training_turns
+
+    def share(weight: int) -> float:
+        rng, asked, choice = random.Random(0), 0, 0
+        for _ in range(300):
+            turns = training_turns(sample_scene(rng), rng, 8, choice_weight=weight)[:-1]  # (the caption last)
+            asked += len(turns)
+            choice += sum(a in "ABCD" and len(a) == 1 for _, a in turns)
+        return choice / asked
+
+    assert share(3) > 1.5 * share(1) > 0  # (bounded by the distinct questions a scene has)
 
 
 def test_yes_no_order_reorders_the_same_drawn_turns():
