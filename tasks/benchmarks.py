@@ -23,7 +23,7 @@ class Benchmark:
     name: str  # the data folder under a data root; `modbench data --task / --only` take it
     splits: dict[str, tuple[str, ...]]  # prepare: our split file -> the source split names accepted for it
     columns: tuple[str, ...]  # prepare: columns our tasks read (a copy without one is refused)
-    fixture: Callable[[Path], list[Path]]  # draws a small copy under a data root
+    fixture: Callable[[Path], list[Path]]  # draws a small copy into its folder (<data root>/<name>)
     keep_row: Callable[[dict], bool] | None = None  # prepare: rows the papers evaluate (None: all)
     llava_max_new_tokens: int = SHORT_ANSWER_TOKENS  # the authors' scripts: greedy, this many new tokens
     # prepare: a copy may hold every split in one, this column naming each row's split (POPE's hub copy)

@@ -100,7 +100,7 @@ def write_parquet(dataset, path: Path) -> Path:
     return path
 
 
-def pope(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+def pope(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
     paths = []
     for s, split in enumerate(("adversarial", "popular", "random")):
         rng = random.Random(seed * 100 + s)
@@ -114,14 +114,14 @@ def pope(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
                 "answer": "yes" if asked in present else "no", "image_source": f"fixture_{split}_{i}",
                 "image": draw_shapes(scene, seed=i), "category": split,
             })
-        paths.append(_write(rows, root / "pope" / f"{split}.parquet"))
+        paths.append(_write(rows, folder / f"{split}.parquet"))
     return paths
 
 
 MME_CATEGORIES = ("existence", "count", "color", "position", "commonsense_reasoning", "numerical_calculation")
 
 
-def mme(root: Path, images_per_category: int = 2, seed: int = 0) -> list[Path]:
+def mme(folder: Path, images_per_category: int = 2, seed: int = 0) -> list[Path]:
     """MME: two questions per image (one 'Yes', one 'No'), sharing the image's question_id (for acc+)."""
     rng = random.Random(seed)
     rows = []
@@ -147,10 +147,10 @@ def mme(root: Path, images_per_category: int = 2, seed: int = 0) -> list[Path]:
             for question, answer in zip(questions, ("Yes", "No")):
                 rows.append({"question_id": qid, "image": image, "answer": answer, "category": category,
                              "question": f"{question} Please answer yes or no."})
-    return [_write(rows, root / "mme" / "test.parquet")]
+    return [_write(rows, folder / "test.parquet")]
 
 
-def gqa(root: Path, n: int = 16, seed: int = 0) -> list[Path]:
+def gqa(folder: Path, n: int = 16, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -161,10 +161,10 @@ def gqa(root: Path, n: int = 16, seed: int = 0) -> list[Path]:
         answer = colour if kind == 0 else shape
         rows.append({"id": f"q{i}", "imageId": f"img{i}", "question": question, "answer": answer,
                      "fullAnswer": f"The {shape} is {colour}.", "image": draw_shapes(scene, seed=i)})
-    return [_write(rows, root / "gqa" / "testdev.parquet")]
+    return [_write(rows, folder / "testdev.parquet")]
 
 
-def scienceqa_img(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+def scienceqa_img(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -178,10 +178,10 @@ def scienceqa_img(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
             "task": "closed choice", "grade": "grade2", "subject": "natural science", "topic": "geometry",
             "category": "Shapes", "skill": "Identify shapes", "lecture": "", "solution": f"It is a {shape}.",
         })
-    return [_write(rows, root / "scienceqa_img" / "test.parquet")]
+    return [_write(rows, folder / "test.parquet")]
 
 
-def textvqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+def textvqa(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -193,10 +193,10 @@ def textvqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
             "flickr_300k_url": "", "answers": [word.lower()] * 10, "image_classes": ["sign"], "set_name": "val",
             "ocr_tokens": [word.lower()],
         })
-    return [_write(rows, root / "textvqa" / "validation.parquet")]
+    return [_write(rows, folder / "validation.parquet")]
 
 
-def mmmu(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
+def mmmu(folder: Path, n: int = 8, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     subjects = ("Art", "Math", "Physics", "Geography")
@@ -213,10 +213,10 @@ def mmmu(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
         }
         row.update({f"image_{k}": None for k in range(2, 8)})
         rows.append(row)
-    return [_write(rows, root / "mmmu" / "validation.parquet", image_columns=[f"image_{k}" for k in range(1, 8)])]
+    return [_write(rows, folder / "validation.parquet", image_columns=[f"image_{k}" for k in range(1, 8)])]
 
 
-def seedbench(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+def seedbench(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -229,10 +229,10 @@ def seedbench(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
             "question": f"What is the colour of the {shape}?", "question_id": str(i), "question_type_id": 1,
             "image": [draw_shapes([(shape, colour)], seed=i)], "segment": None,
         })
-    return [_write(rows, root / "seedbench" / "test.parquet", image_columns=(), image_list_columns=["image"])]
+    return [_write(rows, folder / "test.parquet", image_columns=(), image_list_columns=["image"])]
 
 
-def vizwiz_vqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+def vizwiz_vqa(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -243,10 +243,10 @@ def vizwiz_vqa(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
             image, answers, category = draw_word(word), [word.lower()] * 10, "other"
         rows.append({"question_id": f"VizWiz_val_{i:08d}.jpg", "image": image, "question": "What does this say?",
                      "answers": answers, "category": category})
-    return [_write(rows, root / "vizwiz_vqa" / "val.parquet")]
+    return [_write(rows, folder / "val.parquet")]
 
 
-def vqav2(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
+def vqav2(folder: Path, n: int = 12, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -259,10 +259,10 @@ def vqav2(root: Path, n: int = 12, seed: int = 0) -> list[Path]:
             "image_id": i, "answer_type": "number" if i % 2 else "other", "question_id": 1000 + i,
             "question": question, "image": draw_shapes(scene, seed=i),
         })
-    return [_write(rows, root / "vqav2" / "validation.parquet")]
+    return [_write(rows, folder / "validation.parquet")]
 
 
-def mmbench(root: Path, n: int = 6, seed: int = 0) -> list[Path]:
+def mmbench(folder: Path, n: int = 6, seed: int = 0) -> list[Path]:
     """Each base question appears with its options rotated (MMBench's circular copies: index + k * 1e6)."""
     rng = random.Random(seed)
     rows = []
@@ -279,10 +279,10 @@ def mmbench(root: Path, n: int = 6, seed: int = 0) -> list[Path]:
                 "source": "fixture", "l2-category": "finegrained_perception (instance-level)", "comment": None,
                 "split": "dev",
             })
-    return [_write(rows, root / "mmbench" / "dev.parquet")]
+    return [_write(rows, folder / "dev.parquet")]
 
 
-def mmvet(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
+def mmvet(folder: Path, n: int = 8, seed: int = 0) -> list[Path]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
@@ -290,7 +290,7 @@ def mmvet(root: Path, n: int = 8, seed: int = 0) -> list[Path]:
         rows.append({"question_id": f"v1_{i}", "image": draw_shapes([(shape, colour)], seed=i),
                      "question": f"What colour is the {shape}?", "answer": f"{colour}", "capability": "rec",
                      "image_source": f"fixture_{i}"})
-    return [_write(rows, root / "mmvet" / "test.parquet")]
+    return [_write(rows, folder / "test.parquet")]
 
 
 def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list[str]]:
@@ -299,4 +299,4 @@ def write_all(root: str | Path, only: list[str] | None = None) -> dict[str, list
 
     root = Path(root)
     chosen = [get_benchmark(name) for name in only] if only else list_benchmarks()
-    return {b.name: [str(p) for p in b.fixture(root)] for b in chosen}
+    return {b.name: [str(p) for p in b.fixture(root / b.name)] for b in chosen}
