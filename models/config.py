@@ -227,6 +227,8 @@ def validate(cfg: ModelConfig) -> None:
         raise ConfigError(f"mod.masked_tokens must be one of {MASKED_TOKENS}, got {mod.masked_tokens!r}")
     if mod.fixed_skip is not None and not 0.0 <= mod.fixed_skip < 1.0:
         raise ConfigError(f"mod.fixed_skip = {mod.fixed_skip} is outside [0, 1)")
+    if mod.fixed_skip is not None and mod.scheme != "gamma":  # only γ-MoD's routing reads it
+        raise ConfigError(f"mod.fixed_skip applies to γ-MoD models (scheme 'gamma'), not {mod.scheme!r}")
     for name in ("train_skip_fraction", "prefill_threshold", "decode_threshold"):
         value = getattr(mod, name)
         if not 0.0 <= value < 1.0:

@@ -156,9 +156,6 @@ class ModbenchLmms(lmms):
         self.resolved = resolve(str(pretrained), {
             "dtype": dtype or None, "attn_implementation": attn_implementation or None,
             "mod.fixed_skip": None if fixed_skip in ("", None) else float(fixed_skip)})
-        scheme = self.resolved.config.mod.scheme
-        if fixed_skip not in ("", None) and scheme != "gamma":
-            raise ValueError(f"modbench model_args: fixed_skip applies to γ-MoD models, not {scheme!r}")
         self.model = build(self.resolved, seed=int(seed), device=device)
         self.pretrained = pretrained
         self.protocol = protocol

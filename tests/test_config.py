@@ -85,3 +85,15 @@ def test_flash_attention_refuses_a_padded_batch(prompts, images):
     model = models.build_model(cfg)
     with pytest.raises(NotImplementedError, match="flash_attention_2"):
         model.generate(prompts[:2], images[:2], max_new_tokens=1)
+
+
+def test_fixed_skip_is_gamma_mods_only():
+    """Only γ-MoD's routing reads it: on p-MoD or a dense model it would be a silent no-op (the plugin's
+    `fixed_skip=` model arg reaches it as an override, so the error names the field there too)."""
+    from modbench.models.resolver import resolve
+
+    assert tiny(scheme="gamma", layers=[1, 2], fixed_skip=0.5).mod.fixed_skip == 0.5
+    with pytest.raises(ConfigError, match="mod.fixed_skip applies to γ-MoD models .*not 'pmod'"):
+        tiny(scheme="pmod", fixed_skip=0.5)
+    with pytest.raises(ConfigError, match="mod.fixed_skip applies to γ-MoD models .*not 'dense'"):
+        resolve("tiny-llava", {"mod.fixed_skip": 0.3})
