@@ -166,9 +166,9 @@ class ModelConfig:
         """Image tokens the largest image gives (0 without vision): the geometry of the family's front-end."""
         if self.vision is None:
             return 0
-        from .hosts import host_family  # here: the host modules import this one
+        from .hosts import host_family, validate_for_family  # here: the host modules import this one
 
-        return host_family(self.family).image_tokens(self.vision)
+        return host_family(validate_for_family(self).family).image_tokens(self.vision)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

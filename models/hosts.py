@@ -3,8 +3,9 @@
 A host family is one module (models/llava.py, llava_next.py, llava_hr.py, mgm_hd.py) holding a `HOST_FAMILY`:
 its vision front-end and that front-end's geometry, the authors' key layout, the config.json `model_type` each
 routing scheme is released under on it, and its config.json vision fields both ways. `ModelConfig.family` is the
-one field that names it. models/vlm.py (building), models/checkpoints.py (reading and writing) and the config's
-validation look families up here and name none of them.
+one field that names it. models/vlm.py (building), models/checkpoints.py (reading and writing) and the checks of a
+config against its family (`validate_for_family`, run where a config is resolved or built and by
+`ModelConfig.num_image_tokens`) look families up here and name none of them.
 
 Adding a host family: a new module with a `HOST_FAMILY`, listed in BUILTIN_MODULES, or registered from
 elsewhere with `register_host_family` (as tests/test_host_families.py does). Importing a front-end module

@@ -1,4 +1,4 @@
-"""The lmms-eval model plugin: `--model modbench --model_args pretrained=<variant | checkpoint dir>,...`.
+"""The lmms-eval model plugin: `--model modbench --model_args pretrained=<variant | checkpoint dir | hub id>,...`.
 
 Registered through the `lmms_eval.models` entry point (pyproject.toml -> models.lmms_manifest) with a
 ModelManifest; lmms-eval 0.7.3 does not consult the `@register_model` decorator of out-of-tree models.
@@ -9,7 +9,9 @@ models.resolver resolved it goes beside them, records.jsonl -> records.model.jso
 (per sample: torch.utils.flop_counter and fvcore counts of the prefill as it ran, beside the analytic one),
 fixed_skip (γ-MoD: skip this share of the routable prompt tokens by top-k instead of the released threshold),
 max_new_tokens (a cap on every task's new tokens: for smoke tests of untrained models, which never stop early),
-resume (answer a request from its ok record in `records` instead of running the model: sample-level resume).
+resume (answer a request from its ok record in `records` instead of running the model: sample-level resume),
+random_init (a variant with a hub id, which otherwise stands for its released checkpoint in the local HF cache:
+its config with seeded random weights).
 
 A sample whose generation raises, or whose logits or router probabilities hold NaN / inf, is recorded as failed
 (with the reason) and never returned as an answer: after the whole request list has run, generate_until raises,
@@ -140,7 +142,8 @@ class ModbenchLmms(lmms):
 
     def __init__(self, pretrained: str = "tiny-llava", dtype: str = "", device: str = "", batch_size=1,
                  attn_implementation: str = "", protocol: str = "lmms-eval", records: str = "", seed=0,
-                 measure_flops=False, fixed_skip="", max_new_tokens="", resume=False, **unknown) -> None:
+                 measure_flops=False, fixed_skip="", max_new_tokens="", resume=False, random_init=False,
+                 **unknown) -> None:
         super().__init__()
         if unknown:
             raise ValueError(f"modbench model_args: unknown key(s) {sorted(unknown)}")
@@ -155,7 +158,7 @@ class ModbenchLmms(lmms):
         # fixed_skip: a γ-MoD benchmark knob (a controlled skip ratio instead of the released threshold rule)
         self.resolved = resolve(str(pretrained), {
             "dtype": dtype or None, "attn_implementation": attn_implementation or None,
-            "mod.fixed_skip": None if fixed_skip in ("", None) else float(fixed_skip)})
+            "mod.fixed_skip": None if fixed_skip in ("", None) else float(fixed_skip)}, random_init=_bool(random_init))
         self.model = build(self.resolved, seed=int(seed), device=device)
         self.pretrained = pretrained
         self.protocol = protocol
@@ -176,7 +179,8 @@ class ModbenchLmms(lmms):
         # What a record's answer depends on besides the request: a record of another model never matches.
         cfg = self.model.cfg
         self._identity = json.dumps([pretrained, protocol, cfg.dtype, cfg.attn_implementation, int(seed),
-                                     cfg.mod.fixed_skip, str(self.model.device), self.max_new_tokens_cap])
+                                     cfg.mod.fixed_skip, str(self.model.device), self.max_new_tokens_cap]
+                                    + (["random_init"] if _bool(random_init) else []))
 
     # lmms-eval reads these
     @property

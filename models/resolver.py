@@ -1,5 +1,5 @@
 """One resolver: what a model name stands for — a registered variant, a checkpoint directory or a cached hub id —
-as a frozen config, before any weight is read.
+as a frozen config, before any weight is read. A variant with a hub id stands for its released checkpoint.
 
 Every command, the lmms-eval plugin and the matrix go through `resolve`; the plugin records what it resolved
 (`records.model.json` beside its records) and the suite reads that record instead of resolving again.
@@ -21,7 +21,7 @@ VARIANT, CHECKPOINT = "variant", "checkpoint"
 @dataclass(frozen=True)
 class ResolvedModel:
     name: str  # as given
-    source: str  # VARIANT (built from its config, seeded random weights) or CHECKPOINT
+    source: str  # VARIANT (built from its config, seeded random weights) or CHECKPOINT (a released variant too)
     checkpoint: str  # the checkpoint directory; "" for a variant
     layout: str  # the checkpoint's released layout (models.checkpoints.detect); "" for a variant
     config_json: str  # the ModelConfig with the overrides applied, as JSON: immutable, and recordable as is
@@ -76,26 +76,50 @@ def with_overrides(cfg: ModelConfig, overrides: dict) -> ModelConfig:
     return ModelConfig.from_dict(data)  # validated as it is built (its family's checks: `resolve`)
 
 
-def resolve(name_or_path: str, overrides: dict | None = None) -> ResolvedModel:
+def resolve(name_or_path: str, overrides: dict | None = None, random_init: bool = False) -> ResolvedModel:
     """A variant's registered config, or a checkpoint's from its config.json (and, for the ConvNeXt sizes
     config.json leaves out, the weight files' names and shapes: no tensor is read), with `overrides` applied
-    (None values are left out: "not given")."""
+    (None values are left out: "not given").
+
+    A variant with a hub id stands for that released checkpoint: it resolves to its copy in the local Hugging
+    Face cache (an error when there is none, never a silent random model). `random_init`: the variant's config
+    with seeded random weights instead (a pipeline check; what a variant without a hub id always is)."""
     from . import checkpoints
 
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if is_variant(name_or_path):
+    path = checkpoint_path(name_or_path, random_init)
+    if path is None:
         cfg, source, directory, layout = get_variant(name_or_path), VARIANT, "", ""
     else:
-        problem = model_name_error(name_or_path)
-        if problem:
-            raise ConfigError(problem)
-        path = checkpoints.checkpoint_directory(name_or_path)
         cfg, layout = checkpoints.config_from_checkpoint(path)
         source, directory = CHECKPOINT, str(path)
     from .hosts import validate_for_family
 
     cfg = validate_for_family(with_overrides(cfg, given))
     return ResolvedModel(name_or_path, source, directory, layout, _as_json(cfg))
+
+
+def checkpoint_path(name_or_path: str, random_init: bool = False) -> Path | None:
+    """The checkpoint directory a model name stands for (None: a variant built from its config), found without
+    reading a file: a directory, a cached hub id, or a variant's released checkpoint (its hub id, cached)."""
+    from . import checkpoints
+
+    released = get_variant(name_or_path).hub_id if is_variant(name_or_path) and not random_init else ""
+    if is_variant(name_or_path) and not released:
+        return None
+    problem = model_name_error(name_or_path)
+    if problem:
+        raise ConfigError(problem)
+    try:
+        return checkpoints.checkpoint_directory(released or name_or_path)
+    except checkpoints.CheckpointError as exc:
+        if not released:
+            raise
+        raise ConfigError(
+            f"variant {name_or_path!r} is the released checkpoint {released}, which is not in the local Hugging "
+            f"Face cache ({exc}): download it (`huggingface-cli download {released}`) or pass its directory; for "
+            "the variant's config with random weights, ask for a random init (model_args random_init=true, "
+            "`modbench run --random-init`)") from None
 
 
 def build(resolved: ResolvedModel, seed: int = 0, device: str = "cpu"):

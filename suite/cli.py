@@ -12,7 +12,8 @@ DEFAULT_SMOKE_OUT = "results/runs/smoke.json"
 
 
 def _build(name: str, seed: int = 0, device: str = "cpu", overrides: dict | None = None):
-    """--model: a registered variant (random weights, seeded) or a checkpoint directory / cached hub id."""
+    """--model: a registered variant (seeded random weights; one with a hub id: its released checkpoint from the
+    local HF cache), a checkpoint directory or a cached hub id."""
     from modbench.models.resolver import build, resolve
 
     return build(resolve(name, overrides), seed=seed, device=device)
@@ -80,7 +81,7 @@ def cmd_flops(args) -> int:
     from modbench.models.flops import flops_analytic
     from modbench.models.resolver import resolve
 
-    cfg = resolve(args.model).config
+    cfg = resolve(args.model, random_init=True).config  # the config alone: a released variant's is its own
     if args.full:
         from modbench.models.flops import flops_full_meta
 
@@ -221,7 +222,7 @@ def cmd_run(args) -> int:
                    protocol=args.protocol, dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                    attn_implementation=args.attn_implementation, seed=args.seed, output=args.output,
                    run_id=args.run_id, measure_flops=args.measure_flops, data_root=data_root(args.data_root),
-                   max_new_tokens=args.max_new_tokens)
+                   max_new_tokens=args.max_new_tokens, random_init=args.random_init)
     try:
         outcome = run(spec)
     except KeyboardInterrupt as exc:
@@ -303,7 +304,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("run", help="benchmarks through lmms-eval (our plugin + local tasks); non-zero if any failed")
-    p.add_argument("--model", required=True, help="variant name or checkpoint directory")
+    p.add_argument("--model", required=True, help="variant name (one with a hub id: its released checkpoint, from "
+                                                   "the local HF cache), checkpoint directory or cached hub id")
+    p.add_argument("--random-init", action="store_true",
+                   help="a variant with a hub id: its config with seeded random weights instead of the checkpoint "
+                        "(a pipeline check)")
     p.add_argument("--tasks", required=True, help="comma-separated local tasks, e.g. pope_local,gqa_local")
     p.add_argument("--limit", type=int, default=None, help="samples per task")
     p.add_argument("--protocol", default="lmms-eval", choices=PROTOCOLS)
@@ -418,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser("latency", help="wall-clock (vision, prefill, decode, end to end), memory and KV cache")
-    p.add_argument("--model", required=True, help="variant name (random weights) or checkpoint directory")
+    p.add_argument("--model", required=True, help="variant name (seeded random weights; one with a hub id: its "
+                                                   "released checkpoint, from the local HF cache) or checkpoint "
+                                                   "directory")
     p.add_argument("--compare", default="", help="a second model, run side by side (ratios printed)")
     p.add_argument("--image-tokens", type=int, default=1024)
     p.add_argument("--prompt-tokens", type=int, default=60)
@@ -444,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "Writes the model in the released layout, train.json, train_log.jsonl and "
                                    "resumable checkpoints to --output.")
     p.add_argument("--config", default="", help="YAML file of TrainConfig fields")
-    p.add_argument("--model", help="variant (trained from its seeded random init) or checkpoint directory")
+    p.add_argument("--model", help="variant (trained from its seeded random init; one with a hub id: from its "
+                                   "released checkpoint, in the local HF cache) or checkpoint directory")
     p.add_argument("--scheme", choices=SCHEMES, help="default: the model's own")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--mod-layers", dest="mod_layers", help="MoD layers, e.g. 3-30 or 1,2,4")

@@ -50,6 +50,7 @@ class RunSpec:
     data_root: str = ""  # benchmark data (default: tasks/data); a root elsewhere leaves the checkout untouched
     fixed_skip: float | None = None  # γ-MoD: a controlled skip ratio instead of the released threshold rule
     max_new_tokens: int | None = None  # a cap on every task's new tokens (smoke tests of untrained models)
+    random_init: bool = False  # a variant with a hub id: its config with random weights, not the released checkpoint
 
     def model_args(self, records: Path, resume: bool = False) -> str:
         args = {"pretrained": self.model, "protocol": self.protocol,
@@ -58,6 +59,7 @@ class RunSpec:
                 "measure_flops": "true" if self.measure_flops else "",
                 "fixed_skip": "" if self.fixed_skip is None else self.fixed_skip,
                 "max_new_tokens": "" if self.max_new_tokens is None else self.max_new_tokens,
+                "random_init": "true" if self.random_init else "",
                 "resume": "true" if resume else ""}
         return ",".join(f"{k}={v}" for k, v in args.items() if v not in ("", None))
 
@@ -65,7 +67,8 @@ class RunSpec:
         name = Path(self.model).name if os.sep in self.model else self.model
         return f"{name}__{'+'.join(self.tasks)}__{self.protocol}__b{self.batch_size}" + (
             f"__l{self.limit}" if self.limit else "") + (
-            f"__m{self.max_new_tokens}" if self.max_new_tokens is not None else "")  # capped answers: another run
+            f"__m{self.max_new_tokens}" if self.max_new_tokens is not None else "") + (  # capped answers: another run
+            "__random" if self.random_init else "")
 
 
 @dataclass
@@ -105,15 +108,16 @@ def fingerprint(spec: RunSpec, world: int = 1) -> dict:
     them, and the checkpoint's and benchmark data's files (size and modification time, not contents: cheap)."""
     from importlib.metadata import version
 
-    from modbench.models.checkpoints import CheckpointError, checkpoint_directory
-    from modbench.models.resolver import is_variant
+    from modbench.models.checkpoints import CheckpointError
+    from modbench.models.config import ConfigError
+    from modbench.models.resolver import checkpoint_path
     from modbench.tasks.registry import data_files_under
 
-    try:  # a cached hub id's snapshot too; a variant is built from its registered config: no files
-        model = None if is_variant(spec.model) else checkpoint_directory(spec.model)
-    except CheckpointError:
-        model = None  # the run itself says it is missing
-    files = sorted(p for p in model.iterdir() if p.is_file()) if model else []
+    try:  # a released variant's or a hub id's cached snapshot too; a random init has no files
+        checkpoint = checkpoint_path(spec.model, spec.random_init)
+    except (CheckpointError, ConfigError):
+        checkpoint = None  # the run itself says what is missing
+    files = sorted(p for p in checkpoint.iterdir() if p.is_file()) if checkpoint else []
     files += [p for task in spec.tasks for p in data_files_under(task, spec.data_root)]
     return {"spec": {k: v for k, v in asdict(spec).items() if k not in ("output", "run_id")},
             "versions": {name: version(name) for name in ("lmms-eval", "torch", "transformers")},

@@ -179,8 +179,8 @@ def paper_sources() -> dict[str, dict[tuple, Sources]]:
         out[row.table][tuple(row.key)] = replace(sources, **fields)
 
     for entry in variant_entries():
-        for row in entry.paper:
-            claim(row, "released", entry.name, released=entry.name, tiny=entry.twin)
+        for row in entry.paper:  # a variant without a hub id (a model the authors did not release) is no source
+            claim(row, "released", entry.name, released=entry.name if entry.config.hub_id else "", tiny=entry.twin)
     for name, trained in ROWS.items():
         for row in trained.paper:
             claim(row, "trained", name, trained=name)

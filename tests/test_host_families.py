@@ -115,6 +115,7 @@ def test_a_vision_field_the_familys_front_end_does_not_read_is_refused(variant, 
 def test_a_config_is_checked_against_its_family_where_it_is_resolved_and_built_not_where_it_is_made():
     """ModelConfig checks what needs no family; the family's checks (its module imports torch) run in `resolve`
     and in every model's construction, so the variant registry, and `modbench table` reading it, stay light."""
+    from modbench.models.flops import flops_analytic
     from modbench.models.resolver import resolve
 
     moved = dataclasses.replace(models.get_variant("tiny-llava-hr"), family="llava")  # made: not checked yet
@@ -122,6 +123,11 @@ def test_a_config_is_checked_against_its_family_where_it_is_resolved_and_built_n
         models.build_model(moved)
     with pytest.raises(ConfigError, match="vision.convnext is set, but family 'llava'"):
         resolve("tiny-llava-hr", {"family": "llava"})
+    with pytest.raises(ConfigError, match="vision.convnext is set, but family 'llava'"):
+        moved.num_image_tokens  # the family's geometry is read only for a config its family accepts
+    pmod_moved = dataclasses.replace(models.get_variant("pmod-llava-next-7b"), family="llava")
+    with pytest.raises(ConfigError, match="vision.grid_pinpoints is set, but family 'llava'"):
+        flops_analytic(pmod_moved, 4000)  # (it counted 55.7 TFLOPs instead of 38.5, silently)
     for cfg in models.list_variants():  # every registered variant passes its family's checks
         assert validate_for_family(cfg) == cfg
 

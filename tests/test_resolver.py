@@ -2,11 +2,13 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
+import torch
 
 from modbench import models
-from modbench.models.checkpoints import save_authors_checkpoint
+from modbench.models.checkpoints import release_layout, save_authors_checkpoint
 from modbench.models.config import ConfigError
 from modbench.models.resolver import CHECKPOINT, VARIANT, ResolvedModel, build, resolve
 
@@ -81,8 +83,8 @@ def test_the_resolved_config_is_frozen_and_round_trips_through_its_record():
     cfg.mod.layers.append(5)  # a caller's copy
     assert resolved.config.mod.layers == models.get_variant("tiny-llava-hr-gmod").mod.layers
     assert ResolvedModel.from_record(json.loads(json.dumps(resolved.to_record()))) == resolved
-    for variant in models.list_variants():
-        assert resolve(variant.name).config == variant
+    for variant in models.list_variants():  # (a released variant's config as registered: random_init)
+        assert resolve(variant.name, random_init=True).config == variant
 
 
 def test_a_run_resolves_the_model_once_and_records_it(tmp_path, monkeypatch):
@@ -109,3 +111,33 @@ def test_a_run_resolves_the_model_once_and_records_it(tmp_path, monkeypatch):
     resolved = json.loads((outcome.run_dir / "run.json").read_text())["resolved"]
     assert resolved["model"] == record and resolved["attn_implementation"] == "eager"
     assert resolved["mod_scheme"] == "gamma" and resolved["mod_layers"] == [1, 2, 3, 4]
+
+
+def test_a_variant_with_a_hub_id_is_its_released_checkpoint_never_a_silent_random_model(tmp_path, monkeypatch):
+    """A released variant resolves to its copy in the local HF cache; without one it is an error naming the hub
+    id (bench-full's cells name variants); `random_init` asks for its config with random weights on purpose."""
+    import huggingface_hub.constants
+
+    from modbench.models import variants
+
+    released = dataclasses.replace(models.get_variant("tiny-llava"), name="tiny-llava-released",
+                                   hub_id="test-org/tiny-llava")
+    monkeypatch.setitem(variants._VARIANTS, released.name, variants.VariantEntry(released))
+    cache = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    with pytest.raises(ConfigError, match=r"'tiny-llava-released' is the released checkpoint test-org/tiny-llava, "
+                                          r"which is not in the local Hugging Face cache"):
+        resolve("tiny-llava-released")
+    assert resolve("tiny-llava-released", random_init=True).source == VARIANT
+    assert resolve("tiny-llava").source == VARIANT  # no hub id: always its config, seeded
+
+    model = models.build_model("tiny-llava", seed=3)
+    snapshot = cache / "models--test-org--tiny-llava" / "snapshots" / ("0" * 40)
+    save_authors_checkpoint(model, snapshot, release_layout(model.cfg))
+    (cache / "models--test-org--tiny-llava" / "refs").mkdir()
+    (cache / "models--test-org--tiny-llava" / "refs" / "main").write_text("0" * 40)
+    resolved = resolve("tiny-llava-released")
+    assert (resolved.source, Path(resolved.checkpoint)) == (CHECKPOINT, snapshot)
+    loaded = build(resolved)
+    torch.testing.assert_close(loaded.state_dict()["language_model.lm_head.weight"],
+                               model.state_dict()["language_model.lm_head.weight"])
