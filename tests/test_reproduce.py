@@ -567,3 +567,27 @@ def test_a_factored_tower_is_pretrained_on_the_pairs_and_on_colour_and_shape_apa
     assert records[True]["final_loss"] > records[False]["final_loss"]
     assert {"colour", "shape"} <= set(records[True]["held_out_patch_accuracy"])
     assert not {"colour", "shape"} & set(records[False]["held_out_patch_accuracy"])
+
+
+@pytest.mark.parametrize("preset", ["quick", "full"])
+def test_options_added_since_keep_the_presets_corpus_and_vision_keys(preset, tmp_path):
+    """A corpus or tower option at its default stays out of the stage's key inputs, so the caches (and the
+    committed runs' stage names) of the presets stay valid: their key inputs are pinned here."""
+    from dataclasses import asdict
+
+    from modbench.suite.reproduce import PRESETS, Pipeline
+    from modbench.tasks.scenes import CorpusSpec
+
+    asked = {}
+
+    def stage(name, inputs, build):
+        asked[name] = inputs
+        return tmp_path, {"manifest": {"spec": asdict(CorpusSpec(**inputs))}} if name == "corpus" else {}
+
+    pipe = Pipeline(PRESETS[preset], tmp_path, log=lambda *_: None)
+    pipe._stage = stage
+    pipe.vision(0, pipe.corpus(0))
+    assert asked["corpus"] == {"seed": 0, "image_size": 80, "train_scenes": 6000, "turns": 8, "exists_weight": 1,
+                               "eval_per_task": 60}
+    assert asked["vision"] == {"images": {"seed": 0, "image_size": 80, "train_scenes": 6000},
+                               "model": "cpu-repro-llava", "steps": PRESETS[preset].vision_steps, "seed": 0}
