@@ -499,14 +499,10 @@ def test_vision_pretraining_refuses_a_front_end_other_than_one_tower_and_a_grid_
         pretrain_vision(cfg, [], image_size)
 
 
-def test_the_llava_hr_tower_is_pretrained_on_its_grid_and_its_output_cached(tmp_path):
-    """LLaVA-HR's multipath tower (CLIP + ConvNeXt + adapters) is pretrained like CLIP: each fused token labelled
-    with what covers its cell of the high-resolution image; its cached output is what the loaded model computes."""
+def _drawn_scenes(tmp_path, size: int):
+    """Four drawn scenes and the folder of their images, named as a corpus names them."""
     import random
 
-    from modbench import models
-    from modbench.suite.train_data import TowerFeatures
-    from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
     from modbench.tasks.scenes import draw, sample_scene
 
     rng = random.Random(0)
@@ -514,7 +510,18 @@ def test_the_llava_hr_tower_is_pretrained_on_its_grid_and_its_output_cached(tmp_
     images = tmp_path / "images"
     images.mkdir()
     for i, scene in enumerate(scenes):
-        draw(scene, 128).save(images / f"{i:06d}.png")
+        draw(scene, size).save(images / f"{i:06d}.png")
+    return scenes, images
+
+
+def test_the_llava_hr_tower_is_pretrained_on_its_grid_and_its_output_cached(tmp_path):
+    """LLaVA-HR's multipath tower (CLIP + ConvNeXt + adapters) is pretrained like CLIP: each fused token labelled
+    with what covers its cell of the high-resolution image; its cached output is what the loaded model computes."""
+    from modbench import models
+    from modbench.suite.train_data import TowerFeatures
+    from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
+
+    scenes, images = _drawn_scenes(tmp_path, 128)
     out = tmp_path / "out"
     cfg = VisionPretrainConfig(model="tiny-llava-hr", images=str(images), output=str(out), steps=2, batch_size=2,
                                warmup=1, probe_scenes=2)
@@ -547,17 +554,9 @@ def test_factored_patch_targets_name_colour_and_shape_apart():
 def test_a_factored_tower_is_pretrained_on_the_pairs_and_on_colour_and_shape_apart(tmp_path):
     """`factored` adds the colour and shape heads to the loss (same seed, same batches: a larger loss than the
     pairs' alone) and reports how well each names what covers an object's patches."""
-    import random
-
     from modbench.suite.vision_pretrain import VisionPretrainConfig, pretrain_vision
-    from modbench.tasks.scenes import draw, sample_scene
 
-    rng = random.Random(0)
-    scenes = [sample_scene(rng) for _ in range(4)]
-    images = tmp_path / "images"
-    images.mkdir()
-    for i, scene in enumerate(scenes):
-        draw(scene, 32).save(images / f"{i:06d}.png")
+    scenes, images = _drawn_scenes(tmp_path, 32)
     records = {}
     for factored in (False, True):
         cfg = VisionPretrainConfig(model="tiny-llava", images=str(images), output=str(tmp_path / f"out{factored}"),
