@@ -116,7 +116,7 @@ class Preset:
     # and stays frozen in dense training and fine-tuning, as in LLaVA; 0: it learns from scratch with the LLM
     # (the dense sweep's setting: results/reproduction/dense_sweep.md)
     vision_steps: int = 600
-    vision_factored: bool = False  # the tower also names colour and shape apart (VisionPretrainConfig.factored)
+    vision_factored: float = 0.0  # > 0: the tower also names colour and shape apart (VisionPretrainConfig.factored)
     finetune_steps: int = 80
     batch_size: int = 16
     dense_lr: float = 2e-3
@@ -292,7 +292,7 @@ class Pipeline:
         images = {"seed": spec.seed, "image_size": spec.image_size, "train_scenes": spec.train_scenes}
         key = {"images": images, "model": p.model, "steps": p.vision_steps, "seed": seed}
         if p.vision_factored:  # in the key only when set: towers pretrained before the option keep their key
-            key["factored"] = True
+            key["factored"] = p.vision_factored
         return self._stage("vision", key, build)
 
     def dense(self, seed: int, corpus: tuple[Path, dict], vision: tuple[Path, dict] | None = None

@@ -6,7 +6,7 @@ scratch through the LLM's loss learns to see slowly (results/reproduction/dense_
 first pretrains its tower on the training scenes alone: every image token predicts what covers its cell of the
 image (background, one of the colour-shape pairs, or the sign of one word: `tasks.scenes.patch_labels`), through a
 linear head on the features the projector reads (CLIP's `select_layer`; LLaVA-HR's fused CLIP + ConvNeXt tokens,
-adapters included). With `factored`, two more linear heads name the colour and the shape of what covers a patch
+adapters included). With `factored` > 0, two more linear heads name the colour and the shape of what covers a patch
 apart, so that each is linearly readable from the features, for the LLM's attention to match a question's colour
 and shape words against (from a tower trained on the colour-shape pairs alone, the dense model learnt the yes/no
 questions late or not at all: results/reproduction/dense_sweep.md). The heads are dropped; the whole model (the
@@ -35,10 +35,10 @@ class VisionPretrainConfig:
     warmup: int = 30
     seed: int = 0
     probe_scenes: int = 256  # fresh scenes (a stream of their own) the held-out patch accuracy is measured on
-    # also predict the colour and the shape of what covers a patch, each through a linear head of its own, so
-    # that the features name them apart (as CLIP's carry attributes a caption names apart), not only as one of
-    # the colour-shape pairs
-    factored: bool = False
+    # > 0: also predict the colour and the shape of what covers a patch, each through a linear head of its own,
+    # their losses weighted by this, so that the features name them apart (as CLIP's carry attributes a caption
+    # names apart), not only as one of the colour-shape pairs
+    factored: float = 0.0
 
 
 def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=print) -> dict:
@@ -103,7 +103,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
         y = y.flatten()
         loss = torch.nn.functional.cross_entropy(head(features), y)
         for factor_of, factor_head in factors.values():
-            loss = loss + torch.nn.functional.cross_entropy(factor_head(features), factor_of[y])
+            loss = loss + cfg.factored * torch.nn.functional.cross_entropy(factor_head(features), factor_of[y])
         return loss
 
     order = torch.Generator().manual_seed(cfg.seed)
