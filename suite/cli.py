@@ -436,8 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="", help="default: cuda when available, else cpu")
     p.add_argument("--dtype", default="", choices=("", *DTYPES))
     p.add_argument("--attn-implementation", default="", choices=("", *ATTN_IMPLEMENTATIONS))
-    p.add_argument("--task", default="", help="time the first --limit samples of a local task instead of "
-                                              "synthetic shapes")
+    p.add_argument("--task", default="", help="time the first --limit samples of a local task (of a group: its "
+                                              "first member task) instead of synthetic shapes")
     p.add_argument("--limit", type=int, default=8, help="--task: samples")
     p.add_argument("--data-root", default="", help="--task: benchmark data (default $MODBENCH_DATA, else tasks/data)")
     p.add_argument("--seed", type=int, default=0)

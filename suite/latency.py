@@ -76,7 +76,8 @@ class TimedInput:
 
 
 def task_inputs(model, task: str, limit: int, batch_size: int = 1, data_root: str = "") -> list[TimedInput]:
-    """The first `limit` samples of a local task, prompted as the plugin prompts them, in batches."""
+    """The first `limit` samples of a local task (of a group such as pope_local: its first member task), prompted
+    as the plugin prompts them, in batches."""
     from modbench.models.prompt import task_sample
     from modbench.tasks.registry import check_data, load_tasks
 
