@@ -150,8 +150,9 @@ PRESETS = {
     # tower at 2e-3 in every seed, and full fits 90 min with its seeds in parallel.
     "quick": Preset("quick", seeds=1, rows=QUICK_ROWS, vision_steps=800, vision_factored=0.25, dense_lr=4e-3),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1800),
-    # quick's recipe on the LLaVA-HR-shaped model (γ-MoD's main host): the scenes drawn at 320 px for its
-    # ConvNeXt, the same 100 image tokens for the LLM; 2 seeds, ~15.5 min each on 2 cores
+    # quick's rows and steps on the LLaVA-HR-shaped model (γ-MoD's main host): the scenes drawn at 320 px for its
+    # ConvNeXt, the same 100 image tokens for the LLM; 2 seeds, ~15.5 min each on 2 cores. Its committed run
+    # predates the factored tower, so it keeps the pairs' tower (vision_factored 0).
     "quick-hr": Preset("quick-hr", seeds=2, rows=QUICK_ROWS, vision_steps=800, dense_lr=4e-3, image_size=320,
                        model="cpu-repro-llava-hr"),
 }
