@@ -168,7 +168,8 @@ class ModelConfig:
             return 0
         from .hosts import host_family, validate_for_family  # here: the host modules import this one
 
-        return host_family(validate_for_family(self).family).image_tokens(self.vision)
+        validate_for_family(self)  # a family's geometry means nothing for a config it refuses
+        return host_family(self.family).image_tokens(self.vision)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -258,7 +258,8 @@ def unrouted_base_view(cfg: ModelConfig) -> int:
     LLaVA-NeXT has one), which run every layer; else none."""
     if cfg.mod.pmod_target_tokens != "vision_hr" or cfg.vision is None:
         return 0
-    return host_family(validate_for_family(cfg).family).base_view_tokens(cfg.vision)
+    validate_for_family(cfg)
+    return host_family(cfg.family).base_view_tokens(cfg.vision)
 
 
 class PmodRouter(nn.Module):

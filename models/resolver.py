@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import ConfigError, ModelConfig
-from .variants import get_variant, list_variants
+from .variants import get_variant, variant_entry, variant_names
 
 VARIANT, CHECKPOINT = "variant", "checkpoint"
 
@@ -46,13 +46,13 @@ def _as_json(cfg: ModelConfig) -> str:
 
 
 def is_variant(name: str) -> bool:
-    return any(cfg.name == name for cfg in list_variants())
+    return name in variant_names()
 
 
 def model_name_error(name: str) -> str | None:
     """None when `name` is a registered variant or an existing path / hub-id-shaped name, else why not, with
     the closest variant names (a typo must not read as a missing checkpoint directory)."""
-    variants = [cfg.name for cfg in list_variants()]
+    variants = variant_names()
     hub_id = name.count("/") == 1 and not name.startswith((".", "/", "~"))
     if name in variants or Path(name).expanduser().exists() or hub_id:
         return None  # a hub id is looked up in the local cache, which says if it is absent
@@ -104,9 +104,11 @@ def checkpoint_path(name_or_path: str, random_init: bool = False) -> Path | None
     reading a file: a directory, a cached hub id, or a variant's released checkpoint (its hub id, cached)."""
     from . import checkpoints
 
-    released = get_variant(name_or_path).hub_id if is_variant(name_or_path) and not random_init else ""
-    if is_variant(name_or_path) and not released:
-        return None
+    released = ""
+    if is_variant(name_or_path):
+        released = "" if random_init else variant_entry(name_or_path).config.hub_id
+        if not released:
+            return None
     problem = model_name_error(name_or_path)
     if problem:
         raise ConfigError(problem)

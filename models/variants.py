@@ -55,13 +55,21 @@ def register_variant(cfg: ModelConfig, paper: tuple[PaperRow, ...] = (), twin: s
 
 def get_variant(name: str) -> ModelConfig:
     """A copy of a registered variant's config (callers may change it freely)."""
-    return copy.deepcopy(variant_entry(name).config)
+    return copy.deepcopy(_entry(name).config)
 
 
 def variant_entry(name: str) -> VariantEntry:
+    return copy.deepcopy(_entry(name))
+
+
+def _entry(name: str) -> VariantEntry:
     if name not in _VARIANTS:
         raise ConfigError(f"unknown model variant {name!r}; known: {', '.join(sorted(_VARIANTS))}")
-    return copy.deepcopy(_VARIANTS[name])
+    return _VARIANTS[name]
+
+
+def variant_names() -> list[str]:
+    return list(_VARIANTS)
 
 
 def list_variants() -> list[ModelConfig]:

@@ -412,16 +412,16 @@ def build_table(spec: TableSpec, runs: dict) -> list[TableRow]:
     def ours_values(source: Source) -> dict:
         return {m: spec.unmapped.get(m) or source.value(m) for m in [*metrics, *extra]}
 
-    rows = []
+    rows, sources = [], spec.rows  # read off the registries once per table
     for key, prow in prows.items():
         host_key = spec.host(key)
         host_prow = prows[host_key]
         paper_values = {m: prow[m] for m in metrics}
         paper_effects = _effects(paper_values, _paper_average(spec, prow), {m: host_prow[m] for m in metrics},
                                  _paper_average(spec, host_prow), spec)
-        source = resolve(spec.rows.get(key), runs)
+        source = resolve(sources.get(key), runs)
         seeds = {s for s, _ in source.runs} if source.kind == TRAINED else None
-        host_source = (resolve(spec.rows.get(host_key), runs, kind=source.kind, seeds=seeds)
+        host_source = (resolve(sources.get(host_key), runs, kind=source.kind, seeds=seeds)
                        if source.kind != NOT_RUN else Source(NOT_RUN))
         row = TableRow(key, spec.label(key), host_key, source, host_source, paper_effects, None)
         if source.kind != NOT_RUN:
