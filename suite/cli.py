@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "runs again up to --retries times and resumes from its finished samples. Exits "
                                    "non-zero when a cell failed.")
     p.add_argument("--slice", default="bench", help="slice name in matrix.yaml (default: bench)")
-    p.add_argument("--matrix", default=None, help="matrix file (default: the checkout's matrix.yaml)")
+    p.add_argument("--matrix", default=None, help="matrix file (default: matrix.yaml in the current directory, the checkout's root)")
     p.add_argument("--output", default="results/runs", help="run folders (on storage the nodes share, for slurm)")
     p.add_argument("--tables", default="results/tables")
     p.add_argument("--data-root", default="")

@@ -34,7 +34,12 @@ class MatrixFile:
 
 
 def load_matrix_file(path: str | Path = MATRIX_FILE) -> MatrixFile:
-    data = yaml.safe_load(Path(path).read_text())
+    """A matrix file (default: matrix.yaml in the directory the command runs in, the checkout's root)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no matrix file {str(path)!r} in {Path.cwd()}: run from the checkout's root "
+                                "(its matrix.yaml) or pass --matrix FILE")
+    data = yaml.safe_load(path.read_text())
     if "slices" not in data or not set(data) <= {"slices", "launcher"}:
         raise ValueError(f"{path}: top level must be 'slices' and optionally 'launcher', got {sorted(data)}")
     slices = {name: from_dict(MatrixSlice, body, f"slices.{name}") for name, body in data["slices"].items()}
@@ -104,7 +109,7 @@ MODES = ("run", "detach", "status", "collect", "dry_run")
 class MatrixRequest:
     """One `modbench matrix` invocation: which slice, where its runs and tables go, and how the cells launch."""
     slice: str = "bench"
-    matrix_file: str | None = None  # None: the checkout's matrix.yaml
+    matrix_file: str | None = None  # None: ./matrix.yaml (suite/project.py)
     output: str = "results/runs"
     tables: str = "results/tables"
     plots: bool = True

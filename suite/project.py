@@ -1,13 +1,26 @@
-"""Where the checkout's own files are: the papers' tables (results/paper), the matrix (matrix.yaml) and the git
-tree whose state every results file records. They belong to the checkout the suite is run from, not to the
-installed packages; this is the one place that finds them (MODBENCH_ROOT overrides, e.g. for an installed copy
-run against another checkout)."""
+"""Where the suite's own files come from.
+
+- The papers' tables (results/paper/*.csv) are installed with the code as the data package `modbench.paper`
+  (pyproject.toml maps it), so a table, a claim or a check reads them wherever the suite is installed.
+- The matrix (matrix.yaml) is read from the directory a command runs in, where the commands' outputs
+  (results/...) are written too; `modbench matrix --matrix FILE` names another.
+- The git state every results file records is that of the code that ran: the repository holding this package
+  (none for an installed wheel)."""
 
 from __future__ import annotations
 
-import os
+from importlib import resources
 from pathlib import Path
+from typing import IO
 
-PROJECT_ROOT = Path(os.environ.get("MODBENCH_ROOT") or Path(__file__).resolve().parent.parent)
-PAPER_DIR = PROJECT_ROOT / "results" / "paper"
-MATRIX_FILE = PROJECT_ROOT / "matrix.yaml"
+MATRIX_FILE = Path("matrix.yaml")
+
+
+def paper_table(name: str) -> IO[str]:
+    """One of the papers' tables (e.g. "pmod_table1_general.csv"), opened for reading."""
+    return resources.files("modbench.paper").joinpath(name).open(encoding="utf-8")
+
+
+def code_dir() -> Path:
+    """This package's folder: git finds the repository of the code that ran from it."""
+    return Path(__file__).resolve().parent

@@ -16,7 +16,7 @@ from pathlib import Path
 
 # The papers' numbers, read from results/paper/*.csv (the one place they are kept): LLaVA-HR-7B for γ-MoD,
 # LLaVA-1.5-7B (and NeXT) for p-MoD.
-from modbench.suite.project import PAPER_DIR
+from modbench.suite.project import paper_table
 from modbench.suite.reproduce import BENCHMARKS, ROWS, Claim, accuracy_se, mean_sd, verdict
 
 TABLE1_ROWS = {  # our row -> (our section label, the CSV's section, setting)
@@ -37,7 +37,7 @@ TABLE1_ROWS = {  # our row -> (our section label, the CSV's section, setting)
 
 
 def _paper_csv(name: str) -> list[dict]:
-    with (PAPER_DIR / name).open() as handle:
+    with paper_table(name) as handle:
         return list(csv.DictReader(handle))
 
 

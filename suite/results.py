@@ -12,7 +12,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from modbench.suite.project import PROJECT_ROOT
+from modbench.suite.project import code_dir
 
 SCHEMA_VERSION = "1.0"  # major.minor; a loader refuses another major (results/SCHEMA.md)
 ENVIRONMENT_KEYS = ("git", "python", "torch", "cuda", "device_name", "transformers", "lmms_eval", "timestamp")
@@ -68,7 +68,9 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def git_state(root: Path = PROJECT_ROOT) -> dict:
+def git_state(root: Path | None = None) -> dict:
+    """The commit and dirty flag of the repository at `root` (default: the one holding the code that ran)."""
+    root = root or code_dir()
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 

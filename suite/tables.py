@@ -21,7 +21,7 @@ from typing import Callable
 
 import pandas as pd
 
-from modbench.suite.project import PAPER_DIR
+from modbench.suite.project import paper_table
 
 NOT_RUN = "not run"
 HEADLINE_WIDTH = 120
@@ -401,7 +401,8 @@ def _verdict(row_source: Source, host_source: Source, keys: tuple, ours: Effects
 
 
 def build_table(spec: TableSpec, runs: dict) -> list[TableRow]:
-    paper = pd.read_csv(PAPER_DIR / spec.csv, dtype={k: str for k in spec.keys})
+    with paper_table(spec.csv) as handle:
+        paper = pd.read_csv(handle, dtype={k: str for k in spec.keys})
     metrics = [c for c in paper.columns if c not in spec.keys]
     for metric in metrics:  # a paper column without a mapping must carry a reason
         if metric not in spec.unmapped:

@@ -254,3 +254,28 @@ def test_one_installed_namespace(tmp_path):
     for path in sources + [root / "dev.py"]:
         for name, line in _imports(path):
             assert name.split(".")[0] not in ("models", "suite", "tasks"), f"{path.relative_to(root)}:{line} {name}"
+
+
+def test_outside_the_checkout_the_suite_finds_its_own_files(tmp_path):
+    """Run from another directory: the papers' tables come from the installed data package `modbench.paper`, the
+    git state is the repository of the code that ran, and the matrix is the directory's own (none here: an error
+    that says how to name one). No source file reaches data through `__file__`'s parents."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    probe = ("from modbench.suite.project import paper_table\n"
+             "from modbench.suite.results import git_state\n"
+             "from modbench.suite.matrix import load_matrix_file\n"
+             "print(paper_table('pmod_table1_general.csv').readline().split(',')[0])\n"
+             "print(git_state()['sha'])\n"
+             "try:\n    load_matrix_file()\nexcept FileNotFoundError as exc:\n    print('--matrix FILE' in str(exc))\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True)
+    root = Path(__file__).resolve().parent.parent
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+    with open(root / "results" / "paper" / "pmod_table1_general.csv") as handle:
+        header = handle.readline().split(",")[0]
+    assert out.stdout.split() == [header, sha or "None", "True"], out.stdout
+    for path in [p for d in ("models", "suite", "tasks") for p in (root / d).rglob("*.py")]:
+        text = path.read_text()
+        assert "__file__).resolve().parent.parent" not in text and "__file__).parents[" not in text, path

@@ -13,6 +13,8 @@ import pytest
 
 from modbench.suite.cli import main
 
+CHECKOUT = Path(__file__).resolve().parent.parent
+
 TASK = "pope_local_random"
 
 
@@ -47,9 +49,9 @@ def test_launcher_section_is_typed_and_flags_override_it(tmp_path):
     from modbench.suite.launcher import with_overrides
     from modbench.suite.matrix import load_matrix, load_matrix_file
 
-    repo = load_matrix_file()
+    repo = load_matrix_file(CHECKOUT / "matrix.yaml")
     assert repo.launcher.kind == "local" and repo.launcher.partition and repo.launcher.time_min > 0
-    assert set(load_matrix()) == set(repo.slices)
+    assert set(load_matrix(CHECKOUT / "matrix.yaml")) == set(repo.slices)
     cfg = with_overrides(repo.launcher, {"partition": "a100", "gpus": 4, "jobs": None})
     assert (cfg.partition, cfg.gpus, cfg.jobs, cfg.processes_per_cell()) == ("a100", 4, repo.launcher.jobs, 4)
     with pytest.raises(ConfigError, match="processes"):

@@ -106,7 +106,7 @@ def test_the_tables_rows_come_from_the_variants_and_reproduction_rows_registrati
 
     from modbench import models
     from modbench.models.variants import variant_entries
-    from modbench.suite.project import PAPER_DIR
+    from modbench.suite.project import paper_table
     from modbench.suite.reproduce import ROWS
     from modbench.suite.tables import TABLES, Sources
 
@@ -116,7 +116,8 @@ def test_the_tables_rows_come_from_the_variants_and_reproduction_rows_registrati
     for name, row in claims:
         assert row.table in specs, (name, row)
         spec = specs[row.table]
-        frame = pd.read_csv(PAPER_DIR / spec.csv, dtype={k: str for k in spec.keys})
+        with paper_table(spec.csv) as handle:
+            frame = pd.read_csv(handle, dtype={k: str for k in spec.keys})
         assert tuple(row.key) in set(frame[spec.keys].itertuples(index=False, name=None)), (name, row)
     for entry in variant_entries():
         if entry.twin:

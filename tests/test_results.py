@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,8 @@ from modbench.suite.check import compare, recompute_metrics, report, run_checks,
 from modbench.suite.cli import main
 from modbench.suite.results import SchemaError, load_results, validate_results
 from modbench.suite.runner import RunSpec, run
+
+CHECKOUT = Path(__file__).resolve().parent.parent
 
 FOUR = ["gqa_local", "scienceqa_img_local", "mmmu_val_local", "textvqa_val_ocr_local"]
 
@@ -136,7 +139,7 @@ def test_matrix_runs_only_what_is_missing(tmp_path, capsys):
 def test_matrix_yaml_is_typed():
     from modbench.suite.matrix import load_matrix
 
-    slices = load_matrix()
+    slices = load_matrix(CHECKOUT / "matrix.yaml")
     assert {"bench", "bench-gmod", "bench-pmod", "bench-full"} <= set(slices)
     tiny = {c.name for c in models.list_variants() if c.tiny}
     assert set(slices["bench"].variants) == tiny  # every tiny family
