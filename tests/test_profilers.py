@@ -97,6 +97,15 @@ def test_full_accounting_on_meta_matches_analytic_llm_part():
     assert record["tflops"] == pytest.approx(sum(parts.values()))
 
 
+@pytest.mark.parametrize("variant", ["tiny-llava-hr-gmod", "tiny-pmod-llava-next", "tiny-mgm-hd-gmod"])
+def test_the_analytic_count_equals_the_real_decoder_on_meta_for_each_family_and_scheme(variant):
+    """The tables' and efficiency records' per-layer formula (flops_analytic) counts what the model's own decoder
+    runs on the meta device, for γ-MoD and p-MoD on three host families (LLaVA-HR, LLaVA-NeXT, Mini-Gemini-HD)."""
+    cfg = models.get_variant(variant)
+    prefill = flops_full_meta(cfg, 200, 0.5)["tflops_per_component"]["llm_prefill"]
+    assert prefill == pytest.approx(flops_analytic(cfg, 200, 0.5)["tflops"], rel=1e-6)
+
+
 def test_full_accounting_runs_the_models_own_decoder_loop_on_meta(monkeypatch):
     """The LLM's FLOPs come from ModDecoder's loop itself (each layer on the tokens the scheme keeps, then decode
     steps through the cache), not from a copy of what a layer does."""
