@@ -520,9 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>)")
     p.add_argument("--work", default="", help="stage cache: corpus, checkpoints, runs (default .cache/reproduce/<preset>)")
     p.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"],
-                   help="CPU code paths of torch, MKL and oneDNN: avx2 (default) gives the same numbers on every "
-                        "x86-64 machine with AVX2 at the same thread count (the committed results: 2 threads); "
-                        "native: the machine's own, faster on AVX-512, numbers differ")
+                   help="CPU code paths of torch, MKL and oneDNN: avx2 (default) pins them to AVX2 so that x86-64 "
+                        "machines agree at the same thread count (the committed results: 2 threads; not yet on every "
+                        "host, see the README); native: the machine's own, faster on AVX-512, numbers differ")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("overhead", help="the suite's own cost per sample: lmms-eval loop + plugin vs the bare model")
