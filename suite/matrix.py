@@ -37,8 +37,9 @@ def load_matrix_file(path: str | Path = MATRIX_FILE) -> MatrixFile:
     """A matrix file (default: matrix.yaml in the directory the command runs in, the checkout's root)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no matrix file {str(path)!r} in {Path.cwd()}: run from the checkout's root "
-                                "(its matrix.yaml) or pass --matrix FILE")
+        where = "" if path.is_absolute() else f" in {Path.cwd()}"  # a relative default names where it looked
+        raise FileNotFoundError(f"no matrix file {str(path)!r}{where}: run from the checkout's root (its "
+                                "matrix.yaml) or pass --matrix FILE")
     data = yaml.safe_load(path.read_text())
     if "slices" not in data or not set(data) <= {"slices", "launcher"}:
         raise ValueError(f"{path}: top level must be 'slices' and optionally 'launcher', got {sorted(data)}")
