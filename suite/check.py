@@ -147,6 +147,25 @@ def load_baseline(path: str | Path) -> dict:
     return load_results(path)
 
 
+# What decides the floats a CPU run computes, besides code and inputs: a trained model's numbers are only
+# expected to match a baseline computed with the same (suite.reproduce.CPU_ISAS).
+NUMERICS_KEYS = ("torch", "cpu", "cpu_capability", "cpu_isa_pins", "num_threads")
+
+
+def numerics(env: dict) -> dict:
+    return {k: env.get(k) for k in NUMERICS_KEYS}
+
+
+def numerics_difference(baseline: dict, env: dict) -> str:
+    """How a run's numerics differ from those of the baseline's runs ('' when equal or unknown)."""
+    theirs = baseline.get("provenance", {}).get("runs_numerics")
+    if not theirs:
+        return ""
+    ours = numerics(env)
+    diff = [f"{k} {ours[k]!r} vs {theirs.get(k)!r}" for k in NUMERICS_KEYS if ours[k] != theirs.get(k)]
+    return "; ".join(diff)
+
+
 def run_checks(runs_dir: str | Path, baseline_path: str | Path) -> list[Finding]:
     baseline = load_baseline(baseline_path)
     findings = []
@@ -160,17 +179,22 @@ def run_checks(runs_dir: str | Path, baseline_path: str | Path) -> list[Finding]
         if run["status"] != "ok":
             findings.append(Finding(check, None, "fail", f"run {check.run_id} failed: {run['errors'][:1]}"))
             continue
-        findings.append(compare(check, _get(run, check.metric), run["environment"]["device_name"]))
+        finding = compare(check, _get(run, check.metric), run["environment"]["device_name"])
+        other = numerics_difference(baseline, run["environment"]) if finding.status == "fail" else ""
+        if other:  # a failure then says so: another machine's rounding trains another model
+            finding.reason += f" [computed with other numerics than the baseline's runs: {other}]"
+        findings.append(finding)
     return findings
 
 
 def update_baseline(runs_dir: str | Path, baseline_path: str | Path, run_ids: list[str] | None = None,
                     policy: str = "fixed") -> Path:
-    checks = []
+    checks, runs_numerics = [], None
     for path in sorted(Path(runs_dir).glob("*/run.json")):
         if run_ids and path.parent.name not in run_ids:
             continue
         run = load_results(path)
+        runs_numerics = runs_numerics or numerics(run["environment"])
         if run["status"] != "ok":
             raise ValueError(f"{path}: refusing to baseline a failed run")
         checks += checks_for_run(path.parent.name, run, policy)
@@ -180,7 +204,8 @@ def update_baseline(runs_dir: str | Path, baseline_path: str | Path, run_ids: li
     data = {"schema_version": SCHEMA_VERSION, "kind": "baseline",
             "provenance": {"git": env["git"], "environment": env,
                            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                           "runs_dir": str(runs_dir), "tolerance_policy": policy},
+                           "runs_dir": str(runs_dir), "tolerance_policy": policy,
+                           "runs_numerics": runs_numerics},
             "checks": [asdict(c) for c in checks]}
     return write_json_atomic(baseline_path, data)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from modbench.models.variants import T1, T3, T4, T6, PaperRow, pmod_rows, rows
 
-CODE_VERSION = 6  # bump when a stage's meaning changes, so cached stages are redone
+CODE_VERSION = 7  # bump when a stage's meaning changes, so cached stages are redone
 MODEL = "cpu-repro-llava"
 TASKS = ("pope_local", "gqa_local", "scienceqa_img_local", "textvqa_val_local", "mme_local", "mmbench_en_dev_local")
 BENCHMARKS = {  # column -> (task, metric, scale to percent)
@@ -163,14 +163,18 @@ def stage_key(name: str, inputs: dict) -> str:
     return f"{name}-{digest.hexdigest()[:12]}"
 
 
-# Training at this scale is chaotic: the last bit of a float, which differs between torch's AVX2 and AVX-512
-# kernels (and MKL's and oneDNN's), grows over hundreds of steps into a different model (measured: the quick
-# preset's dense MME 40.8 on one machine, 55.5 on another, same code and packages). So the reproduction pins
-# the code paths to AVX2, which every x86-64 machine of the last decade runs: torch's kernels
-# (ATEN_CPU_CAPABILITY), MKL's conditional numerical reproducibility mode (MKL_CBWR) and oneDNN's
-# (ONEDNN_MAX_CPU_ISA). They are read when torch first computes, so they are set before that. On an AVX-512
-# machine the pin costs ~12 % of a training step. 'native' leaves each machine its own kernels.
-CPU_ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+# Training at this scale is chaotic: the last bit of a float grows over hundreds of steps into a different model
+# (measured: the quick preset's dense MME 40.8 on one machine, 55.5 on another, same code and packages). So the
+# reproduction pins the code paths that round: torch's own kernels to AVX2 (ATEN_CPU_CAPABILITY), which every
+# x86-64 machine of the last decade runs, oneDNN's likewise (ONEDNN_MAX_CPU_ISA), and MKL's GEMMs to its
+# vendor-neutral path (MKL_CBWR=COMPATIBLE): MKL honours its AVX2 mode on Intel CPUs only and picks a path of its
+# own on AMD ones (MKL_VERBOSE shows CNR:AUTO), so an AVX2 pin still trained another model on an AMD EPYC than on
+# an Intel Xeon. Measured on both with torch 2.11: every GEMM, convolution, attention and activation kernel the
+# models use, forward and backward, bitwise equal under this pin (and with MKL_CBWR=AVX2, the GEMMs not); the
+# optimizer is torch's fused AdamW (suite.train.adamw), since the unfused step's sqrt is MKL's vector math,
+# which differs between the two. The pin costs ~1.6x a training step against MKL's fastest path.
+# They are read when torch first computes, so they are set before that. 'native' leaves each machine its own.
+CPU_ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"},
             "native": {}}
 
 
@@ -503,10 +507,9 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     hits all alike): median step seconds and their parts (data, vision, LLM forward, backward, optimizer).
     Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats), γ-MoD models
     also at their controlled skip (`controlled`: row -> skip share, as "<row>|controlled")."""
-    import torch
 
     from modbench import models
-    from modbench.suite.train import set_trainable
+    from modbench.suite.train import adamw, set_trainable
     from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset
 
     loaded = {name: models.load(path).float() for name, path in model_dirs.items()}
@@ -520,7 +523,7 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     collate = Collate(first.vision.preprocess, skip_bad=False)
     parts = {name: {k: [] for k in ("data", "vision", "llm_forward", "backward", "optimizer", "step")}
              for name in loaded}
-    optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5)
+    optimizers = {name: adamw([p for p in m.parameters() if p.requires_grad], lr=1e-5)
                   for name, m in loaded.items()}
     for m in loaded.values():
         m.train()

@@ -87,6 +87,18 @@ def git_state(root: Path | None = None) -> dict:
 CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says: trained-model numbers depend on
+    it where a library picks its code path by CPU vendor (suite.reproduce.CPU_ISAS)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict:
     """What a result depends on besides the run spec."""
     import torch
@@ -102,6 +114,7 @@ def environment() -> dict:
         "transformers": _version("transformers"),
         "lmms_eval": _version("lmms-eval"),
         "modbench": _version("modbench"),
+        "cpu": cpu_name(),
         "num_threads": torch.get_num_threads(),
         # which CPU kernels computed it: float results differ between AVX2 and AVX-512 code paths
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

@@ -238,6 +238,13 @@ def set_trainable(model, stage: str, train_vision: bool, tower_output_cached: bo
             "frozen": count(p for p in model.parameters() if not p.requires_grad)}
 
 
+def adamw(params, lr: float, weight_decay: float = 0.01) -> torch.optim.AdamW:
+    """AdamW as every training here runs it: torch's fused step, one kernel of torch's own on CPU and GPU. The
+    unfused step takes its square root through MKL's vector math, which rounds differently on Intel and AMD CPUs,
+    so the same run trained a different model on each (suite.reproduce.CPU_ISAS); the fused one is bitwise equal."""
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+
+
 def cosine_with_warmup(optimizer, warmup: int, total: int):
     """Linear warm-up to the peak rate, then cosine decay to zero at `total` (the LLaVA / γ-MoD / p-MoD recipe;
     transformers' get_cosine_schedule_with_warmup, without importing transformers' trainer stack)."""
@@ -417,7 +424,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     params = set_trainable(model, cfg.stage, cfg.train_vision, tower_output_cached=tower_features is not None)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = adamw(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     world = accelerator.num_processes
     global_batch = cfg.batch_size * world

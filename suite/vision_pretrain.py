@@ -49,6 +49,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     from modbench import models
     from modbench.models.checkpoints import release_layout, save_authors_checkpoint
     from modbench.suite.results import results_record, write_json_atomic
+    from modbench.suite.train import adamw
     from modbench.tasks.scenes import (
         PATCH_CLASSES,
         PATCH_FACTORS,
@@ -94,7 +95,7 @@ def pretrain_vision(cfg: VisionPretrainConfig, scenes, image_size: int, log=prin
     factors = {name: (torch.tensor(patch_factor_labels(name)), torch.nn.Linear(vision.hidden_size, len(values)))
                for name, values in PATCH_FACTORS.items()} if cfg.factored else {}
     params = [*tower.parameters(), *head.parameters(), *(p for _, h in factors.values() for p in h.parameters())]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr)
+    optimizer = adamw(params, lr=cfg.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / cfg.warmup)
                                                  * 0.5 * (1 + math.cos(math.pi * step / cfg.steps)))
 

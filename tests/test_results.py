@@ -179,5 +179,12 @@ def test_noise_tolerance_covers_a_retraining_and_still_catches_a_drop(runs_dir, 
     metric = next(m for m in data["metrics"][task] if is_accuracy(m))
     data["metrics"][task][metric]["value"] -= 1.0 if not metric.startswith("mme_") else 1000.0
     path.write_text(json.dumps(data))
-    failed = {f.check.metric for f in run_checks(copy, baseline) if f.status == "fail"}
+    failed = {f.check.metric: f.reason for f in run_checks(copy, baseline) if f.status == "fail"}
     assert f"metrics.{task}.{metric}.value" in failed
+    assert "other numerics" not in failed[f"metrics.{task}.{metric}.value"]
+    # the baseline keeps what decided its runs' floats; a failure computed with others says so
+    assert json.loads(baseline.read_text())["provenance"]["runs_numerics"]["cpu"] == data["environment"]["cpu"]
+    data["environment"]["cpu"] = "Another CPU"
+    path.write_text(json.dumps(data))
+    reasons = [f.reason for f in run_checks(copy, baseline) if f.status == "fail"]
+    assert reasons and all("other numerics than the baseline's runs: cpu 'Another CPU'" in r for r in reasons)

@@ -382,3 +382,23 @@ def test_each_scheme_makes_its_own_training_spec():
         mod_spec(TrainConfig(ratios="0.4,0.3,0.2"), "pmod", [2, 3])
     with pytest.raises(ConfigError, match="not converted to dense"):
         mod_spec(cfg, "dense", [])
+
+
+def test_every_training_steps_with_torchs_fused_adamw_the_same_update_as_adamw():
+    """The fused step (one kernel of torch's own, bitwise equal on Intel and AMD CPUs; the unfused one's sqrt is
+    MKL's vector math, which is not) is still AdamW: the same update to float rounding."""
+    from modbench.suite.train import adamw
+
+    ours, reference = torch.nn.Parameter(torch.randn(257)), torch.nn.Parameter(torch.randn(257))
+    reference.data.copy_(ours.data)
+    start = ours.detach().clone()
+    fused = adamw([ours], lr=1e-2, weight_decay=0.1)
+    plain = torch.optim.AdamW([reference], lr=1e-2, weight_decay=0.1, foreach=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]
+    for step in range(5):
+        grad = torch.randn(257, generator=torch.Generator().manual_seed(step))
+        ours.grad, reference.grad = grad.clone(), grad.clone()
+        fused.step()
+        plain.step()
+    assert not torch.equal(ours.data, start)
+    torch.testing.assert_close(ours.data, reference.data, rtol=0, atol=1e-6)
