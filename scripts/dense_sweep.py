@@ -2,7 +2,7 @@
 results/reproduction/dense_sweep.md (what it takes for the dense model to clear chance on every held-out set).
 
     python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
-                                       [--probe-every K] [--seed K] [--cpu-isa avx2|native]
+                                       [--probe-every K] [--seed K] [--cpu-isa avx2|portable|native]
 
 trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
 with the LLM, unless `"vision_steps"` pretrains it first, as the presets do) on the quick preset's
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--preset-fields", default="{}", help='Preset overrides, e.g. {"turns": 8}')
     parser.add_argument("--work", default="")
     parser.add_argument("--seed", type=int, default=0, help="the corpus, tower and dense stage's seed (a preset's seed K)")
-    parser.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"])
+    parser.add_argument("--cpu-isa", default="avx2", choices=["avx2", "portable", "native"])
     parser.add_argument("--probe-every", type=int, default=0, metavar="K",
                         help="also: every K dense steps, held-out yes/no accuracy (existence, MME-style) and the "
                              "share of 'Yes' answers, from the Yes/No logits about 240 held-out scenes: when, if at all, "

@@ -519,10 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "job per seed on a cluster, then the same command without --seed writes the report")
     p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>)")
     p.add_argument("--work", default="", help="stage cache: corpus, checkpoints, runs (default .cache/reproduce/<preset>)")
-    p.add_argument("--cpu-isa", default="avx2", choices=["avx2", "native"],
-                   help="CPU code paths of torch, MKL and oneDNN: avx2 (default) pins them to AVX2 so that x86-64 "
-                        "machines agree at the same thread count (the committed results: 2 threads; not yet on every "
-                        "host, see the README); native: the machine's own, faster on AVX-512, numbers differ")
+    p.add_argument("--cpu-isa", default="avx2", choices=["avx2", "portable", "native"],
+                   help="CPU code paths: avx2 (default) pins torch's, oneDNN's and MKL's kernels to AVX2, so that "
+                        "machines of one CPU vendor compute the same numbers at the same thread count (the "
+                        "committed results: 2 threads; MKL honours its AVX2 mode on Intel only); portable also pins "
+                        "MKL's GEMMs to its vendor-neutral path, the same numbers on Intel and AMD, ~2x slower; "
+                        "native: the machine's own, numbers differ")
     p.set_defaults(func=cmd_reproduce)
 
     p = sub.add_parser("overhead", help="the suite's own cost per sample: lmms-eval loop + plugin vs the bare model")

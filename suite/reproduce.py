@@ -166,15 +166,18 @@ def stage_key(name: str, inputs: dict) -> str:
 # Training at this scale is chaotic: the last bit of a float grows over hundreds of steps into a different model
 # (measured: the quick preset's dense MME 40.8 on one machine, 55.5 on another, same code and packages). So the
 # reproduction pins the code paths that round: torch's own kernels to AVX2 (ATEN_CPU_CAPABILITY), which every
-# x86-64 machine of the last decade runs, oneDNN's likewise (ONEDNN_MAX_CPU_ISA), and MKL's GEMMs to its
-# vendor-neutral path (MKL_CBWR=COMPATIBLE): MKL honours its AVX2 mode on Intel CPUs only and picks a path of its
-# own on AMD ones (MKL_VERBOSE shows CNR:AUTO), so an AVX2 pin still trained another model on an AMD EPYC than on
-# an Intel Xeon. Measured on both with torch 2.11: every GEMM, convolution, attention and activation kernel the
-# models use, forward and backward, bitwise equal under this pin (and with MKL_CBWR=AVX2, the GEMMs not); the
-# optimizer is torch's fused AdamW (suite.train.adamw), since the unfused step's sqrt is MKL's vector math,
-# which differs between the two. The pin costs ~1.6x a training step against MKL's fastest path.
-# They are read when torch first computes, so they are set before that. 'native' leaves each machine its own.
-CPU_ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+# x86-64 machine of the last decade runs, oneDNN's likewise (ONEDNN_MAX_CPU_ISA) and MKL's GEMMs to its AVX2 mode
+# (MKL_CBWR=AVX2). MKL honours that mode on Intel CPUs only; on AMD ones it picks a path of its own (MKL_VERBOSE
+# shows CNR:AUTO), so 'avx2' agrees among Intel machines and, as far as measured, among machines of one AMD kind,
+# not between the two. 'portable' pins MKL to its vendor-neutral path (MKL_CBWR=COMPATIBLE): measured on an
+# Intel Xeon and an AMD EPYC with torch 2.11, every GEMM, convolution, attention and activation kernel the
+# models use, forward and backward, was bitwise equal under it (under 'avx2' the GEMMs were not), at about twice
+# the time of a training step on the EPYC. Either way the optimizer is torch's fused AdamW (suite.train.adamw):
+# the unfused step's sqrt is MKL's vector math, which differed between the two under both pins.
+# The variables are read when torch first computes, so they are set before that. 'native' leaves each machine
+# its own kernels.
+CPU_ISAS = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"},
+            "portable": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"},
             "native": {}}
 
 

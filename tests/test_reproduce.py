@@ -388,10 +388,10 @@ def test_one_seed_computes_only_its_stages_and_writes_no_report(tmp_path, monkey
 
 
 def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_computed():
-    """The reproduction pins torch's and oneDNN's code paths to AVX2 and MKL's to its vendor-neutral one (the same
-    numbers on any x86-64 machine with AVX2, Intel or AMD); the capability joins the stage keys and the pins and
-    the CPU's name the results' environment. MKL says which path its GEMM took (MKL_VERBOSE): an AVX2 mode would
-    say CNR:AUTO on an AMD CPU."""
+    """The reproduction pins torch's, oneDNN's and MKL's code paths (avx2: AVX2; portable: MKL's GEMMs on its
+    vendor-neutral path, the same numbers on Intel and AMD); the capability joins the stage keys and the pins
+    and the CPU's name the results' environment. MKL says which path its GEMM took (MKL_VERBOSE): under
+    'portable' the vendor-neutral one on any CPU."""
     import os
     import subprocess
     import sys
@@ -399,23 +399,29 @@ def test_the_cpu_isa_pin_holds_in_a_fresh_process_and_refuses_once_torch_has_com
 
     import torch
 
+    from modbench.suite.cli import build_parser
     from modbench.suite.reproduce import CPU_ISAS, pin_cpu_isa
 
+    reproduce_parser = build_parser()._subparsers._group_actions[0].choices["reproduce"]
+    cpu_isa = next(a for a in reproduce_parser._actions if a.dest == "cpu_isa")
+    assert sorted(cpu_isa.choices) == sorted(CPU_ISAS) and cpu_isa.default == "avx2"
     if torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"):
         pytest.skip("not an x86-64 CPU with AVX2")
-    code = ("from modbench.suite.reproduce import pin_cpu_isa\nfrom modbench.suite.results import environment\n"
-            "print('CAP=' + pin_cpu_isa('avx2'))\nenv = environment()\n"
-            "print('ENV=' + env['cpu_capability'] + ' ' + ','.join(sorted(env['cpu_isa_pins'])))\n"
-            "print('CPU=' + env['cpu'])\nimport torch\ntorch.randn(64, 64) @ torch.randn(64, 64)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "MKL_VERBOSE": "1"})
-    lines = done.stdout.splitlines()
-    assert "CAP=AVX2" in lines, done.stderr[-2000:]
-    assert f"ENV=AVX2 {','.join(sorted(CPU_ISAS['avx2']))}" in lines
-    assert any(line.startswith("CPU=") and len(line) > 4 for line in lines)
-    gemms = [line for line in lines if "GEMM" in line and line.startswith("MKL_VERBOSE")]
-    if "mkl" in torch.__config__.show().lower():  # x86-64 wheels compute their GEMMs with MKL
-        assert gemms and all("CNR:COMPATIBLE" in line for line in gemms), gemms
+    mkl = "mkl" in torch.__config__.show().lower()  # x86-64 wheels compute their GEMMs with MKL
+    for isa in ("avx2", "portable"):
+        code = ("from modbench.suite.reproduce import pin_cpu_isa\nfrom modbench.suite.results import environment\n"
+                f"print('CAP=' + pin_cpu_isa({isa!r}))\nenv = environment()\n"
+                "print('ENV=' + env['cpu_capability'] + ' ' + ','.join(sorted(env['cpu_isa_pins'])))\n"
+                "print('CPU=' + env['cpu'])\nimport torch\ntorch.randn(64, 64) @ torch.randn(64, 64)\n")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=Path(__file__).resolve().parent.parent, env={**os.environ, "MKL_VERBOSE": "1"})
+        lines = done.stdout.splitlines()
+        assert "CAP=AVX2" in lines, done.stderr[-2000:]
+        assert f"ENV=AVX2 {','.join(sorted(CPU_ISAS[isa]))}" in lines
+        assert any(line.startswith("CPU=") and len(line) > 4 for line in lines)
+        gemms = [line for line in lines if "GEMM" in line and line.startswith("MKL_VERBOSE")]
+        if mkl and isa == "portable":
+            assert gemms and all("CNR:COMPATIBLE" in line for line in gemms), gemms
     if torch.backends.cpu.get_cpu_capability() == "AVX512":  # this process has computed on its AVX-512 kernels
         before = {k: os.environ.get(k) for k in CPU_ISAS["avx2"]}
         with pytest.raises(RuntimeError, match="fresh process"):
