@@ -69,4 +69,4 @@ def build_model(spec: str | ModelConfig, seed: int | None = None, device: str | 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed if seed is None else seed)
         model = ModVlm(cfg, tokenizer)
-    return model.to(device=device, dtype=torch_dtype(cfg.dtype)).eval()
+    return model.placed(device, torch_dtype(cfg.dtype)).eval()

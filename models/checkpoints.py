@@ -439,7 +439,7 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
     model.load_state_dict(ours, strict=True, assign=True)
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
-    model = model.to(device=device_map or "cpu", dtype=torch_dtype(cfg.dtype)).eval()
+    model = model.placed(device_map or "cpu", torch_dtype(cfg.dtype)).eval()
     cast = {k: v for k, v in model.state_dict().items() if k in ours and v.dtype != ours[k].dtype}
     _check_finite(cast, directory, f" after the cast to {cfg.dtype} (out of its range)")
     return model

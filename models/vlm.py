@@ -34,6 +34,10 @@ class Batch:
     image_tokens: list[int]  # image tokens per row
 
 
+# RoPE's inverse frequencies: transformers' from_pretrained keeps them float32 in a half-precision model.
+FLOAT32_BUFFERS = ("inv_freq", "original_inv_freq")
+
+
 class ModVlm(nn.Module):
     """Host model. State-dict keys: language_model.* (LlamaForCausalLM names), vision.* (the front-end)."""
 
@@ -54,6 +58,17 @@ class ModVlm(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.language_model.lm_head.weight.dtype
+
+    def placed(self, device, dtype: torch.dtype) -> "ModVlm":
+        """`self.to(device, dtype)`, except that RoPE's inverse frequencies stay float32, as in the authors' models
+        loaded by transformers: rounded to half precision they move a late position's angle by radians (head 128,
+        position 2,900: 0.7 rad in float16, 3.5 in bfloat16), and LLaVA-NeXT's prompts are that long."""
+        keep = {name: buf for name, buf in self.named_buffers() if name.rsplit(".", 1)[-1] in FLOAT32_BUFFERS}
+        self.to(device=device, dtype=dtype)
+        for name, buf in keep.items():
+            owner, leaf = name.rsplit(".", 1)
+            self.get_submodule(owner)._buffers[leaf] = buf.to(device=self.device)
+        return self
 
     def _embed_ids(self, ids: list[int]) -> torch.Tensor:
         return self.language_model.model.embed_tokens(torch.tensor(ids, dtype=torch.long, device=self.device))

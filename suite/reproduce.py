@@ -171,8 +171,9 @@ def stage_key(name: str, inputs: dict) -> str:
 # shows CNR:AUTO), so 'avx2' agrees among Intel machines and, as far as measured, among machines of one AMD kind,
 # not between the two. 'portable' pins MKL to its vendor-neutral path (MKL_CBWR=COMPATIBLE): measured on an
 # Intel Xeon and an AMD EPYC with torch 2.11, every GEMM, convolution, attention and activation kernel the
-# models use, forward and backward, was bitwise equal under it (under 'avx2' the GEMMs were not), at about twice
-# the time of a training step on the EPYC. Either way the optimizer is torch's fused AdamW (suite.train.adamw):
+# models use, forward and backward, was bitwise equal under it (under 'avx2' the GEMMs were not), and so were
+# the weights after 30 steps of a small LLaVA-like model (not under 'avx2'), at about twice the time of a
+# training step on the EPYC. Either way the optimizer is torch's fused AdamW (suite.train.adamw):
 # the unfused step's sqrt is MKL's vector math, which differed between the two under both pins.
 # The variables are read when torch first computes, so they are set before that. 'native' leaves each machine
 # its own kernels.

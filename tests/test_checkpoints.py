@@ -231,3 +231,21 @@ def test_dtype_defaults_to_what_the_checkpoint_declares(tmp_path):
     (tmp_path / "c" / "config.json").write_text(json.dumps({**conf, "torch_dtype": "bfloat16"}))
     assert models.load(str(tmp_path / "c")).dtype == torch.bfloat16
     assert models.load(str(tmp_path / "c"), dtype="float32").dtype == torch.float32
+
+
+def test_a_half_precision_model_keeps_ropes_frequencies_in_float32_as_transformers_does(tmp_path):
+    """Rounded to half, RoPE's inverse frequencies move a late position's angle by radians; from_pretrained keeps
+    them float32 in a float16 model, and so do a loaded and a built one here."""
+    import dataclasses
+
+    reference = models.build_model("tiny-llava")
+    save_authors_checkpoint(reference, tmp_path / "c", "llava")
+    freqs = {k: v for k, v in reference.named_buffers() if k.endswith("inv_freq")}
+    assert freqs and all(v.dtype == torch.float32 for v in freqs.values())
+    for half in ("float16", "bfloat16"):
+        built = models.build_model(dataclasses.replace(models.get_variant("tiny-llava"), dtype=half))
+        for model in (models.load(str(tmp_path / "c"), dtype=half), built):
+            assert model.dtype == getattr(torch, half)
+            buffers = dict(model.named_buffers())
+            for name, value in freqs.items():
+                assert buffers[name].dtype == torch.float32 and torch.equal(buffers[name], value), name

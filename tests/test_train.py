@@ -229,6 +229,21 @@ def test_converted_model_with_nothing_skipped_equals_dense(prompts, images):
     assert all(torch.equal(v, dense_state[k]) for k, v in gamma.state_dict().items() if ".routing." not in k)
 
 
+def test_a_converted_model_is_where_its_dense_model_was_buffers_included():
+    """The buffers no state dict carries (RoPE's frequencies, CLIP's position ids) follow the dense model to its
+    device too (the meta device stands for a GPU here), and keep their dtype."""
+    from modbench.models.config import ModSpec
+    from modbench.models.convert import convert_to_mod
+
+    dense = models.build_model("tiny-llava").to("meta")
+    for spec in (ModSpec(scheme="gamma", layers=[1, 2]), ModSpec(scheme="pmod", layers=[1, 2], ratios=[0.5, 0.5])):
+        converted = convert_to_mod(dense, spec)
+        dense_buffers = dict(dense.named_buffers())
+        assert {k: (v.device.type, v.dtype) for k, v in converted.named_buffers()} == \
+            {k: (v.device.type, v.dtype) for k, v in dense_buffers.items()}
+        assert {p.device.type for p in converted.parameters()} == {"meta"}
+
+
 @pytest.mark.parametrize("masked, routable_types", [("qa", {SYSTEM, IMAGE}), ("q", {SYSTEM, IMAGE, RESPONSE}),
                                                     ("none", {SYSTEM, IMAGE, QUESTION, RESPONSE})])
 def test_masked_routing_skips_exactly_floor_fraction_of_the_routable_tokens(masked, routable_types):
