@@ -464,22 +464,9 @@ def _eval_summary(run: dict, samples: Path | None = None) -> dict:
     return out
 
 
-def sample_score(record: dict) -> float | None:
-    """One sample's score as its task's metric counts it (1 right, 0 wrong), from lmms-eval's per-sample log;
-    MMBench: this rotation alone (the circular score needs all four)."""
-    task = record["task"]
-    if task.startswith("pope"):
-        return float(record["pope_accuracy"]["score"])
-    if task.startswith("mme"):
-        return float(record["mme_perception_score"]["score"])
-    if task.startswith("mmbench"):
-        return float(record["mmbench_acc"]["pred"] == record["mmbench_acc"]["answer"])
-    value = record.get("exact_match")
-    return None if value is None else float(value)
-
-
 def kind_tally(samples: Path) -> dict[str, list[int]]:
     """kind -> [right, asked] over one evaluation's samples (tasks.scenes.question_kind)."""
+    from modbench.tasks.benchmarks import sample_score
     from modbench.tasks.scenes import question_kind
 
     tally: dict[str, list[int]] = {}

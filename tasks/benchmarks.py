@@ -31,6 +31,9 @@ class Benchmark:
     # prepare --images: joins a separate copy of the images to the questions (questions, images source) -> rows
     join_images: Callable | None = None
     images_hint: str = ""  # prepare: what to do when the copy has no image column
+    # one sample's score as the benchmark's metric counts it (1 right, 0 wrong), from lmms-eval's per-sample log
+    # (the reproduction's per-question tallies); None: the sample's exact_match, where it has one
+    sample_score: Callable[[dict], float] | None = None
 
 
 _BENCHMARKS: dict[str, Benchmark] = {}
@@ -70,6 +73,16 @@ def benchmark_of_task(task: str) -> Benchmark | None:
     return max(prefixed, key=lambda b: len(b.name)) if prefixed else None
 
 
+def sample_score(record: dict) -> float | None:
+    """One sample's score as its task's metric counts it (1 right, 0 wrong), from lmms-eval's per-sample log:
+    its benchmark's `sample_score`, else its exact match (None: it has none)."""
+    benchmark = benchmark_of_task(record["task"])
+    if benchmark is not None and benchmark.sample_score is not None:
+        return benchmark.sample_score(record)
+    value = record.get("exact_match")
+    return None if value is None else float(value)
+
+
 def _one(split: str, *accepted: str) -> dict[str, tuple[str, ...]]:
     return {split: accepted or (split,)}
 
@@ -82,9 +95,11 @@ def _gqa_images(questions, source: Path):
 
 register_benchmark(Benchmark(
     "pope", {s: (s,) for s in ("adversarial", "popular", "random")},
-    ("question_id", "question", "answer", "image", "category"), fixtures.pope, split_column="category"))
+    ("question_id", "question", "answer", "image", "category"), fixtures.pope, split_column="category",
+    sample_score=lambda record: float(record["pope_accuracy"]["score"])))
 register_benchmark(Benchmark(
-    "mme", _one("test"), ("question_id", "question", "answer", "image", "category"), fixtures.mme))
+    "mme", _one("test"), ("question_id", "question", "answer", "image", "category"), fixtures.mme,
+    sample_score=lambda record: float(record["mme_perception_score"]["score"])))
 register_benchmark(Benchmark(
     "gqa", _one("testdev", "testdev", "test"), ("id", "imageId", "question", "answer", "image"), fixtures.gqa,
     join_images=_gqa_images, images_hint="GQA: pass --images with the testdev_balanced_images copy"))
@@ -107,7 +122,9 @@ register_benchmark(Benchmark(
     "vqav2", _one("validation", "validation", "val"), ("question_id", "question", "image", "answers"), fixtures.vqav2))
 register_benchmark(Benchmark(
     "mmbench", _one("dev"), ("index", "question", "hint", "A", "B", "answer", "image"), fixtures.mmbench,
-    llava_max_new_tokens=1024))  # as the authors' MMBench script
+    llava_max_new_tokens=1024,  # as the authors' MMBench script
+    # this rotation alone (the circular score needs all four)
+    sample_score=lambda record: float(record["mmbench_acc"]["pred"] == record["mmbench_acc"]["answer"])))
 register_benchmark(Benchmark(
     "mmvet", _one("test"), ("question_id", "question", "answer", "image"), fixtures.mmvet,
     llava_max_new_tokens=64))  # open-ended answers, judged by a GPT

@@ -178,3 +178,18 @@ def test_the_tables_and_the_reproduction_read_local_tasks():
     named = ({task for task, _, _ in tables.BENCHMARKS.values()} | set(tables.SKIPS.values())
              | set(reproduce.TASKS) | {task for task, _, _ in reproduce.BENCHMARKS.values()})
     assert named <= known, sorted(named - known)
+
+
+def test_a_samples_score_comes_from_its_benchmarks_registration():
+    """The reproduction's per-question tallies read one sample's score the way its benchmark's metric counts it;
+    which field holds it is on the benchmark's registration, found from the task's data folder."""
+    from modbench.tasks.benchmarks import get_benchmark, sample_score
+
+    assert sample_score({"task": "pope_local_random", "pope_accuracy": {"score": 1.0}, "exact_match": 0.0}) == 1.0
+    assert sample_score({"task": "mme_local", "mme_perception_score": {"score": 0}}) == 0.0
+    rotation = {"task": "mmbench_en_dev_local", "mmbench_acc": {"pred": "B", "answer": "B"}}
+    assert sample_score(rotation) == 1.0
+    assert sample_score({**rotation, "mmbench_acc": {"pred": "A", "answer": "B"}}) == 0.0
+    assert sample_score({"task": "gqa_local", "exact_match": 1.0}) == 1.0
+    assert sample_score({"task": "mmvet_local"}) is None  # judged by a GPT: no per-sample score here
+    assert get_benchmark("gqa").sample_score is None and get_benchmark("pope").sample_score is not None
