@@ -445,17 +445,17 @@ def arank_samples(corpus: Path, n: int) -> list[tuple[str, object]]:
 def _eval_summary(run: dict, samples: Path | None = None) -> dict:
     """Accuracies in percent, efficiency from the per-sample records, sample counts (for binomial noise), and
     from lmms-eval's per-sample log the answers right per question kind."""
+    from modbench.tasks.registry import local_tasks
+
     out = {"acc": {}, "n": {}, "kinds": kind_tally(samples) if samples is not None and samples.exists() else {}}
     for column, (task, metric, scale) in BENCHMARKS.items():
         value = run["metrics"].get(task, {}).get(metric, {}).get("value")
         out["acc"][column] = None if value is None else value * scale
     eff = run.get("efficiency") or {}
     per_task = eff.get("per_task", {})
-    for column, (task, _, _) in BENCHMARKS.items():
-        if task == "pope_local":
-            out["n"][column] = sum(v.get("n_samples", 0) for t, v in per_task.items() if t.startswith("pope_local"))
-        else:
-            out["n"][column] = per_task.get(task, {}).get("n_samples", 0)
+    for column, (task, _, _) in BENCHMARKS.items():  # a group's samples are its member tasks'
+        members = local_tasks().get(task, {}).get("tasks") or [task]
+        out["n"][column] = sum(per_task.get(t, {}).get("n_samples", 0) for t in members)
     routing = eff.get("routing_all_tokens") or {}
     out.update(tflops=eff.get("tflops_analytic"), tflops_dense=eff.get("tflops_dense_equivalent"),
                skip=eff.get("overall_skip"), kv_share=routing.get("kept_share_all_layers"),

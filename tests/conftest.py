@@ -12,7 +12,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from PIL import Image, ImageDraw  # noqa: E402
+from drawing import draw_image  # noqa: E402
 
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
@@ -30,14 +30,6 @@ def pytest_configure(config):
                       for p in entry["data_files"] if not p.exists()})
     if missing:
         write_all(DATA_DIR, missing)
-
-
-def draw_image(colour=(200, 30, 30), shape="circle", size=(48, 40)) -> Image.Image:
-    image = Image.new("RGB", size, (240, 240, 240))
-    draw = ImageDraw.Draw(image)
-    box = (8, 6, size[0] - 8, size[1] - 6)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
-    return image
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from itertools import chain
 
 import pytest
 import torch
-from PIL import Image, ImageDraw
+from drawing import draw_image
 
 from modbench import models
 from modbench.models.config import ModSpec
@@ -46,14 +46,6 @@ GAMMA_PAIRS = [("tiny-llava", "tiny-llava-gmod"), ("tiny-llava-hr", "tiny-llava-
                ("tiny-mgm-hd", "tiny-mgm-hd-gmod")]
 PMOD_PAIRS = [("tiny-llava", "tiny-llava-pmod"), ("tiny-llava-next", "tiny-pmod-llava-next")]
 VARIANTS = sorted({name for pair in GAMMA_PAIRS + PMOD_PAIRS for name in pair})
-
-
-def draw_image(colour=(200, 30, 30), shape="circle", size=(48, 40)) -> Image.Image:
-    image = Image.new("RGB", size, (240, 240, 240))
-    draw = ImageDraw.Draw(image)
-    box = (8, 6, size[0] - 8, size[1] - 6)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=colour)
-    return image
 
 
 def inputs(n=3):
