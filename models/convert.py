@@ -47,7 +47,7 @@ def convert_to_mod(model, mod: ModSpec, seed: int = 0, name: str | None = None):
     are initialised from `seed` (γ-MoD: nn.Linear's default init, as the authors'; p-MoD: zeros, as released)."""
     from accelerate import init_empty_weights
 
-    from .vlm import ModVlm
+    from .vlm import ModVlm, set_buffer
 
     if model.cfg.mod.scheme != "dense":
         raise ConfigError(f"convert_to_mod: the source model must be dense, not {model.cfg.mod.scheme!r}")
@@ -62,8 +62,7 @@ def convert_to_mod(model, mod: ModSpec, seed: int = 0, name: str | None = None):
     # the buffers no state dict carries (RoPE's frequencies, CLIP's position ids) were built on the CPU: the
     # dense model's, on its device and in its dtype
     for name, buf in model.named_buffers():
-        owner, _, leaf = name.rpartition(".")
-        converted.get_submodule(owner)._buffers[leaf] = buf.detach().clone()
+        set_buffer(converted, name, buf.detach().clone())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         routing = build_routing(cfg)

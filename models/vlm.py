@@ -38,6 +38,12 @@ class Batch:
 FLOAT32_BUFFERS = ("inv_freq", "original_inv_freq")
 
 
+def set_buffer(module: nn.Module, name: str, value: torch.Tensor) -> None:
+    """Rebind the registered buffer `name` (dotted, as named_buffers gives it) of `module` to `value`."""
+    owner, _, leaf = name.rpartition(".")
+    module.get_submodule(owner)._buffers[leaf] = value
+
+
 class ModVlm(nn.Module):
     """Host model. State-dict keys: language_model.* (LlamaForCausalLM names), vision.* (the front-end)."""
 
@@ -66,8 +72,7 @@ class ModVlm(nn.Module):
         keep = {name: buf for name, buf in self.named_buffers() if name.rsplit(".", 1)[-1] in FLOAT32_BUFFERS}
         self.to(device=device, dtype=dtype)
         for name, buf in keep.items():
-            owner, leaf = name.rsplit(".", 1)
-            self.get_submodule(owner)._buffers[leaf] = buf.to(device=self.device)
+            set_buffer(self, name, buf.to(device=self.device))
         return self
 
     def _embed_ids(self, ids: list[int]) -> torch.Tensor:

@@ -498,7 +498,6 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
     hits all alike): median step seconds and their parts (data, vision, LLM forward, backward, optimizer).
     Then inference: samples/s over the first held-out GQA samples at batch 1 (warm-up, repeats), γ-MoD models
     also at their controlled skip (`controlled`: row -> skip share, as "<row>|controlled")."""
-
     from modbench import models
     from modbench.suite.train import adamw, set_trainable
     from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset
