@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from .clip import KNOWN_CLIP_TOWERS, clip_dims
 from .config import (
     DTYPES,
     ConfigError,
@@ -29,12 +30,6 @@ from .config import (
 from .hosts import CheckpointError, ConfigSource, HostFamily, KeyLayout, host_families, host_family
 from .routing import scheme_class
 
-KNOWN_CLIP_TOWERS = {
-    "openai/clip-vit-large-patch14-336": dict(image_size=336, patch_size=14, hidden_size=1024, num_layers=24,
-                                              num_heads=16, intermediate_size=4096),
-    "openai/clip-vit-large-patch14": dict(image_size=224, patch_size=14, hidden_size=1024, num_layers=24,
-                                          num_heads=16, intermediate_size=4096),
-}
 HF_LLAVA_KIND = "hf-llava"  # the layout name of every llava-hf checkpoint (the family comes from its model_type)
 
 
@@ -83,12 +78,6 @@ def _check_layer_scale(state: dict, layout: KeyLayout, where: Path) -> None:
         raise CheckpointError(
             f"{where}: ConvNeXt layer-scale keys named {', '.join(repr(n) for n in found)} (e.g. {example}); "
             f"{layout.name} checkpoints name them {layout.layer_scale!r}")
-
-
-def _strip_vision_model(key: str) -> str:
-    # transformers 5 flattened CLIPVisionModel (no `vision_model.`); older checkpoints carry it.
-    return key.replace("vision_tower.vision_model.", "vision_tower.").replace(
-        "fast_vision_tower.vision_model.", "fast_vision_tower.")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -211,10 +200,7 @@ def _clip_dims(name: str, directory: Path) -> dict:
     if conf is None:
         raise CheckpointError(f"{directory / 'config.json'}: mm_vision_tower {name!r} is neither a known tower nor "
                               "a directory with a config.json")
-    conf = conf.get("vision_config", conf)
-    return dict(image_size=conf["image_size"], patch_size=conf["patch_size"], hidden_size=conf["hidden_size"],
-                num_layers=conf["num_hidden_layers"], num_heads=conf["num_attention_heads"],
-                intermediate_size=conf["intermediate_size"])
+    return clip_dims(conf)
 
 
 def _supported() -> str:
@@ -268,11 +254,8 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
     kind = detect(conf, where)
     family, scheme = release_of(conf, kind, where)
     if kind == HF_LLAVA_KIND:
-        text, vis = conf["text_config"], conf["vision_config"]
-        vision = VisionConfig(select_layer=conf.get("vision_feature_layer", -2),
-                              image_size=vis["image_size"], patch_size=vis["patch_size"],
-                              hidden_size=vis["hidden_size"], num_layers=vis["num_hidden_layers"],
-                              num_heads=vis["num_attention_heads"], intermediate_size=vis["intermediate_size"])
+        text = conf["text_config"]
+        vision = VisionConfig(select_layer=conf.get("vision_feature_layer", -2), **clip_dims(conf["vision_config"]))
         family.hf.read_vision(vision, conf)
         return ModelConfig(name=directory.name, family=family.name, llm=_llm_from(text, where), vision=vision,
                            dtype=declared_dtype(conf)), kind
@@ -317,14 +300,13 @@ DERIVED_BUFFER_SUFFIXES = (".rotary_emb.inv_freq", ".embeddings.position_ids")
 def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) -> dict:
     state = {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}
     routing = scheme_class(cfg.mod.scheme).routers_from_authors(state, cfg, where)
-    if kind == HF_LLAVA_KIND:
+    if kind == HF_LLAVA_KIND:  # the hub's older names (transformers 4's), as the family's llava-hf layout lists them
         legacy = host_family(cfg.family).hf.legacy_prefixes
         state = {next((new + k[len(old):] for new, old in legacy if k.startswith(old)), k): v
                  for k, v in state.items()}
     layout = _layout(cfg, kind)
     _check_layer_scale(state, layout, where)
     ours, unmatched = _rename(state, layout, reverse=True)
-    ours = {_strip_vision_model(k): v for k, v in ours.items()}  # llava-hf checkpoints of transformers 4
     if unmatched:
         raise CheckpointError(f"{where}: unexpected keys: {sorted(unmatched)[:20]}")
     ours.update(routing)
@@ -371,7 +353,7 @@ def save_authors_checkpoint(model, directory: str | os.PathLike, kind: str, fmt:
     """Write `model` as the authors' release would hold it (config.json, weights, tokenizer, CLIP config)."""
     from safetensors.torch import save_file
 
-    from .llava import clip_vision_config
+    from .clip import clip_vision_config
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

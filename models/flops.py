@@ -1,11 +1,20 @@
-"""FLOPs: analytic in the papers' convention, measured with torch.utils.flop_counter / fvcore.
+"""FLOPs: the papers' prefill count, taken from the real decoder layers on the meta device; measured with
+torch.utils.flop_counter / fvcore.
 
-Analytic: 2 FLOPs per multiply-add, LLM decoder only, prefill only. Per layer with s tokens, hidden h, MLP
-width I: 8*s*h^2 (q, k, v, o projections; with grouped K/V heads 4*s*h^2 + 4*s*h*h_kv) + 4*s^2*h (scores
-and weighted sum over the full s x s block, as the kernels compute it) + 6*s*h*I (gate, up, down).
-An MoD layer counts the tokens it runs: s*(1-R) for γ-MoD at skip ratio R; for p-MoD the text tokens plus
-trunc(n_vision * ratio_l) (in float32, as the release computes it). Vision encoder, projector, lm_head,
-router and decode steps are not counted.
+Prefill count (`flops_for_tokens`, `flops_analytic`, the tables' and efficiency records' TFLOPs): 2 FLOPs per
+multiply-add, LLM decoder only, prefill only, counted on the real layers. The model's decoder loop (`ModDecoder`,
+four layers built from the config's LLM dims, as every model of those dims builds them) runs a 4-token prompt on
+the meta device under torch.utils.flop_counter, layer l on l + 1 tokens (`FixedCountRouting`: the first three on
+the routed, packed path, the last on the whole prompt); each layer's attention and MLP count gives the per-layer
+polynomial a*s + b*s^2 exactly (integer counts; the s x s attention block is the quadratic term, the projections
+and MLP the linear one), and a count with a constant or any other term is an error (`decoder_layer_counts`,
+`fit_layer_polynomial`). The polynomial, counted once per LLM config (`layer_polynomial`), is evaluated at each
+layer's token count, which may be fractional (a run's mean). It equals the papers' formula (`layer_flops`, a test
+checks it): 8*s*h^2 (q, k, v, o projections; with grouped K/V heads 4*s*h^2 + 4*s*h*h_kv) + 4*s^2*h (scores and
+weighted sum over the full s x s block, as the kernels compute it) + 6*s*h*I (gate, up, down), hidden h, MLP
+width I. An MoD layer counts the tokens it runs: s*(1-R) for γ-MoD at skip ratio R; for p-MoD the text tokens
+plus trunc(n_vision * ratio_l) (in float32, as the release computes it). Vision encoder, projector, lm_head,
+router, rotary tables and decode steps are not counted.
 
 Full (`flops_full_meta`, `modbench flops --full`): every component, counted by torch.utils.flop_counter on
 the meta device. Each host front-end runs its own encode() with its parts named (vision_encoder,
@@ -16,22 +25,93 @@ of tokens per layer (`FixedCountRouting`), so what is counted is what a forward 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+from fractions import Fraction
+from functools import lru_cache
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from .config import ModelConfig
+from .config import LlmConfig, ModelConfig
 from .routing import IMAGE, RESPONSE, Route, RoutingScheme, scheme_class
 
-CONVENTION = "2 FLOPs per multiply-add; LLM decoder prefill only (8sh^2 + 4s^2h + 6shI per layer)"
+CONVENTION = ("2 FLOPs per multiply-add; LLM decoder prefill only; counted on the real decoder layers on the meta "
+              "device (torch.utils.flop_counter; = the papers' 8sh^2 + 4s^2h + 6shI per layer)")
 TORCH_CONVENTION = "torch.utils.flop_counter: 2 FLOPs per multiply-add"
 FVCORE_CONVENTION = "fvcore: 1 flop per multiply-add (half the torch counter on the same matmuls)"
 
 
 def layer_flops(tokens: float, hidden: int, mlp: int, kv_hidden: int | None = None) -> float:
+    """The papers' formula for one decoder layer on `tokens` tokens (the convention the meta count is checked
+    against; the count itself comes from the layers, `layer_polynomial`)."""
     kv = hidden if kv_hidden is None else kv_hidden
     return 4 * tokens * hidden**2 + 4 * tokens * hidden * kv + 4 * tokens**2 * hidden + 6 * tokens * hidden * mlp
+
+
+# Layer l of the counted decoder runs FIT_TOKENS[l] tokens of a max(FIT_TOKENS)-token prompt: two points give
+# a*s + b*s^2, the others check it (no constant, no other power).
+FIT_TOKENS = (1, 2, 3, 4)
+# Every attention implementation computes the same s x s block (eager's two matmuls, the fused kernels); the
+# count runs torch's (flash-attention's needs a GPU, not the meta device).
+COUNT_ATTN_IMPLEMENTATION = "sdpa"
+
+
+@torch.no_grad()
+def decoder_layer_counts(llm: LlmConfig, tokens: tuple[int, ...] = FIT_TOKENS,
+                         attn_implementation: str = COUNT_ATTN_IMPLEMENTATION) -> list[int]:
+    """FLOPs (torch.utils.flop_counter) of each layer's attention and MLP when the model's decoder loop, built on
+    the meta device with len(tokens) layers of `llm`'s dims, runs a prompt of max(tokens) tokens and layer l
+    runs tokens[l] of them (`FixedCountRouting`: the routed, packed path below max(tokens), the whole prompt
+    at it). No weights, no data; the layers are the ones every model of these dims builds (ModDecoder's)."""
+    from .core import ModDecoder
+
+    counted = ModelConfig(name="layer-count", llm=dataclasses.replace(llm, num_layers=len(tokens)),
+                          attn_implementation=attn_implementation)
+    with torch.device("meta"):
+        decoder = ModDecoder(counted)
+    seq_len = max(tokens)
+    decoder.routing = FixedCountRouting(counted, list(tokens), seq_len)
+    prompt = torch.empty(1, seq_len, llm.hidden_size, device="meta")
+    types = torch.full((1, seq_len), IMAGE, dtype=torch.long, device="meta")
+    with torch_flop_counter() as counter:
+        decoder(prompt, types)
+    # the loop calls each layer's attention and MLP (not the layer's own forward): count those children
+    child = re.compile(rf"^{re.escape(type(decoder).__name__)}\.layers\.(\d+)\.[^.]+$")
+    per_layer = [0] * len(tokens)
+    for name, ops in counter.get_flop_counts().items():
+        if match := child.match(name):
+            per_layer[int(match.group(1))] += int(sum(ops.values()))
+    return per_layer
+
+
+def fit_layer_polynomial(counts: dict[int, int]) -> tuple[float, float]:
+    """(a, b) with counts[s] == a*s + b*s^2 exactly at every point s (at least three); a ValueError when the
+    counts fit no such polynomial (a constant term, a cubic one, a count that is not a layer's)."""
+    if len(counts) < 3:
+        raise ValueError(f"fitting a*s + b*s^2 and checking it needs three points or more, got {sorted(counts)}")
+    (s1, f1), (s2, f2), *rest = sorted(counts.items())
+    det = s1 * s2 * (s2 - s1)
+    a = Fraction(f1 * s2 * s2 - f2 * s1 * s1, det)
+    b = Fraction(f2 * s1 - f1 * s2, det)
+    misfit = {s: f for s, f in rest if a * s + b * s * s != f}
+    if misfit:
+        raise ValueError(f"decoder layer FLOPs {dict(sorted(counts.items()))} at s tokens are not a*s + b*s^2 "
+                         f"(a = {a}, b = {b} from s = {s1}, {s2} miss s = {sorted(misfit)})")
+    return float(a), float(b)
+
+
+@lru_cache(maxsize=None)
+def _layer_polynomial(llm_json: str) -> tuple[float, float]:
+    llm = LlmConfig(**json.loads(llm_json))
+    return fit_layer_polynomial(dict(zip(FIT_TOKENS, decoder_layer_counts(llm))))
+
+
+def layer_polynomial(cfg: ModelConfig) -> tuple[float, float]:
+    """(a, b): a decoder layer of `cfg` running s tokens costs a*s + b*s^2 FLOPs, counted on the real layers on
+    the meta device (`decoder_layer_counts`) once per LLM config (cached by its JSON)."""
+    return _layer_polynomial(json.dumps(dataclasses.asdict(cfg.llm), sort_keys=True))
 
 
 def kv_hidden(cfg: ModelConfig) -> int:
@@ -47,17 +127,23 @@ def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None
 
 def flops_analytic(cfg: ModelConfig, seq_len: float, skip: float | None = None,
                    image_tokens: int | None = None) -> dict:
+    """Prefill FLOPs (`flops_for_tokens`) of a `seq_len`-token prompt, each layer at the count its scheme gives
+    (`tokens_per_layer`; `skip`, `image_tokens` as there). The name is the records' (`tflops_analytic`)."""
     tokens = tokens_per_layer(cfg, seq_len, skip, image_tokens)
     return flops_for_tokens(cfg, tokens, seq_len=seq_len, skip=skip)
 
 
 def flops_for_tokens(cfg: ModelConfig, tokens: list[float], **extra) -> dict:
-    """Analytic prefill FLOPs when layer l runs tokens[l] tokens (e.g. the counts a real forward kept)."""
-    per_layer = [layer_flops(t, cfg.llm.hidden_size, cfg.llm.intermediate_size, kv_hidden(cfg)) for t in tokens]
+    """Prefill FLOPs when layer l runs tokens[l] tokens (e.g. the counts a real forward kept, or a run's mean):
+    the layers' meta-device polynomial (`layer_polynomial`) at each count. The first call for an LLM config
+    counts on the meta device: under an outer FlopCounterMode that count would add to the outer one's."""
+    a, b = layer_polynomial(cfg)
+    per_layer = [a * t + b * t * t for t in tokens]
     return {
         "model": cfg.name,
         "convention": CONVENTION,
         **extra,
+        "layer_polynomial": {"s": a, "s^2": b},
         "tokens_per_layer": tokens,
         "flops_per_layer": per_layer,
         "tflops": sum(per_layer) / 1e12,
@@ -199,7 +285,7 @@ class _LanguageModelLogits(torch.nn.Module):
 def measure_sample_flops(model, prompt: str, image=None, fvcore: bool = False) -> dict:
     """One sample's prefill, counted as it really ran: the torch counter (whole model and decoder layers),
     optionally fvcore (1 per multiply-add; it has no formula for the fused attention kernel, so its figure
-    covers the projections and MLPs), and the analytic figure for the tokens each layer kept."""
+    covers the projections and MLPs), and the prefill count (`flops_for_tokens`) for the tokens each layer kept."""
     images = [image] if image is not None else None
     with torch_flop_counter(depth=None) as counter:
         out = model([prompt], images, collect_stats=True)

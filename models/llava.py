@@ -12,23 +12,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
-from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPVisionModel
 
+from .clip import clip_vision_config  # every host's CLIP tower (models/clip.py; also importable from here)
 from .config import ModelConfig, VisionConfig
 from .hosts import HfLayout, HostFamily, KeyLayout, Release
-
-
-def clip_vision_config(vision: VisionConfig) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        hidden_size=vision.hidden_size,
-        intermediate_size=vision.intermediate_size,
-        num_hidden_layers=vision.num_layers,
-        num_attention_heads=vision.num_heads,
-        image_size=vision.image_size,
-        patch_size=vision.patch_size,
-        projection_dim=vision.hidden_size,
-        hidden_act="quick_gelu",
-    )
 
 
 def expand_to_square(image: Image.Image, fill: tuple[int, int, int]) -> Image.Image:
@@ -141,11 +129,15 @@ HF_LLAVA = KeyLayout("llava-hf", (
     ("vision.projector.0.", "model.multi_modal_projector.linear_1."),
     ("vision.projector.2.", "model.multi_modal_projector.linear_2."),
 ))
-# llava-hf checkpoints as saved on the hub (and by save_pretrained, for compatibility) use these: (new, old).
+# llava-hf checkpoints as saved on the hub (and by save_pretrained, for compatibility) use these: (new, old),
+# first match wins. transformers 4's CLIPVisionModel nests the tower under `vision_model.` (transformers 5
+# flattened it), under either name of the tower.
 HF_LLAVA_LEGACY = (
     ("model.language_model.", "language_model.model."),
     ("lm_head.", "language_model.lm_head."),
     ("model.image_newline", "image_newline"),
+    ("model.vision_tower.", "model.vision_tower.vision_model."),
+    ("model.vision_tower.", "vision_tower.vision_model."),
     ("model.vision_tower.", "vision_tower."),
     ("model.multi_modal_projector.", "multi_modal_projector."),
 )

@@ -24,12 +24,12 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
+from .clip import clip_vision_config
 from .config import ConfigError, ConvNextConfig, ModelConfig, VisionConfig
 from .hosts import CheckpointError, ConfigSource, HostFamily, KeyLayout
 from .llava import (
     AUTHORS_LLM_AND_PROJECTOR,
     LLAVA_RELEASES,
-    clip_vision_config,
     mlp2x_gelu,
     pad_resize_normalise,
     run_stage,

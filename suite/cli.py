@@ -410,7 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_arank)
 
-    p = sub.add_parser("flops", help="analytic TFLOPs in the papers' convention (LLM prefill, 2 per MAC)")
+    p = sub.add_parser("flops", help="prefill TFLOPs in the papers' convention (LLM decoder, 2 per MAC), counted "
+                                      "on the real decoder layers on the meta device")
     p.add_argument("--model", required=True, help="variant name or checkpoint directory")
     p.add_argument("--seq-len", type=float, required=True, help="(average) prefill sequence length")
     p.add_argument("--skip", type=float, default=None, help="skip ratio of MoD layers (γ-MoD: required)")

@@ -1,7 +1,9 @@
 """Efficiency of a run from the plugin's per-sample records: sequence length, skip ratios, TFLOPs, timing.
 
-The tables' TFLOPs column is computed as the papers did: the analytic formula at the run's average
-per-layer token counts (prefill), so it reflects the sequence lengths and skip ratios actually measured.
+The tables' TFLOPs column is computed as the papers did, at the run's average per-layer token counts (prefill),
+so it reflects the sequence lengths and skip ratios actually measured: each layer's FLOPs at its mean count, from
+the polynomial counted on the real decoder layers on the meta device (models/flops.py; it equals the papers'
+formula). The field keeps its name, `tflops_analytic`, so that older records and baselines read alike.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import statistics
 
 import torch
 
-from modbench.models.flops import flops_for_tokens
+from modbench.models.flops import CONVENTION, flops_for_tokens
 from modbench.models.routing import TOKEN_TYPE_NAMES
 from modbench.suite.routing_stats import routing_summary
 
@@ -59,7 +61,7 @@ def _summarise(cfg, ok: list[dict]) -> dict:
         "routing_all_tokens": routing_summary(kept, seen, cfg),
         "tflops_analytic": flops_for_tokens(cfg, mean_tokens)["tflops"],
         "tflops_dense_equivalent": flops_for_tokens(cfg, (prefill_seen.sum(dim=1) / len(ok)).tolist())["tflops"],
-        "flops_convention": "analytic, 2 FLOPs per multiply-add, LLM prefill at the run's mean per-layer tokens",
+        "flops_convention": f"{CONVENTION}; at the run's mean per-layer tokens",
         **_measured(ok),
         "prefill_seconds_mean_batch": statistics.fmean(r["prefill_seconds_batch"] for r in ok),
         "decode_seconds_mean_batch": statistics.fmean(r["decode_seconds_batch"] for r in ok),

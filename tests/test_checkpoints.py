@@ -249,3 +249,78 @@ def test_a_half_precision_model_keeps_ropes_frequencies_in_float32_as_transforme
             buffers = dict(model.named_buffers())
             for name, value in freqs.items():
                 assert buffers[name].dtype == torch.float32 and torch.equal(buffers[name], value), name
+
+
+@pytest.mark.parametrize("tower", ["vision_tower.vision_model.", "model.vision_tower.vision_model."])
+def test_a_llava_hf_checkpoint_of_transformers_4_loads(tower, tmp_path, prompts, images):
+    """transformers 4's CLIPVisionModel nested the tower under `vision_model.` (5 flattened it): the llava-hf
+    layout's legacy names (models/llava.py HF_LLAVA_LEGACY) read it under the hub's old and new tower names."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from modbench.models.checkpoints import to_hf_state_dict
+    from modbench.models.clip import clip_vision_config
+    from modbench.models.core import llama_config
+
+    model = models.build_model("tiny-llava")
+    hf = LlavaForConditionalGeneration(LlavaConfig(
+        text_config=llama_config(model.cfg).to_dict(), vision_config=clip_vision_config(model.cfg.vision).to_dict(),
+        image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu"))
+    hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family))
+    hf.save_pretrained(tmp_path / "hf")
+    model.tokenizer.save_pretrained(tmp_path / "hf")
+    path = tmp_path / "hf" / "model.safetensors"
+    state = load_file(str(path))
+    nested = {}
+    for key, value in state.items():
+        for saved in ("model.vision_tower.", "vision_tower."):
+            if key.startswith(saved):
+                key = tower + key[len(saved):]
+                break
+        nested[key] = value
+    assert sum(k.startswith(tower) for k in nested) > 10
+    save_file(nested, str(path), metadata={"format": "pt"})
+    loaded = models.load(str(tmp_path / "hf"))
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+def test_the_checkpoint_io_imports_no_family_module_and_names_no_familys_keys():
+    """checkpoints.py is the generic IO (issue 16): it imports no host family's module (the CLIP tower's config
+    comes from models/clip.py) and no string in its code holds a key name only some families' layouts use
+    (LLaVA-HR's `fast_vision_tower`, LLaVA-NeXT's `image_newline`, llava-hf's `multi_modal_projector`, ...)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    from modbench.models.hosts import BUILTIN_MODULES, host_families
+
+    path = Path(__file__).resolve().parent.parent / "models" / "checkpoints.py"
+    tree = ast.parse(path.read_text())
+    families = host_families().values()
+    modules = set(BUILTIN_MODULES) | {f.frontend.__module__ for f in families}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            module = ("modbench.models." if node.level == 1 else "") + (node.module or "")
+            names = [module, *(f"{module}.{a.name}" for a in node.names)]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        assert not modules & set(names), f"checkpoints.py:{node.lineno} imports {sorted(modules & set(names))}"
+
+    def key_parts(family) -> set[str]:
+        pairs = list(family.layout.prefixes)
+        if family.hf is not None:
+            pairs += list(family.hf.layout.prefixes) + list(family.hf.legacy_prefixes)
+        return {part for pair in pairs for prefix in pair for part in prefix.split(".") if part}
+
+    parts = [key_parts(f) for f in families]
+    specific = set().union(*parts) - set.intersection(*parts)
+    assert {"fast_vision_tower", "image_newline", "multi_modal_projector"} <= specific
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)) and node.body
+                  and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            named = {p for p in specific if re.search(rf"(?<![\w]){re.escape(p)}(?![\w])", node.value)}
+            assert not named, f"checkpoints.py:{node.lineno} names {sorted(named)} in {node.value!r}"

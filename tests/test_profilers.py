@@ -1,4 +1,5 @@
-"""FLOPs (analytic, torch counter, fvcore, meta device), latency report, KV share, routing statistics."""
+"""FLOPs (the papers' prefill count on the meta device, torch counter, fvcore), latency report, KV share, routing
+statistics."""
 
 import dataclasses
 import json
@@ -11,10 +12,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from modbench import models
 from modbench.models.config import ModSpec
 from modbench.models.flops import (
+    FIT_TOKENS,
+    decoder_layer_counts,
+    fit_layer_polynomial,
     flops_analytic,
     flops_for_tokens,
     flops_full_meta,
     fvcore_flops,
+    kv_hidden,
+    layer_flops,
+    layer_polynomial,
     llm_layer_flops,
     tokens_per_layer,
     torch_flop_counter,
@@ -35,6 +42,79 @@ from modbench.suite.latency import LatencySpec, measure_latency, quantiles
 ])
 def test_analytic_tflops_match_the_papers(name, skip, expected):
     assert round(flops_analytic(models.get_variant(name), 1400, skip)["tflops"], 2) == expected
+
+
+def gqa(cfg, kv_heads):
+    return dataclasses.replace(cfg, name=f"{cfg.name}-kv{kv_heads}", llm=dataclasses.replace(cfg.llm, num_kv_heads=kv_heads))
+
+
+@pytest.mark.parametrize("cfg", [
+    models.get_variant("llava-hr-7b"),  # dense, 7B-shaped
+    gqa(models.get_variant("llava-hr-7b"), 8),  # grouped K/V heads
+    models.get_variant("llava-hr-13b-gmod-0.5"),  # γ-MoD, 13B-shaped
+    models.get_variant("pmod-llava-next-7b"),  # p-MoD
+    models.get_variant("tiny-llava"),
+    gqa(models.get_variant("tiny-llava-hr-gmod"), 2),
+    models.get_variant("tiny-pmod-llava-next"),
+], ids=lambda cfg: cfg.name)
+def test_the_count_on_the_real_layers_equals_the_papers_formula(cfg):
+    """The prefill count (the tables' TFLOPs) comes from the decoder layers on the meta device; it is the papers'
+    formula exactly: 4h^2 + 4h*h_kv + 6hI per token, 4h per token squared, at whole and fractional counts."""
+    h, mlp, kv = cfg.llm.hidden_size, cfg.llm.intermediate_size, kv_hidden(cfg)
+    assert layer_polynomial(cfg) == (4 * h * h + 4 * h * kv + 6 * h * mlp, 4 * h)
+    skip = 0.577 if cfg.mod.scheme == "gamma" else None
+    for seq_len in (1, 17, 577.25, 1400, 2880):
+        image_tokens = int(0.75 * seq_len) if cfg.mod.scheme == "pmod" else None  # p-MoD: the routed vision tokens
+        record = flops_analytic(cfg, seq_len, skip, image_tokens)
+        papers = [layer_flops(t, h, mlp, kv) for t in record["tokens_per_layer"]]
+        assert record["flops_per_layer"] == pytest.approx(papers, rel=1e-12, abs=0)
+        assert record["tflops"] == pytest.approx(sum(papers) / 1e12, rel=1e-12, abs=0)
+
+
+def test_the_layer_count_runs_the_decoder_loop_on_meta_routed_and_dense(monkeypatch):
+    """decoder_layer_counts runs ModDecoder's own loop on the meta device: layer l on FIT_TOKENS[l] tokens, on the
+    routed (packed) path below the prompt's length and on the whole prompt at it; the RNG is left alone."""
+    from modbench.models.core import ModDecoder
+
+    ran = []
+    original = ModDecoder._run_layer
+
+    def spy(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn):
+        ran.append((layer_idx, hidden.shape[1] if route is None else route.kept_per_row, route is None, hidden.is_meta))
+        return original(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn)
+
+    monkeypatch.setattr(ModDecoder, "_run_layer", spy)
+    rng = torch.get_rng_state()
+    llm = models.get_variant("llava-hr-13b").llm
+    counts = decoder_layer_counts(llm)
+    assert torch.equal(rng, torch.get_rng_state())
+    assert [(i, n, dense) for i, n, dense, _ in ran] == [(0, 1, False), (1, 2, False), (2, 3, False), (3, 4, True)]
+    assert all(meta for *_, meta in ran)
+    assert counts == [int(layer_flops(s, llm.hidden_size, llm.intermediate_size)) for s in FIT_TOKENS]
+    eager = decoder_layer_counts(models.get_variant("tiny-llava").llm, attn_implementation="eager")
+    assert eager == decoder_layer_counts(models.get_variant("tiny-llava").llm)  # every kernel counts the s x s block
+
+
+def test_counts_that_are_not_a_s_plus_b_s2_are_an_error():
+    assert fit_layer_polynomial({1: 7, 2: 18, 3: 33, 4: 52}) == (5.0, 2.0)
+    with pytest.raises(ValueError, match=r"not a\*s \+ b\*s\^2.*miss s = \[3, 4\]"):
+        fit_layer_polynomial({s: 5 * s + 2 * s * s + 1 for s in FIT_TOKENS})  # a constant term
+    with pytest.raises(ValueError, match=r"miss s = \[3, 4\]"):
+        fit_layer_polynomial({s: 5 * s + 2 * s * s + s**3 for s in FIT_TOKENS})  # a cubic one
+    with pytest.raises(ValueError, match="three points or more"):
+        fit_layer_polynomial({1: 7, 2: 18})
+
+
+def test_the_count_is_made_once_per_llm_config():
+    from modbench.models.flops import _layer_polynomial
+
+    cfg = models.get_variant("llava-hr-7b")
+    layer_polynomial(cfg)
+    before = _layer_polynomial.cache_info()
+    routed = models.get_variant("llava-hr-7b-gmod-0.5")  # another name and scheme, the same LLM
+    assert layer_polynomial(routed) == layer_polynomial(cfg)
+    after = _layer_polynomial.cache_info()
+    assert (after.hits - before.hits, after.misses - before.misses) == (2, 0)
 
 
 def test_flops_cli_prints_the_paper_figure(capsys):
@@ -99,8 +179,9 @@ def test_full_accounting_on_meta_matches_analytic_llm_part():
 
 @pytest.mark.parametrize("variant", ["tiny-llava-hr-gmod", "tiny-pmod-llava-next", "tiny-mgm-hd-gmod"])
 def test_the_analytic_count_equals_the_real_decoder_on_meta_for_each_family_and_scheme(variant):
-    """The tables' and efficiency records' per-layer formula (flops_analytic) counts what the model's own decoder
-    runs on the meta device, for γ-MoD and p-MoD on three host families (LLaVA-HR, LLaVA-NeXT, Mini-Gemini-HD)."""
+    """The tables' and efficiency records' prefill count (flops_analytic: the per-layer polynomial of the layers) is
+    what the model's whole decoder loop runs on the meta device (`--full`; it also counts the rotary tables' small
+    matmul), for γ-MoD and p-MoD on three host families (LLaVA-HR, LLaVA-NeXT, Mini-Gemini-HD)."""
     cfg = models.get_variant(variant)
     prefill = flops_full_meta(cfg, 200, 0.5)["tflops_per_component"]["llm_prefill"]
     assert prefill == pytest.approx(flops_analytic(cfg, 200, 0.5)["tflops"], rel=1e-6)
