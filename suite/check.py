@@ -64,22 +64,28 @@ def _get(data: dict, dotted: str):
 
 
 def task_samples(run: dict, task: str) -> int:
-    """Scored samples behind a task's metric (a group such as pope_local sums its subtasks)."""
+    """Scored samples behind a task's metric (a group such as pope_local sums its member tasks, as the task
+    registry lists them)."""
+    from modbench.tasks.registry import local_tasks
+
     per_task = (run.get("efficiency") or {}).get("per_task", {})
     if task in per_task:
         return int(per_task[task].get("n_samples", 0))
-    return sum(int(v.get("n_samples", 0)) for t, v in per_task.items() if t.startswith(task + "_"))
+    members = local_tasks().get(task, {}).get("tasks") or []
+    return sum(int(per_task[t].get("n_samples", 0)) for t in members if t in per_task)
 
 
 def accuracy_tolerance(value: float, name: str, n: int, policy: str) -> float:
-    scale = 100.0 if name.startswith("mme_") else 1.0  # MME is a sum of percentages
-    fixed = ACCURACY_TOLERANCE * scale
+    from modbench.tasks.benchmarks import PERCENT_SUM, metric_kind
+
+    percent_sum = metric_kind(name) == PERCENT_SUM  # (MME's) a sum of per-category percentages
+    fixed = ACCURACY_TOLERANCE * (100.0 if percent_sum else 1.0)
     if policy == "fixed":
         return fixed
     if n <= 0:
         raise ValueError(f"{name}: no sample count in the run's efficiency record, cannot size a noise tolerance")
     z = NOISE_Z * 2 ** 0.5  # the difference of two independent evaluations
-    if name.startswith("mme_"):
+    if percent_sum:
         # A sum of per-category accuracies: at p ~ 0.5 its relative standard error is about 1/sqrt(n).
         return max(fixed, z * abs(value) / n ** 0.5)
     p = min(max(float(value), 0.05), 0.95)
@@ -87,9 +93,14 @@ def accuracy_tolerance(value: float, name: str, n: int, policy: str) -> float:
 
 
 def is_accuracy(name: str) -> bool:
-    """Metrics that are proportions of the eval set answered right (or MME's sums of them)."""
-    return name == "exact_match" or name.endswith(("accuracy", "_acc")) or (
-        name.startswith("mme_") and name.endswith("_score"))
+    """Metrics that are proportions of the eval set answered right (or MME's sums of them): as the benchmark
+    registrations say (tasks/benchmarks.py Metric.kind), and for a metric none names, by lmms-eval's naming."""
+    from modbench.tasks.benchmarks import PERCENT_SUM, SHARE, metric_kind
+
+    kind = metric_kind(name)
+    if kind is not None:
+        return kind in (SHARE, PERCENT_SUM)
+    return name == "exact_match" or name.endswith(("accuracy", "_acc"))
 
 
 def checks_for_run(run_id: str, run: dict, policy: str = "fixed") -> list[Check]:

@@ -22,6 +22,7 @@ from modbench.suite.tables import (
 )
 
 PAPER_POINTS = ("gamma_mod_table3", "pmod_table1")  # one point per MoD row (Table 1's ablations in grey)
+PAPER_STYLE = {"gamma": ("γ-MoD", "tab:blue"), "pmod": ("p-MoD", "tab:purple")}  # a table's scheme: name, colour
 OURS_STYLE = {RELEASED: dict(marker="o", color="tab:red", label="ours: released checkpoint"),
               TRAINED: dict(marker="^", color="tab:green", label="ours: trained here (CPU scale)"),
               STAND_IN: dict(marker="o", facecolors="none", edgecolors="0.45",
@@ -65,10 +66,10 @@ def accuracy_change_vs_tflops_ratio(runs: dict, out: Path) -> list[Path]:
                 labelled.add("t1")
                 axis.scatter(x, y, marker="x", color="0.65", s=18, label=label)
             elif x is not None and y is not None:
-                family = "p-MoD" if spec.name.startswith("pmod") else "γ-MoD"
+                family, colour = PAPER_STYLE[spec.scheme]
                 label = f"paper: {family}" if family not in labelled else None
                 labelled.add(family)
-                axis.scatter(x, y, marker="s", color="tab:blue" if family == "γ-MoD" else "tab:purple", label=label)
+                axis.scatter(x, y, marker="s", color=colour, label=label)
             if spec.name not in PAPER_POINTS or row.ours is None or row.source.kind == NOT_RUN:
                 continue
             x, y = row.ours.ratios.get(TFLOPS_X), row.ours.delta_points

@@ -353,16 +353,18 @@ def _skip_note(summary: Summary, row: str, mode: str) -> str:
 def _at_paper_skip(summary: Summary, row: str, skip: float = 0.577) -> float:
     """The analytic TFLOPs change if our MoD layers skipped the paper's share of the prompt: how much of the gap
     is the depth and layout of a small model rather than the router."""
-    from modbench import models
-    from modbench.models.flops import flops_for_tokens
+    from dataclasses import replace
 
-    cfg = models.get_variant(summary.result["preset"]["model"])
+    from modbench import models
+    from modbench.models.flops import flops_analytic
+
+    host = models.get_variant(summary.result["preset"]["model"])
     seed = summary.seeds[0]
     tokens = seed["evals"]["dense|released"]["prompt_tokens"]
-    mod_layers = set(seed["rows"][row]["mod_layers"])
-    dense = flops_for_tokens(cfg, [tokens] * cfg.llm.num_layers)["tflops"]
-    routed = flops_for_tokens(cfg, [tokens * (1 - skip) if i in mod_layers else tokens
-                                    for i in range(cfg.llm.num_layers)])["tflops"]
+    # the row's model as trained: its scheme, on the MoD layers its fine-tuning chose
+    trained = replace(host, mod=replace(host.mod, scheme=ROWS[row].scheme, layers=list(seed["rows"][row]["mod_layers"])))
+    dense = flops_analytic(host, tokens)["tflops"]
+    routed = flops_analytic(trained, tokens, skip)["tflops"]
     return 100 * (routed / dense - 1)
 
 
@@ -561,7 +563,7 @@ def plot(summary: Summary, base: Path) -> list[Path]:
                 continue
             x, _ = summary.ratio(row, "tflops", mode)
             y, _ = summary.delta_rel(row, mode)
-            ax.scatter(x, y, marker=marker, color="tab:red" if row.startswith("gamma") else "tab:green")
+            ax.scatter(x, y, marker=marker, color="tab:red" if ROWS[row].scheme == "gamma" else "tab:green")
             ax.annotate(row + ("*" if mode == "controlled" else ""), (x, y), fontsize=7, xytext=(3, -8),
                         textcoords="offset points")
     ax.axhline(0, color="0.8", lw=0.8)

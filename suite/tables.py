@@ -22,28 +22,18 @@ from typing import Callable
 import pandas as pd
 
 from modbench.suite.project import paper_table
+from modbench.tasks import benchmarks as registered
 
 NOT_RUN = "not run"
 HEADLINE_WIDTH = 120
 RELEASED, TRAINED, STAND_IN = "released", "trained", "stand-in"
 
-# paper column -> (local task, metric, scale to the paper's unit)
-BENCHMARKS = {
-    "gqa_acc": ("gqa_local", "exact_match", 100.0), "gqa": ("gqa_local", "exact_match", 100.0),
-    "sqa_acc": ("scienceqa_img_local", "exact_match", 100.0),
-    "sqa_img": ("scienceqa_img_local", "exact_match", 100.0), "sqa": ("scienceqa_img_local", "exact_match", 100.0),
-    "mmmu_acc": ("mmmu_val_local", "mmmu_acc", 100.0), "mmmu": ("mmmu_val_local", "mmmu_acc", 100.0),
-    "textvqa_acc": ("textvqa_val_ocr_local", "exact_match", 100.0),
-    "textvqa": ("textvqa_val_ocr_local", "exact_match", 100.0),
-    "vqav2": ("vqav2_val_local", "exact_match", 100.0),
-    "pope": ("pope_local", "pope_f1_score", 100.0),
-    "mme": ("mme_local", "mme_perception_score", 1.0),
-    "mmb": ("mmbench_en_dev_local", "mmbench_circular_acc", 100.0),
-    "mmvet": ("mmvet_local", "gpt_eval_score", 1.0),
-    "seed": ("seedbench_local", "seed_image", 100.0),
-}
-SKIPS = {"gqa_skip": "gqa_local", "sqa_skip": "scienceqa_img_local", "mmmu_skip": "mmmu_val_local",
-         "textvqa_skip": "textvqa_val_ocr_local"}
+# The papers' per-benchmark columns, read off the benchmark registrations (tasks/benchmarks.py: each names its
+# paper columns, the metric they print and its display name): paper column -> (local task, metric, scale to the
+# paper's unit); skip column -> local task; paper column -> the name a table prints
+BENCHMARKS = {column: (m.task, m.name, m.scale) for column, (_, m) in registered.paper_columns().items()}
+SKIPS = registered.skip_columns()
+DISPLAY = {column: benchmark.display for column, (benchmark, _) in registered.paper_columns().items()}
 AVERAGE = ("gqa_acc", "sqa_acc", "mmmu_acc", "textvqa_acc")  # the γ-MoD papers' "Average"
 TFLOPS = ("tflops", "avg_tflops", "inference_tflops")
 SPEED = "not measured by benchmark runs: speed needs a forced output length (`modbench latency`)"
@@ -55,9 +45,6 @@ UNMAPPED = {  # paper column -> why ours has no number
     "inference_samples_per_s": SPEED, "speed_samples_per_s": SPEED,
     "inference_memory_gb": "not comparable: runs record the process's peak memory, not the model's",
 }
-DISPLAY = {"gqa_acc": "GQA", "gqa": "GQA", "sqa_acc": "SQA-IMG", "sqa_img": "SQA-IMG", "sqa": "SQA-IMG",
-           "mmmu_acc": "MMMU", "mmmu": "MMMU", "textvqa_acc": "TextVQA", "textvqa": "TextVQA", "vqav2": "VQAv2",
-           "pope": "POPE", "mmb": "MMB", "seed": "SEED", "mme": "MME", "mmvet": "MM-Vet"}
 SHARES = {"avg_skip", "kv_cache_storage_pct", *SKIPS}  # already relative to dense: no ratio taken
 COSTS = {*TFLOPS, "training_time_h", "inference_samples_per_s", "speed_samples_per_s", "inference_memory_gb"}
 
@@ -98,20 +85,16 @@ def metric_value(run: dict, metric: str) -> float | str:
         return 100 * routing["kept_share_all_layers"] if routing else NOT_RUN
     if metric in UNMAPPED:
         return UNMAPPED[metric]
-    raise KeyError(f"paper column {metric!r} has no mapping and no reason in suite/tables.py")
-
-
-def _n_samples(run: dict, task: str) -> int:
-    per_task = (run.get("efficiency") or {}).get("per_task", {})
-    if task in per_task:
-        return per_task[task].get("n_samples", 0)
-    return sum(v.get("n_samples", 0) for k, v in per_task.items() if k.startswith(task + "_"))  # a group's splits
+    raise KeyError(f"paper column {metric!r} has no mapping and no reason: name it on its benchmark's registration "
+                   "(tasks/benchmarks.py paper_columns), or give the reason in suite/tables.py")
 
 
 def _sampling_se(run: dict, metric: str) -> float | None:
     """Binomial standard error of a percentage benchmark (Agresti's +1/+2, so 0 % still has noise)."""
+    from modbench.suite.check import task_samples
+
     task, _, scale = BENCHMARKS[metric]
-    value, n = metric_value(run, metric), _n_samples(run, task)
+    value, n = metric_value(run, metric), task_samples(run, task)
     if scale != 100.0 or not isinstance(value, float) or not n:
         return None
     p = (value / 100 * n + 1) / (n + 2)
@@ -146,6 +129,7 @@ class TableSpec:
     keys: list[str]  # columns identifying a row
     label: Callable[[tuple], str]
     host: Callable[[tuple], tuple]  # the dense row a row is measured against
+    scheme: str  # the routing scheme (models.config.SCHEMES) of the paper's MoD rows: gamma (γ-MoD), pmod (p-MoD)
     average: tuple[str, ...]  # the headline's average accuracy: these paper columns ...
     average_column: str | None = None  # ... as the paper prints it, when it does
     efficiency: list[Column] = field(default_factory=list)
@@ -197,18 +181,18 @@ TFLOPS_X, SKIP_PCT, KV_PCT = "TFLOPs×", "skip %", "KV %"
 TABLES = [
     TableSpec("gamma_mod_table1", "gamma_mod_table1_ablation.csv", "γ-MoD Table 1: ablations on LLaVA-HR-7B",
               ["section", "setting"],
-              label=lambda k: T1_LABELS[k[0]] + k[1], host=lambda k: ("baseline", "LLaVA-HR dense"),
+              label=lambda k: T1_LABELS[k[0]] + k[1], host=lambda k: ("baseline", "LLaVA-HR dense"), scheme="gamma",
               average=AVERAGE, average_column="avg_acc",
               efficiency=[Column(TFLOPS_X, "tflops", "tflops"), Column(SKIP_PCT, "avg_skip", "avg_skip")]),
     TableSpec("gamma_mod_table3", "gamma_mod_table3_scalability.csv",
               "γ-MoD Table 3: dense vs γ-MoD-0.3 / 0.5 on four hosts", ["model", "variant", "params"],
               label=lambda k: f"{k[0].replace('Mini-Gemini-HD', 'MGM-HD')}-{k[2]} {_variant(k[1])}",
-              host=lambda k: (k[0], "dense", k[2]), average=AVERAGE, average_column="avg_acc",
+              host=lambda k: (k[0], "dense", k[2]), scheme="gamma", average=AVERAGE, average_column="avg_acc",
               efficiency=[Column(TFLOPS_X, "avg_tflops", "avg_tflops"), Column(SKIP_PCT, "avg_skip", "avg_skip")]),
     TableSpec("gamma_mod_table4", "gamma_mod_table4_efficiency.csv",
               "γ-MoD Table 4: training and inference efficiency, LLaVA-HR-7B on one A100", ["method"],
               label=lambda k: k[0] if "dense" in k[0] else f"LLaVA-HR-7B {_variant(k[0])}",
-              host=lambda k: ("LLaVA-HR-7B dense",), average=AVERAGE, average_column="avg_acc",
+              host=lambda k: ("LLaVA-HR-7B dense",), scheme="gamma", average=AVERAGE, average_column="avg_acc",
               efficiency=[Column(TFLOPS_X, "inference_tflops", "inference_tflops"),
                           Column("speed×", "inference_samples_per_s", "inference_samples_per_s"),
                           Column("train×", "training_time_h", "training_time_h")]),
@@ -217,19 +201,19 @@ TABLES = [
               label=lambda k: f"{_variant(k[1])}-{k[2]}",
               host=lambda k: ("dense", {"gamma-mod-LLaVA": "LLaVA-1.5", "gamma-mod-LLaVA-HR": "LLaVA-HR"}.get(k[1], k[1]),
                               k[2]),
-              average=("textvqa", "vqav2", "gqa", "sqa_img", "pope", "mmb", "mmmu"),
+              scheme="gamma", average=("textvqa", "vqav2", "gqa", "sqa_img", "pope", "mmb", "mmmu"),
               efficiency=[Column(TFLOPS_X, None, "avg_tflops"), Column(SKIP_PCT, None, "avg_skip"),
                           Column("speed×", "speed_samples_per_s", "speed_samples_per_s")]),
     TableSpec("pmod_table1", "pmod_table1_general.csv", "p-MoD Table 1: general benchmarks, TFLOPs and KV cache",
               ["model", "params"], label=lambda k: f"{k[0]}-{k[1]}",
-              host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), average=("seed", "mmb", "pope", "gqa"),
+              host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), scheme="pmod", average=("seed", "mmb", "pope", "gqa"),
               efficiency=[Column(TFLOPS_X, "inference_tflops", "inference_tflops"),
                           Column(KV_PCT, "kv_cache_storage_pct", "kv_cache_storage_pct")],
               unmapped={"avg": "not comparable: the paper's average includes RealWorldQA and AI2D, which we do not "
                                "run; the headline averages SEED, MMB, POPE and GQA for paper and ours alike"}),
     TableSpec("pmod_table2", "pmod_table2_text_rich.csv", "p-MoD Table 2: text-rich benchmarks",
               ["model", "params"], label=lambda k: f"{k[0]}-{k[1]}",
-              host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), average=("textvqa", "mmmu", "sqa"),
+              host=lambda k: (k[0].replace("p-MoD-", ""), k[1]), scheme="pmod", average=("textvqa", "mmmu", "sqa"),
               efficiency=[Column(TFLOPS_X, None, "tflops"), Column(KV_PCT, None, "kv_cache_storage_pct")],
               unmapped={"avg": "not comparable: the paper's average includes DocVQA, ChartQA, InfoVQA and OK-VQA, "
                                "which we do not run; the headline averages TextVQA, MMMU and SQA for both"}),
