@@ -8,7 +8,11 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+# The built-in routing schemes (their classes register themselves: models/routing.py). A scheme registered from
+# elsewhere (models.routing.register_scheme) is added to _ADDED_SCHEMES while it is registered, so that a config
+# may name it without this module importing the registry (torch): `scheme_names()`.
 SCHEMES = ("dense", "gamma", "pmod")
+_ADDED_SCHEMES: list[str] = []
 # γ-MoD masked routing learning: the token types that are force-kept in training ("masked" from routing).
 MASKED_TOKENS = ("none", "q", "qa")
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
@@ -144,6 +148,13 @@ class ModSpec:
     pmod_ranking: str = "released"
 
 
+# Every ModSpec field but `scheme` is read by some routing schemes only: a scheme names those it reads
+# (RoutingScheme.spec_fields); a config that sets another away from its default is refused where it is resolved or
+# built (models.routing.validate_for_scheme): moving a spec to another scheme must not silently drop the first
+# scheme's settings (fixed_skip on a p-MoD model, a pmod_* field on a γ-MoD one).
+SCHEME_FIELDS = tuple(f.name for f in dataclasses.fields(ModSpec) if f.name != "scheme")
+
+
 @dataclass
 class ModelConfig:
     name: str
@@ -166,9 +177,9 @@ class ModelConfig:
         """Image tokens the largest image gives (0 without vision): the geometry of the family's front-end."""
         if self.vision is None:
             return 0
-        from .hosts import host_family, validate_for_family  # here: the host modules import this one
+        from .hosts import host_family  # here: the host modules import this one
 
-        validate_for_family(self)  # a family's geometry means nothing for a config it refuses
+        validate_resolved(self)  # a family's geometry means nothing for a config it (or its scheme) refuses
         return host_family(self.family).image_tokens(self.vision)
 
     def to_dict(self) -> dict:
@@ -197,15 +208,22 @@ def _without_legacy_kind(data: dict) -> dict:
     return {**data, "vision": {k: v for k, v in vision.items() if k != "kind"}}
 
 
+def scheme_names() -> tuple[str, ...]:
+    """The routing schemes a config may name: the built-in ones, then any registered from elsewhere."""
+    return SCHEMES + tuple(_ADDED_SCHEMES)
+
+
 def validate(cfg: ModelConfig) -> None:
-    """Check ranges; each error names the offending field."""
+    """Check what needs neither the host family nor the routing scheme (run as a config is made); each error names
+    the offending field. The family's and the scheme's own checks: `validate_resolved`."""
     llm, mod = cfg.llm, cfg.mod
     if llm.hidden_size % llm.num_heads:
         raise ConfigError(f"llm.hidden_size ({llm.hidden_size}) must be divisible by llm.num_heads ({llm.num_heads})")
     if llm.num_heads % llm.num_kv_heads:
         raise ConfigError(f"llm.num_heads ({llm.num_heads}) must be divisible by llm.num_kv_heads ({llm.num_kv_heads})")
-    if mod.scheme not in SCHEMES:
-        raise ConfigError(f"mod.scheme must be one of {SCHEMES}, got {mod.scheme!r}")
+    schemes = scheme_names()
+    if mod.scheme not in schemes:
+        raise ConfigError(f"mod.scheme must be one of {schemes}, got {mod.scheme!r}")
     if cfg.attn_implementation not in ATTN_IMPLEMENTATIONS:
         raise ConfigError(
             f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {cfg.attn_implementation!r}"
@@ -217,53 +235,26 @@ def validate(cfg: ModelConfig) -> None:
             raise ConfigError(f"mod.layers[{i}] = {layer} is out of range [0, {llm.num_layers})")
     if len(set(mod.layers)) != len(mod.layers):
         raise ConfigError(f"mod.layers has duplicates: {mod.layers}")
-    if mod.scheme == "dense" and mod.layers:
-        raise ConfigError("mod.layers must be empty when mod.scheme is 'dense'")
     for i, ratio in enumerate(mod.ratios):
         if not 0.0 < ratio <= 1.0 or math.isnan(ratio):
             raise ConfigError(f"mod.ratios[{i}] = {ratio} is outside (0, 1]")
-    if mod.scheme == "pmod" and mod.ratios and len(mod.ratios) != len(mod.layers):
-        raise ConfigError(f"mod.ratios has {len(mod.ratios)} entries but mod.layers has {len(mod.layers)}")
-    if mod.masked_tokens not in MASKED_TOKENS:
-        raise ConfigError(f"mod.masked_tokens must be one of {MASKED_TOKENS}, got {mod.masked_tokens!r}")
-    if mod.fixed_skip is not None and not 0.0 <= mod.fixed_skip < 1.0:
-        raise ConfigError(f"mod.fixed_skip = {mod.fixed_skip} is outside [0, 1)")
-    if mod.fixed_skip is not None and mod.scheme != "gamma":  # only γ-MoD's routing reads it
-        raise ConfigError(f"mod.fixed_skip applies to γ-MoD models (scheme 'gamma'), not {mod.scheme!r}")
-    for name in ("train_skip_fraction", "prefill_threshold", "decode_threshold"):
-        value = getattr(mod, name)
-        if not 0.0 <= value < 1.0:
-            raise ConfigError(f"mod.{name} = {value} is outside [0, 1)")
-    if not 0.0 < mod.prd_min_ratio <= mod.prd_max_ratio <= 1.0:
-        raise ConfigError("mod.prd_min_ratio / mod.prd_max_ratio must satisfy 0 < min <= max <= 1")
-    _validate_pmod(mod)
     vision = cfg.vision
     if vision is not None and vision.image_size % vision.patch_size:
         raise ConfigError("vision.image_size must be a multiple of vision.patch_size")
-    # The family's own checks (the fields its front-end reads) come with its module, which imports torch: they run
-    # where a config is resolved or built (models.hosts.validate_for_family), not here, so that the variant
-    # registry and what reads it (`modbench table`) stay light.
+    # The family's checks (the fields its front-end reads) and the scheme's (the ModSpec fields its routing reads)
+    # come with their modules, which import torch: they run where a config is resolved or built
+    # (`validate_resolved`), not here, so that the variant registry and what reads it (`modbench table`) stay light.
 
 
-def _validate_pmod(mod: ModSpec) -> None:
-    for name, allowed in (("pmod_pattern", PMOD_PATTERNS), ("pmod_weight_norm", PMOD_WEIGHT_NORMS),
-                          ("pmod_target_tokens", PMOD_TARGET_TOKENS), ("pmod_ranking", PMOD_RANKINGS)):
-        if getattr(mod, name) not in allowed:
-            raise ConfigError(f"mod.{name} must be one of {allowed}, got {getattr(mod, name)!r}")
-    if mod.pmod_decay_divisor is not None and (isinstance(mod.pmod_decay_divisor, bool)
-                                               or not isinstance(mod.pmod_decay_divisor, int)
-                                               or mod.pmod_decay_divisor < 1):
-        raise ConfigError(f"mod.pmod_decay_divisor must be None or an integer >= 1, got {mod.pmod_decay_divisor!r}")
-    if not 0.0 < mod.pmod_router_factor <= 1.0:
-        raise ConfigError(f"mod.pmod_router_factor = {mod.pmod_router_factor} is outside (0, 1]")
-    # scale 0 would make every weight equal (and "none" of a masked -inf undefined): refused
-    if not 0.0 < mod.pmod_norm_scale < math.inf:
-        raise ConfigError(f"mod.pmod_norm_scale = {mod.pmod_norm_scale} must be positive and finite")
-    if not math.isfinite(mod.pmod_norm_bias):
-        raise ConfigError(f"mod.pmod_norm_bias = {mod.pmod_norm_bias} must be finite")
-    for name in ("pmod_router_bias", "pmod_router_zero_init"):
-        if not isinstance(getattr(mod, name), bool):
-            raise ConfigError(f"mod.{name} must be true or false, got {getattr(mod, name)!r}")
+def validate_resolved(cfg: ModelConfig) -> ModelConfig:
+    """`cfg` checked against its host family and its routing scheme: the fields each reads, and their own checks
+    (models.hosts.validate_for_family, models.routing.validate_for_scheme). Their modules import torch, so this
+    runs wherever a config is resolved or built (models.resolver.resolve, ModVlm, convert_to_mod) and before a
+    family's geometry is read (ModelConfig.num_image_tokens), not as a config is made (`validate`)."""
+    from .hosts import validate_for_family  # here: the host and scheme modules import this one
+    from .routing import validate_for_scheme
+
+    return validate_for_scheme(validate_for_family(cfg))
 
 
 def _resolve_type(tp):

@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from .config import GAMMA_PATTERNS, ConfigError, ModSpec, validate
+from .config import GAMMA_PATTERNS, ConfigError, ModSpec, validate_resolved
 from .routing import build_routing
 
 
@@ -52,7 +52,7 @@ def convert_to_mod(model, mod: ModSpec, seed: int = 0, name: str | None = None):
     if model.cfg.mod.scheme != "dense":
         raise ConfigError(f"convert_to_mod: the source model must be dense, not {model.cfg.mod.scheme!r}")
     cfg = dataclasses.replace(copy.deepcopy(model.cfg), mod=copy.deepcopy(mod), name=name or model.cfg.name)
-    validate(cfg)
+    validate_resolved(cfg)  # the scheme's checks of `mod`, before anything is built
     with init_empty_weights(include_buffers=False):
         converted = ModVlm(cfg, model.tokenizer)
     state = {key: value.detach().clone() for key, value in model.state_dict().items()}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, ModelConfig, ModSpec
+from .config import MASKED_TOKENS, ConfigError, ModelConfig, ModSpec
 from .hosts import CheckpointError
 from .routing import (
     IMAGE,
@@ -69,6 +69,22 @@ class GammaModRouting(RoutingScheme):
                 "when generating with a KV cache"
             )
 
+    # --- the configuration it reads (config.SCHEME_FIELDS; checked by routing.validate_for_scheme) -------------
+    title = "γ-MoD"
+    spec_fields = frozenset({"layers", "train_skip_fraction", "prefill_threshold", "decode_threshold",
+                             "router_loss_coef", "shared_router", "masked_tokens", "fixed_skip"})
+
+    @staticmethod
+    def check_spec(mod: ModSpec, num_layers: int) -> None:
+        if mod.masked_tokens not in MASKED_TOKENS:
+            raise ConfigError(f"mod.masked_tokens must be one of {MASKED_TOKENS}, got {mod.masked_tokens!r}")
+        if mod.fixed_skip is not None and not 0.0 <= mod.fixed_skip < 1.0:
+            raise ConfigError(f"mod.fixed_skip = {mod.fixed_skip} is outside [0, 1)")
+        for name in ("train_skip_fraction", "prefill_threshold", "decode_threshold"):
+            value = getattr(mod, name)
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(f"mod.{name} = {value} is outside [0, 1)")
+
     # --- configuration-level questions (no module built) -----------------------------------------------------
     routes_decode_tokens = True  # every decode token asks the router (FLOPs count it)
 
@@ -96,13 +112,18 @@ class GammaModRouting(RoutingScheme):
         # prefill / decode thresholds: not in the released configs (their code hard-codes 0.005 / 0.5); our
         # writer adds them so that checkpoints of other settings (the tiny twins) round-trip.
         # shared_router / masked_tokens: likewise ours (the released models share one router, mask Q + A).
-        return ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
-                       train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
-                       router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)),
-                       prefill_threshold=float(spec.get("prefill_threshold", 0.005)),
-                       decode_threshold=float(spec.get("decode_threshold", 0.5)),
-                       shared_router=bool(spec.get("shared_router", True)),
-                       masked_tokens=str(spec.get("masked_tokens", "qa")))
+        mod = ModSpec(scheme="gamma", layers=sorted(spec["mod_layers_idx"]),
+                      train_skip_fraction=float(spec.get("capacity_factor", 0.5)),
+                      router_loss_coef=float(spec.get("router_aux_loss_coef", 0.01)),
+                      prefill_threshold=float(spec.get("prefill_threshold", 0.005)),
+                      decode_threshold=float(spec.get("decode_threshold", 0.5)),
+                      shared_router=bool(spec.get("shared_router", True)),
+                      masked_tokens=str(spec.get("masked_tokens", "qa")))
+        try:  # here, so that the error names the file
+            GammaModRouting.check_spec(mod, num_layers)
+        except ConfigError as exc:
+            raise CheckpointError(f"{where}: {exc}") from None
+        return mod
 
     @staticmethod
     def config_json_fields(cfg: ModelConfig) -> dict:

@@ -4,8 +4,9 @@ A host family is one module (models/llava.py, llava_next.py, llava_hr.py, mgm_hd
 its vision front-end and that front-end's geometry, the authors' key layout, the config.json `model_type` each
 routing scheme is released under on it, and its config.json vision fields both ways. `ModelConfig.family` is the
 one field that names it. models/vlm.py (building), models/checkpoints.py (reading and writing) and the checks of a
-config against its family (`validate_for_family`, run where a config is resolved or built and by
-`ModelConfig.num_image_tokens`) look families up here and name none of them.
+config against its family (`validate_for_family`, run with its routing scheme's checks by config.validate_resolved
+where a config is resolved or built and by `ModelConfig.num_image_tokens`) look families up here and name none of
+them.
 
 Adding a host family: a new module with a `HOST_FAMILY`, listed in BUILTIN_MODULES, or registered from
 elsewhere with `register_host_family` (as tests/test_host_families.py does). Importing a front-end module
@@ -134,8 +135,9 @@ def host_family(name: str) -> HostFamily:
 def validate_for_family(cfg: ModelConfig) -> ModelConfig:
     """`cfg` checked against its family's front-end: the family exists, the config sets only the vision fields it
     reads (config.FRONT_END_FIELDS; moving a config to another family must not silently drop the first family's),
-    and its own checks (HostFamily.check_vision). Run wherever a config is resolved or built; `ModelConfig`
-    itself checks what needs no family (config.validate)."""
+    and its own checks (HostFamily.check_vision). Run, with the routing scheme's checks, wherever a config is
+    resolved or built (config.validate_resolved); `ModelConfig` itself checks what needs no family
+    (config.validate)."""
     family = host_family(cfg.family)
     vision = cfg.vision
     if vision is not None:

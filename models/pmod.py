@@ -32,13 +32,15 @@ from torch import nn
 from .config import (
     PMOD_DECAYS,
     PMOD_PATTERNS,
+    PMOD_RANKINGS,
     PMOD_TARGET_TOKENS,
     PMOD_WEIGHT_NORMS,
     ConfigError,
     ModelConfig,
     ModSpec,
+    validate_resolved,
 )
-from .hosts import CheckpointError, host_family, validate_for_family
+from .hosts import CheckpointError, host_family
 from .routing import (
     IMAGE,
     Route,
@@ -114,6 +116,40 @@ def kept_count(n: torch.Tensor | int, ratio: float) -> torch.Tensor | int:
         product = n.to(torch.float32) * torch.tensor(ratio, dtype=torch.float32, device=n.device)
         return torch.trunc(product).long()
     return int(np.trunc(np.float32(n) * np.float32(ratio)))
+
+
+# --- the spec's checks (RoutingScheme.check_spec: run where a config is resolved or built) -------------------
+# The ModSpec fields p-MoD's routing reads (config.SCHEME_FIELDS; another scheme's are refused on a p-MoD spec).
+PMOD_SPEC_FIELDS = frozenset({"layers", "ratios", "pmod_pattern", "pmod_decay_divisor", "prd_max_ratio",
+                              "prd_min_ratio", "pmod_router_factor", "pmod_weight_norm", "pmod_norm_scale",
+                              "pmod_norm_bias", "pmod_target_tokens", "pmod_router_bias", "pmod_router_zero_init",
+                              "pmod_ranking"})
+
+
+def check_spec(mod: ModSpec, num_layers: int) -> None:
+    """A p-MoD spec's own checks; each error names the field."""
+    if mod.ratios and len(mod.ratios) != len(mod.layers):
+        raise ConfigError(f"mod.ratios has {len(mod.ratios)} entries but mod.layers has {len(mod.layers)}")
+    if not 0.0 < mod.prd_min_ratio <= mod.prd_max_ratio <= 1.0:
+        raise ConfigError("mod.prd_min_ratio / mod.prd_max_ratio must satisfy 0 < min <= max <= 1")
+    for name, allowed in (("pmod_pattern", PMOD_PATTERNS), ("pmod_weight_norm", PMOD_WEIGHT_NORMS),
+                          ("pmod_target_tokens", PMOD_TARGET_TOKENS), ("pmod_ranking", PMOD_RANKINGS)):
+        if getattr(mod, name) not in allowed:
+            raise ConfigError(f"mod.{name} must be one of {allowed}, got {getattr(mod, name)!r}")
+    if mod.pmod_decay_divisor is not None and (isinstance(mod.pmod_decay_divisor, bool)
+                                               or not isinstance(mod.pmod_decay_divisor, int)
+                                               or mod.pmod_decay_divisor < 1):
+        raise ConfigError(f"mod.pmod_decay_divisor must be None or an integer >= 1, got {mod.pmod_decay_divisor!r}")
+    if not 0.0 < mod.pmod_router_factor <= 1.0:
+        raise ConfigError(f"mod.pmod_router_factor = {mod.pmod_router_factor} is outside (0, 1]")
+    # scale 0 would make every weight equal (and "none" of a masked -inf undefined): refused
+    if not 0.0 < mod.pmod_norm_scale < math.inf:
+        raise ConfigError(f"mod.pmod_norm_scale = {mod.pmod_norm_scale} must be positive and finite")
+    if not math.isfinite(mod.pmod_norm_bias):
+        raise ConfigError(f"mod.pmod_norm_bias = {mod.pmod_norm_bias} must be finite")
+    for name in ("pmod_router_bias", "pmod_router_zero_init"):
+        if not isinstance(getattr(mod, name), bool):
+            raise ConfigError(f"mod.{name} must be true or false, got {getattr(mod, name)!r}")
 
 
 # --- config.json fields (the release's strings) <-> the typed spec -----------------------------------------
@@ -222,6 +258,10 @@ def spec_from_config_json(conf: dict, num_layers: int, where: Path) -> ModSpec:
                                   f"mod_target_layers {conf['mod_target_layers']!r} gives at {num_layers} layers "
                                   f"({layers})")
     spec.layers, spec.ratios = list(layers), ratios
+    try:  # here, so that the error names the file
+        check_spec(spec, num_layers)
+    except ConfigError as exc:
+        raise CheckpointError(f"{where}: {exc}") from None
     return spec
 
 
@@ -258,7 +298,7 @@ def unrouted_base_view(cfg: ModelConfig) -> int:
     LLaVA-NeXT has one), which run every layer; else none."""
     if cfg.mod.pmod_target_tokens != "vision_hr" or cfg.vision is None:
         return 0
-    validate_for_family(cfg)
+    validate_resolved(cfg)
     return host_family(cfg.family).base_view_tokens(cfg.vision)
 
 
@@ -293,6 +333,11 @@ class PmodRouting(RoutingScheme):
 
     def router_for(self, layer_idx: int) -> PmodRouter:
         return self.routers[str(layer_idx)]
+
+    # --- the configuration it reads (config.SCHEME_FIELDS; checked by routing.validate_for_scheme) -------------
+    title = "p-MoD"
+    spec_fields = PMOD_SPEC_FIELDS
+    check_spec = staticmethod(check_spec)
 
     # --- configuration-level questions (no module built) -----------------------------------------------------
     @staticmethod

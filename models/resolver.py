@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import ConfigError, ModelConfig
+from .config import ConfigError, ModelConfig, validate_resolved
 from .variants import get_variant, variant_entry, variant_names
 
 VARIANT, CHECKPOINT = "variant", "checkpoint"
@@ -73,7 +73,7 @@ def with_overrides(cfg: ModelConfig, overrides: dict) -> ModelConfig:
                 node[part] = value
             else:
                 node = node[part]
-    return ModelConfig.from_dict(data)  # validated as it is built (its family's checks: `resolve`)
+    return ModelConfig.from_dict(data)  # validated as it is built (its family's and scheme's checks: `resolve`)
 
 
 def resolve(name_or_path: str, overrides: dict | None = None, random_init: bool = False) -> ResolvedModel:
@@ -93,9 +93,7 @@ def resolve(name_or_path: str, overrides: dict | None = None, random_init: bool 
     else:
         cfg, layout = checkpoints.config_from_checkpoint(path)
         source, directory = CHECKPOINT, str(path)
-    from .hosts import validate_for_family
-
-    cfg = validate_for_family(with_overrides(cfg, given))
+    cfg = validate_resolved(with_overrides(cfg, given))  # its host family's and routing scheme's checks
     return ResolvedModel(name_or_path, source, directory, layout, _as_json(cfg))
 
 

@@ -3,19 +3,27 @@
 A scheme (dense, gamma, pmod) is an nn.Module holding its router parameters; `route()` returns None for a
 layer where every real token runs (a dense layer) or a `Route` naming the tokens that run. Its static methods
 answer what the rest of the code asks about a scheme without building it: its MoD layers and per-layer token
-counts (models/flops.py, suite/routing_stats.py) and how the authors' checkpoints hold it (models/checkpoints.py).
+counts (models/flops.py, suite/routing_stats.py), how the authors' checkpoints hold it (models/checkpoints.py), and
+which ModSpec fields it reads and their checks (`spec_fields`, `check_spec`; `validate_for_scheme`, run with the
+host family's checks wherever a config is resolved or built: config.validate_resolved).
+
+Adding a scheme: a RoutingScheme subclass registered with `register_scheme(name)`, in a module `scheme_class`
+imports (the built-in ones, config.SCHEMES), or from elsewhere (`registered_scheme`, as
+tests/test_scheme_checks.py does for a toy scheme): a config may then name it.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Iterator
 
 import torch
 from torch import nn
 
-from .config import ModelConfig, ModSpec
+from . import config
+from .config import SCHEME_FIELDS, SCHEMES, ConfigError, ModelConfig, ModSpec
 
 # Token types, one per position; the host model assigns them when it builds the prompt.
 PAD, SYSTEM, IMAGE, QUESTION, RESPONSE = 0, 1, 2, 3, 4
@@ -63,6 +71,19 @@ class RoutingScheme(nn.Module):
     def check_generation(self, num_layers: int) -> None:
         """Raise if this scheme cannot generate with a KV cache in this configuration."""
 
+    # --- the configuration it reads, checked where a config is resolved or built (validate_for_scheme) ---------
+    title = "dense"  # how messages name its models
+    # the ModSpec fields (of config.SCHEME_FIELDS) its routing reads: a spec setting another is refused
+    spec_fields: frozenset[str] = frozenset()
+
+    @staticmethod
+    def check_spec(mod: ModSpec, num_layers: int) -> None:
+        """Raise a ConfigError naming the field when `mod` (of a model of `num_layers` layers) is not a spec this
+        scheme can run: the ranges and relations of the fields it reads. What needs no scheme (layer indices in
+        range, kept ratios in (0, 1]) config.validate has checked. A dense model has no MoD layer."""
+        if mod.layers:
+            raise ConfigError(f"mod.layers must be empty when mod.scheme is {mod.scheme!r}")
+
     # --- configuration-level questions (no module built); a scheme overrides those it differs in ------------
     routes_decode_tokens = False  # whether a decode step asks the routers (FLOPs count it)
 
@@ -84,8 +105,6 @@ class RoutingScheme(nn.Module):
     def training_spec(layers: list[int], skip_fraction: float, shared_router: bool, masked: str,
                       ratios: list[float]) -> ModSpec:
         """The ModSpec a dense model is converted to, from the training options this scheme reads."""
-        from .config import ConfigError
-
         raise ConfigError("a model is not converted to dense: train the dense model itself")
 
     # --- the authors' checkpoint layout ---------------------------------------------------------------------
@@ -112,25 +131,78 @@ class RoutingScheme(nn.Module):
         """Add the routers to `theirs` (the authors' names), renaming the MoD layers' keys where they differ."""
 
 
-_SCHEMES: dict[str, Callable[[ModelConfig], RoutingScheme]] = {}
+_SCHEMES: dict[str, type[RoutingScheme]] = {}
 
 
 def register_scheme(name: str):
+    """Class decorator: the routing scheme a config names `name`. The built-in ones (config.SCHEMES) register as
+    their modules are imported; another name (a scheme defined elsewhere) becomes one a config may name, until
+    `unregister_scheme`."""
     def wrap(cls):
+        if name not in SCHEMES:
+            if name in scheme_classes():
+                raise ValueError(f"routing scheme {name!r} is already registered")
+            config._ADDED_SCHEMES.append(name)
         _SCHEMES[name] = cls
         return cls
 
     return wrap
 
 
+def unregister_scheme(name: str) -> None:
+    if name in SCHEMES:
+        raise ValueError(f"routing scheme {name!r} is built in")
+    del _SCHEMES[name]
+    config._ADDED_SCHEMES.remove(name)
+
+
+@contextmanager
+def registered_scheme(name: str, cls: type[RoutingScheme]) -> Iterator[type[RoutingScheme]]:
+    """`cls` registered as `name` for the duration of a `with` block (tests: nothing outlives them)."""
+    register_scheme(name)(cls)
+    try:
+        yield cls
+    finally:
+        unregister_scheme(name)
+
+
 register_scheme("dense")(RoutingScheme)
 
 
-def scheme_class(name: str) -> type[RoutingScheme]:
+def scheme_classes() -> dict[str, type[RoutingScheme]]:
+    """Every scheme: the built-in ones (their modules imported on first use) and the registered ones."""
     # Import the scheme modules here so that they register themselves (one mechanism, no hand-kept map).
     from . import gamma_mod, pmod  # noqa: F401
 
-    return _SCHEMES[name]
+    return dict(_SCHEMES)
+
+
+def scheme_class(name: str) -> type[RoutingScheme]:
+    schemes = scheme_classes()
+    if name not in schemes:
+        raise ConfigError(f"mod.scheme: unknown routing scheme {name!r}; known: {sorted(schemes)}")
+    return schemes[name]
+
+
+def validate_for_scheme(cfg: ModelConfig) -> ModelConfig:
+    """`cfg.mod` checked against its routing scheme: the scheme's own checks (RoutingScheme.check_spec), and the spec
+    sets only the fields the scheme reads (config.SCHEME_FIELDS; moving a spec to another scheme must not silently
+    drop the first scheme's settings). Run, with the host family's checks, wherever a config is resolved or built
+    (config.validate_resolved); `ModelConfig` itself checks what needs no scheme (config.validate)."""
+    mod = cfg.mod
+    scheme = scheme_class(mod.scheme)
+    scheme.check_spec(mod, cfg.llm.num_layers)
+    default = ModSpec()
+    for name in SCHEME_FIELDS:
+        if name not in scheme.spec_fields and getattr(mod, name) != getattr(default, name):
+            readers = {key: cls for key, cls in scheme_classes().items() if name in cls.spec_fields}
+            if not readers:
+                raise ConfigError(f"mod.{name} is set, but no routing scheme reads it")
+            titles = " and ".join(dict.fromkeys(cls.title for cls in readers.values()))
+            names = ", ".join(repr(key) for key in readers)
+            raise ConfigError(f"mod.{name} applies to {titles} models (scheme{'s' if len(readers) > 1 else ''} "
+                              f"{names}), not {mod.scheme!r}, whose routing does not read it")
+    return cfg
 
 
 def build_routing(cfg: ModelConfig) -> RoutingScheme:

@@ -45,8 +45,8 @@ _VARIANTS: dict[str, VariantEntry] = {}
 
 
 def register_variant(cfg: ModelConfig, paper: tuple[PaperRow, ...] = (), twin: str = "") -> ModelConfig:
-    """Register `cfg` under its name (its family's checks run where it is resolved or built:
-    `models.hosts.validate_for_family`); `paper`: the papers' rows it is the model of; `twin`: its tiny twin."""
+    """Register `cfg` under its name (its family's and its routing scheme's checks run where it is resolved or
+    built: `models.config.validate_resolved`); `paper`: the papers' rows it is the model of; `twin`: its tiny twin."""
     if cfg.name in _VARIANTS:
         raise ConfigError(f"variant {cfg.name!r} is registered twice")
     _VARIANTS[cfg.name] = VariantEntry(cfg, tuple(paper), twin)

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .config import ModelConfig
+from .config import ModelConfig, validate_resolved
 from .core import ModForCausalLM, ModOutput, greedy_generate
 from .prompt import IMAGE_PLACEHOLDER, TokenizedSample, tokenize_prompt
 from .routing import IMAGE, PAD, RESPONSE
@@ -48,10 +48,9 @@ class ModVlm(nn.Module):
     """Host model. State-dict keys: language_model.* (LlamaForCausalLM names), vision.* (the front-end)."""
 
     def __init__(self, cfg: ModelConfig, tokenizer) -> None:
-        from .hosts import validate_for_family
-
         super().__init__()
-        self.cfg = validate_for_family(cfg)  # every model is built here, however its config was made
+        # every model is built here, however its config was made: its family's and its scheme's checks
+        self.cfg = validate_resolved(cfg)
         self.tokenizer = tokenizer
         self.language_model = ModForCausalLM(cfg)
         self.vision = build_frontend(cfg)

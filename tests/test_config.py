@@ -94,6 +94,6 @@ def test_fixed_skip_is_gamma_mods_only():
 
     assert tiny(scheme="gamma", layers=[1, 2], fixed_skip=0.5).mod.fixed_skip == 0.5
     with pytest.raises(ConfigError, match="mod.fixed_skip applies to γ-MoD models .*not 'pmod'"):
-        tiny(scheme="pmod", fixed_skip=0.5)
+        models.build_model(tiny(scheme="pmod", fixed_skip=0.5))  # refused where a config is built or resolved
     with pytest.raises(ConfigError, match="mod.fixed_skip applies to γ-MoD models .*not 'dense'"):
         resolve("tiny-llava", {"mod.fixed_skip": 0.3})

@@ -186,8 +186,9 @@ def test_a_second_fallback_for_a_model_type_is_refused_and_an_unclaimed_config_i
 
 
 def test_the_generic_code_branches_on_no_family_and_no_scheme():
-    """checkpoints.py, flops.py and routing_stats.py ask the registries; none compares a family, scheme or
-    model_type name (the branches issue 16 moved into the front-end and scheme modules)."""
+    """checkpoints.py, flops.py, routing_stats.py and config.py (its checks of a config) ask the registries; none
+    compares a family, scheme or model_type name (the branches issue 16 moved into the front-end and scheme
+    modules)."""
     import ast
     from pathlib import Path
 
@@ -195,7 +196,7 @@ def test_the_generic_code_branches_on_no_family_and_no_scheme():
     families = host_families().values()
     names = ({f.name for f in families} | {"dense", "gamma", "pmod"}
              | {r.model_type for f in families for r in f.releases.values()})
-    for path in ("models/checkpoints.py", "models/flops.py", "suite/routing_stats.py"):
+    for path in ("models/checkpoints.py", "models/flops.py", "suite/routing_stats.py", "models/config.py"):
         for node in ast.walk(ast.parse((root / path).read_text())):
             if isinstance(node, ast.Compare):
                 for operand in [node.left, *node.comparators]:

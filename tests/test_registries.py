@@ -49,12 +49,14 @@ def test_cli_choices_are_the_registries_lists():
 
 
 def test_the_scheme_list_is_the_routing_registry():
-    """config.SCHEMES (what a config may name, importable without torch) is exactly the schemes registered."""
+    """config.SCHEMES (what a config may name, importable without torch) is exactly the schemes registered; one
+    registered from elsewhere is added to config.scheme_names() only while it is (tests/test_scheme_checks.py)."""
     from modbench.models import routing
-    from modbench.models.config import SCHEMES
+    from modbench.models.config import SCHEMES, scheme_names
 
     routing.scheme_class("dense")  # imports the scheme modules, which register themselves
-    assert set(routing._SCHEMES) == set(SCHEMES)
+    assert set(routing._SCHEMES) == set(routing.scheme_classes()) == set(SCHEMES)
+    assert scheme_names() == SCHEMES
 
 
 def test_every_local_task_reads_a_registered_benchmark_and_every_benchmark_is_read():
@@ -169,15 +171,18 @@ def test_prepare_names_no_benchmark_and_refuses_images_it_cannot_join(tmp_path):
 
 
 def test_the_tables_and_the_reproduction_read_local_tasks():
-    """The paper-column maps of tables.py and reproduce.py name tasks the registry has (a renamed task fails here,
-    not as a column reading "not run")."""
+    """The paper-column maps of tables.py and reproduce.py are read off the benchmark registrations, whose metrics
+    name tasks the registry has (a renamed task fails here, not as a column reading "not run")."""
     from modbench.suite import reproduce, tables
+    from modbench.tasks.benchmarks import list_benchmarks
     from modbench.tasks.registry import local_tasks
 
-    known = set(local_tasks())
-    named = ({task for task, _, _ in tables.BENCHMARKS.values()} | set(tables.SKIPS.values())
-             | set(reproduce.TASKS) | {task for task, _, _ in reproduce.BENCHMARKS.values()})
-    assert named <= known, sorted(named - known)
+    registered = {(m.task, m.name) for b in list_benchmarks() for m in b.metrics.values()}
+    assert {task for task, _ in registered} <= set(local_tasks()), sorted(registered)
+    named = {(task, name) for task, name, _ in [*tables.BENCHMARKS.values(), *reproduce.BENCHMARKS.values()]}
+    assert named <= registered, sorted(named - registered)
+    assert set(tables.SKIPS.values()) <= {task for task, _ in registered}
+    assert set(reproduce.TASKS) == {task for task, _, _ in reproduce.BENCHMARKS.values()}
 
 
 def test_a_samples_score_comes_from_its_benchmarks_registration():
