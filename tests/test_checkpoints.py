@@ -45,20 +45,26 @@ def test_directory_name_does_not_decide_the_family(tmp_path, prompts, images):
     assert models.load(str(tmp_path / "llava-v1.5-7b-dense")).cfg.mod.scheme == "gamma"
 
 
-def test_hf_llava_layout(tmp_path, prompts, images):
+def save_tiny_llava_hf(folder):
+    """tiny-llava saved by transformers' LlavaForConditionalGeneration (the llava-hf layout) into `folder`."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from modbench.models.checkpoints import to_hf_state_dict
+    from modbench.models.clip import clip_vision_config
     from modbench.models.core import llama_config
-    from modbench.models.llava import clip_vision_config
 
     model = models.build_model("tiny-llava")
     hf = LlavaForConditionalGeneration(LlavaConfig(
         text_config=llama_config(model.cfg).to_dict(), vision_config=clip_vision_config(model.cfg.vision).to_dict(),
         image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu"))
     hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family))
-    hf.save_pretrained(tmp_path / "hf")
-    model.tokenizer.save_pretrained(tmp_path / "hf")
+    hf.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return model
+
+
+def test_hf_llava_layout(tmp_path, prompts, images):
+    model = save_tiny_llava_hf(tmp_path / "hf")
     loaded = models.load(str(tmp_path / "hf"))
     torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
 
@@ -256,19 +262,8 @@ def test_a_llava_hf_checkpoint_of_transformers_4_loads(tower, tmp_path, prompts,
     """transformers 4's CLIPVisionModel nested the tower under `vision_model.` (5 flattened it): the llava-hf
     layout's legacy names (models/llava.py HF_LLAVA_LEGACY) read it under the hub's old and new tower names."""
     from safetensors.torch import load_file, save_file
-    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
-    from modbench.models.checkpoints import to_hf_state_dict
-    from modbench.models.clip import clip_vision_config
-    from modbench.models.core import llama_config
-
-    model = models.build_model("tiny-llava")
-    hf = LlavaForConditionalGeneration(LlavaConfig(
-        text_config=llama_config(model.cfg).to_dict(), vision_config=clip_vision_config(model.cfg.vision).to_dict(),
-        image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu"))
-    hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family))
-    hf.save_pretrained(tmp_path / "hf")
-    model.tokenizer.save_pretrained(tmp_path / "hf")
+    model = save_tiny_llava_hf(tmp_path / "hf")
     path = tmp_path / "hf" / "model.safetensors"
     state = load_file(str(path))
     nested = {}
