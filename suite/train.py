@@ -69,6 +69,9 @@ class TrainConfig:
     train_vision: bool = False
     seed: int = 0
     num_workers: int = 0
+    # LLaVA's and γ-MoD's fine-tuning recipe (`--group_by_modality_length True`): every batch holds image samples
+    # only or text-only samples only (suite.train_data.modality_grouped_order); off: a plain seeded permutation
+    group_by_modality_length: bool = False
     save_every: int = 0  # steps between resumable checkpoints (0: only at the end)
     keep_checkpoints: int = 1
     log_every: int = 10
@@ -377,7 +380,13 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     from modbench.models.checkpoints import save_authors_checkpoint
     from modbench.suite.results import results_record, write_json_atomic
-    from modbench.suite.train_data import Collate, EpochBatches, InstructionDataset, TowerFeatures
+    from modbench.suite.train_data import (
+        Collate,
+        EpochBatches,
+        InstructionDataset,
+        TowerFeatures,
+        modality_lengths,
+    )
 
     cfg.validate()
     output = Path(cfg.output)
@@ -428,6 +437,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
 
     world = accelerator.num_processes
     global_batch = cfg.batch_size * world
+    lengths = modality_lengths(dataset.records) if cfg.group_by_modality_length else None
     batches_per_epoch = len(dataset) // global_batch
     if batches_per_epoch == 0:
         raise ValueError(f"{cfg.data}: {len(dataset)} samples make no global batch of {global_batch}")
@@ -459,7 +469,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     step_start = time.perf_counter()
     while state["step"] < total_steps:
         sampler = EpochBatches(len(dataset), global_batch, cfg.seed, state["epoch"], state["batch_in_epoch"],
-                               rank=accelerator.process_index, world=world)
+                               rank=accelerator.process_index, world=world, lengths=lengths)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate,
                                              num_workers=cfg.num_workers)
         for batch in loader:
@@ -554,6 +564,8 @@ def _comparable(cfg: TrainConfig) -> dict:
     data = asdict(cfg)
     for key in ("resume", "progress", "num_workers", "save_every", "keep_checkpoints", "log_every", "device"):
         data.pop(key)
+    if not data["group_by_modality_length"]:  # added later: at its default it stays out, so older runs resume
+        del data["group_by_modality_length"]
     return data
 
 

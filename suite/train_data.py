@@ -208,18 +208,58 @@ class Collate:
         return TrainBatch(ids, samples, pixels, bad)
 
 
+def modality_lengths(records: list) -> list[int]:
+    """Per sample, what LLaVA's `--group_by_modality_length` groups by: the conversation's word count, positive
+    for a sample with an image and negative for a text-only one (a malformed record counts as text-only with
+    length -1: it is reported as a bad sample when loaded, not here)."""
+    out = []
+    for record in records:
+        turns = record.get("conversations") if isinstance(record, dict) else None
+        words = sum(len(t["value"].split()) for t in turns or ()
+                    if isinstance(t, dict) and isinstance(t.get("value"), str))
+        has_image = isinstance(record, dict) and bool(record.get("image"))
+        out.append(max(words, 1) * (1 if has_image else -1))
+    return out
+
+
+def modality_grouped_order(lengths: list[int], global_batch: int, generator: torch.Generator) -> list[int]:
+    """An epoch's sample order in which every global batch holds one modality, as LLaVA's and γ-MoD's
+    fine-tuning (`--group_by_modality_length True`) draws it: the image samples and the text-only ones are each
+    shuffled and cut into global batches, each sorted longest first (so data-parallel ranks, which take every
+    world-th sample of it, get similar lengths); those batches are shuffled together, and the two groups'
+    remainders follow as one mixed batch at the end. Unlike LLaVA's sampler, whose inner shuffles draw from the
+    global RNG, every draw here comes from `generator`, so the order is a function of (seed, epoch) and a
+    resumed run sees the same batches."""
+    groups = [[i for i, n in enumerate(lengths) if n > 0], [i for i, n in enumerate(lengths) if n < 0]]
+    batches, rest = [], []
+    for group in groups:
+        shuffled = [group[j] for j in torch.randperm(len(group), generator=generator).tolist()]
+        full = len(shuffled) - len(shuffled) % global_batch
+        batches += [sorted(shuffled[k:k + global_batch], key=lambda i: -abs(lengths[i]))
+                    for k in range(0, full, global_batch)]
+        rest += shuffled[full:]
+    order = [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+    return order + sorted(rest, key=lambda i: -abs(lengths[i]))
+
+
 class EpochBatches(torch.utils.data.Sampler):
     """Index batches in a seeded order per epoch, starting at batch `start` of epoch `epoch` (resume). The
     order is a function of (seed, epoch) only, so an interrupted run continues with exactly the batches an
-    uninterrupted one would have seen."""
+    uninterrupted one would have seen. With `lengths` (`modality_lengths`), batches are grouped by modality
+    (`modality_grouped_order`); without, the order is a plain permutation."""
 
     def __init__(self, size: int, batch_size: int, seed: int, epoch: int = 0, start: int = 0, rank: int = 0,
-                 world: int = 1) -> None:
+                 world: int = 1, lengths: list[int] | None = None) -> None:
         self.size, self.batch_size, self.seed, self.epoch, self.start = size, batch_size, seed, epoch, start
         self.rank, self.world = rank, world  # data parallel: each process loads its share of a global batch
+        if lengths is not None and len(lengths) != size:
+            raise ValueError(f"{len(lengths)} lengths for {size} samples")
+        self.lengths = lengths
 
     def order(self, epoch: int) -> list[int]:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        if self.lengths is not None:
+            return modality_grouped_order(self.lengths, self.batch_size, generator)
         return torch.randperm(self.size, generator=generator).tolist()
 
     def batches_per_epoch(self) -> int:

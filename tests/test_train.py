@@ -10,7 +10,15 @@ from PIL import Image, ImageDraw
 from modbench import models
 from modbench.models.routing import IMAGE, QUESTION, RESPONSE, SYSTEM, RoutingContext
 from modbench.suite.train import TrainConfig, train
-from modbench.suite.train_data import Collate, InstructionDataset, SampleError
+from modbench.suite.train_data import (
+    Collate,
+    EpochBatches,
+    InstructionDataset,
+    SampleError,
+    modality_grouped_order,
+    modality_lengths,
+    read_records,
+)
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 70, 220), "green": (40, 170, 60)}
 
@@ -417,3 +425,39 @@ def test_every_training_steps_with_torchs_fused_adamw_the_same_update_as_adamw()
         plain.step()
     assert not torch.equal(ours.data, start)
     torch.testing.assert_close(ours.data, reference.data, rtol=0, atol=1e-6)
+
+
+def test_modality_grouped_batches_hold_one_modality_and_follow_the_seed():
+    """--group-by-modality-length (LLaVA's and γ-MoD's recipe): every global batch but the remainders' last one
+    holds image samples only or text-only ones only, longest first; the order is a permutation drawn from
+    (seed, epoch) alone; data-parallel ranks split each global batch between them."""
+    rng = random.Random(0)
+    lengths = [rng.randint(5, 90) * (1 if i % 3 else -1) for i in range(64)]  # 42 image, 22 text-only samples
+    sampler = EpochBatches(len(lengths), 8, seed=3, lengths=lengths)
+    order = sampler.order(0)
+    assert sorted(order) == list(range(64))
+    batches = list(sampler)
+    assert len(batches) == 64 // 8
+    pure = 42 // 8 + 22 // 8  # full batches of each modality; the remainders (2 + 6) come last, mixed
+    for batch in batches[:pure]:
+        assert len({lengths[i] > 0 for i in batch}) == 1
+        assert [abs(lengths[i]) for i in batch] == sorted((abs(lengths[i]) for i in batch), reverse=True)
+    assert {lengths[i] > 0 for i in batches[pure]} == {True, False}
+    assert {lengths[batches[b][0]] > 0 for b in range(pure)} == {True, False}  # both kinds, shuffled together
+    assert order == EpochBatches(64, 8, seed=3, lengths=lengths).order(0) != sampler.order(1)
+    ranks = [list(EpochBatches(64, 8, seed=3, rank=r, world=2, lengths=lengths)) for r in (0, 1)]
+    assert all(sorted(a + b) == sorted(g) for a, b, g in zip(*ranks, batches))
+    one_kind = [abs(n) for n in lengths]  # one modality only: a permutation cut into batches, longest first
+    assert sorted(modality_grouped_order(one_kind, 8, torch.Generator().manual_seed(0))) == list(range(64))
+
+
+def test_training_grouped_by_modality_length(data, tmp_path):
+    """The option reaches the sampler (image-only batches here, the one text-only sample left over) and the
+    run's record; a resumed run must keep it (it decides the weights)."""
+    lengths = modality_lengths(read_records(data))
+    assert sum(n < 0 for n in lengths) == 1 and sum(n > 0 for n in lengths) == 16
+    assert all(lengths[i] > 0 for batch in EpochBatches(17, 4, seed=0, lengths=lengths) for i in batch)
+    record = train(config(data, tmp_path / "g", steps=2, group_by_modality_length=True))
+    assert record["spec"]["group_by_modality_length"] is True
+    with pytest.raises(ValueError, match="group_by_modality_length"):
+        train(config(data, tmp_path / "g", steps=2, resume=True))
