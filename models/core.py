@@ -2,13 +2,15 @@
 
 Each layer asks the routing scheme which tokens run. The kept tokens of each row are packed (order kept) into a
 [B, K] block, run through the layer's attention and MLP, and scattered back; the others pass through (scaled
-by the route's `skip_scale`, if any). Every layer keeps its own K/V entries in one DynamicCache plus a
-validity mask, so per-layer, per-row cache lengths may differ and padded rows stay exact.
+by the route's `skip_scale`, if any). Every layer keeps its own K/V entries in one transformers Cache (appended
+in place: GrowingKVLayer) plus a validity mask, so per-layer, per-row cache lengths may differ and padded rows
+stay exact.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -16,7 +18,8 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
-from transformers import DynamicCache, LlamaConfig
+from transformers import LlamaConfig
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRMSNorm, LlamaRotaryEmbedding
 
 from .config import ModelConfig
@@ -48,15 +51,53 @@ def llama_config(cfg: ModelConfig) -> LlamaConfig:
     return hf
 
 
+class GrowingKVLayer(DynamicLayer):
+    """transformers' DynamicLayer, appending in place: a layer's K/V live in a buffer with room for `reserve`
+    entries beyond what its first update brought (generation reserves its max_new_tokens: a layer gains at most
+    one entry per decode step), so a decode step writes its slot instead of copying the whole cache into a new
+    tensor (DynamicLayer's torch.cat, whose cost grows with the sequence at every step of every layer). `keys` /
+    `values` are views of the filled part, holding what the concatenation would (generation is bitwise the same:
+    a test). Past the reserve, the buffer grows by half."""
+
+    def __init__(self, reserve: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.reserve = reserve
+        self.length = 0
+        self.key_buffer: torch.Tensor | None = None
+        self.value_buffer: torch.Tensor | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if self.key_buffer is None or end > self.key_buffer.shape[-2]:
+            room = self.reserve if self.key_buffer is None else max(end // 2, 1)
+            self.key_buffer = self._grown(self.key_buffer, key_states, end + room)
+            self.value_buffer = self._grown(self.value_buffer, value_states, end + room)
+        self.key_buffer[:, :, self.length:end] = key_states
+        self.value_buffer[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+        return self.keys, self.values
+
+    def _grown(self, old: torch.Tensor | None, states: torch.Tensor, capacity: int) -> torch.Tensor:
+        buffer = states.new_empty((*states.shape[:-2], capacity, states.shape[-1]))
+        if old is not None:
+            buffer[:, :, :self.length] = old[:, :, :self.length]
+        return buffer
+
+
 class ModCache:
-    """K/V per layer (a transformers DynamicCache) plus which entries are real, per row.
+    """K/V per layer (a transformers Cache of GrowingKVLayer) plus which entries are real, per row.
 
     A slot is invalid when it belongs to a pad token, or to a padded slot of a row that kept fewer tokens
     than another row of the batch in that layer. Positions are derived from these masks, not stored.
+    `reserve`: entries each layer will gain after its first update (a generation's new tokens), allocated with it.
     """
 
-    def __init__(self, num_layers: int, batch_size: int, device: torch.device) -> None:
-        self.kv = DynamicCache()
+    def __init__(self, num_layers: int, batch_size: int, device: torch.device, reserve: int = 0) -> None:
+        self.kv = Cache(layer_class_to_replicate=functools.partial(GrowingKVLayer, reserve=reserve))
         self.valid: list[torch.Tensor | None] = [None] * num_layers
         self.seen = torch.zeros(batch_size, dtype=torch.long, device=device)  # real tokens processed per row
 
@@ -117,13 +158,13 @@ class ModDecoder(nn.Module):
         self.routing = build_routing(cfg)
         self.gradient_checkpointing = False  # training: recompute each layer in backward instead of storing it
 
-    def _mask(self, old_valid, valid, dtype) -> torch.Tensor | None:
-        """Additive [B, 1, K, L_old + K] mask: causal over cache slots, invalid slots hidden. A query always
-        sees its own slot, so padded queries stay finite (their outputs are discarded)."""
+    def _mask(self, full, valid, dtype) -> torch.Tensor | None:
+        """Additive [B, 1, K, L_old + K] mask over `full` (the layer's cache validity, `valid` of its K new
+        slots last): causal over cache slots, invalid slots hidden. A query always sees its own slot, so padded
+        queries stay finite (their outputs are discarded)."""
         if valid.is_meta:  # counting FLOPs (models/flops.py): no values to mask, and a mask adds no matmul
             return None
         batch, k = valid.shape
-        full = valid if old_valid is None else torch.cat([old_valid, valid], dim=1)
         old = full.shape[1] - k
         # No mask is needed when causality alone hides every invalid slot from every real query: nothing is
         # invalid and there is no cache (prefill) or one query (a decode step attends to all), or, without a
@@ -147,7 +188,10 @@ class ModDecoder(nn.Module):
         mask.masked_fill_(~allowed, torch.finfo(dtype).min)
         return mask[:, None]
 
-    def _run_layer(self, layer_idx, hidden, normed_all, positions, ctx, cache, route: Route | None, want_attn):
+    def _run_layer(self, layer_idx, hidden, normed_all, positions, ctx, cache, route: Route | None, want_attn,
+                   shared: dict | None = None):
+        """One layer. `shared` (one dict per forward): the layers that run every real token see the same cache
+        validity (one tensor, set below), mask and rotary table, so the first of them builds them for the rest."""
         layer = self.layers[layer_idx]
         real = ctx.real
         if route is None:
@@ -169,10 +213,18 @@ class ModDecoder(nn.Module):
             else:
                 pos = torch.gather(positions, 1, idx)
         old_valid = cache.valid[layer_idx] if cache is not None else None
-        mask = self._mask(old_valid, valid, hidden.dtype)
+        # the cache validity of every such layer is the one tensor the first stored (or None in a prefill)
+        key = id(old_valid) if route is None and shared is not None else None
+        if key is not None and key in shared:
+            full, mask, cos_sin = shared[key]
+        else:
+            full = valid if old_valid is None else torch.cat([old_valid, valid], dim=1)
+            mask = self._mask(full, valid, hidden.dtype)
+            cos_sin = self.rotary_emb(x, pos)
+            if key is not None:
+                shared[key] = full, mask, cos_sin
         if cache is not None:
-            cache.valid[layer_idx] = valid if old_valid is None else torch.cat([old_valid, valid], dim=1)
-        cos_sin = self.rotary_emb(x, pos)
+            cache.valid[layer_idx] = full
         attn_out, attn_weights = layer.self_attn(
             hidden_states=normed,
             position_embeddings=cos_sin,
@@ -203,6 +255,7 @@ class ModDecoder(nn.Module):
         hidden = inputs_embeds
         aux_losses, kept, attentions = [], [], []
         type_onehot = F.one_hot(token_types, NUM_TOKEN_TYPES) if collect_stats else None
+        shared = {}  # what the layers running every real token share (_run_layer)
         for layer_idx in range(len(self.layers)):
             normed = self.layers[layer_idx].input_layernorm(hidden)
             route = self.routing.route(layer_idx, hidden, normed, ctx)
@@ -212,7 +265,7 @@ class ModDecoder(nn.Module):
                     use_reentrant=False)
             else:
                 hidden, attn = self._run_layer(
-                    layer_idx, hidden, normed, positions, ctx, cache, route, return_attentions
+                    layer_idx, hidden, normed, positions, ctx, cache, route, return_attentions, shared
                 )
             if route is not None and route.aux_loss is not None:
                 aux_losses.append(route.aux_loss)
@@ -272,8 +325,8 @@ class ModForCausalLM(nn.Module):
             out.loss = out.lm_loss if routing_loss is None else out.lm_loss + routing_loss
         return out
 
-    def new_cache(self, batch_size: int, device) -> ModCache:
-        return ModCache(self.cfg.llm.num_layers, batch_size, device)
+    def new_cache(self, batch_size: int, device, reserve: int = 0) -> ModCache:
+        return ModCache(self.cfg.llm.num_layers, batch_size, device, reserve)
 
 
 @contextlib.contextmanager
@@ -335,7 +388,7 @@ def greedy_generate(
     device = inputs_embeds.device
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens: list[torch.Tensor] = []
-    cache = lm.new_cache(batch, device) if use_cache else None
+    cache = lm.new_cache(batch, device, reserve=max_new_tokens) if use_cache else None
     embeds, types = inputs_embeds, token_types
     step_in, step_types = embeds, types
     kept = total = None

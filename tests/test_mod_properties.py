@@ -63,8 +63,8 @@ def _capture_layers(model, monkeypatch):
     seen = []
     original = decoder._run_layer
 
-    def spy(layer_idx, hidden, normed, positions, ctx, cache, route, want_attn):
-        out = original(layer_idx, hidden, normed, positions, ctx, cache, route, want_attn)
+    def spy(layer_idx, hidden, normed, positions, ctx, cache, route, want_attn, shared=None):
+        out = original(layer_idx, hidden, normed, positions, ctx, cache, route, want_attn, shared)
         seen.append((layer_idx, hidden.detach().clone(), out[0].detach().clone(), route, ctx.real))
         return out
 
@@ -197,11 +197,13 @@ def test_rope_positions_compacted_in_gamma_original_in_pmod(prompts, images, mon
         with torch.no_grad():
             out = model(prompts[:1], images[:1], collect_stats=True)
         n_real = int(out.total[0, 0].sum())
-        assert len(calls) == model.cfg.llm.num_layers
-        routed = [layer for layer in range(len(calls)) if calls[layer].shape[1] < n_real]
-        assert routed, spec
-        for layer in routed:
-            pos = calls[layer][0]
+        # one table for the layers running every token (they share it), one per routed layer
+        routed = [call for call in calls if call.shape[1] < n_real]
+        mod_layers = decoder.routing.mod_layers
+        assert routed and len(calls) - len(routed) == 1 and len(routed) <= len(mod_layers) < model.cfg.llm.num_layers
+        assert torch.equal(calls[0][0], torch.arange(n_real))  # layer 0 is dense: the prompt's own positions
+        for call in routed:
+            pos = call[0]
             if compact:
                 assert torch.equal(pos, torch.arange(len(pos)))
             else:
@@ -245,3 +247,57 @@ def test_right_padded_training_runs_without_a_mask_and_gives_the_left_padded_los
     monkeypatch.setattr(ModDecoder, "_mask", lambda self, *args: None)
     unmasked, _ = loss_and_grads("left", False)
     assert not torch.allclose(unmasked, reference, atol=1e-4)
+
+
+@pytest.mark.parametrize("reserve", [None, 0, 2])  # room for every step; none (grows by half); too little
+@pytest.mark.parametrize("name", ["tiny-llava", "gmod-skipping", "tiny-llava-pmod"])
+def test_the_in_place_kv_cache_generates_bitwise_what_concatenation_does(prompts, images, name, reserve,
+                                                                         monkeypatch):
+    """GrowingKVLayer (decode steps write their slot into a reserved buffer) against transformers' DynamicCache
+    (each step concatenates the whole cache anew): the same tokens and bitwise the same scores, in a left-padded
+    batch, whatever the reserve (None: generation's own, its max_new_tokens)."""
+    from transformers import DynamicCache
+
+    from modbench.models.core import ModCache, ModForCausalLM
+
+    model = build(_spec(name))
+    kwargs = dict(max_new_tokens=7, min_new_tokens=7, output_scores=True)
+    new_cache = ModForCausalLM.new_cache
+    if reserve is not None:
+        monkeypatch.setattr(ModForCausalLM, "new_cache",
+                            lambda self, batch, device, reserve=0, room=reserve: new_cache(self, batch, device, room))
+    in_place = model.generate(prompts, images, **kwargs)
+    layer = in_place["cache"].kv.layers[0]
+    assert layer.key_buffer.shape[-2] >= layer.length == layer.keys.shape[-2] > 7
+    assert layer.keys.data_ptr() == layer.key_buffer.data_ptr()  # a view of the buffer, not a copy
+
+    def concatenating(self, batch, device, reserve=0):
+        cache = ModCache(self.cfg.llm.num_layers, batch, device)
+        cache.kv = DynamicCache()
+        return cache
+
+    monkeypatch.setattr(ModForCausalLM, "new_cache", concatenating)
+    concatenated = model.generate(prompts, images, **kwargs)
+    assert type(concatenated["cache"].kv.layers[0]).__name__ == "DynamicLayer"
+    assert in_place["tokens"] == concatenated["tokens"]
+    assert torch.equal(in_place["scores"], concatenated["scores"])
+
+
+@pytest.mark.parametrize("name, shared_by", [("tiny-llava", "all"), ("gmod-skipping", "dense")])
+def test_the_layers_running_every_token_build_one_mask_and_rotary_table_per_forward(prompts, images, name,
+                                                                                     shared_by, monkeypatch):
+    """In a left-padded batch each layer needs a padding mask and a rotary table; the layers that run every real
+    token share one of each per forward (a routed layer builds its own), and generation is unchanged (the
+    cached == uncached and batch == alone tests above hold with it)."""
+    from modbench.models.core import ModDecoder
+
+    model = build(_spec(name))
+    masks, real_mask = [], ModDecoder._mask
+    monkeypatch.setattr(ModDecoder, "_mask", lambda self, *args: masks.append(real_mask(self, *args)) or masks[-1])
+    steps = 4
+    model.generate(prompts, images, max_new_tokens=steps, min_new_tokens=steps)
+    routed = len(gmod_config().mod.layers) if shared_by == "dense" else 0
+    assert any(m is not None for m in masks)  # rows of different lengths: masks are needed
+    # per forward: one for the layers running every token, one per routed layer that ran tokens
+    assert steps <= len(masks) <= steps * (1 + routed)
+    assert len(masks) < steps * model.cfg.llm.num_layers

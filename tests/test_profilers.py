@@ -79,9 +79,9 @@ def test_the_layer_count_runs_the_decoder_loop_on_meta_routed_and_dense(monkeypa
     ran = []
     original = ModDecoder._run_layer
 
-    def spy(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn):
+    def spy(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn, shared=None):
         ran.append((layer_idx, hidden.shape[1] if route is None else route.kept_per_row, route is None, hidden.is_meta))
-        return original(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn)
+        return original(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn, shared)
 
     monkeypatch.setattr(ModDecoder, "_run_layer", spy)
     rng = torch.get_rng_state()
@@ -196,8 +196,8 @@ def test_full_accounting_runs_the_models_own_decoder_loop_on_meta(monkeypatch):
     ran = []
     original = ModDecoder._run_layer
 
-    def spy(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn):
-        out = original(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn)
+    def spy(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn, shared=None):
+        out = original(self, layer_idx, hidden, normed, positions, ctx, cache, route, want_attn, shared)
         ran.append((layer_idx, hidden.shape[1] if route is None else route.kept_per_row, hidden.is_meta))
         return out
 
