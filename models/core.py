@@ -53,11 +53,15 @@ def llama_config(cfg: ModelConfig) -> LlamaConfig:
 
 class GrowingKVLayer(DynamicLayer):
     """transformers' DynamicLayer, appending in place: a layer's K/V live in a buffer with room for `reserve`
-    entries beyond what its first update brought (generation reserves its max_new_tokens: a layer gains at most
-    one entry per decode step), so a decode step writes its slot instead of copying the whole cache into a new
-    tensor (DynamicLayer's torch.cat, whose cost grows with the sequence at every step of every layer). `keys` /
-    `values` are views of the filled part, holding what the concatenation would (generation is bitwise the same:
-    a test). Past the reserve, the buffer grows by half."""
+    entries (at most RESERVE_CAP) beyond what its first update brought (generation reserves its new tokens: a
+    layer gains at most one entry per decode step), so a decode step writes its slot instead of copying the
+    whole cache into a new tensor (DynamicLayer's torch.cat, whose cost grows with the sequence at every step of
+    every layer). `keys` / `values` are views of the filled part, holding what the concatenation would
+    (generation is bitwise the same: a test). Past the room, the buffer grows by an eighth of its length (at
+    least RESERVE_CAP entries): the cache holds at most that much unused memory, never a benchmark's whole
+    answer length (MMBench's 1,024 tokens, mostly unused by a one-letter answer, would be gigabytes at 7B)."""
+
+    RESERVE_CAP = 64
 
     def __init__(self, reserve: int = 0, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -72,7 +76,7 @@ class GrowingKVLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         end = self.length + key_states.shape[-2]
         if self.key_buffer is None or end > self.key_buffer.shape[-2]:
-            room = self.reserve if self.key_buffer is None else max(end // 2, 1)
+            room = min(self.reserve, self.RESERVE_CAP) if self.key_buffer is None else max(end // 8, self.RESERVE_CAP)
             self.key_buffer = self._grown(self.key_buffer, key_states, end + room)
             self.value_buffer = self._grown(self.value_buffer, value_states, end + room)
         self.key_buffer[:, :, self.length:end] = key_states
@@ -80,6 +84,16 @@ class GrowingKVLayer(DynamicLayer):
         self.length = end
         self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
         return self.keys, self.values
+
+    def reset(self) -> None:
+        super().reset()
+        self.length, self.key_buffer, self.value_buffer = 0, None, None
+
+    def _unsupported(self, *args, **kwargs) -> None:
+        # DynamicLayer's versions reassign keys / values and would leave the buffer and its length behind
+        raise NotImplementedError("GrowingKVLayer (ModCache) does not crop, reorder or repeat rows")
+
+    crop = reorder_cache = batch_repeat_interleave = batch_select_indices = _unsupported
 
     def _grown(self, old: torch.Tensor | None, states: torch.Tensor, capacity: int) -> torch.Tensor:
         buffer = states.new_empty((*states.shape[:-2], capacity, states.shape[-1]))

@@ -105,7 +105,17 @@ def fit_layer_polynomial(counts: dict[int, int]) -> tuple[float, float]:
 @lru_cache(maxsize=None)
 def _layer_polynomial(llm_json: str) -> tuple[float, float]:
     llm = LlmConfig(**json.loads(llm_json))
-    return fit_layer_polynomial(dict(zip(FIT_TOKENS, decoder_layer_counts(llm))))
+    counts = dict(zip(FIT_TOKENS, decoder_layer_counts(llm)))
+    a, b = fit_layer_polynomial(counts)
+    # The count must be the papers' convention (the records say so): a counter that lost the attention op, a
+    # layer name the pattern no longer matches (all zeros) or a kernel counted another way is an error, not a
+    # silently different TFLOPs column.
+    kv = llm.num_kv_heads * (llm.hidden_size // llm.num_heads)
+    papers = {s: layer_flops(s, llm.hidden_size, llm.intermediate_size, kv) for s in counts}
+    if counts != papers:
+        raise ValueError(f"decoder layer FLOPs counted on the meta device {counts} differ from the papers' "
+                         f"8sh^2 + 4s^2h + 6shI {papers} at s tokens (LLM {llm})")
+    return a, b
 
 
 def layer_polynomial(cfg: ModelConfig) -> tuple[float, float]:

@@ -9,18 +9,22 @@ from .config import ModelConfig
 
 
 class _NoInitOnMeta(TorchFunctionMode):
-    """While a model is built on the meta device, its weight initialisation is skipped: an in-place fill of a
-    meta tensor has no values to write and keeps the shape, and some cost real time there (timm's trunc_normal_
-    runs clamp_ and erfinv_ as Python decompositions on meta tensors: about a second for a ConvNeXt-L)."""
+    """While a model is built on the meta device, its random weight initialisation is skipped: a random fill of
+    a meta tensor has no values to write and keeps the shape, and some cost real time there (timm's
+    trunc_normal_ runs erfinv_ and clamp_ as Python decompositions on meta tensors: about a second for a
+    ConvNeXt-L). Only fills that cannot fail are skipped (the random draws, and clamp_ / erfinv_ without a
+    tensor operand); anything that could raise on a shape still runs."""
 
-    INIT_OPS = frozenset({"uniform_", "normal_", "erfinv_", "clamp_", "mul_", "add_", "sub_", "div_", "fill_",
-                          "zero_", "copy_", "exponential_", "log_normal_", "bernoulli_"})
+    RANDOM_FILLS = frozenset({"uniform_", "normal_", "exponential_", "log_normal_", "bernoulli_", "erfinv_",
+                              "clamp_"})
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if (getattr(func, "__name__", "") in self.INIT_OPS and args and isinstance(args[0], torch.Tensor)
-                and args[0].is_meta):
+        kwargs = kwargs or {}
+        if (getattr(func, "__name__", "") in self.RANDOM_FILLS and args and isinstance(args[0], torch.Tensor)
+                and args[0].is_meta
+                and not any(isinstance(a, torch.Tensor) for a in (*args[1:], *kwargs.values()))):
             return args[0]
-        return func(*args, **(kwargs or {}))
+        return func(*args, **kwargs)
 
 
 def build_on_meta(cfg: ModelConfig):

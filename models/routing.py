@@ -80,9 +80,8 @@ class RoutingScheme(nn.Module):
     def check_spec(mod: ModSpec, num_layers: int) -> None:
         """Raise a ConfigError naming the field when `mod` (of a model of `num_layers` layers) is not a spec this
         scheme can run: the ranges and relations of the fields it reads. What needs no scheme (layer indices in
-        range, kept ratios in (0, 1]) config.validate has checked. A dense model has no MoD layer."""
-        if mod.layers:
-            raise ConfigError(f"mod.layers must be empty when mod.scheme is {mod.scheme!r}")
+        range, kept ratios in (0, 1]) config.validate has checked; a field it does not read,
+        validate_for_scheme refuses."""
 
     # --- configuration-level questions (no module built); a scheme overrides those it differs in ------------
     routes_decode_tokens = False  # whether a decode step asks the routers (FLOPs count it)
@@ -166,7 +165,14 @@ def registered_scheme(name: str, cls: type[RoutingScheme]) -> Iterator[type[Rout
         unregister_scheme(name)
 
 
-register_scheme("dense")(RoutingScheme)
+@register_scheme("dense")
+class DenseRouting(RoutingScheme):
+    """Every layer runs every token: no router, and a spec naming MoD layers is refused."""
+
+    @staticmethod
+    def check_spec(mod: ModSpec, num_layers: int) -> None:
+        if mod.layers:
+            raise ConfigError(f"mod.layers must be empty when mod.scheme is {mod.scheme!r}")
 
 
 def scheme_classes() -> dict[str, type[RoutingScheme]]:

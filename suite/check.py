@@ -65,14 +65,16 @@ def _get(data: dict, dotted: str):
 
 def task_samples(run: dict, task: str) -> int:
     """Scored samples behind a task's metric (a group such as pope_local sums its member tasks, as the task
-    registry lists them)."""
+    registry lists them; a group not in it, its tasks named `<group>_...`)."""
     from modbench.tasks.registry import local_tasks
 
     per_task = (run.get("efficiency") or {}).get("per_task", {})
     if task in per_task:
         return int(per_task[task].get("n_samples", 0))
-    members = local_tasks().get(task, {}).get("tasks") or []
-    return sum(int(per_task[t].get("n_samples", 0)) for t in members if t in per_task)
+    entry = local_tasks().get(task)
+    if entry is None:  # not one of ours (an lmms-eval built-in group): its subtasks as lmms-eval names them
+        return sum(int(v.get("n_samples", 0)) for t, v in per_task.items() if t.startswith(task + "_"))
+    return sum(int(per_task[t].get("n_samples", 0)) for t in entry.get("tasks") or [] if t in per_task)
 
 
 def accuracy_tolerance(value: float, name: str, n: int, policy: str) -> float:

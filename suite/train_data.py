@@ -223,11 +223,12 @@ def modality_lengths(records: list) -> list[int]:
 
 
 def modality_grouped_order(lengths: list[int], global_batch: int, generator: torch.Generator) -> list[int]:
-    """An epoch's sample order in which every global batch holds one modality, as LLaVA's and γ-MoD's
-    fine-tuning (`--group_by_modality_length True`) draws it: the image samples and the text-only ones are each
-    shuffled and cut into global batches, each sorted longest first (so data-parallel ranks, which take every
-    world-th sample of it, get similar lengths); those batches are shuffled together, and the two groups'
-    remainders follow as one mixed batch at the end. Unlike LLaVA's sampler, whose inner shuffles draw from the
+    """An epoch's sample order in which every global batch holds one modality but the last (the two kinds'
+    remainders, mixed), as LLaVA's and γ-MoD's fine-tuning (`--group_by_modality_length True`) draws it: the
+    image samples and the text-only ones are each shuffled and cut into global batches, each sorted longest
+    first (data-parallel ranks take every world-th sample of it: similar lengths, rank 0 the longest; LLaVA
+    deals each sample to the lightest rank instead); those batches are shuffled together, and the remainders
+    follow. Unlike LLaVA's sampler, whose inner shuffles draw from the
     global RNG, every draw here comes from `generator`, so the order is a function of (seed, epoch) and a
     resumed run sees the same batches."""
     groups = [[i for i, n in enumerate(lengths) if n > 0], [i for i, n in enumerate(lengths) if n < 0]]

@@ -80,6 +80,8 @@ def test_check_reads_a_metrics_kind_from_the_registrations_and_a_groups_members_
                 "pope_local_elsewhere": {"n_samples": 100}, "gqa_local": {"n_samples": 7}}
     run = {"efficiency": {"per_task": per_task}}
     assert (task_samples(run, "pope_local"), task_samples(run, "gqa_local"), task_samples(run, "mme_local")) == (7, 7, 0)
+    built_in = {"efficiency": {"per_task": {"pope_adversarial": {"n_samples": 5}, "pope_random": {"n_samples": 6}}}}
+    assert task_samples(built_in, "pope") == 11  # a group not in our registry: its `<group>_` tasks
     source = (ROOT / "suite" / "check.py").read_text()
     assert not [node.lineno for node in ast.walk(ast.parse(source))
                 if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("mme")]

@@ -301,3 +301,25 @@ def test_the_layers_running_every_token_build_one_mask_and_rotary_table_per_forw
     # per forward: one for the layers running every token, one per routed layer that ran tokens
     assert steps <= len(masks) <= steps * (1 + routed)
     assert len(masks) < steps * model.cfg.llm.num_layers
+
+
+def test_the_kv_buffer_reserves_at_most_its_cap_grows_by_an_eighth_and_refuses_what_it_cannot_track():
+    """A benchmark's answer length (MMBench: 1,024) is not allocated up front: the first update reserves at most
+    RESERVE_CAP entries; past them the buffer grows by max(an eighth, the cap). DynamicLayer's crop / reorder /
+    row selection would leave the buffer behind: refused; reset empties it."""
+    from modbench.models.core import GrowingKVLayer
+
+    layer = GrowingKVLayer(reserve=1024)
+    states = lambda n: torch.randn(2, 3, n, 4)  # noqa: E731
+    keys = [states(600)]
+    layer.update(keys[0], keys[0])
+    assert layer.key_buffer.shape[-2] == 600 + GrowingKVLayer.RESERVE_CAP
+    for _ in range(GrowingKVLayer.RESERVE_CAP + 1):
+        keys.append(states(1))
+        out, _ = layer.update(keys[-1], keys[-1])
+    assert layer.key_buffer.shape[-2] == 665 + 665 // 8 and torch.equal(out, torch.cat(keys, dim=-2))
+    for call in (lambda: layer.crop(1), lambda: layer.batch_select_indices(torch.tensor([0]))):
+        with pytest.raises(NotImplementedError):
+            call()
+    layer.reset()
+    assert layer.length == 0 and layer.key_buffer is None

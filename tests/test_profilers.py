@@ -343,3 +343,18 @@ def test_the_plugin_and_the_latency_task_mode_build_the_same_sample(monkeypatch)
     assert task_sample("What colour?", None) == (task_prompt("What colour?", False), None)
     with pytest.raises(ValueError, match="t doc 3: 2 images"):
         task_sample("q", [image, image], "t doc 3")
+
+
+def test_a_meta_count_that_is_not_the_papers_convention_is_an_error(monkeypatch):
+    """The records say the prefill count is the papers' 8sh^2 + 4s^2h + 6shI: a counter that lost the attention op
+    or stopped matching the layers' names (all zeros) raises instead of writing another TFLOPs column."""
+    from modbench.models import flops
+
+    cfg = dataclasses.replace(models.get_variant("tiny-llava"), name="odd-count",
+                              llm=dataclasses.replace(models.get_variant("tiny-llava").llm, hidden_size=96))
+    for counts in ([0, 0, 0, 0], [5 * s for s in flops.FIT_TOKENS]):
+        flops._layer_polynomial.cache_clear()
+        monkeypatch.setattr(flops, "decoder_layer_counts", lambda llm, counts=counts: counts)
+        with pytest.raises(ValueError, match="differ from the papers'"):
+            flops.flops_for_tokens(cfg, [10.0])
+    flops._layer_polynomial.cache_clear()
