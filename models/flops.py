@@ -110,8 +110,7 @@ def _layer_polynomial(llm_json: str) -> tuple[float, float]:
     # The count must be the papers' convention (the records say so): a counter that lost the attention op, a
     # layer name the pattern no longer matches (all zeros) or a kernel counted another way is an error, not a
     # silently different TFLOPs column.
-    kv = llm.num_kv_heads * (llm.hidden_size // llm.num_heads)
-    papers = {s: layer_flops(s, llm.hidden_size, llm.intermediate_size, kv) for s in counts}
+    papers = {s: layer_flops(s, llm.hidden_size, llm.intermediate_size, kv_hidden(llm)) for s in counts}
     if counts != papers:
         raise ValueError(f"decoder layer FLOPs counted on the meta device {counts} differ from the papers' "
                          f"8sh^2 + 4s^2h + 6shI {papers} at s tokens (LLM {llm})")
@@ -124,8 +123,9 @@ def layer_polynomial(cfg: ModelConfig) -> tuple[float, float]:
     return _layer_polynomial(json.dumps(dataclasses.asdict(cfg.llm), sort_keys=True))
 
 
-def kv_hidden(cfg: ModelConfig) -> int:
-    return cfg.llm.num_kv_heads * (cfg.llm.hidden_size // cfg.llm.num_heads)
+def kv_hidden(cfg: ModelConfig | LlmConfig) -> int:
+    llm = cfg.llm if isinstance(cfg, ModelConfig) else cfg
+    return llm.num_kv_heads * (llm.hidden_size // llm.num_heads)
 
 
 def tokens_per_layer(cfg: ModelConfig, seq_len: float, skip: float | None = None,
