@@ -14,7 +14,10 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
-from .clip import clip_vision_config  # every host's CLIP tower (models/clip.py; also importable from here)
+from .clip import (  # every host's CLIP tower (models/clip.py; also importable from here)
+    clip_hidden_state,
+    clip_vision_config,
+)
 from .config import ModelConfig, VisionConfig
 from .hosts import HfLayout, HostFamily, KeyLayout, Release
 
@@ -92,8 +95,7 @@ class LlavaVision(nn.Module):
     def tower_output(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """What the projector reads: the tower's select_layer hidden states without the CLS token."""
         dtype = self.projector[0].weight.dtype
-        return self.vision_tower(pixel_values.to(dtype), output_hidden_states=True).hidden_states[
-            self.vision_cfg.select_layer][:, 1:]
+        return clip_hidden_state(self.vision_tower, pixel_values.to(dtype), self.vision_cfg.select_layer)[:, 1:]
 
     def encode(self, pixel_values: torch.Tensor, stage=run_stage) -> torch.Tensor:
         features = stage("vision_encoder", lambda: self.tower_output(pixel_values))

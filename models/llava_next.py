@@ -26,6 +26,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
+from .clip import clip_hidden_state
 from .config import ConfigError, ModelConfig, VisionConfig
 from .hosts import CheckpointError, ConfigSource, HfLayout, HostFamily, patch_grid_tokens
 from .llava import (
@@ -137,8 +138,7 @@ class LlavaNextVision(nn.Module):
         counts = [1 + rows * cols for rows, cols in grids]
         dtype = self.projector[0].weight.dtype
         flat = torch.cat([p[:n] for p, n in zip(pixels.pixel_values, counts)]).to(dtype)
-        hidden = stage("vision_encoder", lambda: self.vision_tower(flat, output_hidden_states=True)
-                       .hidden_states[vision.select_layer][:, 1:])
+        hidden = stage("vision_encoder", lambda: clip_hidden_state(self.vision_tower, flat, vision.select_layer)[:, 1:])
         features = torch.split(stage("projector", lambda: self.projector(hidden)), counts)
         side = vision.image_size // vision.patch_size
         packed = []

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPVisionModel
 
+from .clip import clip_hidden_state
 from .config import ConfigError, ModelConfig, VisionConfig
 from .hosts import ConfigSource, HostFamily, KeyLayout, Release
 from .llava import AUTHORS_LLM_AND_PROJECTOR, clip_vision_config, mlp2x_gelu, pad_resize_normalise, run_stage
@@ -120,8 +121,8 @@ class MgmHdVision(nn.Module):
         views = pixels.views.to(dtype)
         batch, n_views = views.shape[:2]
         grid = vision.image_grid
-        hidden = stage("vision_encoder", lambda: self.vision_tower(views.flatten(0, 1), output_hidden_states=True)
-                       .hidden_states[vision.select_layer])
+        hidden = stage("vision_encoder", lambda: clip_hidden_state(self.vision_tower, views.flatten(0, 1),
+                                                                   vision.select_layer))
         feats = hidden[:, 1:].reshape(batch, n_views, -1, vision.hidden_size)
         high = stage("vision_encoder_aux", lambda: self.vision_tower_aux(pixels.high_res.to(dtype)))
         crops = feats[:, : grid * grid].flatten(0, 1)

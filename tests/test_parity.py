@@ -82,3 +82,30 @@ def test_tiny_llava_next_equals_transformers_llava_next(prompts, images):
             out = model([prompt], [image]).logits
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
     assert len(lengths) > 1  # the token count follows the image
+
+
+def test_the_tower_stops_at_the_selected_layer_and_equals_the_full_forward():
+    """`clip_hidden_state` runs no layer after `select_layer` and gives, bit for bit, what transformers' full
+    forward gives at that index of hidden_states, for every index; one out of range is an error."""
+    from transformers import CLIPVisionModel
+
+    from modbench.models.clip import clip_hidden_state
+
+    vision = models.get_variant("tiny-llava").vision
+    torch.manual_seed(0)
+    tower = CLIPVisionModel(clip_vision_config(vision)).eval()
+    pixels = torch.randn(3, 3, vision.image_size, vision.image_size)
+    ran = []
+    for index, layer in enumerate(tower.encoder.layers):  # (flat in transformers 5)
+        layer.register_forward_hook(lambda *_, index=index: ran.append(index))
+    with torch.no_grad():
+        full = tower(pixels, output_hidden_states=True).hidden_states
+        layers = len(tower.encoder.layers)
+        assert len(full) == layers + 1
+        for select in range(-layers - 1, layers + 1):
+            ran.clear()
+            assert torch.equal(clip_hidden_state(tower, pixels, select), full[select]), select
+            assert ran == list(range(select % (layers + 1)))  # the layers up to it, none after
+        for select in (-layers - 2, layers + 1):
+            with pytest.raises(IndexError, match="select_layer"):
+                clip_hidden_state(tower, pixels, select)
