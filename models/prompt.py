@@ -54,19 +54,7 @@ class TokenizedSample:
 def tokenize_prompt(tokenizer, prompt: str, has_image: bool, answer: str | None = None) -> TokenizedSample:
     """A one-turn prompt (and optionally its answer) as the host models see it: BOS + the text before
     <image> typed "system", the image, the rest typed "question", the answer + EOS typed "response"."""
-    if has_image:
-        before, after = prompt.split(IMAGE_PLACEHOLDER)
-        head = [tokenizer.bos_token_id] + _ids(tokenizer, before)
-        tail = _ids(tokenizer, after)
-        ids, types, image_at = head + tail, [SYSTEM] * len(head) + [QUESTION] * len(tail), len(head)
-    else:
-        ids = [tokenizer.bos_token_id] + _ids(tokenizer, prompt)
-        types, image_at = [QUESTION] * len(ids), None
-    labels = [-100] * len(ids)
-    if answer is not None:
-        answer_ids = _ids(tokenizer, answer) + [tokenizer.eos_token_id]
-        ids, types, labels = ids + answer_ids, types + [RESPONSE] * len(answer_ids), labels + answer_ids
-    return TokenizedSample(ids, types, labels, image_at)
+    return _tokenize(tokenizer, prompt, has_image, answer, [])
 
 
 def tokenize_conversation(tokenizer, turns: list[tuple[str, str]], has_image: bool) -> TokenizedSample:
@@ -75,15 +63,38 @@ def tokenize_conversation(tokenizer, turns: list[tuple[str, str]], has_image: bo
     their EOS) only. The first turn is tokenised exactly as `tokenize_prompt` tokenises an evaluation prompt,
     so training and evaluation see the same ids; later questions are typed "question"."""
     first = vicuna_v1(turns[0][1], with_image=has_image)
-    sample = tokenize_prompt(tokenizer, first, has_image, turns[1][1])
-    for i in range(2, len(turns), 2):
-        question = _ids(tokenizer, f"USER: {turns[i][1]} ASSISTANT:")
-        answer = _ids(tokenizer, turns[i + 1][1]) + [tokenizer.eos_token_id]
-        sample.ids += question + answer
-        sample.types += [QUESTION] * len(question) + [RESPONSE] * len(answer)
-        sample.labels += [-100] * len(question) + answer
-    return sample
+    later = [(f"USER: {turns[i][1]} ASSISTANT:", turns[i + 1][1]) for i in range(2, len(turns), 2)]
+    return _tokenize(tokenizer, first, has_image, turns[1][1], later)
 
 
-def _ids(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False).input_ids if text else []
+def _tokenize(tokenizer, prompt: str, has_image: bool, answer: str | None,
+              later: list[tuple[str, str]]) -> TokenizedSample:
+    """`prompt` (and `answer`), then the `later` (question, answer) turns. Each piece is tokenised on its own (ids
+    never merge across a piece boundary), all of them in one call of the tokenizer: its Python overhead per call
+    costs more than encoding a short piece (a training conversation of 9 turns, 19 pieces, spent ~3 ms in it)."""
+    before, after = prompt.split(IMAGE_PLACEHOLDER) if has_image else (None, prompt)
+    texts = ([before] if has_image else []) + [after] + ([answer] if answer is not None else [])
+    pieces = iter(_ids_each(tokenizer, texts + [text for turn in later for text in turn]))
+    if has_image:
+        head = [tokenizer.bos_token_id] + next(pieces)
+        tail = next(pieces)
+        ids, types, image_at = head + tail, [SYSTEM] * len(head) + [QUESTION] * len(tail), len(head)
+    else:
+        ids = [tokenizer.bos_token_id] + next(pieces)
+        types, image_at = [QUESTION] * len(ids), None
+    labels = [-100] * len(ids)
+    if answer is not None:
+        answer_ids = next(pieces) + [tokenizer.eos_token_id]
+        ids, types, labels = ids + answer_ids, types + [RESPONSE] * len(answer_ids), labels + answer_ids
+    for _ in later:
+        question, answer_ids = next(pieces), next(pieces) + [tokenizer.eos_token_id]
+        ids += question + answer_ids
+        types += [QUESTION] * len(question) + [RESPONSE] * len(answer_ids)
+        labels += [-100] * len(question) + answer_ids
+    return TokenizedSample(ids, types, labels, image_at)
+
+
+def _ids_each(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Each text's ids without special tokens (an empty text: none), from one call of the tokenizer."""
+    encoded = iter(tokenizer([t for t in texts if t], add_special_tokens=False).input_ids if any(texts) else [])
+    return [next(encoded) if text else [] for text in texts]
