@@ -74,6 +74,11 @@ def test_conversation_labels_only_the_answers(tokenizer):
     # the first turn is tokenised exactly as an evaluation prompt with its answer
     first = tokenize_prompt(tokenizer, vicuna_v1("<image>\nWhat colour?"), True, "red")
     assert sample.ids[:len(first.ids)] == first.ids and sample.image_at == first.image_at
+    # every piece tokenised on its own (they are encoded in one call): nothing merges across a boundary
+    alone = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    before, after = vicuna_v1("<image>\nWhat colour?").split("<image>")
+    assert sample.ids == ([tokenizer.bos_token_id] + alone(before) + alone(after) + alone("red") + [tokenizer.eos_token_id]
+                          + alone("USER: Is it round? ASSISTANT:") + alone("Yes") + [tokenizer.eos_token_id])
 
 
 @pytest.mark.parametrize("record, message", [
