@@ -443,6 +443,10 @@ class Pipeline:
                                                           Path(stage[1]["run"]).parent / "samples.jsonl")
                           for (name, mode), stage in evals.items()},
                 "speed": speed[1],
+                # each stage's seconds when it was computed (a cached one keeps its own), in pipeline order
+                "stage_seconds": {done["stage"]: done["seconds"] for done in (
+                    json.loads((self.stages / key / "done.json").read_text())
+                    for key in dict.fromkeys(self.used.get(seed, [])))},
             })
         return {"preset": asdict(p), "seeds": seeds}
 

@@ -493,6 +493,7 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
                   _table(["row", "paper train time", "ours train step", "paper samples/s", "ours samples/s",
                           "ours samples/s (controlled)", "ours TFLOPs", "ours KV share %"], trows), ""]
         parts += _speed_parts(s)
+    parts += _time_parts(result["seeds"])
     csv_rows = []
     for seed in s.seeds:
         for key, ev in seed["evals"].items():
@@ -516,6 +517,22 @@ def _speed_parts(s: Summary) -> list[str]:
     rows = [[name, *(f"{1e3 * parts[k]:.0f}" for k in keys)] for name, parts in steps.items()]
     return ["Training step, milliseconds (median of the interleaved steps, seed 0):", "",
             _table(["model", *keys], rows), ""]
+
+
+def _time_parts(seeds: list[dict]) -> list[str]:
+    """Seconds per stage and seed, as each stage took when it was computed (summaries written before stage
+    times were recorded have none: no section)."""
+    timed = [seed for seed in seeds if seed.get("stage_seconds")]
+    if not timed:
+        return []
+    names = list(dict.fromkeys(name for seed in timed for name in seed["stage_seconds"]))
+    rows = [[name, *(_fmt(seed["stage_seconds"].get(name), digits=0) for seed in timed)] for name in names]
+    rows.append(["all stages", *(_fmt(sum(seed["stage_seconds"].values()), digits=0) for seed in timed)])
+    return ["## Where the time went", "",
+            "Seconds per stage, as each took when it was computed, on the machine and under the load of that run "
+            "(a stage taken from the cache keeps its time: each stage's `seconds` in its done.json). Start-up and "
+            "the report are not in a stage.", "",
+            _table(["stage", *(f"seed {seed['seed']}" for seed in timed)], rows), ""]
 
 
 def write_report(result: dict, out_dir: str | Path) -> list[Path]:

@@ -335,8 +335,12 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     assert "The vision tower was first pretrained" in (out / "reproduction.md").read_text()
     for row in ("| dense |", "| gamma-0.5 |", "| gamma-0.5 (controlled skip) |", "| pmod-prd |", "| chance |",
                 "| dense (images swapped) |", "## Does the dense model use the image?",
-                "## What the dense model has learnt to see, by question kind"):
+                "## What the dense model has learnt to see, by question kind", "## Where the time went",
+                "| corpus |", "| eval-gamma-0.5-fixed0.5 |", "| speed |", "| all stages |"):
         assert row in table
+    seconds = json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["stage_seconds"]
+    assert len(seconds) == 13 and list(seconds)[:4] == ["corpus", "vision", "dense", "arank"]
+    assert all(value > 0 for value in seconds.values())
     summary = json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["evals"]
     kinds = summary["dense|released"]["kinds"]  # tallied from lmms-eval's own per-sample log
     assert sum(asked for _, asked in kinds.values()) == 4 * (3 + 1 + 1 + 1 + 2 + 4)  # every sample, MME twice, MMB x4
