@@ -19,7 +19,9 @@ router, rotary tables and decode steps are not counted.
 Full (`flops_full_meta`, `modbench flops --full`): every component, counted by torch.utils.flop_counter on
 the meta device. Each host front-end runs its own encode() with its parts named (vision_encoder,
 vision_encoder_aux, patch_info_mining, projector), on inputs of the shapes its preprocess() gives
-(`meta_pixels`: LLaVA-NeXT's tiles follow the image size), and the decoder runs its own loop with a fixed count
+(`meta_pixels`: LLaVA-NeXT's tiles follow the image size; a CLIP tower runs up to the layer its projector reads,
+`models.clip.clip_hidden_state`, so the last layer, which the authors' code runs and discards, is not counted),
+and the decoder runs its own loop with a fixed count
 of tokens per layer (`FixedCountRouting`), so what is counted is what a forward runs.
 """
 

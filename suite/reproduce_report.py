@@ -530,8 +530,9 @@ def _time_parts(seeds: list[dict]) -> list[str]:
     rows.append(["all stages", *(_fmt(sum(seed["stage_seconds"].values()), digits=0) for seed in timed)])
     return ["## Where the time went", "",
             "Seconds per stage, as each took when it was computed, on the machine and under the load of that run "
-            "(a stage taken from the cache keeps its time: each stage's `seconds` in its done.json). Start-up and "
-            "the report are not in a stage.", "",
+            "(a stage taken from the cache keeps its time; a training stage resumed after an interruption counts "
+            "its last run only: each stage's `seconds` in its done.json). Start-up and the report are not in a "
+            "stage.", "",
             _table(["stage", *(f"seed {seed['seed']}" for seed in timed)], rows), ""]
 
 

@@ -360,6 +360,8 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None, cpu_isa="native")
     assert second["stages_run"] == []
     assert json.loads((out / "claims.json").read_text())["claims"] == claims
+    # the cached stages keep the seconds they took when computed
+    assert json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["stage_seconds"] == seconds
 
 
 def test_one_seed_computes_only_its_stages_and_writes_no_report(tmp_path, monkeypatch, capsys):

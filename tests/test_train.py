@@ -81,6 +81,25 @@ def test_conversation_labels_only_the_answers(tokenizer):
                           + alone("USER: Is it round? ASSISTANT:") + alone("Yes") + [tokenizer.eos_token_id])
 
 
+def test_pieces_are_encoded_each_on_its_own_in_one_call(tokenizer):
+    """Pieces whose joined text tokenises otherwise ("th" + "e" is one "the" token): a call that let them merge,
+    dropped an empty piece or lost the order would differ. Also a sample without an image and one without an
+    answer, against their pieces tokenised one by one."""
+    from modbench.models.prompt import _ids_each, tokenize_prompt
+
+    alone = lambda text: tokenizer(text, add_special_tokens=False).input_ids  # noqa: E731
+    pieces = ["th", "e", "", " ", "co", "lour", "  x"]
+    assert alone("th") + alone("e") != alone("the")  # the case is one a merge would show
+    assert _ids_each(tokenizer, pieces) == [alone(p) for p in pieces]
+    assert _ids_each(tokenizer, ["", ""]) == [[], []]
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    text_only = tokenize_prompt(tokenizer, "USER: th", False, "e")
+    assert text_only.ids == [bos] + alone("USER: th") + alone("e") + [eos] and text_only.image_at is None
+    unanswered = tokenize_prompt(tokenizer, "co<image>lour", True)
+    assert unanswered.ids == [bos] + alone("co") + alone("lour") and unanswered.image_at == 1 + len(alone("co"))
+    assert set(unanswered.labels) == {-100}
+
+
 @pytest.mark.parametrize("record, message", [
     ({"id": "noimg", "image": "absent.png", "conversations": [{"from": "human", "value": "<image>\nq"},
                                                               {"from": "gpt", "value": "a"}]}, "not found"),
