@@ -396,7 +396,9 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
              "Ours: trained by `modbench reproduce` on drawn scenes and evaluated through lmms-eval on held-out sets "
              "in the benchmarks' schemas; relative to the dense model fine-tuned the same steps (mean ± sd over seeds). "
              "Verdicts are computed: held / did not hold beyond 1.96 standard errors (seed spread, or sampling noise "
-             "with one seed), else within noise.", ""]
+             "with one seed), else within noise."
+             + (f" Answers are capped at {preset['max_new_tokens']} new tokens (the benchmarks' own caps reach 1,024)."
+                if preset.get("max_new_tokens") else ""), ""]
     towers = [seed["vision"] for seed in result["seeds"] if seed.get("vision")]
     if towers:
         accuracy = [100 * t["held_out_patch_accuracy"]["objects"] for t in towers]

@@ -354,7 +354,8 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     assert json.loads((out / "runs" / "seed0-vision" / "train.json").read_text())["kind"] == "vision-pretrain"
     assert (out / "runs" / "seed0-eval-dense-swapped" / "run.json").exists()
     spec = json.loads((out / "runs" / "seed0-eval-dense-swapped" / "run.json").read_text())["spec"]
-    assert spec["max_new_tokens"] == 8  # micro's cap reaches the run's spec
+    assert spec["max_new_tokens"] == 8  # micro's cap reaches the run's spec, and the report says so
+    assert "Answers are capped at 8 new tokens" in table
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None, cpu_isa="native")
