@@ -139,7 +139,12 @@ def cmd_overhead(args) -> int:
     print(f"  through lmms-eval + plugin  {1e3 * per['suite']:9.1f} ms")
     print(f"  model calls inside it       {1e3 * per['inside']:9.1f} ms")
     print(f"  bare model, same batches    {1e3 * per['bare']:9.1f} ms")
-    print(f"  suite overhead              {100 * result['overhead_share']:9.1f} % of the per-sample wall time")
+    low, high = (100 * v for v in result["overhead_share_range"])
+    print(f"  suite overhead              {100 * result['overhead_share']:9.1f} % of the per-sample wall time vs the "
+          f"bare model (median of the repeats' paired shares; range {low:.1f} to {high:.1f} %)")
+    low, high = (100 * v for v in result["outside_model_share_range"])
+    print(f"  outside the model calls     {100 * result['outside_model_share']:9.1f} % of it, in the same runs "
+          f"(range {low:.1f} to {high:.1f} %)")
     print(f"  fixed cost per run          {result['fixed_seconds_per_run']:9.2f} s (task build, data, metrics)")
     if args.output:
         print(f"wrote {write_json_atomic(args.output, results_record('overhead', result.pop('spec'), **result))}")

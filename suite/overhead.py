@@ -5,7 +5,10 @@ construction, prompting, answer post-processing, metrics, logging, our per-sampl
 `ModVlm.generate` calls replaying exactly the batches the plugin made. Each is timed at two sample counts,
 n/4 and n; the steady-state cost per sample is the slope between them, so per-run fixed costs (building the
 task, reading the parquet, aggregating) drop out, as they would over a benchmark of thousands of samples.
-Everything runs in one process, warmed up, repeated; medians are reported.
+Everything runs in one process, warmed up, repeated; medians are reported. Each repeat's slopes are paired (its
+bare replay follows its suite runs), so the shares are computed per repeat and given as median and range: on a
+2-core machine whose speed drifts, two medians taken apart differ by ±10 %, more than the overhead itself. The
+in-run share (wall time outside the model calls, in the same runs) has no such cross-run noise.
 """
 
 from __future__ import annotations
@@ -91,13 +94,25 @@ def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
     med = {name: {n: statistics.median(v) for n, v in series.items()}
            for name, series in (("suite", suite_s), ("inside", inside_s), ("bare", bare_s))}
     per_sample = {name: (m[full] - m[small]) / (full - small) for name, m in med.items()}
+
+    def paired_share(part: dict) -> list[float]:
+        """Per repeat: 1 - part's slope / the suite's slope (the share of a sample's wall time not in `part`)."""
+        return [1.0 - (part[full][r] - part[small][r]) / (suite_s[full][r] - suite_s[small][r])
+                for r in range(spec.repeats)]
+
+    shares = paired_share(bare_s)
+    outside = paired_share(inside_s)
     return {
         "spec": asdict(spec),
         "samples": {"small": small, "full": full},
         "samples_replayed_bare": replayed,
         "seconds": {"suite": suite_s, "model_inside_suite": inside_s, "bare": bare_s},
         "per_sample_seconds": per_sample,
-        # the share of a sample's steady-state wall time that is not the model call
-        "overhead_share": 1.0 - per_sample["bare"] / per_sample["suite"],
+        # the share of a sample's steady-state wall time that is not the bare model call (median of the repeats)
+        "overhead_share": statistics.median(shares),
+        "overhead_share_range": [min(shares), max(shares)],
+        # the share spent outside the model calls within the same runs (the suite's own code, no cross-run noise)
+        "outside_model_share": statistics.median(outside),
+        "outside_model_share_range": [min(outside), max(outside)],
         "fixed_seconds_per_run": med["suite"][full] - per_sample["suite"] * full,
     }

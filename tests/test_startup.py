@@ -80,6 +80,11 @@ def test_overhead_benchmark_reports_its_parts(tmp_path):
     # the model calls inside the suite are part of its wall time, and the bare replay runs the same calls
     assert all(inside <= wall for inside, wall in zip(seconds["model_inside_suite"][2], seconds["suite"][2]))
     assert result["samples_replayed_bare"] == {1: 1, 2: 2}  # the bare replay ran exactly the suite's samples
+    # one repeat: the paired shares are that repeat's, computed from its own slopes
+    slope = {name: series[2][0] - series[1][0] for name, series in seconds.items()}
+    assert result["overhead_share"] == pytest.approx(1 - slope["bare"] / slope["suite"])
+    assert result["outside_model_share"] == pytest.approx(1 - slope["model_inside_suite"] / slope["suite"])
+    assert result["overhead_share_range"] == [result["overhead_share"]] * 2
 
 
 def test_a_deferred_module_loads_once_at_its_first_use(tmp_path, monkeypatch):
