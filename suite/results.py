@@ -99,6 +99,33 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Instruction-set extensions named in a CPU id: which kernels the machine could run natively, which the pinned
+# cpu_capability of a reproduction run no longer shows.
+CPU_EXTENSIONS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def cpu_id(cpuinfo: str | None = None) -> str:
+    """Vendor, family and model, and the extensions of CPU_EXTENSIONS it has (Linux: the first processor of
+    /proc/cpuinfo), e.g. 'AuthenticAMD family 25 model 17 (avx2 avx512f ...)'; '' where unknown. Two CPUs of
+    one model name can differ here (the 'AMD EPYC' of a virtual machine is any of several generations)."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor's block
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "vendor_id" not in fields:
+        return ""
+    flags = set(fields.get("flags", "").split())
+    extensions = " ".join(e for e in CPU_EXTENSIONS if e in flags)
+    return (f"{fields['vendor_id']} family {fields.get('cpu family', '?')} model {fields.get('model', '?')}"
+            + (f" ({extensions})" if extensions else ""))
+
+
 def environment() -> dict:
     """What a result depends on besides the run spec."""
     import torch
@@ -115,6 +142,7 @@ def environment() -> dict:
         "lmms_eval": _version("lmms-eval"),
         "modbench": _version("modbench"),
         "cpu": cpu_name(),
+        "cpu_id": cpu_id(),
         "num_threads": torch.get_num_threads(),
         # which CPU kernels computed it: float results differ between AVX2 and AVX-512 code paths
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

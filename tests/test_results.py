@@ -57,6 +57,21 @@ def test_loader_refuses_another_major_and_missing_fields(runs_dir):
         validate_results({**data, "environment": env})
 
 
+def test_the_environment_names_the_cpu_beyond_its_model_name(runs_dir):
+    """'AMD EPYC' is several generations on a virtual machine: the record also keeps vendor, family, model and the
+    vector extensions, which a reproduction's pinned cpu_capability hides."""
+    from modbench.suite.results import cpu_id
+
+    zen4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\n"
+            "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_bf16\n\nprocessor\t: 1\nvendor_id\t: Other\n")
+    assert cpu_id(zen4) == "AuthenticAMD family 25 model 17 (avx2 avx512f avx512_bf16)"
+    assert cpu_id("vendor_id : GenuineIntel\ncpu family : 6\nmodel : 85\nflags : sse2\n") == \
+        "GenuineIntel family 6 model 85"
+    assert cpu_id("") == ""
+    env = json.loads((runs_dir / "hr-gmod" / "run.json").read_text())["environment"]
+    assert env["cpu_id"] == cpu_id()
+
+
 def test_aggregates_recompute_from_samples(runs_dir):
     data = load_results(runs_dir / "hr-gmod" / "run.json")
     recomputed = recompute_metrics(runs_dir / "hr-gmod")
