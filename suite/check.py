@@ -162,7 +162,7 @@ def load_baseline(path: str | Path) -> dict:
 
 # What decides the floats a CPU run computes, besides code and inputs: a trained model's numbers are only
 # expected to match a baseline computed with the same (suite.reproduce.CPU_ISAS).
-NUMERICS_KEYS = ("torch", "cpu", "cpu_capability", "cpu_isa_pins", "num_threads")
+NUMERICS_KEYS = ("torch", "cpu", "cpu_id", "cpu_capability", "cpu_isa_pins", "num_threads")
 
 
 def numerics(env: dict) -> dict:
@@ -175,7 +175,8 @@ def numerics_difference(baseline: dict, env: dict) -> str:
     if not theirs:
         return ""
     ours = numerics(env)
-    diff = [f"{k} {ours[k]!r} vs {theirs.get(k)!r}" for k in NUMERICS_KEYS if ours[k] != theirs.get(k)]
+    # a key the baseline's runs did not record (cpu_id, added later) says nothing about them
+    diff = [f"{k} {ours[k]!r} vs {theirs[k]!r}" for k in NUMERICS_KEYS if k in theirs and ours[k] != theirs[k]]
     return "; ".join(diff)
 
 

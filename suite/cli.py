@@ -135,7 +135,8 @@ def cmd_overhead(args) -> int:
     result = measure_overhead(spec)
     per = result["per_sample_seconds"]
     print(f"{spec.model} on {spec.task}, batch {spec.batch_size}, steady state per sample (slope "
-          f"{result['samples']['small']} -> {result['samples']['full']} samples, median of {spec.repeats}):")
+          f"{result['samples']['small']} -> {result['samples']['full']} samples of the medians of {spec.repeats} "
+          "repeats; the shares are medians of each repeat's own):")
     print(f"  through lmms-eval + plugin  {1e3 * per['suite']:9.1f} ms")
     print(f"  model calls inside it       {1e3 * per['inside']:9.1f} ms")
     print(f"  bare model, same batches    {1e3 * per['bare']:9.1f} ms")
@@ -145,6 +146,9 @@ def cmd_overhead(args) -> int:
     low, high = (100 * v for v in result["outside_model_share_range"])
     print(f"  outside the model calls     {100 * result['outside_model_share']:9.1f} % of it, in the same runs "
           f"(range {low:.1f} to {high:.1f} %)")
+    if result["repeats_without_slope"]:
+        print(f"  ({result['repeats_without_slope']} repeat(s) left out of the shares: their suite time did not grow "
+              "with the samples; raise --limit)")
     print(f"  fixed cost per run          {result['fixed_seconds_per_run']:9.2f} s (task build, data, metrics)")
     if args.output:
         print(f"wrote {write_json_atomic(args.output, results_record('overhead', result.pop('spec'), **result))}")

@@ -7,12 +7,14 @@ n/4 and n; the steady-state cost per sample is the slope between them, so per-ru
 task, reading the parquet, aggregating) drop out, as they would over a benchmark of thousands of samples.
 Everything runs in one process, warmed up, repeated; medians are reported. Each repeat's slopes are paired (its
 bare replay follows its suite runs), so the shares are computed per repeat and given as median and range: on a
-2-core machine whose speed drifts, two medians taken apart differ by ±10 %, more than the overhead itself. The
+2-core machine whose speed drifts, two medians taken apart differ by ±10 percentage points, more than the
+overhead itself. The
 in-run share (wall time outside the model calls, in the same runs) has no such cross-run noise.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -94,14 +96,8 @@ def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
     med = {name: {n: statistics.median(v) for n, v in series.items()}
            for name, series in (("suite", suite_s), ("inside", inside_s), ("bare", bare_s))}
     per_sample = {name: (m[full] - m[small]) / (full - small) for name, m in med.items()}
-
-    def paired_share(part: dict) -> list[float]:
-        """Per repeat: 1 - part's slope / the suite's slope (the share of a sample's wall time not in `part`)."""
-        return [1.0 - (part[full][r] - part[small][r]) / (suite_s[full][r] - suite_s[small][r])
-                for r in range(spec.repeats)]
-
-    shares = paired_share(bare_s)
-    outside = paired_share(inside_s)
+    shares = paired_shares(suite_s, bare_s, small, full)
+    outside = paired_shares(suite_s, inside_s, small, full)
     return {
         "spec": asdict(spec),
         "samples": {"small": small, "full": full},
@@ -109,10 +105,32 @@ def measure_overhead(spec: OverheadSpec, progress=print) -> dict:
         "seconds": {"suite": suite_s, "model_inside_suite": inside_s, "bare": bare_s},
         "per_sample_seconds": per_sample,
         # the share of a sample's steady-state wall time that is not the bare model call (median of the repeats)
-        "overhead_share": statistics.median(shares),
-        "overhead_share_range": [min(shares), max(shares)],
+        "overhead_share": _median(shares),
+        "overhead_share_range": _range(shares),
         # the share spent outside the model calls within the same runs (the suite's own code, no cross-run noise)
-        "outside_model_share": statistics.median(outside),
-        "outside_model_share_range": [min(outside), max(outside)],
+        "outside_model_share": _median(outside),
+        "outside_model_share_range": _range(outside),
+        # repeats whose suite time did not grow from `small` to `full` samples (noise at a tiny --limit): no share
+        "repeats_without_slope": spec.repeats - len(shares),
         "fixed_seconds_per_run": med["suite"][full] - per_sample["suite"] * full,
     }
+
+
+def paired_shares(suite: dict, part: dict, small: int, full: int) -> list[float]:
+    """Per repeat r: 1 - part's slope / the suite's slope, both from repeat r's own runs at `small` and `full`
+    samples (the share of a sample's wall time not spent in `part`). A repeat whose suite slope is not positive
+    has no share and is left out."""
+    shares = []
+    for r in range(len(suite[full])):
+        slope = suite[full][r] - suite[small][r]
+        if slope > 0:
+            shares.append(1.0 - (part[full][r] - part[small][r]) / slope)
+    return shares
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else math.nan
+
+
+def _range(values: list[float]) -> list[float]:
+    return [min(values), max(values)] if values else [math.nan, math.nan]

@@ -115,7 +115,9 @@ def cpu_id(cpuinfo: str | None = None) -> str:
     fields: dict[str, str] = {}
     for line in text.splitlines():
         if not line.strip():
-            break  # the first processor's block
+            if fields:
+                break  # the end of the first processor's block
+            continue
         key, _, value = line.partition(":")
         fields.setdefault(key.strip(), value.strip())
     if "vendor_id" not in fields:

@@ -68,6 +68,7 @@ def test_the_environment_names_the_cpu_beyond_its_model_name(runs_dir):
     assert cpu_id("vendor_id : GenuineIntel\ncpu family : 6\nmodel : 85\nflags : sse2\n") == \
         "GenuineIntel family 6 model 85"
     assert cpu_id("") == ""
+    assert cpu_id("\n" + zen4) == cpu_id(zen4)  # blank lines before the first processor's block
     env = json.loads((runs_dir / "hr-gmod" / "run.json").read_text())["environment"]
     assert env["cpu_id"] == cpu_id()
 
@@ -203,3 +204,14 @@ def test_noise_tolerance_covers_a_retraining_and_still_catches_a_drop(runs_dir, 
     path.write_text(json.dumps(data))
     reasons = [f.reason for f in run_checks(copy, baseline) if f.status == "fail"]
     assert reasons and all("other numerics than the baseline's runs: cpu 'Another CPU'" in r for r in reasons)
+    # another generation under the same model name: cpu_id tells them apart, where the baseline recorded one
+    data["environment"] |= {"cpu": json.loads(baseline.read_text())["provenance"]["runs_numerics"]["cpu"],
+                            "cpu_id": "AuthenticAMD family 23 model 1 (avx2)"}
+    path.write_text(json.dumps(data))
+    reasons = [f.reason for f in run_checks(copy, baseline) if f.status == "fail"]
+    assert reasons and all("numerics than the baseline's runs: cpu_id 'AuthenticAMD family 23" in r for r in reasons)
+    older = json.loads(baseline.read_text())
+    del older["provenance"]["runs_numerics"]["cpu_id"]  # a baseline written before cpu_id was recorded
+    baseline.write_text(json.dumps(older))
+    reasons = [f.reason for f in run_checks(copy, baseline) if f.status == "fail"]
+    assert reasons and not any("other numerics" in r for r in reasons)

@@ -1,6 +1,7 @@
 """Start-up costs only what a command uses; local tasks only; data roots outside the checkout."""
 
 import json
+import statistics
 import subprocess
 import sys
 
@@ -80,11 +81,28 @@ def test_overhead_benchmark_reports_its_parts(tmp_path):
     # the model calls inside the suite are part of its wall time, and the bare replay runs the same calls
     assert all(inside <= wall for inside, wall in zip(seconds["model_inside_suite"][2], seconds["suite"][2]))
     assert result["samples_replayed_bare"] == {1: 1, 2: 2}  # the bare replay ran exactly the suite's samples
-    # one repeat: the paired shares are that repeat's, computed from its own slopes
     slope = {name: series[2][0] - series[1][0] for name, series in seconds.items()}
-    assert result["overhead_share"] == pytest.approx(1 - slope["bare"] / slope["suite"])
-    assert result["outside_model_share"] == pytest.approx(1 - slope["model_inside_suite"] / slope["suite"])
-    assert result["overhead_share_range"] == [result["overhead_share"]] * 2
+    if slope["suite"] > 0:  # one repeat: the shares are that repeat's own
+        assert result["overhead_share"] == pytest.approx(1 - slope["bare"] / slope["suite"])
+        assert result["outside_model_share"] == pytest.approx(1 - slope["model_inside_suite"] / slope["suite"])
+    assert result["repeats_without_slope"] == (0 if slope["suite"] > 0 else 1)
+
+
+def test_overhead_shares_pair_each_repeats_runs():
+    """Each repeat's bare slope is divided by the same repeat's suite slope; the median of those shares differs
+    from one share of the medians (which a slow repeat of one and a fast repeat of the other would skew), and a
+    repeat whose suite time did not grow has no share."""
+    from modbench.suite.overhead import paired_shares
+
+    suite = {4: [1.0, 1.0, 2.0, 1.0], 16: [2.0, 3.0, 3.0, 1.0]}  # slopes 1, 2, 1, 0
+    bare = {4: [1.0, 1.0, 1.0, 1.0], 16: [1.9, 2.2, 1.8, 1.5]}  # slopes 0.9, 1.2, 0.8, 0.5
+    assert paired_shares(suite, bare, 4, 16) == pytest.approx([0.1, 0.4, 0.2])
+    med = {name: {n: statistics.median(v) for n, v in series.items()} for name, series in (("s", suite), ("b", bare))}
+    of_medians = 1 - (med["b"][16] - med["b"][4]) / (med["s"][16] - med["s"][4])  # 1 - 0.85 / 1.5
+    assert statistics.median(paired_shares(suite, bare, 4, 16)) == pytest.approx(0.2)
+    assert of_medians == pytest.approx(0.4333, abs=1e-3)
+    swapped = {4: bare[4], 16: [2.2, 1.9, 1.8, 1.5]}  # the first two repeats' bare runs exchanged
+    assert paired_shares(suite, swapped, 4, 16) != paired_shares(suite, bare, 4, 16)
 
 
 def test_a_deferred_module_loads_once_at_its_first_use(tmp_path, monkeypatch):
