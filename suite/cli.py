@@ -523,9 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scope", nargs="?", default="all", choices=list(SCOPES))
     p.add_argument("--preset", default="quick", choices=sorted(PRESETS),
                    help="quick: dense, γ-MoD 0.5, p-MoD, 1 seed (8–26 min on 2 cores, by the CPU: README, Results at CPU scale); full: every γ-MoD Table 1 "
-                        "row and the p-MoD ablation, 3 seeds; quick-hr: quick's rows and steps on the LLaVA-HR-"
-                        "shaped model (CLIP + ConvNeXt at 320 px; the tower trained on the colour-shape pairs "
-                        "alone), 2 seeds (~15.5 min each on the faster of those CPUs); micro: a smoke test")
+                        "row and the p-MoD ablation, 3 seeds; quick-hr: quick's recipe on the LLaVA-HR-shaped model "
+                        "(CLIP + ConvNeXt at 320 px), 2 seeds (~17-18 min each on the newer of those CPUs); "
+                        "micro: a smoke test")
     p.add_argument("--seeds", type=int, default=None, help="override the preset's number of seeds")
     p.add_argument("--seed", type=int, default=None,
                    help="compute only this seed's stages (0-based) into the stage cache and write no report: one "
