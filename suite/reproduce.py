@@ -174,8 +174,8 @@ PRESETS = {
                     max_new_tokens=QUICK_MAX_NEW_TOKENS),
     "full": Preset("full", seeds=3, rows=tuple(ROWS), dense_steps=1800),
     # quick's rows, steps, tower recipe and answer cap on the LLaVA-HR-shaped model (γ-MoD's main host): the
-    # scenes drawn at 320 px for its ConvNeXt, the same 100 image tokens for the LLM; 2 seeds, ~20 min each on
-    # 2 cores. With the pairs' tower alone (vision_factored 0, its runs before 2026-12-05) its dense stage learnt
+    # scenes drawn at 320 px for its ConvNeXt, the same 100 image tokens for the LLM; 2 seeds, 17-18 min each on
+    # the newer 2-core AMD EPYC. With the pairs' tower alone (vision_factored 0, its runs before 2026-12-05) its dense stage learnt
     # existence on one seed of two, and on neither of the first two seeds under fused AdamW and the AVX2 pin.
     "quick-hr": Preset("quick-hr", seeds=2, rows=QUICK_ROWS, vision_steps=800, vision_factored=0.25, dense_lr=4e-3,
                        image_size=320, model="cpu-repro-llava-hr", max_new_tokens=QUICK_MAX_NEW_TOKENS),

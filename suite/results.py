@@ -87,16 +87,27 @@ def git_state(root: Path | None = None) -> dict:
 CPU_ISA_VARIABLES = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")
 
 
+def _first_cpu(cpuinfo: str | None = None) -> dict[str, str]:
+    """The fields of the first processor's block of /proc/cpuinfo (or of `cpuinfo`); {} where there is none."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break  # the end of the first processor's block
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux: /proc/cpuinfo), else what the platform says: trained-model numbers depend on
     it where a library picks its code path by CPU vendor (suite.reproduce.CPU_ISAS)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _first_cpu().get("model name") or platform.processor() or platform.machine()
 
 
 # Instruction-set extensions named in a CPU id: which kernels the machine could run natively, which the pinned
@@ -108,18 +119,7 @@ def cpu_id(cpuinfo: str | None = None) -> str:
     """Vendor, family and model, and the extensions of CPU_EXTENSIONS it has (Linux: the first processor of
     /proc/cpuinfo), e.g. 'AuthenticAMD family 25 model 17 (avx2 avx512f ...)'; '' where unknown. Two CPUs of
     one model name can differ here (the 'AMD EPYC' of a virtual machine is any of several generations)."""
-    try:
-        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line.strip():
-            if fields:
-                break  # the end of the first processor's block
-            continue
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
+    fields = _first_cpu(cpuinfo)
     if "vendor_id" not in fields:
         return ""
     flags = set(fields.get("flags", "").split())
