@@ -178,7 +178,7 @@ def teacher_forced(model_dir: str, preset, n: int, training_scenes: bool, avoid:
         while not training_scenes and scene.key() in avoid:  # held out: never a training scene
             scene = sample_scene(rng)
         turns = training_turns(scene, rng, preset.turns, preset.exists_weight, preset.caption, preset.yes_no_order,
-                               preset.exists_pairs, preset.choice_weight)
+                               preset.exists_pairs, preset.choice_weight, preset.option_lookup)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [("human", ("<image>\n" if k == 0 else "") + question), ("gpt", answer)]

@@ -125,6 +125,7 @@ class Preset:
     yes_no_order: str = "drawn"  # where the yes/no turns go (tasks.scenes.training_turns)
     exists_pairs: bool = False  # existence asked in Yes/No pairs about one image (tasks.scenes.training_turns)
     choice_weight: int = 1  # shares of multiple-choice questions among those turns (tasks.scenes.training_turns)
+    option_lookup: float = 0.0  # share of conversations with one more, text-only letter drill (the same)
     eval_per_task: int = 60
     dense_steps: int = 750
     # > 0: the tower is first pretrained on the training scenes (suite/vision_pretrain.py, the stand-in for CLIP)
@@ -280,11 +281,12 @@ class Pipeline:
         p = self.preset
         spec = CorpusSpec(seed=seed, image_size=p.image_size, train_scenes=p.train_scenes, turns=p.turns,
                           exists_weight=p.exists_weight, caption=p.caption, yes_no_order=p.yes_no_order,
-                          exists_pairs=p.exists_pairs, choice_weight=p.choice_weight, eval_per_task=p.eval_per_task)
+                          exists_pairs=p.exists_pairs, choice_weight=p.choice_weight,
+                          option_lookup=p.option_lookup, eval_per_task=p.eval_per_task)
         key = asdict(spec)
         # fields added later: at their defaults they stay out of the key, so earlier caches stay valid
         for name, default in (("caption", True), ("yes_no_order", "drawn"), ("exists_pairs", False),
-                              ("choice_weight", 1)):
+                              ("choice_weight", 1), ("option_lookup", 0.0)):
             if key[name] == default:
                 del key[name]
         return self._stage("corpus", key, lambda folder: {"manifest": write_corpus(folder, spec)})

@@ -206,6 +206,17 @@ def choice_question(scene: Scene, rng: random.Random) -> tuple[str, list[str], i
     return question, options, options.index(answer)
 
 
+def lookup_question(rng: random.Random) -> tuple[str, str]:
+    """A text-only drill in the multiple-choice format: "Which option is circle?" over the options a
+    choice_question offers (four colours, or the shapes and "star"), answered with the named option's letter,
+    every letter equally often. It asks nothing about the image: it teaches the step from a known answer to its
+    letter, which LLaVA's pretrained Vicuna brings with it and a model trained from scratch lacks."""
+    options = rng.sample(list(COLOURS), 4) if rng.random() < 0.5 else list(SHAPES) + ["star"]
+    rng.shuffle(options)
+    index = rng.randrange(4)
+    return f"Which option is {options[index]}?{letters(options)}{LETTER}", "ABCD"[index]
+
+
 # What each held-out question asks the model to see. Read together, the kinds tell which perception a model has
 # learnt: counting needs only "something is there", naming a shape needs its outline. Open answers' chance levels.
 SKILL_CHANCE = {"count": 1 / 3, "colour of a named shape": 1 / len(COLOURS), "side of a named shape": 1 / 2,
@@ -283,7 +294,8 @@ YES_NO_ORDERS = ("drawn", "first", "after_first", "half_first")
 
 def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: int = 1,
                    caption: bool = True, yes_no_order: str = "drawn",
-                   exists_pairs: bool = False, choice_weight: int = 1) -> list[tuple[str, str]]:
+                   exists_pairs: bool = False, choice_weight: int = 1,
+                   option_lookup: float = 0.0) -> list[tuple[str, str]]:
     """Question-answer turns about one scene, in the evaluation tasks' prompt formats (follow-up turns without
     the answer-format instruction, as LLaVA's multi-turn data has it: the first turn sets the format). No question
     is asked twice about one image: a repeated question's answer could be copied from the earlier turn instead of
@@ -299,7 +311,9 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
     allows; "first" also makes the first turn nearly always a yes/no one.
     exists_pairs: an existence draw asks two questions about the image, one answered Yes and one No (in a drawn
     order), as MME asks each image a Yes and a No question: the pair's answers cancel in the gradient of a bias
-    towards either answer, leaving only what tells them apart, the image."""
+    towards either answer, leaving only what tells them apart, the image.
+    option_lookup: the share of conversations given one more turn, a text-only drill (lookup_question) after the
+    drawn turns and before the caption; it takes none of their places. At 0 nothing more is drawn from `rng`."""
     out, asked = [], set()
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
@@ -344,6 +358,8 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
         # stable: the drawn order within each group (the first-turn format rule below applies after)
         out = out[:keep] + sorted(out[keep:], key=lambda turn: turn[1] not in ("Yes", "No"))
     out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
+    if option_lookup and rng.random() < option_lookup:
+        out.append(lookup_question(rng))
     # The caption comes last, so that no answer can be read off it instead of the image.
     return out + ([("Describe the image.", describe(scene))] if caption else [])
 
@@ -359,6 +375,8 @@ def question_asks(question: str) -> tuple[str, ...]:
         return ("count",)
     if words[:2] == ["What", "word"]:
         return ("reading",)
+    if words[:2] == ["Which", "option"]:  # lookup_question: about the options, not the scene
+        return ("lookup", *words[3:])
     if "left" in words or "right" in words:
         return ("side", *shapes)
     if words[:2] == ["Is", "there"]:
@@ -385,6 +403,7 @@ class CorpusSpec:
     yes_no_order: str = "drawn"  # where the yes/no turns go (training_turns)
     exists_pairs: bool = False  # existence asked in Yes/No pairs about one image (training_turns)
     choice_weight: int = 1  # shares of multiple-choice questions among the training turns (training_turns)
+    option_lookup: float = 0.0  # share of conversations with a text-only letter drill (training_turns)
     eval_per_task: int = 60  # questions per held-out set (POPE: per split; MME: pairs; MMBench: base questions)
 
 
@@ -419,7 +438,7 @@ def write_corpus(root: str | Path, spec: CorpusSpec) -> dict:
     for i, scene in enumerate(train_scenes):
         draw(scene, spec.image_size).save(images / f"{i:06d}.png")
         turns = training_turns(scene, train_rng, spec.turns, spec.exists_weight, spec.caption, spec.yes_no_order,
-                               spec.exists_pairs, spec.choice_weight)
+                               spec.exists_pairs, spec.choice_weight, spec.option_lookup)
         conversation = []
         for k, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": ("<image>\n" if k == 0 else "") + question},

@@ -490,6 +490,34 @@ def test_choice_weight_asks_more_multiple_choice_questions():
     assert share(3) > 1.5 * share(1) > 0  # (bounded by the distinct questions a scene has)
 
 
+def test_option_lookup_adds_a_letter_drill_to_the_given_share_of_conversations():
+    import random
+    from collections import Counter
+
+    from modbench.tasks.scenes import LETTER, question_asks, sample_scene, training_turns
+
+    rng, drills, letters = random.Random(0), 0, Counter()
+    for _ in range(400):
+        scene = sample_scene(random.Random(rng.random()))
+        state = rng.getstate()
+        plain = training_turns(scene, rng, 8)
+        rng.setstate(state)
+        turns = training_turns(scene, rng, 8, option_lookup=0.5)
+        assert turns[:len(plain) - 1] == plain[:-1] and turns[-1] == plain[-1]  # the drawn turns, then the caption
+        if len(turns) == len(plain) + 1:
+            question, answer = turns[-2]
+            stem, *options, instruction = question.split("\n")
+            assert stem.startswith("Which option is ") and "\n" + instruction == LETTER
+            named = stem.removeprefix("Which option is ").rstrip("?")
+            assert [o[:3] for o in options] == ["A. ", "B. ", "C. ", "D. "]
+            assert [o[3:] for o in options].count(named) == 1 and options["ABCD".index(answer)][3:] == named
+            assert question_asks(question)[0] == "lookup"
+            drills, letters[answer] = drills + 1, letters[answer] + 1
+        else:
+            assert len(turns) == len(plain)
+    assert 160 < drills < 240 and min(letters.values()) > drills / 4 - 25  # about half; every letter as often
+
+
 def test_yes_no_order_reorders_the_same_drawn_turns():
     import random
 
