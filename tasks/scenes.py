@@ -358,6 +358,8 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
         # stable: the drawn order within each group (the first-turn format rule below applies after)
         out = out[:keep] + sorted(out[keep:], key=lambda turn: turn[1] not in ("Yes", "No"))
     out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
+    if not 0 <= option_lookup <= 1:
+        raise ValueError(f"option_lookup is a share of conversations, between 0 and 1; got {option_lookup!r}")
     if option_lookup and rng.random() < option_lookup:
         out.append(lookup_question(rng))
     # The caption comes last, so that no answer can be read off it instead of the image.

@@ -461,7 +461,7 @@ def test_exists_pairs_ask_one_yes_and_one_no_existence_question_about_each_image
 
 def test_the_default_training_turns_are_the_committed_presets_draws():
     """The corpus options added since the presets' results were committed (caption, yes_no_order, exists_pairs,
-    choice_weight) leave the default draws as they were: a fingerprint of 200 scenes' turns, taken before they existed."""
+    choice_weight, option_lookup) leave the default draws as they were: a fingerprint of 200 scenes' turns, taken before they existed."""
     import hashlib
     import random
 
@@ -515,7 +515,10 @@ def test_option_lookup_adds_a_letter_drill_to_the_given_share_of_conversations()
             drills, letters[answer] = drills + 1, letters[answer] + 1
         else:
             assert len(turns) == len(plain)
-    assert 160 < drills < 240 and min(letters.values()) > drills / 4 - 25  # about half; every letter as often
+    assert 160 < drills < 240  # about half
+    assert set(letters) == set("ABCD") and min(letters.values()) > drills / 4 - 25  # every letter about as often
+    with pytest.raises(ValueError, match="option_lookup"):
+        training_turns(sample_scene(rng), rng, 8, option_lookup=1.5)
 
 
 def test_yes_no_order_reorders_the_same_drawn_turns():
@@ -642,3 +645,22 @@ def test_options_added_since_keep_the_presets_corpus_and_vision_keys(preset, tmp
     assert asked["vision"] == {"images": {"seed": 0, "image_size": 80, "train_scenes": 6000},
                                "model": "cpu-repro-llava", "steps": PRESETS[preset].vision_steps, "seed": 0,
                                **factored}
+
+
+def test_a_corpus_option_set_on_the_preset_reaches_the_corpus_and_its_key(tmp_path):
+    from dataclasses import asdict, replace
+
+    from modbench.suite.reproduce import PRESETS, Pipeline
+    from modbench.tasks.scenes import CorpusSpec
+
+    asked = {}
+
+    def stage(name, inputs, build):
+        asked[name] = inputs
+        return tmp_path, {"manifest": {"spec": asdict(CorpusSpec(**inputs))}}
+
+    pipe = Pipeline(replace(PRESETS["quick"], option_lookup=0.5, choice_weight=2), tmp_path, log=lambda *_: None)
+    pipe._stage = stage
+    _, done = pipe.corpus(0)
+    assert asked["corpus"]["option_lookup"] == 0.5 and asked["corpus"]["choice_weight"] == 2
+    assert done["manifest"]["spec"]["option_lookup"] == 0.5
