@@ -68,15 +68,23 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# The suite's own output folders: a run writing its records there (`modbench reproduce` into
+# results/reproduction/<preset>, `check --update-baselines`, the tables) changes no input of a computation, and
+# must not make the next record of the same run say "dirty". results/paper is an input (the papers' tables).
+OUTPUT_FOLDERS = ("results/reproduction", "results/runs", "results/tables", "results/baselines", "results/device")
+
+
 def git_state(root: Path | None = None) -> dict:
-    """The commit and dirty flag of the repository at `root` (default: the one holding the code that ran)."""
+    """The commit and dirty flag of the repository at `root` (default: the one holding the code that ran). Dirty:
+    a tracked file differs from the commit, outside the suite's output folders (OUTPUT_FOLDERS)."""
     root = root or code_dir()
     def git(*args):
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
 
     try:
         sha = git("rev-parse", "HEAD")
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ":/",
+                         *(f":(top,exclude){folder}" for folder in OUTPUT_FOLDERS)))
     except (OSError, subprocess.CalledProcessError):
         return {"sha": None, "dirty": None}
     return {"sha": sha, "dirty": dirty}

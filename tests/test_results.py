@@ -73,6 +73,34 @@ def test_the_environment_names_the_cpu_beyond_its_model_name(runs_dir):
     assert env["cpu_id"] == cpu_id()
 
 
+def test_the_dirty_flag_ignores_the_suites_own_output_folders(tmp_path):
+    """A reproduction writes its records into results/reproduction/<preset> of the checkout: its report step must
+    not call the code dirty for that. A change to code, or to results/paper (an input), is dirty."""
+    import subprocess
+
+    from modbench.suite.results import OUTPUT_FOLDERS, git_state
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    files = ["suite/code.py", "results/paper/table.csv", *(f"{folder}/a.json" for folder in OUTPUT_FOLDERS)]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("0")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "x")
+    assert git_state(tmp_path / "suite")["dirty"] is False
+    for folder in OUTPUT_FOLDERS:
+        (tmp_path / folder / "a.json").write_text("1")
+    assert git_state(tmp_path / "suite")["dirty"] is False  # run from a subfolder, as code_dir() is
+    for name in ("suite/code.py", "results/paper/table.csv"):
+        (tmp_path / name).write_text("1")
+        assert git_state(tmp_path / "suite")["dirty"] is True, name
+        (tmp_path / name).write_text("0")
+
+
 def test_aggregates_recompute_from_samples(runs_dir):
     data = load_results(runs_dir / "hr-gmod" / "run.json")
     recomputed = recompute_metrics(runs_dir / "hr-gmod")
