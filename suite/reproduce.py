@@ -26,7 +26,7 @@ import json
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from modbench.models.variants import T1, T3, T4, T6, PaperRow, pmod_rows, rows
@@ -284,11 +284,11 @@ class Pipeline:
                           exists_pairs=p.exists_pairs, choice_weight=p.choice_weight,
                           option_lookup=p.option_lookup, eval_per_task=p.eval_per_task)
         key = asdict(spec)
-        # fields added later: at their defaults they stay out of the key, so earlier caches stay valid
-        for name, default in (("caption", True), ("yes_no_order", "drawn"), ("exists_pairs", False),
-                              ("choice_weight", 1), ("option_lookup", 0.0)):
-            if key[name] == default:
-                del key[name]
+        # fields added later: at their defaults (CorpusSpec's) they stay out of the key, so earlier caches stay valid
+        later = ("caption", "yes_no_order", "exists_pairs", "choice_weight", "option_lookup")
+        for spec_field in fields(CorpusSpec):
+            if spec_field.name in later and key[spec_field.name] == spec_field.default:
+                del key[spec_field.name]
         return self._stage("corpus", key, lambda folder: {"manifest": write_corpus(folder, spec)})
 
     def _train(self, name: str, inputs: dict, cfg_fields: dict) -> tuple[Path, dict]:

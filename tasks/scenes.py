@@ -314,6 +314,10 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
     towards either answer, leaving only what tells them apart, the image.
     option_lookup: the share of conversations given one more turn, a text-only drill (lookup_question) after the
     drawn turns and before the caption; it takes none of their places. At 0 nothing more is drawn from `rng`."""
+    if yes_no_order not in YES_NO_ORDERS:
+        raise ValueError(f"yes_no_order must be one of {YES_NO_ORDERS}, got {yes_no_order!r}")
+    if not 0 <= option_lookup <= 1:
+        raise ValueError(f"option_lookup is a share of conversations, between 0 and 1; got {option_lookup!r}")
     out, asked = [], set()
     for _ in range(8 * turns):  # bounded: a scene with one object has few distinct questions
         if len(out) == turns:
@@ -349,8 +353,6 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
         if asks not in asked:
             asked.add(asks)
             out.append((question, answer))
-    if yes_no_order not in YES_NO_ORDERS:
-        raise ValueError(f"yes_no_order must be one of {YES_NO_ORDERS}, got {yes_no_order!r}")
     if yes_no_order == "half_first":  # "first" in half the conversations (one draw more), else "drawn"
         yes_no_order = "first" if rng.random() < 0.5 else "drawn"
     if yes_no_order != "drawn":
@@ -358,8 +360,6 @@ def training_turns(scene: Scene, rng: random.Random, turns: int, exists_weight: 
         # stable: the drawn order within each group (the first-turn format rule below applies after)
         out = out[:keep] + sorted(out[keep:], key=lambda turn: turn[1] not in ("Yes", "No"))
     out = [(q if i == 0 or not q.endswith(SHORT) else q[:-len(SHORT)], a) for i, (q, a) in enumerate(out)]
-    if not 0 <= option_lookup <= 1:
-        raise ValueError(f"option_lookup is a share of conversations, between 0 and 1; got {option_lookup!r}")
     if option_lookup and rng.random() < option_lookup:
         out.append(lookup_question(rng))
     # The caption comes last, so that no answer can be read off it instead of the image.
