@@ -502,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--group-by-modality-length", dest="group_by_modality_length", action="store_true", default=None,
                    help="batches of image samples only or text-only samples only (but one mixed batch of the "
                         "remainders), as LLaVA's and γ-MoD's fine-tuning (default: a plain seeded order)")
+    p.add_argument("--loss-weighting", dest="loss_weighting", choices=["token", "turn"],
+                   help="token (default, LLaVA's): the LM loss is the mean over answer tokens; turn: the mean over "
+                        "answers of each answer's mean")
     p.add_argument("--save-every", dest="save_every", type=int, help="steps between resumable checkpoints")
     p.add_argument("--log-every", dest="log_every", type=int)
     p.add_argument("--skip-bad-samples", dest="skip_bad_samples", action="store_true", default=None,

@@ -137,6 +137,7 @@ class Preset:
     batch_size: int = 16
     dense_lr: float = 2e-3
     finetune_lr: float = 5e-4
+    loss_weighting: str = "token"  # dense training and fine-tunes (TrainConfig.loss_weighting)
     arank_keep: int = 1  # of layers 1..L-2 the highest-ARank ones stay dense (and 0, L-1)
     arank_samples: int = 16
     eval_batch: int = 8
@@ -148,6 +149,11 @@ class Preset:
     # γ-MoD under the released rule answers some MMBench questions with its letter and then a caption that runs
     # to 1,024 tokens (QUICK_MAX_NEW_TOKENS)
     max_new_tokens: int | None = None
+
+    def train_overrides(self) -> dict:
+        """TrainConfig fields every training of the preset sets; at their defaults they stay out, so the stage
+        keys of the runs before them are kept."""
+        return {} if self.loss_weighting == "token" else {"loss_weighting": self.loss_weighting}
 
     @property
     def train_tower(self) -> bool:
@@ -337,7 +343,7 @@ class Pipeline:
         folder, _ = corpus
         fields = dict(model=vision[1]["model"] if vision else p.model, data=str(folder / "train" / "scenes.json"),
                       steps=p.dense_steps, batch_size=p.batch_size, lr=p.dense_lr, train_vision=vision is None,
-                      seed=seed)
+                      seed=seed, **p.train_overrides())
         inputs = {"corpus": folder.name, **fields, "data": None}
         if vision:
             fields["tower_features"] = vision[1]["tower_features"]  # the frozen tower's output, computed once
@@ -367,7 +373,7 @@ class Pipeline:
         fields = dict(model=dense[1]["model"], data=str(corpus[0] / "train" / "scenes.json"),
                       steps=p.finetune_steps, batch_size=p.batch_size, lr=p.finetune_lr,
                       train_vision=p.train_tower,
-                      seed=seed, **row.train_overrides())
+                      seed=seed, **row.train_overrides(), **p.train_overrides())
         if row.scheme == "gamma" and row.layers == "arank":
             fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
         if row.scheme == "pmod" and row.constant_ratio:

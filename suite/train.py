@@ -32,6 +32,7 @@ SCHEMES = ("", *MODEL_SCHEMES)  # "": the model's own
 STAGES = ("pretrain", "finetune")
 ROUTERS = ("shared", "per-layer")
 MIXED_PRECISION = ("no", "bf16", "fp16")
+LOSS_WEIGHTINGS = ("token", "turn")
 
 
 @dataclass
@@ -72,6 +73,9 @@ class TrainConfig:
     # LLaVA's and γ-MoD's fine-tuning recipe (`--group_by_modality_length True`): every batch holds image samples
     # only or text-only samples only (suite.train_data.modality_grouped_order); off: a plain seeded permutation
     group_by_modality_length: bool = False
+    # token: the LM loss is the mean over answer tokens (LLaVA's); turn: the mean over answers of each answer's
+    # mean, so a one-token "Yes" weighs as much as a thirty-token caption (suite.train.turn_weights)
+    loss_weighting: str = "token"
     save_every: int = 0  # steps between resumable checkpoints (0: only at the end)
     keep_checkpoints: int = 1
     log_every: int = 10
@@ -91,6 +95,7 @@ class TrainConfig:
             (self.router in ROUTERS, f"router must be one of {ROUTERS}"),
             (self.masked in MASKED_TOKENS, f"masked must be one of {MASKED_TOKENS}"),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
+            (self.loss_weighting in LOSS_WEIGHTINGS, f"loss_weighting must be one of {LOSS_WEIGHTINGS}"),
             ((self.steps > 0) != (self.epochs > 0), "give exactly one of steps or epochs"),
             (self.batch_size >= 1 and self.grad_accum >= 1, "batch_size and grad_accum must be >= 1"),
             (sum(map(bool, (self.mod_layers, self.arank_keep, self.mod_pattern))) <= 1,
@@ -266,9 +271,10 @@ class TrainingForward(torch.nn.Module):
     counts the tokens each loss averages over (label tokens for the LM loss, real tokens for the routing loss),
     which data-parallel training needs to weight the ranks' losses."""
 
-    def __init__(self, vlm) -> None:
+    def __init__(self, vlm, loss_weighting: str = "token") -> None:
         super().__init__()
         self.vlm = vlm
+        self.loss_weighting = loss_weighting
 
     def forward(self, batch):
         from modbench.models.routing import PAD
@@ -279,9 +285,26 @@ class TrainingForward(torch.nn.Module):
         assembled = self.vlm.assemble(batch.samples, batch.pixels, features=features, pad_side="right")
         out = self.vlm.language_model(inputs_embeds=assembled.inputs_embeds, token_types=assembled.token_types,
                                       labels=assembled.labels, collect_stats=True, logits_at_labels=True)
-        out.loss_tokens = torch.stack([(assembled.labels[:, 1:] != -100).sum(),
-                                       (assembled.token_types != PAD).sum()]).double()
+        targets = assembled.labels[:, 1:]
+        label_weight = (targets != -100).sum()
+        if self.loss_weighting == "turn":  # logits are at the labelled positions only, in row-major order
+            weights = turn_weights(targets != -100).float()
+            token_loss = torch.nn.functional.cross_entropy(out.logits.float(), targets[targets != -100],
+                                                           reduction="none")
+            out.lm_loss = (token_loss * weights).sum() / weights.sum().clamp(min=1e-12)
+            out.loss = out.lm_loss if out.routing_loss is None else out.lm_loss + out.routing_loss
+            label_weight = weights.sum()  # data parallel weighs each rank by its number of answers
+        out.loss_tokens = torch.stack([label_weight.double(), (assembled.token_types != PAD).sum().double()])
         return out
+
+
+def turn_weights(labelled: torch.Tensor) -> torch.Tensor:
+    """Per labelled position of a [batch, seq] mask, in row-major order: 1 / the length of its answer (a run of
+    consecutive labelled positions), so every answer's weights sum to 1."""
+    starts = labelled.clone()
+    starts[:, 1:] &= ~labelled[:, :-1]
+    answer = torch.cumsum(starts.flatten(), 0)[labelled.flatten()] - 1
+    return 1.0 / torch.bincount(answer).double()[answer]
 
 
 class _TowerStage:
@@ -448,7 +471,7 @@ def train(cfg: TrainConfig, log=print) -> dict:
     deepspeed = accelerator.state.deepspeed_plugin
     if deepspeed is not None:  # DeepSpeed reads the micro-batch from a prepared loader; ours is not prepared
         deepspeed.deepspeed_config["train_micro_batch_size_per_gpu"] = cfg.batch_size
-    forward, optimizer = accelerator.prepare(TrainingForward(model), optimizer)
+    forward, optimizer = accelerator.prepare(TrainingForward(model, cfg.loss_weighting), optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
     state = {"step": 0, "micro_step": 0, "epoch": 0, "batch_in_epoch": 0, "tokens_seen": 0, "samples_seen": 0,
@@ -566,6 +589,8 @@ def _comparable(cfg: TrainConfig) -> dict:
         data.pop(key)
     if not data["group_by_modality_length"]:  # added later: at its default it stays out, so older runs resume
         del data["group_by_modality_length"]
+    if data["loss_weighting"] == "token":  # likewise
+        del data["loss_weighting"]
     return data
 
 

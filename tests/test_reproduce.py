@@ -664,3 +664,30 @@ def test_a_corpus_option_set_on_the_preset_reaches_the_corpus_and_its_key(tmp_pa
     _, done = pipe.corpus(0)
     assert asked["corpus"]["option_lookup"] == 0.5 and asked["corpus"]["choice_weight"] == 2
     assert done["manifest"]["spec"]["option_lookup"] == 0.5
+
+
+@pytest.mark.parametrize("weighting", ["token", "turn"])
+def test_the_presets_loss_weighting_reaches_dense_training_and_fine_tunes_and_their_keys(weighting, tmp_path):
+    """Preset.loss_weighting is every training's TrainConfig.loss_weighting; at its default ('token') it stays
+    out of the stage keys (the committed runs' stage names hold)."""
+    from dataclasses import replace
+
+    from modbench.suite.reproduce import PRESETS, Pipeline
+
+    asked = {}
+
+    def train(name, inputs, fields):
+        asked[name] = (inputs, fields)
+        return tmp_path / name, {"model": "m", "mod_layers": [1, 2]}
+
+    pipe = Pipeline(replace(PRESETS["quick"], loss_weighting=weighting), tmp_path, log=lambda *_: None)
+    pipe._train = train
+    corpus, vision = (tmp_path / "corpus", {}), (tmp_path / "vision", {"model": "v", "tower_features": "f"})
+    dense = pipe.dense(0, corpus, vision)
+    pipe.finetune(0, "gamma-0.5", corpus, dense, (tmp_path / "arank", {"mod_layers": [1, 2]}), vision)
+    for name in ("dense", "finetune-gamma-0.5"):
+        inputs, fields = asked[name]
+        if weighting == "token":
+            assert "loss_weighting" not in inputs and "loss_weighting" not in fields
+        else:
+            assert inputs["loss_weighting"] == fields["loss_weighting"] == "turn"

@@ -485,3 +485,58 @@ def test_training_grouped_by_modality_length(data, tmp_path):
     assert record["spec"]["group_by_modality_length"] is True
     with pytest.raises(ValueError, match="group_by_modality_length"):
         train(config(data, tmp_path / "g", steps=2, resume=True))
+
+
+def test_turn_weights_give_each_answer_one_unit():
+    from modbench.suite.train import turn_weights
+
+    labelled = torch.tensor([[0, 1, 1, 0, 1, 0, 0, 1], [1, 1, 1, 0, 0, 1, 1, 0]]).bool()
+    expected = [1 / 2, 1 / 2, 1, 1, 1 / 3, 1 / 3, 1 / 3, 1 / 2, 1 / 2]  # a run at a row's end and the next row's start: two
+    torch.testing.assert_close(turn_weights(labelled), torch.tensor(expected, dtype=torch.float64))
+
+
+def test_turn_weighted_loss_is_the_mean_over_answers_of_each_answers_mean(tmp_path):
+    """loss_weighting 'turn': computed from the full logits by hand, per answer (a run of labelled positions)
+    and then over answers; it differs from the token mean when answers differ in length (a long caption here)."""
+    from modbench.suite.train import TrainingForward
+
+    caption = {"id": "long", "image": "img0.png", "conversations": [
+        {"from": "human", "value": "<image>\nDescribe the image."},
+        {"from": "gpt", "value": "A large red circle on a light grey background, alone, near the middle."},
+        {"from": "human", "value": "Is there a circle?"}, {"from": "gpt", "value": "Yes"}]}
+    data = write_data(tmp_path / "d", n=4, extra=[caption])
+    model = models.build_model("tiny-llava", seed=0).eval()
+    dataset = InstructionDataset(data, None, model.tokenizer, model.vision.num_image_tokens, 512)
+    batch = Collate(model.vision.preprocess, skip_bad=False)([dataset[i] for i in (0, 1, 5)])
+    with torch.no_grad():
+        token, turn = TrainingForward(model)(batch), TrainingForward(model, "turn")(batch)
+        assembled = model.assemble(batch.samples, batch.pixels, pad_side="right")
+        logits = model.language_model(inputs_embeds=assembled.inputs_embeds,
+                                      token_types=assembled.token_types).logits[:, :-1]
+    targets = assembled.labels[:, 1:]
+    per_answer, every_token = [], []
+    for row in range(targets.shape[0]):
+        run = []
+        for i in range(targets.shape[1] + 1):
+            if i < targets.shape[1] and targets[row, i] != -100:
+                run.append(torch.nn.functional.cross_entropy(logits[row, i], targets[row, i]))
+            elif run:
+                per_answer.append(torch.stack(run).mean())
+                every_token += run
+                run = []
+    assert len(per_answer) == 2 + 1 + 2  # samples 0 (two turns) and 1 (one), the caption sample's two
+    torch.testing.assert_close(turn.lm_loss, torch.stack(per_answer).mean(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(token.lm_loss, torch.stack(every_token).mean(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(turn.lm_loss, token.lm_loss, rtol=1e-3)
+    assert float(turn.loss_tokens[0]) == pytest.approx(5) and float(token.loss_tokens[0]) == len(every_token)
+
+
+def test_loss_weighting_reaches_the_run_and_is_checked(data, tmp_path):
+    from modbench.models.config import ConfigError
+
+    record = train(config(data, tmp_path / "t", steps=2, loss_weighting="turn"))
+    assert record["spec"]["loss_weighting"] == "turn"
+    with pytest.raises(ValueError, match="loss_weighting"):  # it decides the weights: a resume must keep it
+        train(config(data, tmp_path / "t", steps=2, resume=True))
+    with pytest.raises(ConfigError, match="loss_weighting must be one of"):
+        train(config(data, tmp_path / "bad", loss_weighting="answer"))
