@@ -175,13 +175,22 @@ def cmd_train(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from modbench.suite.reproduce import reproduce
+    from modbench.suite.reproduce import default_output, preset_for, reproduce, rerender
 
-    record = reproduce(args.scope, args.preset, args.seeds, args.output or None, args.work or None, seed=args.seed,
-                       cpu_isa=args.cpu_isa)
+    output = Path(args.output or default_output(args.preset, args.scope, args.seeds))
+    if args.report_only and args.seed is not None:
+        print("--report-only renders a finished reproduction; --seed computes one seed's stages: choose one",
+              file=sys.stderr)
+        return 2
+    if args.report_only:
+        preset_for(args.preset, args.scope, args.seeds)  # the same checks as a run
+        rerender(output)
+    else:
+        reproduce(args.scope, args.preset, args.seeds, output, args.work or None, seed=args.seed,
+                  cpu_isa=args.cpu_isa)
     if args.seed is not None:  # one job of an array over seeds: its stages are cached, the report comes later
         return 0
-    claims_path = Path(args.output or f"results/reproduction/{record['spec']['preset']['name']}") / "claims.json"
+    claims_path = output / "claims.json"
     for claim in json.loads(claims_path.read_text())["claims"]:
         print(f"{claim['verdict']:>13s}  {claim['paper']:9s} {claim['claim']} (paper {claim['paper_value']}, ours "
               f"{claim['estimate']:.1f})")
@@ -533,12 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None,
                    help="compute only this seed's stages (0-based) into the stage cache and write no report: one "
                         "job per seed on a cluster, then the same command without --seed writes the report")
-    p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>)")
+    p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>, with "
+                   "-<scope> and -<N>seeds appended when those differ from the preset's, e.g. quick-gamma-mod-2seeds)")
+    p.add_argument("--report-only", dest="report_only", action="store_true",
+                   help="run no stage: write the tables, claims and plot again from --output's summary.json with "
+                        "this checkout's report code")
     p.add_argument("--work", default="", help="stage cache: corpus, checkpoints, runs (default .cache/reproduce/<preset>)")
     p.add_argument("--cpu-isa", default="avx2", choices=["avx2", "portable", "native"],
                    help="CPU code paths: avx2 (default) pins torch's, oneDNN's and MKL's kernels to AVX2, so that "
                         "machines of one CPU vendor compute the same numbers at the same thread count (the "
-                        "committed results: 2 threads; MKL honours its AVX2 mode on Intel only); portable also pins "
+                        "committed results: quick 2 threads, full one one-thread process per seed; MKL honours its AVX2 mode on Intel only); portable also pins "
                         "MKL's GEMMs to its vendor-neutral path, the same numbers on Intel and AMD, ~2x slower; "
                         "native: the machine's own, numbers differ")
     p.set_defaults(func=cmd_reproduce)

@@ -607,7 +607,8 @@ def mean_sd(values: list[float]) -> tuple[float, float | None]:
 class Claim:
     """A claim of a paper, as a comparison of a measured quantity with a threshold. `direction` says which side
     holds it ('>=' or '<='); `se` is the standard error of the estimate (seed spread, or sampling noise with one
-    seed); within 1.96 se of the threshold the verdict is 'within noise'."""
+    seed); within `critical` se of the threshold the verdict is 'within noise' (t_critical: 1.96 for sampling noise,
+    Student's t for a spread over few seeds)."""
 
     paper: str  # which paper and table
     claim: str
@@ -619,25 +620,47 @@ class Claim:
     unit: str = ""
     note: str = ""
     values: list[float] = field(default_factory=list)
+    critical: float = 1.96
 
     @property
     def verdict(self) -> str:
         if self.estimate is None or math.isnan(self.estimate):
             return "not run"
-        return verdict(self.estimate, self.se or 0.0, self.threshold, self.direction)
+        return verdict(self.estimate, self.se or 0.0, self.threshold, self.direction, self.critical)
 
 
-def verdict(estimate: float, se: float, threshold: float, direction: str) -> str:
-    """'held' when the estimate clears the threshold by more than 1.96 se, 'did not hold' when it misses it by
-    more than 1.96 se, else 'within noise'."""
+def verdict(estimate: float, se: float, threshold: float, direction: str, critical: float = 1.96) -> str:
+    """'held' when the estimate clears the threshold by more than `critical` se, 'did not hold' when it misses it
+    by more than that, else 'within noise'."""
     if direction not in (">=", "<="):
         raise ValueError(f"direction must be '>=' or '<=', got {direction!r}")
     margin = (estimate - threshold) if direction == ">=" else (threshold - estimate)
-    if margin > 1.96 * se or (se == 0 and margin >= 0):
+    if margin > critical * se or (se == 0 and margin >= 0):
         return "held"
-    if margin < -1.96 * se:
+    if margin < -critical * se:
         return "did not hold"
     return "within noise"
+
+
+# Student's t, two-sided 95 % (the 0.975 quantile), by degrees of freedom
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+         20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+         29: 2.045, 30: 2.042}
+
+
+def t_critical(dof: int | None) -> float:
+    """The two-sided 95 % critical value for a standard error estimated with `dof` degrees of freedom (a spread
+    over dof + 1 seeds); None: a known-variance (binomial sampling) error, 1.96. Beyond 30 the Cornish-Fisher
+    expansion, within 1e-3 of the exact quantile."""
+    if dof is None:
+        return 1.96
+    if dof < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
+    if dof in _T975:
+        return _T975[dof]
+    z = 1.959964
+    return z + (z ** 3 + z) / (4 * dof) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * dof ** 2)
 
 
 def accuracy_se(p_a: float, n_a: int, p_b: float, n_b: int) -> float:
@@ -657,9 +680,33 @@ def preset_for(name: str, scope: str = "all", seeds: int | None = None) -> Prese
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, got {name!r}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {sorted(SCOPES)}, got {scope!r}")
+    if seeds is not None and seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     preset = PRESETS[name]
     rows = tuple(r for r in preset.rows if ROWS[r].scheme in SCOPES[scope])
     return replace(preset, rows=rows, seeds=seeds or preset.seeds)
+
+
+def default_output(preset: str, scope: str = "all", seeds: int | None = None) -> Path:
+    """results/reproduction/<preset> for the preset as defined (its committed results); another scope or number of
+    seeds gets a folder of its own (e.g. quick-gamma-mod-2seeds), so it never replaces those."""
+    name = preset + ("" if scope == "all" else f"-{scope}")
+    if seeds is not None and seeds != PRESETS[preset].seeds:
+        name += f"-{seeds}seeds"
+    return Path("results/reproduction") / name
+
+
+def rerender(output: str | Path) -> dict:
+    """The tables, claims and plot written again from `output`/summary.json (the pipeline's result as it was
+    recorded), with this checkout's report code; no stage runs. Returns that record."""
+    from modbench.suite.reproduce_report import write_report
+
+    path = Path(output) / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no reproduction's summary to render (run `modbench reproduce` first)")
+    record = json.loads(path.read_text())
+    write_report(record["result"], output)
+    return record
 
 
 def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = None, output: str | Path | None = None,
@@ -674,7 +721,7 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     from modbench.suite.results import environment, results_record, write_json_atomic
 
     chosen = preset_for(preset, scope, seeds)
-    output = Path(output or f"results/reproduction/{chosen.name}")
+    output = Path(output or default_output(preset, scope, seeds))
     work = Path(work or f".cache/reproduce/{chosen.name}")
     cpu = pinned_code_paths(cpu_isa)
     started = time.perf_counter()

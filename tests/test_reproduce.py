@@ -21,6 +21,20 @@ def test_verdict_on_given_numbers(estimate, se, threshold, direction, expected):
     assert Claim("p", "c", "v", threshold, direction, estimate, se).verdict == expected
 
 
+def test_a_spread_over_few_seeds_needs_students_t():
+    """With 3 seeds the standard error is itself estimated from 3 values: a miss of 1.98 se is 'did not hold' for
+    known (sampling) noise but within noise under Student's t with 2 degrees of freedom (4.30)."""
+    from modbench.suite.reproduce import t_critical
+
+    assert t_critical(None) == 1.96 and t_critical(2) == pytest.approx(4.303)
+    assert t_critical(60) == pytest.approx(2.000, abs=1e-3) and t_critical(120) == pytest.approx(1.980, abs=1e-3)
+    assert verdict(-8.8, 3.7, -1.5, ">=") == "did not hold"
+    assert verdict(-8.8, 3.7, -1.5, ">=", t_critical(2)) == "within noise"
+    assert Claim("p", "c", "v", -1.5, ">=", -8.8, 3.7, critical=t_critical(2)).verdict == "within noise"
+    with pytest.raises(ValueError, match="degrees of freedom"):
+        t_critical(0)
+
+
 def test_verdict_rejects_an_unknown_direction():
     with pytest.raises(ValueError, match="direction"):
         verdict(1.0, 0.1, 0.0, ">")
@@ -64,6 +78,59 @@ def test_tables_say_did_not_hold_where_the_numbers_fail_the_claim(tmp_path):
     assert "did not hold" in table and "| gamma-0.5 (controlled skip) |" in table
     verdicts = json.loads((tmp_path / "claims.json").read_text())["claims"]
     assert all(v["verdict"] in ("held", "did not hold", "within noise", "not run") for v in verdicts)
+
+
+def test_verdicts_over_seeds_use_students_t_and_the_report_says_so(tmp_path):
+    from modbench.suite.reproduce_report import Summary, claims, write_report
+
+    # three seeds at 70, 71, 72 against a dense 80: Δ -11.25 % ± 0.72 se, beyond 4.30 se of -1.5 %
+    found = {c.claim: c for c in claims(Summary(_result(gamma_acc=70.0, seeds=3)))}
+    accuracy = found["avg accuracy change vs dense, relative (released rule)"]
+    assert accuracy.critical == pytest.approx(4.303) and accuracy.se == pytest.approx(1.25 / 3 ** 0.5)
+    assert accuracy.verdict == "did not hold"
+    write_report(_result(gamma_acc=70.0, seeds=3), tmp_path)
+    assert "4.30 standard errors (the spread over 3 seeds, Student's t with 2 degrees of freedom)" in (
+        tmp_path / "reproduction.md").read_text()
+    from modbench.suite.results import load_results
+
+    record = load_results(tmp_path / "claims.json")
+    assert record["critical"] == pytest.approx(4.303) and record["spec"]["seeds"] == 3
+
+
+@pytest.mark.parametrize("model, same_host", [("cpu-repro-llava", "LLaVA-1.5"), ("cpu-repro-llava-hr", None)])
+def test_gamma_accuracy_claims_use_the_papers_values_for_the_headline_and_our_hosts_shape(model, same_host):
+    """The headline thresholds are LLaVA-HR's Table 3 values (γ-MoD-0.5 -1.5 %, read from results/paper); a
+    LLaVA-1.5-shaped model is also set beside the paper's LLaVA-1.5 row (-19.7 %), where γ-MoD costs far more."""
+    from modbench.suite.reproduce_report import Summary, claims
+
+    result = _result(gamma_acc=70.0)
+    result["preset"]["model"] = model
+    found = {c.claim: c for c in claims(Summary(result))}
+    headline = found["avg accuracy change vs dense, relative (released rule)"]
+    assert headline.threshold == -1.5 and headline.paper_value == "-1.5 % (LLaVA-HR-7B)"
+    assert headline.verdict == "did not hold"  # -12.5 %
+    same = found.get("avg accuracy change vs dense, relative (released rule), against the paper's LLaVA-1.5-7B row")
+    if same_host is None:
+        assert same is None
+    else:
+        assert same.threshold == -19.7 and same.verdict == "held"  # -12.5 % loses less than the paper's -19.7 %
+
+
+def test_table1_claims_compare_the_rows_at_the_controlled_skip():
+    """Under the released rule this scale's routers skip nothing; Table 1's ablations are compared where the
+    rows route (their controlled skip). Here the released evaluations say the opposite of the controlled ones."""
+    from modbench.suite.reproduce_report import Summary, claims
+
+    result = _result(gamma_acc=70.0)
+    evals = result["seeds"][0]["evals"]
+    for row, released, controlled in (("gamma-0.17", 60.0, 75.0), ("gamma-0.68", 75.0, 60.0)):
+        result["seeds"][0]["rows"][row] = {"mod_layers": [1, 2]}
+        evals[f"{row}|released"] = _eval(released, 1.0, 0.0, 100_000)
+        evals[f"{row}|controlled"] = _eval(controlled, 0.6, float(row[-2:]) / 100, 100_000)
+    claim = {c.claim: c for c in claims(Summary(result))}[
+        "routing 68 % costs accuracy against 17 % (points, each at its own skip)"]
+    assert claim.estimate == pytest.approx(15.0) and claim.verdict == "held"
+    assert claim.paper_value == "58.3 vs 55.3"  # from results/paper's Table 1
 
 
 def test_image_dependence_names_the_benchmarks_the_dense_model_loses_with_swapped_images():
@@ -360,6 +427,13 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
     monkeypatch.chdir(tmp_path / "elsewhere")
     second = reproduce("all", "micro", output=out, work=work, log=lambda *_: None, cpu_isa="native")
     assert second["stages_run"] == []
+    assert json.loads((out / "claims.json").read_text())["claims"] == claims
+    # --report-only writes the report again from summary.json, running no stage
+    from modbench.suite.cli import main
+
+    (out / "reproduction.md").unlink()
+    assert main(["reproduce", "--preset", "micro", "--output", str(out), "--report-only"]) == 0
+    assert (out / "reproduction.md").read_text() == table
     assert json.loads((out / "claims.json").read_text())["claims"] == claims
     # the cached stages keep the seconds they took when computed
     assert json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["stage_seconds"] == seconds
@@ -691,3 +765,20 @@ def test_the_presets_loss_weighting_reaches_dense_training_and_fine_tunes_and_th
             assert "loss_weighting" not in inputs and "loss_weighting" not in fields
         else:
             assert inputs["loss_weighting"] == fields["loss_weighting"] == "turn"
+
+
+def test_another_scope_or_seed_count_writes_a_folder_of_its_own_and_bad_seeds_are_refused(tmp_path, capsys):
+    from pathlib import Path
+
+    from modbench.suite.cli import main
+    from modbench.suite.reproduce import default_output, preset_for
+
+    assert default_output("quick") == Path("results/reproduction/quick")
+    assert default_output("quick", "all", 1) == Path("results/reproduction/quick")  # the preset's own count
+    assert default_output("quick", "gamma-mod", 2) == Path("results/reproduction/quick-gamma-mod-2seeds")
+    assert default_output("full", "pmod") == Path("results/reproduction/full-pmod")
+    with pytest.raises(ValueError, match="--seeds must be at least 1"):
+        preset_for("quick", "all", 0)
+    assert main(["reproduce", "--preset", "micro", "--output", str(tmp_path / "none"), "--report-only"]) != 0
+    assert "no reproduction's summary to render" in capsys.readouterr().err
+    assert main(["reproduce", "--preset", "micro", "--report-only", "--seed", "0"]) == 2
