@@ -187,7 +187,7 @@ def cmd_reproduce(args) -> int:
         rerender(output)
     else:
         reproduce(args.scope, args.preset, args.seeds, output, args.work or None, seed=args.seed,
-                  cpu_isa=args.cpu_isa)
+                  cpu_isa=args.cpu_isa, jobs=args.jobs)
     if args.seed is not None:  # one job of an array over seeds: its stages are cached, the report comes later
         return 0
     claims_path = output / "claims.json"
@@ -544,6 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "job per seed on a cluster, then the same command without --seed writes the report")
     p.add_argument("--output", default="", help="report and records (default results/reproduction/<preset>, with "
                    "-<scope> and -<N>seeds appended when those differ from the preset's, e.g. quick-gamma-mod-2seeds)")
+    p.add_argument("--jobs", type=int, default=0,
+                   help="compute the seeds as one-thread `--seed K` processes, at most this many at once (logs in "
+                        "--work/logs), then write the report with one thread: the full preset's committed results "
+                        "(3 on 2 cores). Default 0: the seeds in turn in this process, at its thread count")
     p.add_argument("--report-only", dest="report_only", action="store_true",
                    help="run no stage: write the tables, claims and plot again from --output's summary.json with "
                         "this checkout's report code")

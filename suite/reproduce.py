@@ -709,11 +709,53 @@ def rerender(output: str | Path) -> dict:
     return record
 
 
+def seed_commands(scope: str, preset: str, seeds: int | None, output: Path, work: Path, cpu_isa: str
+                  ) -> list[list[str]]:
+    """One `modbench reproduce --seed K` command per seed of the preset (the stages of seed K into `work`)."""
+    import sys
+
+    count = preset_for(preset, scope, seeds).seeds
+    return [[sys.executable, "-m", "modbench", "reproduce", scope, "--preset", preset,
+             *(["--seeds", str(seeds)] if seeds is not None else []), "--seed", str(k), "--output", str(output),
+             "--work", str(work), "--cpu-isa", cpu_isa] for k in range(count)]
+
+
+def run_seed_processes(commands: list[list[str]], jobs: int, logs: Path, log=print) -> None:
+    """The seeds' commands as one-thread processes, at most `jobs` at a time, each logging to logs/seed<K>.log;
+    an error naming the failed seeds and their logs once all have ended."""
+    import os
+    import subprocess
+
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    waiting, running, failed = list(enumerate(commands)), [], []
+    while waiting or running:
+        while waiting and len(running) < jobs:
+            k, command = waiting.pop(0)
+            handle = (logs / f"seed{k}.log").open("w")
+            running.append((k, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env), handle))
+            log(f"seed {k}: started, one thread (log: {logs / f'seed{k}.log'})")
+        time.sleep(0.2)
+        for entry in [e for e in running if e[1].poll() is not None]:
+            k, process, handle = entry
+            handle.close()
+            running.remove(entry)
+            log(f"seed {k}: " + ("done" if process.returncode == 0 else f"failed (exit {process.returncode})"))
+            if process.returncode:
+                failed.append(k)
+    if failed:
+        raise RuntimeError("seed process(es) " + ", ".join(map(str, failed)) + " failed: see "
+                           + ", ".join(str(logs / f"seed{k}.log") for k in failed))
+
+
 def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = None, output: str | Path | None = None,
-              work: str | Path | None = None, log=print, seed: int | None = None, cpu_isa: str = "avx2") -> dict:
+              work: str | Path | None = None, log=print, seed: int | None = None, cpu_isa: str = "avx2",
+              jobs: int = 0) -> dict:
     """Run (or continue) the pipeline; write summary.json, the records of every run, the tables and the plot.
     With `seed`, only that seed's stages are computed into the stage cache (one job of an array over seeds) and
     no report is written: a run without `seed` on the same work folder then finds every stage cached.
+    `jobs` > 0: the seeds are first computed as one-thread `--seed K` processes, at most `jobs` at once, and this
+    process then writes the report with one thread (the thread count is part of the stage keys).
     `cpu_isa`: the CPU code paths (CPU_ISAS), pinned before torch computes anything in this process."""
     import shutil
 
@@ -723,8 +765,15 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     chosen = preset_for(preset, scope, seeds)
     output = Path(output or default_output(preset, scope, seeds))
     work = Path(work or f".cache/reproduce/{chosen.name}")
+    started = time.perf_counter()  # with --jobs, the seeds' processes count too
+    if jobs < 0 or (jobs and seed is not None):
+        raise ValueError("--jobs must be >= 1, and runs the seeds itself: not with --seed")
+    if jobs:
+        import torch
+
+        torch.set_num_threads(1)  # the report's stage keys must be the one-thread seeds'
+        run_seed_processes(seed_commands(scope, preset, seeds, output, work, cpu_isa), jobs, work / "logs", log)
     cpu = pinned_code_paths(cpu_isa)
-    started = time.perf_counter()
     pipeline = Pipeline(chosen, work, log=log, cpu=cpu)
     if seed is not None:
         if not 0 <= seed < chosen.seeds:
@@ -750,7 +799,7 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
             if done.get("model"):
                 shutil.copyfile(Path(done["model"]) / "train.json", _mkdir(target) / "train.json")
     record = results_record("reproduction", {"scope": scope, "preset": asdict(chosen), "work": str(work),
-                                             "cpu_isa": cpu_isa},
+                                             "cpu_isa": cpu_isa, "jobs": jobs},
                             status="ok", result=result, stages_run=pipeline.ran,
                             wall_seconds=time.perf_counter() - started)
     record["environment"] = environment()

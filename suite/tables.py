@@ -355,8 +355,11 @@ def _average_over(spec: TableSpec, source: Source, host_source: Source, prow: di
 
 
 def _verdict(row_source: Source, host_source: Source, keys: tuple, ours: Effects, paper_relative) -> str:
-    """Ours' relative Δ accuracy against the paper's: held (no worse beyond 1.96 standard errors), did not hold,
-    or within noise. The error: the seed spread, else the benchmarks' binomial sampling noise."""
+    """Ours' relative Δ accuracy against the paper's: held (no worse beyond the critical value's standard errors),
+    did not hold, or within noise. The error: the seed spread (Student's t), else the benchmarks' binomial
+    sampling noise (1.96): the reproduction's verdict (suite.reproduce.verdict)."""
+    from modbench.suite.reproduce import t_critical, verdict
+
     if ours.delta_relative is None or paper_relative is None:
         return "no estimate"
     per_seed = []
@@ -376,12 +379,8 @@ def _verdict(row_source: Source, host_source: Source, keys: tuple, ours: Effects
             return "no estimate"
         host_average = _mean([metric_value(host_source.runs[0][1], k) for k in keys])
         se = 100 * math.sqrt(sum(t * t for t in terms)) / len(keys) / host_average
-    margin = ours.delta_relative - paper_relative
-    if margin > 1.96 * se:
-        return "acc held"
-    if margin < -1.96 * se:
-        return "acc did not hold"
-    return "acc within noise"
+    return "acc " + verdict(ours.delta_relative, se, paper_relative, ">=",
+                            t_critical(len(per_seed) - 1 if len(per_seed) > 1 else None))
 
 
 def build_table(spec: TableSpec, runs: dict) -> list[TableRow]:
@@ -520,7 +519,8 @@ def _notes(spec: TableSpec, rows: list[TableRow]) -> list[str]:
                      "same benchmarks.")
     if kinds & {RELEASED, TRAINED}:
         notes.append("reading: ours' relative Δ acc against the paper's — held (no worse beyond 1.96 standard "
-                     "errors: seed spread, else binomial sampling noise), did not hold, or within noise.")
+                     "errors of binomial sampling noise, or Student's t over seeds' spread), did not hold, or "
+                     "within noise.")
     reasons: dict[str, list[str]] = {}
     paper_columns = list(rows[0].paper.values) if rows else []
     for metric in paper_columns:

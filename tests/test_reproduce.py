@@ -782,3 +782,27 @@ def test_another_scope_or_seed_count_writes_a_folder_of_its_own_and_bad_seeds_ar
     assert main(["reproduce", "--preset", "micro", "--output", str(tmp_path / "none"), "--report-only"]) != 0
     assert "no reproduction's summary to render" in capsys.readouterr().err
     assert main(["reproduce", "--preset", "micro", "--report-only", "--seed", "0"]) == 2
+
+
+def test_jobs_run_each_seed_as_a_one_thread_process_and_name_the_failed_ones(tmp_path):
+    """`--jobs N` (the full preset's recipe: its seeds as parallel one-thread processes, then the report): the
+    commands are the array job's `--seed K` ones; a failed seed fails the run and names its log."""
+    import sys
+    from pathlib import Path
+
+    from modbench.suite.reproduce import reproduce, run_seed_processes, seed_commands
+
+    commands = seed_commands("all", "full", None, Path("out"), Path("work"), "avx2")
+    assert len(commands) == 3 and [c[c.index("--seed") + 1] for c in commands] == ["0", "1", "2"]
+    assert commands[0][1:7] == ["-m", "modbench", "reproduce", "all", "--preset", "full"]
+    assert commands[0][-6:] == ["--output", "out", "--work", "work", "--cpu-isa", "avx2"]
+    assert "--seeds" in seed_commands("gamma-mod", "quick", 2, Path("o"), Path("w"), "native")[1]
+    threads = "import os, sys; print(os.environ['OMP_NUM_THREADS']); sys.exit({})"
+    lines = []
+    with pytest.raises(RuntimeError, match=r"seed process\(es\) 1 failed: see .*seed1.log"):
+        run_seed_processes([[sys.executable, "-c", threads.format(0)], [sys.executable, "-c", threads.format(3)],
+                            [sys.executable, "-c", threads.format(0)]], 2, tmp_path / "logs", lines.append)
+    assert [(tmp_path / "logs" / f"seed{k}.log").read_text() for k in range(3)] == ["1\n"] * 3  # every seed ran
+    assert sum("failed (exit 3)" in line for line in lines) == 1
+    with pytest.raises(ValueError, match="--jobs"):
+        reproduce("all", "micro", output=tmp_path / "o", work=tmp_path / "w", seed=0, jobs=2)
