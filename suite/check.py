@@ -224,12 +224,26 @@ def update_baseline(runs_dir: str | Path, baseline_path: str | Path, run_ids: li
     return write_json_atomic(baseline_path, data)
 
 
+def moved(finding: Finding) -> bool:
+    """A passing numeric check whose value is not the baseline's: within its tolerance, yet a change (a retrained
+    model with the baseline's numerics computes the same floats, so any move there is the code's doing)."""
+    value, current = finding.check.value, finding.current
+    if finding.status != "pass" or isinstance(value, str) or not isinstance(current, (int, float)):
+        return False
+    return abs(float(current) - float(value)) > 1e-9 * max(1.0, abs(float(value)))
+
+
 def report(findings: list[Finding]) -> tuple[str, bool]:
+    """One line per failed, skipped or moved check, then the counts; ok when nothing failed."""
     failed = [f for f in findings if f.status == "fail"]
     lines = [f"{f.status.upper():7s} {f.check.run_id} {f.check.metric}: {f.reason}" for f in findings
              if f.status != "pass"]
+    shifted = [f for f in findings if moved(f)]
+    lines += [f"MOVED   {f.check.run_id} {f.check.metric}: {float(f.check.value):.6g} -> {float(f.current):.6g} "
+              f"(within tolerance {f.check.tolerance:.4g})" for f in shifted]
     lines.append(f"{sum(f.status == 'pass' for f in findings)} passed, {len(failed)} failed, "
-                 f"{sum(f.status == 'skipped' for f in findings)} skipped")
+                 f"{sum(f.status == 'skipped' for f in findings)} skipped; {len(shifted)} of the passed moved "
+                 "within their tolerance")
     return "\n".join(lines), not failed
 
 

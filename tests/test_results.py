@@ -133,6 +133,14 @@ def test_unchanged_run_passes_and_another_skip_threshold_is_caught(runs_dir, tmp
     findings = run_checks(other, baseline)
     text, ok = report(findings)
     assert not ok
+    # a metric that moved but stayed within its tolerance passes, and the report still names it
+    from modbench.suite.check import Finding, moved
+
+    passed = next(f for f in findings if f.status == "pass" and not isinstance(f.check.value, str))
+    nudged = Finding(passed.check, float(passed.check.value) + passed.check.tolerance / 2, "pass", "")
+    assert moved(nudged) and not moved(Finding(passed.check, passed.check.value, "pass", ""))
+    nudged_text, nudged_ok = report([nudged])
+    assert nudged_ok and nudged_text.startswith("MOVED") and "1 of the passed moved" in nudged_text
     failed = {f.check.metric for f in findings if f.status == "fail"}
     assert "efficiency.overall_skip" in failed and "efficiency.tflops_analytic" in failed
     assert main(["check", "--runs", str(other), "--baseline", str(baseline)]) == 1
