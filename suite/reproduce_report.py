@@ -542,7 +542,10 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
                   f"Paper: LLaVA-HR-7B, Δ avg relative to the dense {PAPER.dense_avg}, TFLOPs as a ratio of "
                   f"{PAPER.dense_tflops}. Ours: Δ avg (± sd over seeds) and skip under the released rule and at the "
                   "controlled skip, TFLOPs ratio at the controlled skip; the Table 1 claims compare the rows at the "
-                  "controlled skip, where they route. "
+                  "controlled skip, where they route. Skip: the share of tokens skipped in the MoD layers (the "
+                  "papers' stated convention); the paper's Table 1 skip column scales with the number of MoD layers "
+                  "at one routing ratio (all / 1 in 2 / 2 in 3: 34.7 / 17.5 / 25.2 %), as a share over all layers "
+                  "would, so its deployment rows' skip is not comparable with ours. "
                   "The paper's default masking row reads \"Q\" but the released code force-keeps question and answer "
                   "tokens (ours: qa, in the Q+A row); ours \"q\" routes the answers too.", "",
                   _table(["section", "setting", "paper Δ %", "paper skip %", "paper TFLOPs ratio", "ours",
