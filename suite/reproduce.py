@@ -246,6 +246,23 @@ def pinned_code_paths(isa: str) -> str:
     return f"{isa}/{capability}/{torch.get_num_threads()}t"
 
 
+# the packages whose code computes a stage's numbers (models, training, drawing, evaluation)
+STAGE_PACKAGES = ("torch", "transformers", "lmms_eval", "numpy", "pillow", "accelerate")
+
+
+def package_versions() -> dict:
+    """Their installed versions: part of every stage key, so an upgrade recomputes instead of mixing caches."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in STAGE_PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
 class Pipeline:
     """Stages as cached folders under output/stages; `done.json` is written last, so a folder without it is
     redone (a training stage resumes from its last checkpoint)."""
@@ -263,7 +280,8 @@ class Pipeline:
 
     # -- caching -------------------------------------------------------------------------------------------
     def _stage(self, name: str, inputs: dict, build) -> tuple[Path, dict]:
-        key = stage_key(name, inputs | ({"cpu": self.cpu} if self.cpu else {}))
+        # the CPU code paths and the packages that compute: a cache is reused only by what computes the same
+        key = stage_key(name, inputs | ({"cpu": self.cpu, "packages": package_versions()} if self.cpu else {}))
         folder = self.stages / key
         self.used.setdefault(self._seed, []).append(key)
         done = folder / "done.json"
@@ -276,6 +294,7 @@ class Pipeline:
         from modbench.suite.results import write_json_atomic
 
         write_json_atomic(done, {"stage": name, "inputs": inputs, "cpu": self.cpu,  # the code paths it ran on
+                                 "packages": package_versions(),
                                  "seconds": time.perf_counter() - started, **result})
         self.ran.append(key)
         return folder, json.loads(done.read_text())

@@ -837,3 +837,16 @@ def test_the_full_presets_report_renders_every_row_table_and_claim(tmp_path):
     assert all(c.verdict in ("held", "did not hold", "within noise") for c in found)
     assert len(csv_rows) == 2 * (1 + 12 + 10 + 1)  # per seed: dense, 12 rows released, 10 γ-MoD controlled, swapped
     assert any(p.name == "reproduction_accuracy_vs_tflops.png" for p in write_report(result, tmp_path))
+
+
+def test_a_package_upgrade_recomputes_a_stage_instead_of_reusing_its_cache(tmp_path, monkeypatch):
+    from modbench.suite import reproduce as module
+    from modbench.suite.reproduce import PRESETS, Pipeline
+
+    built = []
+    pipe = Pipeline(PRESETS["micro"], tmp_path, log=lambda *_: None, cpu="avx2/AVX2/1t")
+    for torch_version in ("2.14.1", "2.14.1", "2.15.0"):
+        monkeypatch.setattr(module, "package_versions", lambda v=torch_version: {"torch": v, "lmms_eval": "0.7.3"})
+        folder, done = pipe._stage("probe", {"x": 1}, lambda folder: built.append(folder) or {})
+        assert done["packages"]["torch"] == torch_version
+    assert len(built) == 2 and built[0] != built[1]  # the same versions reuse; another torch computes anew
