@@ -178,8 +178,8 @@ def cmd_reproduce(args) -> int:
     from modbench.suite.reproduce import default_output, preset_for, reproduce, rerender
 
     output = Path(args.output or default_output(args.preset, args.scope, args.seeds))
-    if args.report_only and args.seed is not None:
-        print("--report-only renders a finished reproduction; --seed computes one seed's stages: choose one",
+    if args.report_only and (args.seed is not None or args.jobs):
+        print("--report-only renders a finished reproduction and runs no stage: not with --seed or --jobs",
               file=sys.stderr)
         return 2
     if args.report_only:

@@ -236,13 +236,16 @@ def pin_cpu_isa(isa: str) -> str:
     return capability
 
 
-def pinned_code_paths(isa: str) -> str:
-    """Pin the CPU code paths (pin_cpu_isa) and name what computes the stages: ISA, capability, thread count.
-    The thread count changes the rounding too (the same dense stage on 1 and on 2 threads: POPE 82.8 vs 48.9),
-    so it joins the stage keys as well: a cache is reused only by a process computing the same numbers."""
+def pinned_code_paths(isa: str, threads: int | None = None) -> str:
+    """Pin the CPU code paths (pin_cpu_isa), then set torch's thread count if given, and name what computes the
+    stages: ISA, capability, thread count. The thread count changes the rounding too (the same dense stage on 1
+    and on 2 threads: POPE 82.8 vs 48.9), so it joins the stage keys as well: a cache is reused only by a process
+    computing the same numbers."""
     capability = pin_cpu_isa(isa)
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     return f"{isa}/{capability}/{torch.get_num_threads()}t"
 
 
@@ -251,16 +254,11 @@ STAGE_PACKAGES = ("torch", "transformers", "lmms_eval", "numpy", "pillow", "acce
 
 
 def package_versions() -> dict:
-    """Their installed versions: part of every stage key, so an upgrade recomputes instead of mixing caches."""
-    from importlib.metadata import PackageNotFoundError, version
+    """Their installed versions (None: not installed): part of every stage key, so an upgrade recomputes instead
+    of mixing caches."""
+    from modbench.suite.results import _version
 
-    out = {}
-    for name in STAGE_PACKAGES:
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: _version(name) for name in STAGE_PACKAGES}
 
 
 class Pipeline:
@@ -719,11 +717,14 @@ def rerender(output: str | Path) -> dict:
     """The tables, claims and plot written again from `output`/summary.json (the pipeline's result as it was
     recorded), with this checkout's report code; no stage runs. Returns that record."""
     from modbench.suite.reproduce_report import write_report
+    from modbench.suite.results import SchemaError, load_results
 
     path = Path(output) / "summary.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no reproduction's summary to render (run `modbench reproduce` first)")
-    record = json.loads(path.read_text())
+    record = load_results(path)
+    if record["kind"] != "reproduction" or not record["result"].get("seeds"):
+        raise SchemaError(f"{path}: not a finished reproduction's summary (kind {record['kind']!r})")
     write_report(record["result"], output)
     return record
 
@@ -748,23 +749,30 @@ def run_seed_processes(commands: list[list[str]], jobs: int, logs: Path, log=pri
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     waiting, running, failed = list(enumerate(commands)), [], []
-    while waiting or running:
-        while waiting and len(running) < jobs:
-            k, command = waiting.pop(0)
-            handle = (logs / f"seed{k}.log").open("w")
-            running.append((k, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env), handle))
-            log(f"seed {k}: started, one thread (log: {logs / f'seed{k}.log'})")
-        time.sleep(0.2)
-        for entry in [e for e in running if e[1].poll() is not None]:
-            k, process, handle = entry
+    try:
+        while waiting or running:
+            while waiting and len(running) < jobs:
+                k, command = waiting.pop(0)
+                handle = (logs / f"seed{k}.log").open("w")
+                running.append((k, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env),
+                                handle))
+                log(f"seed {k}: started, one thread (log: {logs / f'seed{k}.log'})")
+            time.sleep(0.2)
+            for entry in [e for e in running if e[1].poll() is not None]:
+                k, process, handle = entry
+                handle.close()
+                running.remove(entry)
+                log(f"seed {k}: " + ("done" if process.returncode == 0 else f"failed (exit {process.returncode})"))
+                if process.returncode:
+                    failed.append(k)
+    finally:  # interrupted (Ctrl-C, SIGTERM): no seed process outlives this one; their stages resume later
+        for _, process, handle in running:
+            process.terminate()
+            process.wait()
             handle.close()
-            running.remove(entry)
-            log(f"seed {k}: " + ("done" if process.returncode == 0 else f"failed (exit {process.returncode})"))
-            if process.returncode:
-                failed.append(k)
     if failed:
-        raise RuntimeError("seed process(es) " + ", ".join(map(str, failed)) + " failed: see "
-                           + ", ".join(str(logs / f"seed{k}.log") for k in failed))
+        raise ChildProcessError("seed process(es) " + ", ".join(map(str, failed)) + " failed: see "
+                                + ", ".join(str(logs / f"seed{k}.log") for k in failed))
 
 
 def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = None, output: str | Path | None = None,
@@ -786,13 +794,12 @@ def reproduce(scope: str = "all", preset: str = "quick", seeds: int | None = Non
     work = Path(work or f".cache/reproduce/{chosen.name}")
     started = time.perf_counter()  # with --jobs, the seeds' processes count too
     if jobs < 0 or (jobs and seed is not None):
-        raise ValueError("--jobs must be >= 1, and runs the seeds itself: not with --seed")
+        raise ValueError("--jobs must be positive (0, the default, runs the seeds in this process), and runs the "
+                         "seeds itself: not with --seed")
     if jobs:
-        import torch
-
-        torch.set_num_threads(1)  # the report's stage keys must be the one-thread seeds'
         run_seed_processes(seed_commands(scope, preset, seeds, output, work, cpu_isa), jobs, work / "logs", log)
-    cpu = pinned_code_paths(cpu_isa)
+    # with --jobs the report reads the one-thread seeds' stages, so its keys must say one thread too
+    cpu = pinned_code_paths(cpu_isa, threads=1 if jobs else None)
     pipeline = Pipeline(chosen, work, log=log, cpu=cpu)
     if seed is not None:
         if not 0 <= seed < chosen.seeds:

@@ -13,6 +13,7 @@ import io
 import math
 import statistics
 from pathlib import Path
+from typing import NamedTuple
 
 # The papers' numbers, read from results/paper/*.csv (the one place they are kept): LLaVA-HR-7B for γ-MoD,
 # LLaVA-1.5-7B (and NeXT) for p-MoD.
@@ -118,6 +119,19 @@ def avg_se(ev: dict, dense: dict, columns=None) -> float:
     return math.sqrt(sum(terms)) / len(terms)
 
 
+class Estimate(NamedTuple):
+    """A mean over seeds with its standard error and that error's degrees of freedom: seeds - 1 for a spread over
+    seeds, None for the binomial sampling noise of one seed's evaluations (a known variance)."""
+
+    value: float
+    se: float
+    dof: int | None
+
+    @property
+    def critical(self) -> float:
+        return t_critical(self.dof)
+
+
 class Summary:
     """Per-row numbers across seeds, each relative to the dense continuation of the same seed."""
 
@@ -136,9 +150,8 @@ class Summary:
             values.append((avg_acc(ev) if column is None else ev["acc"][column]) if ev else None)
         return mean_sd(values)
 
-    def delta_rel(self, row: str, mode: str = "released", columns=None) -> tuple[float, float]:
-        """Δ average accuracy vs dense, relative (%), and its standard error (seed spread, else sampling);
-        `columns`: over those benchmarks only."""
+    def _relative_changes(self, row: str, mode: str, columns) -> tuple[list[float], list[float]]:
+        """Per seed: Δ average accuracy vs dense, relative (%), and its binomial sampling error."""
         values, sampling = [], []
         for s in self.seeds:
             ev, dense = _get(s, row, mode), _get(s, "dense")
@@ -149,18 +162,18 @@ class Summary:
                 continue
             values.append(100 * (avg_acc(ev, columns) - base) / base)
             sampling.append(100 * avg_se(ev, dense, columns) / base)
-        return _estimate(values, sampling)
+        return values, sampling
+
+    def delta_rel(self, row: str, mode: str = "released", columns=None) -> Estimate:
+        """Δ average accuracy vs dense, relative (%), and its standard error (seed spread, else sampling);
+        `columns`: over those benchmarks only."""
+        return _estimate(*self._relative_changes(row, mode, columns))
 
     def delta_rel_sd(self, row: str, mode: str = "released") -> tuple[float, float | None]:
         """Δ average accuracy vs dense, relative (%): mean and sd over seeds (None with one seed)."""
-        values = []
-        for s in self.seeds:
-            ev, dense = _get(s, row, mode), _get(s, "dense")
-            if ev and dense and avg_acc(dense):
-                values.append(100 * (avg_acc(ev) - avg_acc(dense)) / avg_acc(dense))
-        return mean_sd(values)
+        return mean_sd(self._relative_changes(row, mode, None)[0])
 
-    def delta_points(self, row: str, other: str, mode: str = "released", other_mode: str = "released"):
+    def delta_points(self, row: str, other: str, mode: str = "released", other_mode: str = "released") -> Estimate:
         values, sampling = [], []
         for s in self.seeds:
             a, b = _get(s, row, mode), _get(s, other, other_mode)
@@ -169,7 +182,7 @@ class Summary:
                 sampling.append(avg_se(a, b))
         return _estimate(values, sampling)
 
-    def column_delta(self, column: str, row: str, mode: str, other: str, other_mode: str) -> tuple[float, float]:
+    def column_delta(self, column: str, row: str, mode: str, other: str, other_mode: str) -> Estimate:
         """One benchmark's accuracy difference (points) between two evaluations, with its standard error."""
         values, sampling = [], []
         for s in self.seeds:
@@ -190,7 +203,9 @@ class Summary:
     def value(self, row: str, key: str, mode: str = "released") -> tuple[float, float | None]:
         return mean_sd([(_get(s, row, mode) or {}).get(key) for s in self.seeds])
 
-    def speed_ratio(self, row: str, kind: str, mode: str = "released") -> tuple[float, float]:
+    def speed_ratio(self, row: str, kind: str, mode: str = "released") -> Estimate:
+        """The row's training step time or inference samples/s as a ratio to dense, over seeds (one seed: se 0,
+        its timing noise unmeasured)."""
         values = []
         for s in self.seeds:
             speed = s["speed"]
@@ -204,7 +219,9 @@ class Summary:
                 if key in inf and "dense" in inf:
                     values.append(inf[key]["samples_per_s"] / inf["dense"]["samples_per_s"])
         mean, sd = mean_sd(values)
-        return mean, (sd / math.sqrt(len(values)) if sd is not None else 0.0)
+        if sd is None:
+            return Estimate(mean, 0.0, None)
+        return Estimate(mean, sd / math.sqrt(len(values)), len(values) - 1)
 
     def chance(self) -> dict:
         chance = self.seeds[0]["corpus"]["eval"]["chance"]
@@ -216,24 +233,41 @@ class Summary:
         return out
 
 
-def _estimate(values: list[float], sampling: list[float]) -> tuple[float, float]:
-    """Mean, and its standard error: the seed spread when there are seeds enough, else the sampling noise."""
+def _estimate(values: list[float], sampling: list[float]) -> Estimate:
+    """Mean, and its standard error: the spread over the seeds that have a value (Student's t with one degree of
+    freedom fewer), else, with one, its sampling noise."""
     if not values:
-        return math.nan, math.nan
+        return Estimate(math.nan, math.nan, None)
     mean = statistics.fmean(values)
     if len(values) > 1:
-        return mean, statistics.stdev(values) / math.sqrt(len(values))
-    return mean, sampling[0]
+        return Estimate(mean, statistics.stdev(values) / math.sqrt(len(values)), len(values) - 1)
+    return Estimate(mean, sampling[0], None)
+
+
+def _claim(paper: str, text: str, paper_value: str, threshold: float, direction: str, estimate: Estimate,
+           unit: str, note: str = "") -> Claim:
+    """A claim on a measured estimate, judged at that estimate's own critical value."""
+    return Claim(paper, text, paper_value, threshold, direction, estimate.value, estimate.se, unit, note=note,
+                 critical=estimate.critical)
+
+
+def compared_hosts(model: str) -> list[str]:
+    """The paper's Table 3 hosts our model's γ-MoD numbers are set beside: the headline host's, and that of our
+    model's shape where it is another one Table 3 converts."""
+    ours = paper_host(model)
+    return [HEADLINE_HOST] + ([ours] if ours and ours != HEADLINE_HOST and ours in PAPER.hosts else [])
+
+
+CONTROLLED = "controlled"
 
 
 def claims(summary: Summary) -> list[Claim]:
-    """The papers' claims that the rows measured, each with its computed verdict."""
+    """The papers' claims that the rows measured, each with its computed verdict (at its estimate's own critical
+    value: 1.96 for one seed's sampling noise, Student's t for a spread over seeds)."""
     rows = summary.rows()
     out: list[Claim] = []
     needed = [c for c, *_, uses in image_dependence(summary) if uses == "yes"]
-    ours = paper_host(summary.result["preset"]["model"])
-    # the headline host's values, and those of Table 3's host of our model's shape where that is another one
-    hosts = [HEADLINE_HOST] + ([ours] if ours and ours != HEADLINE_HOST and ours in PAPER.hosts else [])
+    hosts = compared_hosts(summary.result["preset"]["model"])
 
     def accuracy_claims(row: str, name: str, modes: list[tuple[str, str]]) -> None:
         for host in hosts:
@@ -241,110 +275,109 @@ def claims(summary: Summary) -> list[Claim]:
             value = f"{paper:+.1f} % ({host_name(host)}-7B)"
             what = "" if host == HEADLINE_HOST else f", against the paper's {host_name(host)}-7B row"
             for mode, label in modes:
-                d, se = summary.delta_rel(row, mode)
-                out.append(Claim("γ-MoD", f"{name}avg accuracy change vs dense, relative ({label}){what}", value,
-                                 round(paper, 1), ">=", d, se, "%"))
+                out.append(_claim("γ-MoD", f"{name}avg accuracy change vs dense, relative ({label}){what}", value,
+                                  round(paper, 1), ">=", summary.delta_rel(row, mode), "%"))
             if needed:
-                d, se = summary.delta_rel(row, "controlled", needed)
-                out.append(Claim("γ-MoD", f"{name}the same, only benchmarks that need the image (skip {ROWS[row].skip} "
-                                 f"controlled){what}", value, round(paper, 1), ">=", d, se, "%", note=", ".join(needed)))
+                out.append(_claim("γ-MoD", f"{name}the same, only benchmarks that need the image (skip "
+                                  f"{ROWS[row].skip} controlled){what}", value, round(paper, 1), ">=",
+                                  summary.delta_rel(row, CONTROLLED, needed), "%", note=", ".join(needed)))
+
+    def change(estimate: Estimate) -> Estimate:  # a ratio as a change in %
+        return Estimate(100 * (estimate.value - 1), 100 * estimate.se, estimate.dof)
 
     paper_tflops = 100 * (PAPER.gamma["gamma-0.5"][1] / PAPER.dense_tflops - 1)
     t4 = PAPER.table4
     paper_train = 100 * (t4["gamma-0.5"][0] / t4["dense"][0] - 1)
     paper_speed = 100 * (t4["gamma-0.5"][1] / t4["dense"][1] - 1)
     if "gamma-0.5" in rows:
-        accuracy_claims("gamma-0.5", "", [("released", "released rule"), ("controlled", "skip 0.5 controlled")])
-        for mode, label in (("released", "released rule p > 0.005"), ("controlled", "skip 0.5 controlled")):
+        accuracy_claims("gamma-0.5", "", [("released", "released rule"), (CONTROLLED, "skip 0.5 controlled")])
+        for mode, label in (("released", "released rule p > 0.005"), (CONTROLLED, "skip 0.5 controlled")):
             ratio, _ = summary.ratio("gamma-0.5", "tflops", mode)
-            out.append(Claim("γ-MoD", f"prefill TFLOPs change ({label})", f"{paper_tflops:+.1f} %", paper_tflops, "<=",
-                             100 * (ratio - 1), 0.0, "%", note=_skip_note(summary, "gamma-0.5", mode)))
-        ratio, se = summary.speed_ratio("gamma-0.5", "train")
-        out.append(Claim("γ-MoD", "training step time change", f"{paper_train:+.1f} %", paper_train, "<=",
-                         100 * (ratio - 1), 100 * se, "%"))
-        for mode, label in (("released", "released rule"), ("controlled", "skip 0.5 controlled")):
-            ratio, se = summary.speed_ratio("gamma-0.5", "inference", mode)
-            out.append(Claim("γ-MoD", f"inference samples/s change ({label})", f"{paper_speed:+.1f} %", paper_speed,
-                             ">=", 100 * (ratio - 1), 100 * se, "%"))
+            out.append(_claim("γ-MoD", f"prefill TFLOPs change ({label})", f"{paper_tflops:+.1f} %", paper_tflops,
+                              "<=", Estimate(100 * (ratio - 1), 0.0, None), "%",
+                              note=_skip_note(summary, "gamma-0.5", mode)))
+        out.append(_claim("γ-MoD", "training step time change", f"{paper_train:+.1f} %", paper_train, "<=",
+                          change(summary.speed_ratio("gamma-0.5", "train")), "%"))
+        for mode, label in (("released", "released rule"), (CONTROLLED, "skip 0.5 controlled")):
+            out.append(_claim("γ-MoD", f"inference samples/s change ({label})", f"{paper_speed:+.1f} %", paper_speed,
+                              ">=", change(summary.speed_ratio("gamma-0.5", "inference", mode)), "%"))
     if "gamma-0.34" in rows:
         accuracy_claims("gamma-0.34", "γ-MoD-0.3: ", [("released", "released rule"),
-                                                      ("controlled", "skip 0.34 controlled")])
+                                                      (CONTROLLED, "skip 0.34 controlled")])
     if "pmod-prd" in rows:
         ratio, _ = summary.ratio("pmod-prd", "tflops")
         dense_avg, pmod_avg, dense_tflops, pmod_tflops, kv_paper = PAPER.pmod["v1.5"]
         next_ratio = 100 * PAPER.pmod["NeXT"][3] / PAPER.pmod["NeXT"][2]
         paper_ratio = 100 * pmod_tflops / dense_tflops
-        out.append(Claim("p-MoD", "prefill TFLOPs, share of dense", f"{paper_ratio:.1f} % ({next_ratio:.1f} % NeXT)",
-                         paper_ratio, "<=", 100 * ratio, 0.0, "%"))
+        out.append(_claim("p-MoD", "prefill TFLOPs, share of dense", f"{paper_ratio:.1f} % ({next_ratio:.1f} % NeXT)",
+                          paper_ratio, "<=", Estimate(100 * ratio, 0.0, None), "%"))
         kv, _ = summary.value("pmod-prd", "kv_share")
-        out.append(Claim("p-MoD", "KV cache, share of dense", f"{kv_paper:.1f} %", kv_paper, "<=", 100 * kv, 0.0, "%",
-                         note="the text share of the prompt, never skipped, sets how close it can get"))
-        d, se = summary.delta_rel("pmod-prd")
+        out.append(_claim("p-MoD", "KV cache, share of dense", f"{kv_paper:.1f} %", kv_paper, "<=",
+                          Estimate(100 * kv, 0.0, None), "%",
+                          note="the text share of the prompt, never skipped, sets how close it can get"))
         paper = 100 * (pmod_avg - dense_avg) / dense_avg
-        out.append(Claim("p-MoD", "avg accuracy change vs dense, relative (on par: >= -1 %)", f"{paper:+.1f} %",
-                         -1.0, ">=", d, se, "%"))
+        out.append(_claim("p-MoD", "avg accuracy change vs dense, relative (on par: >= -1 %)", f"{paper:+.1f} %",
+                          -1.0, ">=", summary.delta_rel("pmod-prd"), "%"))
         if needed:
-            d, se = summary.delta_rel("pmod-prd", columns=needed)
-            out.append(Claim("p-MoD", "the same, only benchmarks that need the image", f"{paper:+.1f} %", -1.0, ">=",
-                             d, se, "%", note=", ".join(needed)))
+            out.append(_claim("p-MoD", "the same, only benchmarks that need the image", f"{paper:+.1f} %", -1.0, ">=",
+                              summary.delta_rel("pmod-prd", columns=needed), "%", note=", ".join(needed)))
     if "pmod-prd" in rows and "pmod-constant" in rows:
-        d, se = summary.delta_points("pmod-prd", "pmod-constant")
-        out.append(Claim("p-MoD", "PRD beats a constant ratio with the same mean kept ratio (points)", "PRD better",
-                         0.0, ">=", d, se, "pt"))
+        out.append(_claim("p-MoD", "PRD beats a constant ratio with the same mean kept ratio (points)", "PRD better",
+                          0.0, ">=", summary.delta_points("pmod-prd", "pmod-constant"), "pt"))
+
     # Table 1's ablations compare models that route: at the controlled skip (under the released rule this
     # scale's routers skip nothing, so the comparison there is of training alone; the tables show both)
-    def t1(key: str) -> str:
+    def paper_t1_avg(key: str) -> str:
         return f"{PAPER.table1[key][1]:.1f}"
 
-    c = "controlled"
+    def controlled_points(row: str, other: str) -> Estimate:
+        return summary.delta_points(row, other, CONTROLLED, CONTROLLED)
+
     if {"gamma-0.34", "gamma-all", "gamma-1of2", "gamma-2of3"} <= set(rows):
-        best = max(("gamma-all", "gamma-1of2", "gamma-2of3"), key=lambda r: summary.acc(r, None, c)[0])
-        d, se = summary.delta_points("gamma-0.34", best, c, c)
-        hand = max(("gamma-all", "gamma-1of2", "gamma-2of3"), key=lambda r: PAPER.table1[r][1])
-        out.append(Claim("γ-MoD T1", f"ARank deployment beats the best hand-made one ({best[6:]}) (points, skip 0.34 "
-                         "controlled)", f"{t1('gamma-0.34')} vs {t1(hand)}", 0.0, ">=", d, se, "pt"))
+        hand_made = ("gamma-all", "gamma-1of2", "gamma-2of3")
+        best = max(hand_made, key=lambda r: summary.acc(r, None, CONTROLLED)[0])
+        papers_best = max(hand_made, key=lambda r: PAPER.table1[r][1])
+        out.append(_claim("γ-MoD T1", f"ARank deployment beats the best hand-made one ({best[6:]}) (points, skip "
+                          "0.34 controlled)", f"{paper_t1_avg('gamma-0.34')} vs {paper_t1_avg(papers_best)}", 0.0,
+                          ">=", controlled_points("gamma-0.34", best), "pt"))
     if {"gamma-0.5", "gamma-per-layer"} <= set(rows):
-        d, se = summary.delta_points("gamma-0.5", "gamma-per-layer", c, c)
-        out.append(Claim("γ-MoD T1", "a shared router beats one per layer (points, skip 0.5 controlled)",
-                         f"{t1('gamma-0.5|shared')} vs {t1('gamma-per-layer')}", 0.0, ">=", d, se, "pt"))
+        out.append(_claim("γ-MoD T1", "a shared router beats one per layer (points, skip 0.5 controlled)",
+                          f"{paper_t1_avg('gamma-0.5|shared')} vs {paper_t1_avg('gamma-per-layer')}", 0.0, ">=",
+                          controlled_points("gamma-0.5", "gamma-per-layer"), "pt"))
     if {"gamma-mask-q", "gamma-mask-none", "gamma-0.34"} <= set(rows):
-        best = max(("gamma-mask-none", "gamma-0.34"), key=lambda r: summary.acc(r, None, c)[0])
-        d, se = summary.delta_points("gamma-mask-q", best, c, c)
-        out.append(Claim("γ-MoD T1", "masking Q beats masking none and Q+A (points, skip 0.34 controlled)",
-                         f"{t1('gamma-mask-q')} vs {t1('gamma-mask-none')} / {t1('gamma-0.34|qa')}", 0.0, ">=", d, se,
-                         "pt"))
+        best = max(("gamma-mask-none", "gamma-0.34"), key=lambda r: summary.acc(r, None, CONTROLLED)[0])
+        out.append(_claim("γ-MoD T1", "masking Q beats masking none and Q+A (points, skip 0.34 controlled)",
+                          f"{paper_t1_avg('gamma-mask-q')} vs {paper_t1_avg('gamma-mask-none')} / "
+                          f"{paper_t1_avg('gamma-0.34|qa')}", 0.0, ">=", controlled_points("gamma-mask-q", best), "pt"))
     if {"gamma-0.17", "gamma-0.68"} <= set(rows):
-        d, se = summary.delta_points("gamma-0.17", "gamma-0.68", c, c)
-        out.append(Claim("γ-MoD T1", "routing 68 % costs accuracy against 17 % (points, each at its own skip)",
-                         f"{t1('gamma-0.17')} vs {t1('gamma-0.68')}", 0.0, ">=", d, se, "pt"))
-    crit = critical(summary)
-    for claim in out:
-        claim.critical = crit
+        out.append(_claim("γ-MoD T1", "routing 68 % costs accuracy against 17 % (points, each at its own skip)",
+                          f"{paper_t1_avg('gamma-0.17')} vs {paper_t1_avg('gamma-0.68')}", 0.0, ">=",
+                          controlled_points("gamma-0.17", "gamma-0.68"), "pt"))
     return out
 
 
 def critical(summary: Summary) -> float:
-    """The critical value of every verdict: with several seeds the standard error is their spread, itself
-    estimated from few values, so Student's t with seeds - 1 degrees of freedom (4.30 for 3 seeds); with one
-    seed it is the binomial sampling noise, 1.96."""
+    """The critical value of a verdict on an estimate every seed has: with several seeds the standard error is
+    their spread, itself estimated from few values, so Student's t with seeds - 1 degrees of freedom (4.30 for 3
+    seeds); with one seed it is the binomial sampling noise, 1.96. (Each verdict uses its own estimate's: fewer
+    seeds with a value, fewer degrees of freedom.)"""
     return t_critical(summary.n - 1 if summary.n > 1 else None)
 
 
 def image_dependence(summary: Summary) -> list[tuple[str, float, float, float, float, str]]:
     """Per benchmark: the dense model's accuracy with the right images and with swapped ones, the difference and its
-    standard error, and whether the score needs the image (the difference clears zero by the critical value times
-    the se: `critical`). Only on those
+    standard error, and whether the score needs the image (the difference clears zero by its critical value times
+    the se: Estimate.critical). Only on those
     benchmarks can skipping image tokens cost accuracy, so only there is an MoD accuracy comparison informative."""
     if not all(_get(seed, "dense", "swapped") for seed in summary.seeds):
         return []
     out = []
-    crit = critical(summary)
     for column in BENCHMARKS:
         with_images, _ = summary.acc("dense", column)
         swapped, _ = summary.acc("dense", column, "swapped")
-        d, se = summary.column_delta(column, "dense", "released", "dense", "swapped")
+        d, se, dof = summary.column_delta(column, "dense", "released", "dense", "swapped")
         # Strictly above zero: a difference of 0 with no spread (both at 0 %) is no evidence of looking.
-        uses = verdict(d, se, 0.0, ">=", crit) if d != 0 else "within noise"
+        uses = verdict(d, se, 0.0, ">=", t_critical(dof)) if d != 0 else "within noise"
         out.append((column, with_images, swapped, d, se, {"held": "yes", "did not hold": "no (worse with images)",
                                                         "within noise": "no"}[uses]))
     return out
@@ -352,11 +385,11 @@ def image_dependence(summary: Summary) -> list[tuple[str, float, float, float, f
 
 def above_chance(summary: Summary) -> dict[str, tuple[float, float, str]]:
     """Per benchmark: the dense model's accuracy minus chance (points), its standard error (the seed spread, at
-    least the binomial sampling noise at chance), and whether it clears chance by `critical` se. The reproduction's precondition:
+    least the binomial sampling noise at chance), and whether it clears chance by its critical value times the se
+    (Estimate.critical). The reproduction's precondition:
     where the dense model is at chance, no MoD row can lose anything."""
     chance = summary.chance()
     out = {}
-    crit = critical(summary)
     for column in BENCHMARKS:
         level = chance.get(column)
         values, sampling = [], []
@@ -368,11 +401,11 @@ def above_chance(summary: Summary) -> dict[str, tuple[float, float, str]]:
             n = ev["n"][column] // (4 if column == "MMB" else 1)  # circular: one score per four rotations
             sampling.append(100 * math.sqrt(max(level / 100 * (1 - level / 100), 1e-4) / max(n, 1)))
         if values:
-            d, se = _estimate(values, sampling)
+            d, se, dof = _estimate(values, sampling)
             # Seeds that agree exactly (all at 0 %) have no spread; the sampling noise still bounds what they show.
             se = max(se, statistics.fmean(sampling) / math.sqrt(len(sampling)))
             out[column] = (d, se, {"held": "yes", "did not hold": "below", "within noise": "no"}[
-                verdict(d, se, 0.0, ">=", crit) if d != 0 else "within noise"])
+                verdict(d, se, 0.0, ">=", t_critical(dof)) if d != 0 else "within noise"])
     return out
 
 
@@ -487,7 +520,7 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
             if not all(_get(seed, row, mode) for seed in s.seeds):
                 continue
             label = row + {"released": "", "controlled": " (controlled skip)", "swapped": " (images swapped)"}[mode]
-            d, _ = s.delta_rel(row, mode) if (row, mode) != ("dense", "released") else (0.0, 0.0)
+            d = s.delta_rel(row, mode).value if (row, mode) != ("dense", "released") else 0.0
             ratio, _ = s.ratio(row, "tflops", mode)
             skip, _ = s.value(row, "skip", mode)
             kv, _ = s.value(row, "kv_share", mode)
@@ -557,9 +590,9 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
         for row, (hours, sps) in PAPER.table4.items():
             if row not in rows:
                 continue
-            train, _ = s.speed_ratio(row, "train") if row != "dense" else (1.0, 0.0)
-            inf, _ = s.speed_ratio(row, "inference") if row != "dense" else (1.0, 0.0)
-            inf_c, _ = s.speed_ratio(row, "inference", "controlled") if row != "dense" else (1.0, 0.0)
+            train = s.speed_ratio(row, "train").value if row != "dense" else 1.0
+            inf = s.speed_ratio(row, "inference").value if row != "dense" else 1.0
+            inf_c = s.speed_ratio(row, "inference", "controlled").value if row != "dense" else 1.0
             ratio, _ = s.ratio(row, "tflops", "controlled" if row != "dense" else "released")
             kv, _ = s.value(row, "kv_share", "controlled" if row != "dense" else "released")
             trows.append([row, f"{hours / base_hours:.2f}", _fmt(train, None, 2), f"{sps / base_sps:.2f}", _fmt(inf, None, 2),
@@ -626,11 +659,10 @@ def write_report(result: dict, out_dir: str | Path) -> list[Path]:
         writer.writeheader()
         writer.writerows(csv_rows)
     verdicts = [{"paper": c.paper, "claim": c.claim, "paper_value": c.paper_value, "threshold": c.threshold,
-                 "direction": c.direction, "estimate": c.estimate, "se": c.se, "verdict": c.verdict, "note": c.note}
-                for c in found]
-    summary = Summary(result)
-    claims_record = results_record("reproduction-claims", {"preset": result["preset"], "seeds": summary.n},
-                                   source="summary.json", critical=critical(summary), claims=verdicts)
+                 "direction": c.direction, "estimate": c.estimate, "se": c.se, "critical": c.critical,
+                 "verdict": c.verdict, "note": c.note} for c in found]
+    claims_record = results_record("reproduction-claims", {"preset": result["preset"], "seeds": Summary(result).n},
+                                   source="summary.json", claims=verdicts)
     paths = [write_text_atomic(out_dir / "reproduction.md", markdown),
              write_text_atomic(out_dir / "reproduction.csv", buffer.getvalue()),
              write_json_atomic(out_dir / "claims.json", claims_record)]
@@ -646,9 +678,8 @@ def plot(summary: Summary, base: Path) -> list[Path]:
 
     fig = Figure(figsize=(6.4, 4.4))
     ax = fig.add_subplot()
-    ours = paper_host(summary.result["preset"]["model"])
     paper = [(f"γ-MoD {name[6:]} {host_name(host)}", tflops / dense_tflops, PAPER.gamma_delta(host, name))
-             for host in dict.fromkeys([HEADLINE_HOST] + ([ours] if ours in PAPER.hosts else []))
+             for host in compared_hosts(summary.result["preset"]["model"])
              for (_, dense_tflops), rows in [PAPER.hosts[host]] for name, (_, tflops, _) in rows.items()]
     paper += [(f"p-MoD {host}", mod_t / dense_t, 100 * (mod_acc - dense_acc) / dense_acc)
               for host, (dense_acc, mod_acc, dense_t, mod_t, _) in PAPER.pmod.items()]
@@ -664,7 +695,7 @@ def plot(summary: Summary, base: Path) -> list[Path]:
             if not all(_get(s, row, mode) for s in summary.seeds):
                 continue
             x, _ = summary.ratio(row, "tflops", mode)
-            y, _ = summary.delta_rel(row, mode)
+            y = summary.delta_rel(row, mode).value
             ax.scatter(x, y, marker=marker, color="tab:red" if ROWS[row].scheme == "gamma" else "tab:green")
             ax.annotate(row + ("*" if mode == "controlled" else ""), (x, y), fontsize=7, xytext=(3, -8),
                         textcoords="offset points")

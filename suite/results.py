@@ -23,7 +23,7 @@ REQUIRED = {
     "overhead": ("samples", "seconds", "per_sample_seconds", "overhead_share"),
     "train": ("status", "scheme", "mod_layers", "steps", "tokens_seen", "wall_seconds", "median_step_seconds"),
     "reproduction": ("status", "result", "stages_run", "wall_seconds"),
-    "reproduction-claims": ("source", "critical", "claims"),
+    "reproduction-claims": ("source", "claims"),
     "baseline": ("provenance", "checks"),
 }
 

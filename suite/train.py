@@ -268,8 +268,8 @@ def cosine_with_warmup(optimizer, warmup: int, total: int):
 
 class TrainingForward(torch.nn.Module):
     """What one micro-step runs (and what DDP wraps): encode images, assemble, decoder, losses. The output also
-    counts the tokens each loss averages over (label tokens for the LM loss, real tokens for the routing loss),
-    which data-parallel training needs to weight the ranks' losses."""
+    counts what each loss averages over (label tokens for the LM loss, or answers under loss_weighting 'turn';
+    real tokens for the routing loss), which data-parallel training needs to weight the ranks' losses."""
 
     def __init__(self, vlm, loss_weighting: str = "token") -> None:
         super().__init__()
@@ -325,7 +325,7 @@ class _TowerStage:
 
 def data_parallel_loss(accelerator, out):
     """The loss whose gradient, averaged over the ranks (DDP's all-reduce), is the gradient of one process's loss
-    on the whole global batch: each loss is a mean over tokens (LM: label tokens; routing: real tokens), and the
+    on the whole global batch: each loss is a mean (LM: over label tokens, or answers; routing: real tokens), and the
     ranks hold different numbers of them, so each rank's mean is weighted by its share of the global count.
     Returns (loss to backpropagate, the global LM loss, the global routing loss) for the log."""
     world = accelerator.num_processes

@@ -94,7 +94,25 @@ def test_verdicts_over_seeds_use_students_t_and_the_report_says_so(tmp_path):
     from modbench.suite.results import load_results
 
     record = load_results(tmp_path / "claims.json")
-    assert record["critical"] == pytest.approx(4.303) and record["spec"]["seeds"] == 3
+    assert record["claims"][0]["critical"] == pytest.approx(4.303) and record["spec"]["seeds"] == 3
+
+
+def test_each_verdict_takes_the_degrees_of_freedom_of_the_seeds_behind_its_estimate():
+    """A seed without a controlled evaluation leaves two values: Student's t with one degree of freedom (12.7),
+    not the three seeds' 4.30; one value left: its sampling noise at 1.96."""
+    from modbench.suite.reproduce_report import Summary, claims
+
+    result = _result(gamma_acc=70.0, seeds=3)
+    del result["seeds"][2]["evals"]["gamma-0.5|controlled"]
+    summary = Summary(result)
+    assert summary.delta_rel("gamma-0.5").dof == 2 and summary.delta_rel("gamma-0.5", "controlled").dof == 1
+    found = {c.claim: c for c in claims(summary)}
+    assert found["avg accuracy change vs dense, relative (released rule)"].critical == pytest.approx(4.303)
+    assert found["avg accuracy change vs dense, relative (skip 0.5 controlled)"].critical == pytest.approx(12.706)
+    del result["seeds"][1]["evals"]["gamma-0.5|controlled"]
+    one = Summary(result).delta_rel("gamma-0.5", "controlled")
+    # binomial: each benchmark's 70 vs 80 % at 400 questions, 3.04 points, over six benchmarks / sqrt(6), of 80
+    assert one.dof is None and one.critical == 1.96 and one.se == pytest.approx(100 * 0.0304 / 6 ** 0.5 / 0.8, rel=0.01)
 
 
 @pytest.mark.parametrize("model, same_host", [("cpu-repro-llava", "LLaVA-1.5"), ("cpu-repro-llava-hr", None)])
@@ -799,7 +817,7 @@ def test_jobs_run_each_seed_as_a_one_thread_process_and_name_the_failed_ones(tmp
     assert "--seeds" in seed_commands("gamma-mod", "quick", 2, Path("o"), Path("w"), "native")[1]
     threads = "import os, sys; print(os.environ['OMP_NUM_THREADS']); sys.exit({})"
     lines = []
-    with pytest.raises(RuntimeError, match=r"seed process\(es\) 1 failed: see .*seed1.log"):
+    with pytest.raises(ChildProcessError, match=r"seed process\(es\) 1 failed: see .*seed1.log"):
         run_seed_processes([[sys.executable, "-c", threads.format(0)], [sys.executable, "-c", threads.format(3)],
                             [sys.executable, "-c", threads.format(0)]], 2, tmp_path / "logs", lines.append)
     assert [(tmp_path / "logs" / f"seed{k}.log").read_text() for k in range(3)] == ["1\n"] * 3  # every seed ran

@@ -136,7 +136,7 @@ def test_unchanged_run_passes_and_another_skip_threshold_is_caught(runs_dir, tmp
     # a metric that moved but stayed within its tolerance passes, and the report still names it
     from modbench.suite.check import Finding, moved
 
-    passed = next(f for f in findings if f.status == "pass" and not isinstance(f.check.value, str))
+    passed = next(f for f in findings if f.status == "pass" and f.check.direction == "higher")
     nudged = Finding(passed.check, float(passed.check.value) + passed.check.tolerance / 2, "pass", "")
     assert moved(nudged) and not moved(Finding(passed.check, passed.check.value, "pass", ""))
     nudged_text, nudged_ok = report([nudged])
