@@ -477,6 +477,11 @@ def _fmt(value, sd=None, digits=1, unit="") -> str:
     return text + (f" ± {sd:.{digits}f}" if sd is not None and not math.isnan(sd) else "")
 
 
+def _fmt_se(estimate: Estimate, digits: int = 2) -> str:
+    """A ratio over seeds with its standard error (none shown for one seed, whose timing noise is unmeasured)."""
+    return _fmt(estimate.value, None, digits) + (f" (se {estimate.se:.{digits}f})" if estimate.se else "")
+
+
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -557,6 +562,7 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
                   "there; naming a shape, or a colour by its shape, needs the outline.", "",
                   _table(["question kind", "asked", "chance", "right images", "above chance", "swapped images"], kinds),
                   ""]
+    parts += _table3_parts(s, rows)
     t1 = [r for r in TABLE1_ROWS if r.split("|")[0] in rows]
     if len(t1) > 4:
         trows = []
@@ -590,15 +596,17 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
         for row, (hours, sps) in PAPER.table4.items():
             if row not in rows:
                 continue
-            train = s.speed_ratio(row, "train").value if row != "dense" else 1.0
-            inf = s.speed_ratio(row, "inference").value if row != "dense" else 1.0
-            inf_c = s.speed_ratio(row, "inference", "controlled").value if row != "dense" else 1.0
+            one = Estimate(1.0, 0.0, None)
+            train = s.speed_ratio(row, "train") if row != "dense" else one
+            inf = s.speed_ratio(row, "inference") if row != "dense" else one
+            inf_c = s.speed_ratio(row, "inference", CONTROLLED) if row != "dense" else one
             ratio, _ = s.ratio(row, "tflops", "controlled" if row != "dense" else "released")
             kv, _ = s.value(row, "kv_share", "controlled" if row != "dense" else "released")
-            trows.append([row, f"{hours / base_hours:.2f}", _fmt(train, None, 2), f"{sps / base_sps:.2f}", _fmt(inf, None, 2),
-                          _fmt(inf_c, None, 2), _fmt(ratio, None, 2), _fmt(100 * kv)])
+            trows.append([row, f"{hours / base_hours:.2f}", _fmt_se(train), f"{sps / base_sps:.2f}", _fmt_se(inf),
+                          _fmt_se(inf_c), _fmt(ratio, None, 2), _fmt(100 * kv)])
         parts += ["## γ-MoD Table 4 (efficiency, ratios to dense)", "",
-                  "Training step time and inference samples/s measured side by side in one process (steps interleaved); "
+                  "Training step time and inference samples/s measured side by side in one process (steps interleaved; "
+                  "mean over seeds, with its standard error over several); "
                   "inference under the released rule and at the controlled skip; TFLOPs and KV share at the "
                   "controlled skip. Memory on a CPU is the process's, so the model-dependent part, the KV cache, "
                   "is shown.", "",
@@ -620,6 +628,42 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
                              "speed_step_s": speed["train_step_seconds"].get(row, {}).get("step"),
                              "samples_per_s": speed["inference"].get(row, {}).get("samples_per_s")})
     return "\n".join(parts) + "\n", csv_rows, found
+
+
+def _table3_parts(s: Summary, rows: list[str]) -> list[str]:
+    """γ-MoD Table 3's rows (dense, γ-MoD-0.3, γ-MoD-0.5) for the hosts ours is compared with, beside ours."""
+    measured = [r for r in ("gamma-0.34", "gamma-0.5") if r in rows]
+    if not measured:
+        return []
+    hosts = compared_hosts(s.result["preset"]["model"])
+    headers = ["row"]
+    for host in hosts:
+        headers += [f"{host_name(host)}-7B Δ %", f"{host_name(host)}-7B TFLOPs ratio", f"{host_name(host)}-7B skip %"]
+    headers += ["ours Δ % (released)", "ours Δ % (controlled)", "ours skip % (controlled)",
+                "ours TFLOPs ratio (controlled)"]
+    dense_row = ["dense"]
+    for host in hosts:
+        (acc, tflops), _ = PAPER.hosts[host]
+        dense_row += [f"{acc:.1f} avg", f"{tflops:.1f} TFLOPs", "0.0"]
+    dense_acc, dense_sd = s.acc("dense")
+    table = [dense_row + [_fmt(dense_acc, dense_sd) + " avg", "", "0.0", "1.00"]]
+    for row in measured:
+        line = [{"gamma-0.34": "γ-MoD-0.3", "gamma-0.5": "γ-MoD-0.5"}[row]]
+        for host in hosts:
+            (_, dense_tflops), paper_rows = PAPER.hosts[host]
+            _, tflops, skip = paper_rows[row]
+            line += [f"{PAPER.gamma_delta(host, row):+.1f}", f"{tflops / dense_tflops:.2f}", f"{skip:.1f}"]
+        skip_c, _ = s.value(row, "skip", CONTROLLED)
+        ratio, _ = s.ratio(row, "tflops", CONTROLLED)
+        line += [_fmt(*s.delta_rel_sd(row)), _fmt(*s.delta_rel_sd(row, CONTROLLED)), _fmt(100 * skip_c),
+                 _fmt(ratio, None, 2)]
+        table.append(line)
+    return ["## γ-MoD Table 3 (dense vs γ-MoD-0.3 and 0.5)", "",
+            "Paper: average accuracy (GQA, SQA, MMMU, TextVQA) relative to the host's dense model, TFLOPs as a ratio "
+            "of its dense TFLOPs, skip % (results/paper/gamma_mod_table3_scalability.csv). Ours: the average over the "
+            "six held-out sets, Δ avg relative to the dense continuation (± sd over seeds), under the released rule "
+            "and at the controlled skip.", "",
+            _table(headers, table), ""]
 
 
 def _speed_parts(s: Summary) -> list[str]:

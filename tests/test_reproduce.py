@@ -845,6 +845,9 @@ def test_the_full_presets_report_renders_every_row_table_and_claim(tmp_path):
         seed["evals"]["dense|swapped"] = _eval(40.0, 1.0, 0.0)
         seed["stage_seconds"] = {"corpus": 1.0, "dense": 2.0}
     markdown, csv_rows, found = render(result)
+    table3 = markdown.split("## γ-MoD Table 3")[1].split("##")[0]
+    assert "| γ-MoD-0.3 | -0.3 | 0.66 | 37.9 | -1.6 | 0.72 | 31.0 |" in table3  # LLaVA-HR's row, then LLaVA-1.5's
+    assert "| γ-MoD-0.5 | -1.5 | 0.48 | 57.7 | -19.7 | 0.50 | 56.4 |" in table3
     table1 = markdown.split("## γ-MoD Table 1")[1].split("##")[0]
     for _, _, setting in TABLE1_ROWS.values():
         assert f"| {setting} |" in table1
