@@ -745,6 +745,11 @@ def run_seed_processes(commands: list[list[str]], jobs: int, logs: Path, log=pri
     an error naming the failed seeds and their logs once all have ended."""
     import os
     import subprocess
+    import sys
+
+    def say(message: str) -> None:  # shown as it happens, also when stdout is a pipe (tox, a job's log)
+        log(message)
+        sys.stdout.flush()
 
     logs.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -756,13 +761,13 @@ def run_seed_processes(commands: list[list[str]], jobs: int, logs: Path, log=pri
                 handle = (logs / f"seed{k}.log").open("w")
                 running.append((k, subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env),
                                 handle))
-                log(f"seed {k}: started, one thread (log: {logs / f'seed{k}.log'})")
+                say(f"seed {k}: started, one thread (log: {logs / f'seed{k}.log'})")
             time.sleep(0.2)
             for entry in [e for e in running if e[1].poll() is not None]:
                 k, process, handle = entry
                 handle.close()
                 running.remove(entry)
-                log(f"seed {k}: " + ("done" if process.returncode == 0 else f"failed (exit {process.returncode})"))
+                say(f"seed {k}: " + ("done" if process.returncode == 0 else f"failed (exit {process.returncode})"))
                 if process.returncode:
                     failed.append(k)
     finally:  # interrupted (Ctrl-C, SIGTERM): no seed process outlives this one; their stages resume later
