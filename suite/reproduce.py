@@ -268,6 +268,7 @@ class Pipeline:
     def __init__(self, preset: Preset, output: str | Path, log=print, cpu: str = "") -> None:
         self.preset = preset
         self.cpu = cpu  # the CPU code paths (pin_cpu_isa): part of every stage key, so no cache mixes them
+        self.packages = package_versions()  # likewise (read once: they do not change within a run)
         # absolute: stage records name their files by path, and a cache must read the same from any directory
         self.output = Path(output).resolve()
         self.stages = self.output / "stages"
@@ -279,7 +280,7 @@ class Pipeline:
     # -- caching -------------------------------------------------------------------------------------------
     def _stage(self, name: str, inputs: dict, build) -> tuple[Path, dict]:
         # the CPU code paths and the packages that compute: a cache is reused only by what computes the same
-        key = stage_key(name, inputs | ({"cpu": self.cpu, "packages": package_versions()} if self.cpu else {}))
+        key = stage_key(name, inputs | ({"cpu": self.cpu, "packages": self.packages} if self.cpu else {}))
         folder = self.stages / key
         self.used.setdefault(self._seed, []).append(key)
         done = folder / "done.json"
@@ -292,7 +293,7 @@ class Pipeline:
         from modbench.suite.results import write_json_atomic
 
         write_json_atomic(done, {"stage": name, "inputs": inputs, "cpu": self.cpu,  # the code paths it ran on
-                                 "packages": package_versions(),
+                                 "packages": self.packages,
                                  "seconds": time.perf_counter() - started, **result})
         self.ran.append(key)
         return folder, json.loads(done.read_text())
@@ -620,6 +621,9 @@ def mean_sd(values: list[float]) -> tuple[float, float | None]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
+Z975 = 1.96  # the normal distribution's two-sided 95 % critical value: a verdict on known (sampling) noise
+
+
 @dataclass
 class Claim:
     """A claim of a paper, as a comparison of a measured quantity with a threshold. `direction` says which side
@@ -637,7 +641,7 @@ class Claim:
     unit: str = ""
     note: str = ""
     values: list[float] = field(default_factory=list)
-    critical: float = 1.96
+    critical: float = Z975
 
     @property
     def verdict(self) -> str:
@@ -646,7 +650,7 @@ class Claim:
         return verdict(self.estimate, self.se or 0.0, self.threshold, self.direction, self.critical)
 
 
-def verdict(estimate: float, se: float, threshold: float, direction: str, critical: float = 1.96) -> str:
+def verdict(estimate: float, se: float, threshold: float, direction: str, critical: float = Z975) -> str:
     """'held' when the estimate clears the threshold by more than `critical` se, 'did not hold' when it misses it
     by more than that, else 'within noise'."""
     if direction not in (">=", "<="):
@@ -671,7 +675,7 @@ def t_critical(dof: int | None) -> float:
     over dof + 1 seeds); None: a known-variance (binomial sampling) error, 1.96. Beyond 30 the Cornish-Fisher
     expansion, within 1e-3 of the exact quantile."""
     if dof is None:
-        return 1.96
+        return Z975
     if dof < 1:
         raise ValueError(f"degrees of freedom must be >= 1, got {dof}")
     if dof in _T975:

@@ -65,7 +65,6 @@ class Paper:
                 name: (float(t3[(host, v)]["avg_acc"]), float(t3[(host, v)]["avg_tflops"]),
                        float(t3[(host, v)]["avg_skip"]))
                 for name, v in (("gamma-0.34", "gamma-mod-0.3"), ("gamma-0.5", "gamma-mod-0.5"))})
-        self.gamma = self.hosts[HEADLINE_HOST][1]
         t4 = {r["method"]: r for r in _paper_csv("gamma_mod_table4_efficiency.csv")}
         self.table4 = {name: (float(t4[m]["training_time_h"]), float(t4[m]["inference_samples_per_s"]))
                        for name, m in (("dense", "LLaVA-HR-7B dense"), ("gamma-0.34", "gamma-mod-0.3"),
@@ -218,10 +217,7 @@ class Summary:
                 key = row if mode == "released" else f"{row}|{mode}"
                 if key in inf and "dense" in inf:
                     values.append(inf[key]["samples_per_s"] / inf["dense"]["samples_per_s"])
-        mean, sd = mean_sd(values)
-        if sd is None:
-            return Estimate(mean, 0.0, None)
-        return Estimate(mean, sd / math.sqrt(len(values)), len(values) - 1)
+        return _estimate(values, [0.0] * len(values))
 
     def chance(self) -> dict:
         chance = self.seeds[0]["corpus"]["eval"]["chance"]
@@ -285,7 +281,8 @@ def claims(summary: Summary) -> list[Claim]:
     def change(estimate: Estimate) -> Estimate:  # a ratio as a change in %
         return Estimate(100 * (estimate.value - 1), 100 * estimate.se, estimate.dof)
 
-    paper_tflops = 100 * (PAPER.gamma["gamma-0.5"][1] / PAPER.dense_tflops - 1)
+    (_, headline_dense_tflops), headline = PAPER.hosts[HEADLINE_HOST]
+    paper_tflops = 100 * (headline["gamma-0.5"][1] / headline_dense_tflops - 1)
     t4 = PAPER.table4
     paper_train = 100 * (t4["gamma-0.5"][0] / t4["dense"][0] - 1)
     paper_speed = 100 * (t4["gamma-0.5"][1] / t4["dense"][1] - 1)
@@ -479,7 +476,8 @@ def _fmt(value, sd=None, digits=1, unit="") -> str:
 
 def _fmt_se(estimate: Estimate, digits: int = 2) -> str:
     """A ratio over seeds with its standard error (none shown for one seed, whose timing noise is unmeasured)."""
-    return _fmt(estimate.value, None, digits) + (f" (se {estimate.se:.{digits}f})" if estimate.se else "")
+    shown = estimate.se and not math.isnan(estimate.se)
+    return _fmt(estimate.value, None, digits) + (f" (se {estimate.se:.{digits}f})" if shown else "")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

@@ -865,9 +865,9 @@ def test_a_package_upgrade_recomputes_a_stage_instead_of_reusing_its_cache(tmp_p
     from modbench.suite.reproduce import PRESETS, Pipeline
 
     built = []
-    pipe = Pipeline(PRESETS["micro"], tmp_path, log=lambda *_: None, cpu="avx2/AVX2/1t")
-    for torch_version in ("2.14.1", "2.14.1", "2.15.0"):
+    for torch_version in ("2.14.1", "2.14.1", "2.15.0"):  # one process (pipeline) per installation
         monkeypatch.setattr(module, "package_versions", lambda v=torch_version: {"torch": v, "lmms_eval": "0.7.3"})
+        pipe = Pipeline(PRESETS["micro"], tmp_path, log=lambda *_: None, cpu="avx2/AVX2/1t")
         folder, done = pipe._stage("probe", {"x": 1}, lambda folder: built.append(folder) or {})
         assert done["packages"]["torch"] == torch_version
     assert len(built) == 2 and built[0] != built[1]  # the same versions reuse; another torch computes anew
