@@ -171,6 +171,9 @@ def measure_latency(model, spec: LatencySpec, image=None, inputs: list[TimedInpu
         "timer": "cuda_events" if clock.cuda else "perf_counter",
         "loop": "modbench.models.core.greedy_generate",
         "seconds": summary,
+        # each timed pass over each input, in order (repeat-major): what the quantiles and a paired comparison of
+        # two models on the same inputs are computed from
+        "end_to_end_each": times["end_to_end"],
         "samples_per_s": (samples / len(inputs)) / e2e if e2e > 0 else None,
         "n_inputs": len(inputs),
         "peak_memory": peak_memory_bytes(device),

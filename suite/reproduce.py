@@ -448,7 +448,7 @@ class Pipeline:
             return measure_speed({n: finetuned[n][1]["model"] for n in names}, corpus[0], p, seed, controlled)
 
         return self._stage("speed", {n: finetuned[n][0].name for n in names} | {
-            "batches": p.speed_batches, "latency": p.latency_samples, "version": 3,
+            "batches": p.speed_batches, "latency": p.latency_samples, "version": 4,
             "train_vision": p.train_tower}, build)
 
     # -- the whole thing -----------------------------------------------------------------------------------
@@ -591,7 +591,10 @@ def measure_speed(model_dirs: dict[str, str], corpus: Path, preset: Preset, seed
                 for key, value in (("data", data_seconds), ("vision", t2 - t1), ("llm_forward", t3 - t2),
                                    ("backward", t4 - t3), ("optimizer", t5 - t4), ("step", data_seconds + t5 - t1)):
                     parts[name][key].append(value)
-    train_speed = {name: {k: statistics.median(v) for k, v in p.items()} for name, p in parts.items()}
+    # medians, and each timed step (the same batches in every model, in order: the paired ratios give the ratio's
+    # standard error within one seed)
+    train_speed = {name: {**{k: statistics.median(v) for k, v in p.items()}, "step_each": p["step"]}
+                   for name, p in parts.items()}
     inference = {name: _samples_per_second(model.eval(), corpus, preset) for name, model in loaded.items()}
     for name, skip in (controlled or {}).items():
         loaded[name].cfg.mod.fixed_skip = skip  # the routing policy reads this spec object
@@ -607,7 +610,8 @@ def _samples_per_second(model, corpus: Path, preset: Preset) -> dict:
     result = measure_latency(model, LatencySpec(new_tokens=1, batch_size=1, warmup=1, repeats=3), inputs=inputs)
     seconds = result["seconds"]
     return {"samples_per_s": result["samples_per_s"], "prefill_median_s": seconds["prefill"]["median"],
-            "end_to_end_median_s": seconds["end_to_end"]["median"], "kv_share": result["kv_cache"]["share_of_dense"]}
+            "end_to_end_median_s": seconds["end_to_end"]["median"], "kv_share": result["kv_cache"]["share_of_dense"],
+            "end_to_end_each": result["end_to_end_each"], "inputs": len(inputs)}
 
 
 # ---------------------------------------------------------------------------------------------------------

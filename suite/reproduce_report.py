@@ -203,20 +203,26 @@ class Summary:
         return mean_sd([(_get(s, row, mode) or {}).get(key) for s in self.seeds])
 
     def speed_ratio(self, row: str, kind: str, mode: str = "released") -> Estimate:
-        """The row's training step time or inference samples/s as a ratio to dense, over seeds (one seed: se 0,
-        its timing noise unmeasured)."""
-        values = []
+        """The row's training step time or inference samples/s as a ratio to dense, over seeds. With several
+        seeds its standard error is their spread; with one, the spread of the paired ratios within the run
+        (`paired_ratio_se`), where the speed stage recorded them (earlier records: se 0, unmeasured)."""
+        values, within = [], []
         for s in self.seeds:
             speed = s["speed"]
             if kind == "train":
                 steps = speed["train_step_seconds"]
                 if row in steps and "dense" in steps:
                     values.append(steps[row]["step"] / steps["dense"]["step"])
+                    within.append(paired_ratio_se(steps[row].get("step_each"), steps["dense"].get("step_each")))
             else:
                 inf = speed["inference"]
                 key = row if mode == "released" else f"{row}|{mode}"
                 if key in inf and "dense" in inf:
                     values.append(inf[key]["samples_per_s"] / inf["dense"]["samples_per_s"])
+                    # samples/s is the inverse of time: dense's time over the row's
+                    within.append(paired_ratio_se(_per_input(inf["dense"]), _per_input(inf[key])))
+        if len(values) == 1 and within[0] is not None:
+            return Estimate(values[0], *within[0])
         return _estimate(values, [0.0] * len(values))
 
     def chance(self) -> dict:
@@ -227,6 +233,25 @@ class Summary:
             out[column] = None if value is None else 100 * value
         out["MME"] = 50.0 * (1 + 0.5) / 2 if out.get("MME") is not None else None  # acc + acc+ of a coin
         return out
+
+
+def paired_ratio_se(numerator: list[float] | None, denominator: list[float] | None) -> tuple[float, int] | None:
+    """The standard error of a ratio of two models' timings measured on the same items (training batches, or
+    held-out samples), and its degrees of freedom: the spread of the items' own ratios over sqrt(items), the
+    items being a sample of what the model would run. It holds timing noise and the items' differences alike.
+    None without at least two paired items."""
+    if not numerator or not denominator or len(numerator) != len(denominator) or len(numerator) < 2:
+        return None
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    return statistics.stdev(ratios) / math.sqrt(len(ratios)), len(ratios) - 1
+
+
+def _per_input(inference: dict) -> list[float] | None:
+    """Per held-out sample, the median of its timed passes (end_to_end_each is repeat-major)."""
+    each, n = inference.get("end_to_end_each"), inference.get("inputs")
+    if not each or not n or len(each) % n:
+        return None
+    return [statistics.median(each[i::n]) for i in range(n)]
 
 
 def _estimate(values: list[float], sampling: list[float]) -> Estimate:
@@ -259,7 +284,8 @@ CONTROLLED = "controlled"
 
 def claims(summary: Summary) -> list[Claim]:
     """The papers' claims that the rows measured, each with its computed verdict (at its estimate's own critical
-    value: 1.96 for one seed's sampling noise, Student's t for a spread over seeds)."""
+    value: 1.96 for one seed's sampling noise, Student's t for a spread over seeds or over one seed's paired
+    timings)."""
     rows = summary.rows()
     out: list[Claim] = []
     needed = [c for c, *_, uses in image_dependence(summary) if uses == "yes"]
@@ -498,7 +524,8 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
              "in the benchmarks' schemas; relative to the dense model fine-tuned the same steps (mean ± sd over seeds). "
              "Verdicts are computed: held / did not hold beyond "
              + (f"{critical(s):.2f} standard errors (the spread over {s.n} seeds, Student's t with {s.n - 1} degrees "
-                "of freedom)" if s.n > 1 else "1.96 standard errors (sampling noise, one seed)")
+                "of freedom)" if s.n > 1 else "1.96 standard errors (sampling noise, one seed; a timing ratio: "
+                "Student's t over the batches or samples both models ran, `paired_ratio_se`)")
              + ", else within noise."
              + (f" Answers are capped at {preset['max_new_tokens']} new tokens (the benchmarks' own caps reach 1,024)."
                 if preset.get("max_new_tokens") else ""), ""]
@@ -604,7 +631,8 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
                           _fmt_se(inf_c), _fmt(ratio, None, 2), _fmt(100 * kv)])
         parts += ["## γ-MoD Table 4 (efficiency, ratios to dense)", "",
                   "Training step time and inference samples/s measured side by side in one process (steps interleaved; "
-                  "mean over seeds, with its standard error over several); "
+                  "mean over seeds, with its standard error over several; with one seed, over the paired "
+                  "training batches or held-out samples both models ran); "
                   "inference under the released rule and at the controlled skip; TFLOPs and KV share at the "
                   "controlled skip. Memory on a CPU is the process's, so the model-dependent part, the KV cache, "
                   "is shown.", "",

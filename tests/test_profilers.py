@@ -224,6 +224,8 @@ def test_latency_report_has_every_field_positive_and_ordered(images):
         stats = report["seconds"][phase]
         assert 0 < stats["p10"] <= stats["median"] <= stats["p90"]
     assert report["seconds"]["decode_per_token"]["n"] == 3 * 3
+    each = report["end_to_end_each"]  # one per timed pass over the one input: the median is theirs
+    assert len(each) == 3 and report["seconds"]["end_to_end"]["median"] == pytest.approx(sorted(each)[1])
     assert report["samples_per_s"] > 0 and report["peak_memory"]["bytes"] > 0
     assert report["timer"] == "perf_counter"
     kv = report["kv_cache"]

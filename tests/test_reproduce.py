@@ -1,6 +1,8 @@
 """`modbench reproduce`: the scene corpus, the verdict logic on given numbers, and the whole chain (micro)."""
 
 import json
+import math
+import statistics
 
 import pytest
 import torch
@@ -56,6 +58,37 @@ def _result(gamma_acc: float, seeds: int = 1, n: int = 400) -> dict:
         "evals": {"dense|released": _eval(80.0, 1.0, 0.0, n), "gamma-0.5|released": _eval(gamma_acc + seed, 1.0, 0.0, n),
                   "gamma-0.5|controlled": _eval(gamma_acc + seed, 0.6, 0.5, n)},
     } for seed in range(seeds)]}
+
+
+def test_one_seeds_timing_ratio_has_the_standard_error_of_its_paired_items():
+    from modbench.suite.reproduce_report import Summary, claims, paired_ratio_se
+
+    se, dof = paired_ratio_se([0.8, 0.9, 1.0], [1.0, 1.0, 1.0])  # ratios 0.8, 0.9, 1.0: sd 0.1
+    assert se == pytest.approx(0.1 / math.sqrt(3)) and dof == 2
+    assert paired_ratio_se([1.0], [1.0]) is None and paired_ratio_se(None, [1.0, 2.0]) is None
+    assert paired_ratio_se([1.0, 2.0], [1.0, 2.0, 3.0]) is None  # unpaired: no estimate
+    result = _result(gamma_acc=70.0)
+    speed = result["seeds"][0]["speed"]
+    steps = speed["train_step_seconds"]
+    steps["dense"]["step_each"] = [1.0, 1.0, 1.0, 1.0]
+    steps["gamma-0.5"]["step_each"] = [0.5, 0.9, 0.7, 1.1]  # median ratio 0.8 (-20 %), but the batches disagree
+    inference = speed["inference"]
+    inference["dense"] |= {"end_to_end_each": [0.1, 0.2, 0.1, 0.2], "inputs": 2}  # two passes over two samples
+    inference["gamma-0.5|controlled"] |= {"end_to_end_each": [0.1, 0.1, 0.1, 0.1], "inputs": 2}
+    s = Summary(result)
+    train = s.speed_ratio("gamma-0.5", "train")
+    assert train.value == pytest.approx(0.8) and train.dof == 3
+    assert train.se == pytest.approx(statistics.stdev([0.5, 0.9, 0.7, 1.1]) / 2)
+    controlled = s.speed_ratio("gamma-0.5", "inference", "controlled")
+    assert controlled.value == pytest.approx(1.6) and controlled.dof == 1  # per sample: 0.1/0.1 and 0.2/0.1
+    assert controlled.se == pytest.approx(statistics.stdev([1.0, 2.0]) / math.sqrt(2))
+    released = s.speed_ratio("gamma-0.5", "inference")
+    assert released.se == 0.0 and released.dof is None  # a record without the passes: unmeasured, as before
+    found = {c.claim: c for c in claims(s)}
+    step = found["training step time change"]  # -20 % vs the paper's -30.9 %: t(3) x 12.9 points cannot tell
+    assert step.estimate == pytest.approx(-20.0) and step.se == pytest.approx(100 * train.se)
+    assert step.verdict == "within noise"
+    assert Summary(_result(gamma_acc=70.0)).speed_ratio("gamma-0.5", "train").se == 0.0  # no steps recorded
 
 
 def test_tables_say_did_not_hold_where_the_numbers_fail_the_claim(tmp_path):
@@ -423,6 +456,9 @@ def test_micro_reproduction_runs_every_stage_and_a_rerun_redoes_nothing(tmp_path
                 "## What the dense model has learnt to see, by question kind", "## Where the time went",
                 "| corpus |", "| eval-gamma-0.5-fixed0.5 |", "| speed |", "| all stages |"):
         assert row in table
+    speed = json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["speed"]
+    assert all(len(parts["step_each"]) == 1 for parts in speed["train_step_seconds"].values())  # micro: 1 step
+    assert all(len(inf["end_to_end_each"]) == 3 * inf["inputs"] for inf in speed["inference"].values())
     seconds = json.loads((out / "summary.json").read_text())["result"]["seeds"][0]["stage_seconds"]
     assert len(seconds) == 13 and list(seconds)[:4] == ["corpus", "vision", "dense", "arank"]
     assert all(value > 0 for value in seconds.values())
