@@ -187,7 +187,8 @@ def _llm_from(cfg: dict, where: Path) -> LlmConfig:
             intermediate_size=cfg["intermediate_size"], vocab_size=cfg["vocab_size"],
             rope_theta=float(cfg.get("rope_theta", 10000.0)),
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
-            rms_norm_eps=cfg.get("rms_norm_eps", 1e-5))
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-5),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)))
     except KeyError as exc:
         raise CheckpointError(f"{where}: missing key {exc}") from None
 
@@ -297,6 +298,10 @@ def _layout(cfg: ModelConfig, kind: str) -> KeyLayout:
 DERIVED_BUFFER_SUFFIXES = (".rotary_emb.inv_freq", ".embeddings.position_ids")
 
 
+# our key names of a tied head and the embedding it shares
+TIED_HEAD, TIED_EMBEDDING = "language_model.lm_head.weight", "language_model.model.embed_tokens.weight"
+
+
 def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) -> dict:
     state = {k: v for k, v in state.items() if not k.endswith(DERIVED_BUFFER_SUFFIXES)}
     routing = scheme_class(cfg.mod.scheme).routers_from_authors(state, cfg, where)
@@ -310,6 +315,8 @@ def from_authors_state(state: dict, cfg: ModelConfig, kind: str, where: Path) ->
     if unmatched:
         raise CheckpointError(f"{where}: unexpected keys: {sorted(unmatched)[:20]}")
     ours.update(routing)
+    if cfg.llm.tie_word_embeddings and TIED_HEAD not in ours and TIED_EMBEDDING in ours:
+        ours[TIED_HEAD] = ours[TIED_EMBEDDING]
     return ours
 
 
@@ -317,6 +324,8 @@ def to_authors_state(model, kind: str) -> dict:
     """Our state dict in the authors' key names: the host family's layout, the scheme's routers."""
     cfg = model.cfg
     state = {k: v for k, v in model.state_dict().items() if ".routing." not in k}
+    if cfg.llm.tie_word_embeddings:  # a tied head is written once, as the embedding (transformers' convention)
+        del state[TIED_HEAD]
     theirs, unmatched = _rename(state, _layout(cfg, kind))
     if unmatched:
         raise KeyError(f"no {kind} key for {unmatched[:5]}")
@@ -338,7 +347,7 @@ def authors_config(model, kind: str, vision_tower: str) -> dict:
         "num_hidden_layers": llm.num_layers, "num_attention_heads": llm.num_heads,
         "num_key_value_heads": llm.num_kv_heads, "vocab_size": llm.vocab_size, "rms_norm_eps": llm.rms_norm_eps,
         "rope_theta": llm.rope_theta, "max_position_embeddings": llm.max_position_embeddings,
-        "hidden_act": "silu", "tie_word_embeddings": False, "torch_dtype": cfg.dtype,
+        "hidden_act": "silu", "tie_word_embeddings": llm.tie_word_embeddings, "torch_dtype": cfg.dtype,
         "mm_vision_tower": vision_tower, "mm_projector_type": "mlp2x_gelu",
         "mm_vision_select_layer": cfg.vision.select_layer, "mm_vision_select_feature": "patch",
         "mm_hidden_size": cfg.vision.hidden_size, "image_aspect_ratio": "pad", "mm_use_im_start_end": False,
@@ -419,6 +428,7 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
             raise CheckpointError(f"{directory}: shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
                                   f"model {tuple(expected[key].shape)}")
     model.load_state_dict(ours, strict=True, assign=True)
+    model.language_model.tie_weights()  # assign=True gave the head and the embedding tensors of their own
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.placed(device_map or "cpu", torch_dtype(cfg.dtype)).eval()

@@ -46,6 +46,10 @@ class LlmConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 4096
     rms_norm_eps: float = 1e-5
+    # the LM head is the input embedding's matrix (small Llamas tie it: Llama-3.2-1B/3B; LLaVA's Vicuna does not).
+    # A tied head turns copying a context token into the answer into one attention move: the CPU-scale reproduction's
+    # letter answers (results/reproduction/dense_sweep.md)
+    tie_word_embeddings: bool = False
 
 
 @dataclass

@@ -41,7 +41,7 @@ def llama_config(cfg: ModelConfig) -> LlamaConfig:
         max_position_embeddings=llm.max_position_embeddings,
         rms_norm_eps=llm.rms_norm_eps,
         rope_theta=llm.rope_theta,
-        tie_word_embeddings=False,
+        tie_word_embeddings=llm.tie_word_embeddings,
         attention_bias=False,
         mlp_bias=False,
         hidden_act="silu",
@@ -306,6 +306,12 @@ class ModForCausalLM(nn.Module):
         self.cfg = cfg
         self.model = ModDecoder(cfg)
         self.lm_head = nn.Linear(cfg.llm.hidden_size, cfg.llm.vocab_size, bias=False)
+        self.tie_weights()
+
+    def tie_weights(self) -> None:
+        """A tied head shares the embedding's parameter (again after a load that assigned tensors apart)."""
+        if self.cfg.llm.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
 
     def forward(self, inputs_embeds=None, token_types=None, input_ids=None, labels=None,
                 cache: ModCache | None = None, collect_stats=False, return_attentions=False,

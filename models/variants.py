@@ -255,6 +255,11 @@ REPRO_CLIP = VisionConfig(image_size=80, patch_size=8, hidden_size=128, num_laye
                           intermediate_size=512)
 register_variant(ModelConfig(name="cpu-repro-llava", family="llava", llm=REPRO_LLM, vision=REPRO_CLIP,
                              tokenizer="scenes"))
+# The same with the LM head tied to the input embedding (the quick preset's model): at the quick budget the untied
+# model never picked an option's letter reliably enough for MMBench's circular score (four rotations all right);
+# tied, copying the letter from the options is one attention move (results/reproduction/dense_sweep.md).
+register_variant(ModelConfig(name="cpu-repro-llava-tied", family="llava", tokenizer="scenes", vision=REPRO_CLIP,
+                             llm=dataclasses.replace(REPRO_LLM, tie_word_embeddings=True)))
 # LLaVA-HR-shaped (`modbench reproduce --preset quick-hr`): the same LLM and CLIP tower (80 px -> 100 tokens) plus
 # LLaVA-HR's slow branch, a small ConvNeXt on the images drawn at 320 px, joined by the resolution adapters after
 # each CLIP quarter and the final fusion, as LLaVA-HR joins CLIP at 448 px and ConvNeXt at 1024 px.

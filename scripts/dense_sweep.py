@@ -4,7 +4,8 @@ results/reproduction/dense_sweep.md (what it takes for the dense model to clear 
     python scripts/dense_sweep.py NAME [--llm JSON] [--vision JSON] [--preset-fields JSON] [--teacher-forced N]
                                        [--probe-every K] [--seed K] [--cpu-isa avx2|portable|native]
 
-trains `cpu-repro-llava` with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
+trains the quick preset's model (`cpu-repro-llava-tied`; `--llm '{"tie_word_embeddings": false}'` for the
+untied `cpu-repro-llava` of the sweep's earlier rows) with the given LlmConfig / VisionConfig / Preset field overrides (the tower from scratch
 with the LLM, unless `"vision_steps"` pretrains it first, as the presets do) on the quick preset's
 corpus (seed 0, or the corpus the overrides call for), evaluates the dense model through lmms-eval on the
 held-out sets with the right images and with swapped ones, and prints the accuracies and the answers by question
@@ -49,7 +50,7 @@ def main() -> None:
     from modbench.suite.reproduce_report import avg_acc
     from modbench.tasks.scenes import kind_chance
 
-    base = models.get_variant("cpu-repro-llava")
+    base = models.get_variant(PRESETS["quick"].model)
     cfg = base
     if json.loads(args.llm) or json.loads(args.vision):
         cfg = dataclasses.replace(base, name=f"exp-{args.name}",

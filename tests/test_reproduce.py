@@ -771,7 +771,7 @@ def test_options_added_since_keep_the_presets_corpus_and_vision_keys(preset, tmp
                                "eval_per_task": 60}
     factored = {"factored": 0.25} if preset == "quick" else {}  # quick's tower names colour and shape apart
     assert asked["vision"] == {"images": {"seed": 0, "image_size": 80, "train_scenes": 6000},
-                               "model": "cpu-repro-llava", "steps": PRESETS[preset].vision_steps, "seed": 0,
+                               "model": PRESETS[preset].model, "steps": PRESETS[preset].vision_steps, "seed": 0,
                                **factored}
 
 

@@ -540,3 +540,44 @@ def test_loss_weighting_reaches_the_run_and_is_checked(data, tmp_path):
         train(config(data, tmp_path / "t", steps=2, resume=True))
     with pytest.raises(ConfigError, match="loss_weighting must be one of"):
         train(config(data, tmp_path / "bad", loss_weighting="answer"))
+
+
+def test_a_tied_head_stays_tied_through_training_a_resume_and_the_saved_model(data, tmp_path, monkeypatch):
+    """cpu-repro-llava-tied's head is its embedding: one parameter, trained once, written once (transformers'
+    convention: no lm_head key, tie_word_embeddings in config.json), tied again on load and on resume."""
+    import dataclasses
+
+    import modbench.suite.train as trainer
+    from modbench import models
+    from modbench.models.checkpoints import save_authors_checkpoint
+
+    base = models.get_variant("tiny-llava")
+    cfg = dataclasses.replace(base, llm=dataclasses.replace(base.llm, tie_word_embeddings=True))
+    tied = models.build_model(cfg, seed=0)
+    head, embedding = tied.language_model.lm_head.weight, tied.language_model.model.embed_tokens.weight
+    assert head is embedding
+    untied = sum(p.numel() for p in models.build_model(base, seed=0).parameters())
+    assert sum(p.numel() for p in tied.parameters()) == untied - embedding.numel()
+    save_authors_checkpoint(tied, tmp_path / "init", "llava", fmt="safetensors")
+    assert json.loads((tmp_path / "init" / "config.json").read_text())["tie_word_embeddings"] is True
+    init = str(tmp_path / "init")
+    train(config(data, tmp_path / "whole", model=init, steps=6, batch_size=2))
+    original = trainer.save_checkpoint
+
+    def save_then_die(accelerator, output, state, keep):
+        path = original(accelerator, output, state, keep)
+        if state["step"] == 2:
+            raise KeyboardInterrupt("killed after the step-2 checkpoint")
+        return path
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data, tmp_path / "cut", model=init, steps=6, batch_size=2, save_every=2))
+    monkeypatch.setattr(trainer, "save_checkpoint", original)
+    train(config(data, tmp_path / "cut", model=init, steps=6, batch_size=2, save_every=2, resume=True))
+    whole, cut = weights(tmp_path / "whole"), weights(tmp_path / "cut")
+    assert set(whole) == set(cut) and all(torch.equal(whole[k], cut[k]) for k in whole)
+    assert not any("lm_head" in k for k in whole)  # written once, as the embedding
+    trained = models.load(str(tmp_path / "whole"))
+    head, embedding = trained.language_model.lm_head.weight, trained.language_model.model.embed_tokens.weight
+    assert head is embedding and not torch.equal(embedding, tied.language_model.model.embed_tokens.weight)
