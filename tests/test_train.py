@@ -176,10 +176,10 @@ def test_pretrain_leaves_llm_and_towers_bit_identical(data, tmp_path):
     assert not any(k.startswith("vision.vision_tower.") for k in changed)  # frozen unless train_vision
 
 
-def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+def kill_after_step_2(cfg, monkeypatch) -> None:
+    """Train `cfg` (save_every=2) and die right after its step-2 checkpoint, as a killed job would."""
     import modbench.suite.train as trainer
 
-    train(config(data, tmp_path / "whole", steps=6, grad_accum=2, batch_size=2))
     original = trainer.save_checkpoint
 
     def save_then_die(accelerator, output, state, keep):
@@ -190,8 +190,13 @@ def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp
 
     monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
-        train(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2))
+        train(cfg)
     monkeypatch.setattr(trainer, "save_checkpoint", original)
+
+
+def test_resume_after_a_kill_between_steps_equals_an_uninterrupted_run(data, tmp_path, monkeypatch):
+    train(config(data, tmp_path / "whole", steps=6, grad_accum=2, batch_size=2))
+    kill_after_step_2(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2), monkeypatch)
     with pytest.raises(FileExistsError, match="--resume"):
         train(config(data, tmp_path / "cut", steps=6, grad_accum=2, batch_size=2, save_every=2))
     with pytest.raises(ValueError, match="lr"):
@@ -547,7 +552,6 @@ def test_a_tied_head_stays_tied_through_training_a_resume_and_the_saved_model(da
     convention: no lm_head key, tie_word_embeddings in config.json), tied again on load and on resume."""
     import dataclasses
 
-    import modbench.suite.train as trainer
     from modbench import models
     from modbench.models.checkpoints import save_authors_checkpoint
 
@@ -562,18 +566,7 @@ def test_a_tied_head_stays_tied_through_training_a_resume_and_the_saved_model(da
     assert json.loads((tmp_path / "init" / "config.json").read_text())["tie_word_embeddings"] is True
     init = str(tmp_path / "init")
     train(config(data, tmp_path / "whole", model=init, steps=6, batch_size=2))
-    original = trainer.save_checkpoint
-
-    def save_then_die(accelerator, output, state, keep):
-        path = original(accelerator, output, state, keep)
-        if state["step"] == 2:
-            raise KeyboardInterrupt("killed after the step-2 checkpoint")
-        return path
-
-    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
-        train(config(data, tmp_path / "cut", model=init, steps=6, batch_size=2, save_every=2))
-    monkeypatch.setattr(trainer, "save_checkpoint", original)
+    kill_after_step_2(config(data, tmp_path / "cut", model=init, steps=6, batch_size=2, save_every=2), monkeypatch)
     train(config(data, tmp_path / "cut", model=init, steps=6, batch_size=2, save_every=2, resume=True))
     whole, cut = weights(tmp_path / "whole"), weights(tmp_path / "cut")
     assert set(whole) == set(cut) and all(torch.equal(whole[k], cut[k]) for k in whole)
