@@ -255,7 +255,9 @@ def config_from_checkpoint(directory: Path, shapes: dict[str, tuple[int, ...]] |
     kind = detect(conf, where)
     family, scheme = release_of(conf, kind, where)
     if kind == HF_LLAVA_KIND:
-        text = conf["text_config"]
+        text = dict(conf["text_config"])
+        if "tie_word_embeddings" in conf:  # transformers' LlavaConfig keeps it at the top level
+            text["tie_word_embeddings"] = conf["tie_word_embeddings"]
         vision = VisionConfig(select_layer=conf.get("vision_feature_layer", -2), **clip_dims(conf["vision_config"]))
         family.hf.read_vision(vision, conf)
         return ModelConfig(name=directory.name, family=family.name, llm=_llm_from(text, where), vision=vision,

@@ -388,6 +388,8 @@ class Pipeline:
                                      "seed": seed}, build)
 
     def finetune(self, seed: int, row_name: str, corpus, dense, arank, vision=None) -> tuple[Path, dict]:
+        from modbench import models
+
         p = self.preset
         row = ROWS[row_name]
         fields = dict(model=dense[1]["model"], data=str(corpus[0] / "train" / "scenes.json"),
@@ -397,7 +399,6 @@ class Pipeline:
         if row.scheme == "gamma" and row.layers == "arank":
             fields["mod_layers"] = ",".join(map(str, arank[1]["mod_layers"]))
         if row.scheme == "pmod" and row.constant_ratio:
-            from modbench import models
             from modbench.models.config import ModSpec
             from modbench.models.pmod import pmod_layers_and_ratios
 
@@ -411,6 +412,10 @@ class Pipeline:
                   "data": None}
         if "tower_features" in fields:  # keyed by the tower (the dense stage's key names it), not the file's path
             inputs["tower_features"] = True
+        if models.get_variant(p.model).llm.tie_word_embeddings:
+            # convert_to_mod once cloned a tied head apart from the embedding, so the MoD rows trained a head of
+            # their own, which the writer dropped: fine-tunes cached then are not reused
+            inputs["head"] = "tied"
         return self._train(f"finetune-{row_name}", inputs, fields)
 
     def evaluate(self, seed: int, row_name: str, corpus, model_stage, fixed_skip: float | None,

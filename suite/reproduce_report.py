@@ -119,8 +119,9 @@ def avg_se(ev: dict, dense: dict, columns=None) -> float:
 
 
 class Estimate(NamedTuple):
-    """A mean over seeds with its standard error and that error's degrees of freedom: seeds - 1 for a spread over
-    seeds, None for the binomial sampling noise of one seed's evaluations (a known variance)."""
+    """An estimate with its standard error and that error's degrees of freedom: seeds - 1 for a spread over
+    seeds, items - 1 for one run's paired timings (paired_ratio), None for the binomial sampling noise of one
+    seed's evaluations (a known variance)."""
 
     value: float
     se: float
@@ -203,9 +204,10 @@ class Summary:
         return mean_sd([(_get(s, row, mode) or {}).get(key) for s in self.seeds])
 
     def speed_ratio(self, row: str, kind: str, mode: str = "released") -> Estimate:
-        """The row's training step time or inference samples/s as a ratio to dense, over seeds. With several
-        seeds its standard error is their spread; with one, the spread of the paired ratios within the run
-        (`paired_ratio_se`), where the speed stage recorded them (earlier records: se 0, unmeasured)."""
+        """The row's training step time or inference samples/s as a ratio to dense: with several seeds, the mean of
+        each seed's ratio of medians and their spread; with one, the mean of the run's paired ratios and theirs
+        (`paired_ratio`), where the speed stage recorded them (earlier records: the ratio of medians, se 0,
+        unmeasured)."""
         values, within = [], []
         for s in self.seeds:
             speed = s["speed"]
@@ -213,16 +215,16 @@ class Summary:
                 steps = speed["train_step_seconds"]
                 if row in steps and "dense" in steps:
                     values.append(steps[row]["step"] / steps["dense"]["step"])
-                    within.append(paired_ratio_se(steps[row].get("step_each"), steps["dense"].get("step_each")))
+                    within.append(paired_ratio(steps[row].get("step_each"), steps["dense"].get("step_each")))
             else:
                 inf = speed["inference"]
                 key = row if mode == "released" else f"{row}|{mode}"
                 if key in inf and "dense" in inf:
                     values.append(inf[key]["samples_per_s"] / inf["dense"]["samples_per_s"])
                     # samples/s is the inverse of time: dense's time over the row's
-                    within.append(paired_ratio_se(_per_input(inf["dense"]), _per_input(inf[key])))
+                    within.append(paired_ratio(_per_input(inf["dense"]), _per_input(inf[key])))
         if len(values) == 1 and within[0] is not None:
-            return Estimate(values[0], *within[0])
+            return within[0]
         return _estimate(values, [0.0] * len(values))
 
     def chance(self) -> dict:
@@ -235,15 +237,16 @@ class Summary:
         return out
 
 
-def paired_ratio_se(numerator: list[float] | None, denominator: list[float] | None) -> tuple[float, int] | None:
-    """The standard error of a ratio of two models' timings measured on the same items (training batches, or
-    held-out samples), and its degrees of freedom: the spread of the items' own ratios over sqrt(items), the
-    items being a sample of what the model would run. It holds timing noise and the items' differences alike.
-    None without at least two paired items."""
+def paired_ratio(numerator: list[float] | None, denominator: list[float] | None) -> Estimate | None:
+    """Two models' timings on the same items (training batches, or held-out samples) as the mean of the items'
+    own ratios, with its standard error (their spread over sqrt(items), the items being a sample of what the
+    models would run) and items - 1 degrees of freedom. Within one run: it holds the timing noise and the items'
+    differences, not the machine's drift between runs (the inference passes of two models are not
+    interleaved). None without at least two paired items."""
     if not numerator or not denominator or len(numerator) != len(denominator) or len(numerator) < 2:
         return None
     ratios = [a / b for a, b in zip(numerator, denominator)]
-    return statistics.stdev(ratios) / math.sqrt(len(ratios)), len(ratios) - 1
+    return Estimate(statistics.fmean(ratios), statistics.stdev(ratios) / math.sqrt(len(ratios)), len(ratios) - 1)
 
 
 def _per_input(inference: dict) -> list[float] | None:
@@ -501,9 +504,9 @@ def _fmt(value, sd=None, digits=1, unit="") -> str:
 
 
 def _fmt_se(estimate: Estimate, digits: int = 2) -> str:
-    """A ratio over seeds with its standard error (none shown for one seed, whose timing noise is unmeasured)."""
+    """A ratio with its standard error, to one digit more (none shown where it is unmeasured: se 0)."""
     shown = estimate.se and not math.isnan(estimate.se)
-    return _fmt(estimate.value, None, digits) + (f" (se {estimate.se:.{digits}f})" if shown else "")
+    return _fmt(estimate.value, None, digits) + (f" (se {estimate.se:.{digits + 1}f})" if shown else "")
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -525,7 +528,7 @@ def render(result: dict) -> tuple[str, list[dict], list[Claim]]:
              "Verdicts are computed: held / did not hold beyond "
              + (f"{critical(s):.2f} standard errors (the spread over {s.n} seeds, Student's t with {s.n - 1} degrees "
                 "of freedom)" if s.n > 1 else "1.96 standard errors (sampling noise, one seed; a timing ratio: "
-                "Student's t over the batches or samples both models ran, `paired_ratio_se`)")
+                "Student's t over the batches or samples both models ran, `paired_ratio`)")
              + ", else within noise."
              + (f" Answers are capped at {preset['max_new_tokens']} new tokens (the benchmarks' own caps reach 1,024)."
                 if preset.get("max_new_tokens") else ""), ""]

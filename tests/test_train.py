@@ -574,3 +574,24 @@ def test_a_tied_head_stays_tied_through_training_a_resume_and_the_saved_model(da
     trained = models.load(str(tmp_path / "whole"))
     head, embedding = trained.language_model.lm_head.weight, trained.language_model.model.embed_tokens.weight
     assert head is embedding and not torch.equal(embedding, tied.language_model.model.embed_tokens.weight)
+
+
+def test_converting_a_tied_model_keeps_its_head_tied():
+    """γ-MoD and p-MoD fine-tune a converted copy of the dense model: its head must stay the embedding (cloned
+    apart, the MoD rows would train a head of their own that the writer then drops)."""
+    import dataclasses
+
+    from modbench import models
+    from modbench.models.config import ModSpec
+    from modbench.models.convert import convert_to_mod
+
+    base = models.get_variant("tiny-llava")
+    dense = models.build_model(dataclasses.replace(base, llm=dataclasses.replace(base.llm, tie_word_embeddings=True)),
+                               seed=0)
+    dense_count = sum(p.numel() for p in dense.parameters())
+    for mod in (ModSpec(scheme="gamma", layers=[1, 2, 3, 4]), ModSpec(scheme="pmod", layers=[1, 2, 3, 4])):
+        converted = convert_to_mod(dense, mod)
+        lm = converted.language_model
+        assert lm.lm_head.weight is lm.model.embed_tokens.weight
+        routers = sum(p.numel() for p in lm.model.routing.parameters())
+        assert sum(p.numel() for p in converted.parameters()) == dense_count + routers
