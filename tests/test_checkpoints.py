@@ -45,18 +45,23 @@ def test_directory_name_does_not_decide_the_family(tmp_path, prompts, images):
     assert models.load(str(tmp_path / "llava-v1.5-7b-dense")).cfg.mod.scheme == "gamma"
 
 
-def save_tiny_llava_hf(folder):
-    """tiny-llava saved by transformers' LlavaForConditionalGeneration (the llava-hf layout) into `folder`."""
+def save_tiny_llava_hf(folder, tied: bool = False):
+    """tiny-llava saved by transformers' LlavaForConditionalGeneration (the llava-hf layout) into `folder`;
+    `tied`: its LM head tied to the embedding (transformers keeps that flag at LlavaConfig's top level)."""
+    import dataclasses
+
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from modbench.models.checkpoints import to_hf_state_dict
     from modbench.models.clip import clip_vision_config
     from modbench.models.core import llama_config
 
-    model = models.build_model("tiny-llava")
+    cfg = models.get_variant("tiny-llava")
+    model = models.build_model(dataclasses.replace(cfg, llm=dataclasses.replace(cfg.llm, tie_word_embeddings=tied)))
     hf = LlavaForConditionalGeneration(LlavaConfig(
         text_config=llama_config(model.cfg).to_dict(), vision_config=clip_vision_config(model.cfg.vision).to_dict(),
-        image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu"))
+        image_token_id=model.image_token_id, vision_feature_layer=-2, projector_hidden_act="gelu",
+        tie_word_embeddings=tied))
     hf.load_state_dict(to_hf_state_dict(model.state_dict(), model.cfg.family))
     hf.save_pretrained(folder)
     model.tokenizer.save_pretrained(folder)
@@ -66,6 +71,20 @@ def save_tiny_llava_hf(folder):
 def test_hf_llava_layout(tmp_path, prompts, images):
     model = save_tiny_llava_hf(tmp_path / "hf")
     loaded = models.load(str(tmp_path / "hf"))
+    torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
+
+
+def test_a_tied_hf_llava_checkpoint_loads_tied(tmp_path, prompts, images):
+    """transformers writes a tied head once (no lm_head key) and the flag at LlavaConfig's top level; the hub's
+    llava-hf configs carry a text_config of its non-default fields only, so the top level is where it is read."""
+    model = save_tiny_llava_hf(tmp_path / "hf", tied=True)
+    conf = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert conf["tie_word_embeddings"] is True
+    del conf["text_config"]["tie_word_embeddings"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(conf))
+    loaded = models.load(str(tmp_path / "hf"))
+    lm = loaded.language_model
+    assert loaded.cfg.llm.tie_word_embeddings and lm.lm_head.weight is lm.model.embed_tokens.weight
     torch.testing.assert_close(logits(loaded, prompts, images), logits(model, prompts, images))
 
 
