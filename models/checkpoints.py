@@ -430,7 +430,6 @@ def load(path_or_hub_id: str, dtype: str | None = None, device_map: str | None =
             raise CheckpointError(f"{directory}: shape mismatch for {key}: checkpoint {tuple(value.shape)}, "
                                   f"model {tuple(expected[key].shape)}")
     model.load_state_dict(ours, strict=True, assign=True)
-    model.language_model.tie_weights()  # assign=True gave the head and the embedding tensors of their own
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     model = model.placed(device_map or "cpu", torch_dtype(cfg.dtype)).eval()

@@ -59,7 +59,6 @@ def convert_to_mod(model, mod: ModSpec, seed: int = 0, name: str | None = None):
     missing, unexpected = converted.load_state_dict(state, strict=False, assign=True)
     if unexpected or any(".routing." not in key for key in missing):
         raise RuntimeError(f"convert_to_mod: unexpected {unexpected[:5]}, missing {missing[:5]}")
-    converted.language_model.tie_weights()  # the state dict's head and embedding were cloned apart
     # the buffers no state dict carries (RoPE's frequencies, CLIP's position ids) were built on the CPU: the
     # dense model's, on its device and in its dtype
     for name, buf in model.named_buffers():

@@ -307,9 +307,12 @@ class ModForCausalLM(nn.Module):
         self.model = ModDecoder(cfg)
         self.lm_head = nn.Linear(cfg.llm.hidden_size, cfg.llm.vocab_size, bias=False)
         self.tie_weights()
+        # a load with assign=True (the checkpoint loader, convert_to_mod) gives the head and the embedding tensors
+        # of their own: every load ends tied again
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.tie_weights())
 
     def tie_weights(self) -> None:
-        """A tied head shares the embedding's parameter (again after a load that assigned tensors apart)."""
+        """A tied head shares the embedding's parameter."""
         if self.cfg.llm.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
